@@ -1,0 +1,3 @@
+//! Services (placeholder while the stores land).
+/// Facade.
+pub struct Pm;
