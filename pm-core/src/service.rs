@@ -1,3 +1,0 @@
-//! Services (placeholder while the stores land).
-/// Facade.
-pub struct Pm;
