@@ -32,7 +32,6 @@ use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::event::{Actor, Cause, Event, EventDraft, EventKind, Origin, Wakeup, entity_payload, update_payload};
-use crate::id::*;
 use crate::model::*;
 use crate::query::{Page, PageRequest, SortValue, TaskFilter, TaskSortKey, from_micros};
 use crate::store::*;
@@ -1159,7 +1158,7 @@ impl ProjectStore for PostgresStore {
         let mut next = m.clone();
         next.project_id = current.project_id;
         next.version = current.version + 1;
-        if Milestone { version: current.version, ..next.clone() } == current {
+        if (Milestone { version: current.version, ..next.clone() }) == current {
             return Ok(current);
         }
         let org = project_org(&mut tx, current.project_id).await?;
