@@ -130,7 +130,7 @@ impl GeoPoint {
         if !lon.is_finite() || !(-180.0..=180.0).contains(&lon) {
             return Err(Error::invalid("lon", "must be between -180 and 180"));
         }
-        if !accuracy_m.is_finite() || accuracy_m < 0.0 || accuracy_m > 1.0e7 {
+        if !accuracy_m.is_finite() || !(0.0..=1.0e7).contains(&accuracy_m) {
             return Err(Error::invalid("accuracy_m", "must be a non-negative number of metres"));
         }
         Ok(Self { lat, lon, accuracy_m })
