@@ -1,0 +1,78 @@
+//! The `pm-server` command line: subcommands over one shared [`Config`].
+//!
+//! `serve` is the default, so a bare `pm-server` (or `cargo run -p pm-server`) starts the
+//! server.
+
+use clap::{Parser, Subcommand};
+use pm_server::config::Config;
+
+/// pm reference server. Settings come from `PM_*` environment variables or the matching flags.
+#[derive(Debug, Parser)]
+#[command(name = "pm-server", version, about)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Settings shared by every subcommand.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// A `pm-server` subcommand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Apply pending migrations, then serve HTTP until SIGINT/SIGTERM (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+}
+
+impl Cli {
+    /// The subcommand to run, defaulting to [`Command::Serve`].
+    pub fn command_or_default(&self) -> Command {
+        self.command.unwrap_or(Command::Serve)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_is_the_default() {
+        let cli = Cli::try_parse_from(["pm-server"]).unwrap();
+        assert_eq!(cli.command_or_default(), Command::Serve);
+        let cli = Cli::try_parse_from(["pm-server", "migrate"]).unwrap();
+        assert_eq!(cli.command_or_default(), Command::Migrate);
+    }
+
+    #[test]
+    fn flags_work_before_and_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "pm-server",
+            "--bind",
+            "127.0.0.1:9000",
+            "serve",
+            "--database-url",
+            "sqlite://x.db",
+        ])
+        .unwrap();
+        assert_eq!(cli.config.bind.port(), 9000);
+        assert_eq!(cli.config.database_url, "sqlite://x.db");
+    }
+
+    #[test]
+    fn bad_bind_names_the_variable() {
+        let err = Cli::try_parse_from(["pm-server", "--bind", "nope"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PM_BIND"), "{err}");
+    }
+}

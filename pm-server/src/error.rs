@@ -1,0 +1,316 @@
+//! The one HTTP error type, [`ApiError`]: every failure a handler, extractor or middleware
+//! returns becomes an RFC 9457 `application/problem+json` response through it.
+//!
+//! Invariants: each crate error converts with an exhaustive `match` (a new variant upstream is a
+//! compile error here, not a silent 500); 5xx bodies are generic and never carry internal error
+//! text; the internal cause of a 5xx is logged exactly once, when the response is built.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+/// Media type of problem details (RFC 9457 §3).
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// What went wrong, as the client is told it. Build one with the constructors or `From` a crate
+/// error; respond with it via [`IntoResponse`].
+///
+/// The body is `{"type", "title", "status", "detail", ...extensions}`. `type` is a relative URI
+/// (`/problems/<slug>`), stable per kind of problem, so clients can branch on it.
+pub struct ApiError {
+    status: StatusCode,
+    slug: &'static str,
+    title: &'static str,
+    detail: Cow<'static, str>,
+    extensions: Map<String, Value>,
+    /// Internal cause of a server-side failure: logged, never sent.
+    cause: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl ApiError {
+    /// A problem with the given status, type slug, title and client-facing detail.
+    pub fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            status,
+            slug,
+            title,
+            detail: detail.into(),
+            extensions: Map::new(),
+            cause: None,
+        }
+    }
+
+    /// Adds an extension member to the body (RFC 9457 §3.2). Reserved names are ignored.
+    pub fn with(mut self, name: &str, value: impl Into<Value>) -> Self {
+        if !matches!(name, "type" | "title" | "status" | "detail" | "instance") {
+            self.extensions.insert(name.to_owned(), value.into());
+        }
+        self
+    }
+
+    /// 400: the request is malformed or a field is invalid.
+    pub fn bad_request(detail: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail,
+        )
+    }
+
+    /// 404: no route matches the request path.
+    pub fn route_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            "no resource at this path",
+        )
+    }
+
+    /// 405: the path exists but not with this method.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            "this resource does not support the request method",
+        )
+    }
+
+    /// 503: the server gave up on the request after `timeout`.
+    pub fn timeout(timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "Request timed out",
+            format!(
+                "the request did not complete within {} s",
+                timeout.as_secs_f64()
+            ),
+        )
+    }
+
+    /// 503: a dependency the server needs is not available. `cause` is logged, not sent.
+    pub fn unavailable(
+        detail: impl Into<Cow<'static, str>>,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+            detail,
+        );
+        e.cause = Some(cause.into());
+        e
+    }
+
+    /// 500 with a generic body; `cause` is logged, not sent.
+    pub fn internal(cause: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        let mut e = Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal server error",
+            "the server failed to handle the request; it has been logged",
+        );
+        e.cause = Some(cause.into());
+        e
+    }
+
+    /// The HTTP status this error responds with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The problem body as JSON.
+    pub fn body(&self) -> Value {
+        let mut body = Map::with_capacity(4 + self.extensions.len());
+        body.insert("type".into(), json!(format!("/problems/{}", self.slug)));
+        body.insert("title".into(), json!(self.title));
+        body.insert("status".into(), json!(self.status.as_u16()));
+        body.insert("detail".into(), json!(self.detail));
+        body.extend(self.extensions.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Value::Object(body)
+    }
+}
+
+impl fmt::Debug for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiError")
+            .field("status", &self.status)
+            .field("type", &self.slug)
+            .field("detail", &self.detail)
+            .field("cause", &self.cause)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.title,
+            self.detail
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Some(cause) = &self.cause {
+            // The one place a server-side cause is logged; the current span carries the request
+            // id and path (see the trace layer in `lib.rs`).
+            if self.status.is_server_error() {
+                tracing::error!(status = self.status.as_u16(), error = %cause, source = ?cause.source(), "{}", self.title);
+            } else {
+                tracing::warn!(status = self.status.as_u16(), error = %cause, "{}", self.title);
+            }
+        }
+        let mut res = (self.status, axum::Json(self.body())).into_response();
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        res
+    }
+}
+
+impl From<pm_core::Error> for ApiError {
+    fn from(err: pm_core::Error) -> Self {
+        use pm_core::Error as E;
+        match err {
+            E::Invalid { field, message } => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "Invalid input",
+                format!("invalid {field}: {message}"),
+            )
+            .with("field", field),
+            E::NotFound { entity } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                format!("{entity} not found"),
+            )
+            .with("entity", entity),
+            E::Conflict(current) => {
+                let detail = format!("version conflict: {current}; reload and retry");
+                let (entity, value) = current_json(*current);
+                let e = ApiError::new(StatusCode::CONFLICT, "conflict", "Version conflict", detail)
+                    .with("entity", entity);
+                match value {
+                    Ok(v) => e.with("current", v),
+                    // Unreachable for the derived impls; still never a panic in a handler.
+                    Err(ser) => ApiError::internal(ser),
+                }
+            }
+            E::AlreadyExists { entity, field } => ApiError::new(
+                StatusCode::CONFLICT,
+                "already-exists",
+                "Already exists",
+                format!("{entity} with this {field} already exists"),
+            )
+            .with("entity", entity)
+            .with("field", field),
+            E::Forbidden(reason) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", reason)
+            }
+            E::Storage(cause) => ApiError::internal(cause),
+        }
+    }
+}
+
+/// The entity kind and serialized state carried by a conflict.
+fn current_json(current: pm_core::Current) -> (&'static str, serde_json::Result<Value>) {
+    use pm_core::Current as C;
+    match current {
+        C::Task(t) => ("task", serde_json::to_value(t)),
+        C::Project(p) => ("project", serde_json::to_value(p)),
+        C::Comment(c) => ("comment", serde_json::to_value(c)),
+        C::Milestone(m) => ("milestone", serde_json::to_value(m)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_names_the_field() {
+        let e = ApiError::from(pm_core::Error::invalid("title", "must not be empty"));
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        let body = e.body();
+        assert_eq!(body["field"], "title");
+        assert_eq!(body["status"], 400);
+        assert!(body["detail"].as_str().unwrap().contains("title"));
+    }
+
+    #[test]
+    fn storage_detail_is_generic() {
+        let cause = std::io::Error::other("disk on fire at /var/lib/secret");
+        let e = ApiError::from(pm_core::Error::storage(cause));
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.body().to_string().contains("secret"));
+    }
+
+    #[test]
+    fn already_exists_and_forbidden_map() {
+        assert_eq!(
+            ApiError::from(pm_core::Error::AlreadyExists {
+                entity: "project",
+                field: "key"
+            })
+            .status(),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            ApiError::from(pm_core::Error::Forbidden("not a member".into())).status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            ApiError::from(pm_core::Error::not_found("task")).status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn conflict_carries_the_current_entity() {
+        use pm_core::model::{Markdown, Milestone, Name};
+        let current = Milestone {
+            id: Default::default(),
+            project_id: Default::default(),
+            name: Name::parse("v1").unwrap(),
+            description: Markdown::parse("").unwrap(),
+            due_on: None,
+            closed: false,
+            version: 7,
+        };
+        let e = ApiError::from(pm_core::Error::Conflict(Box::new(
+            pm_core::Current::Milestone(current),
+        )));
+        assert_eq!(e.status(), StatusCode::CONFLICT);
+        let body = e.body();
+        assert_eq!(body["entity"], "milestone");
+        assert_eq!(body["current"]["version"], 7);
+        assert_eq!(body["current"]["name"], "v1");
+    }
+
+    #[test]
+    fn extensions_cannot_override_members() {
+        let body = ApiError::bad_request("x")
+            .with("status", 200)
+            .with("hint", "y")
+            .body();
+        assert_eq!(body["status"], 400);
+        assert_eq!(body["hint"], "y");
+    }
+}

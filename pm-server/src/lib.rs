@@ -1,0 +1,136 @@
+//! pm-server: the reference HTTP server for pm, as a library so hosts and tests can build the
+//! same [`app`] the `pm-server` binary serves.
+//!
+//! - [`config`]: [`Config`](config::Config) from `PM_*` environment variables / flags;
+//! - [`error`]: [`ApiError`], the one RFC 9457 problem+json error type;
+//! - [`extract`]: `Json`/`Path`/`Query` extractors that reject with `ApiError`;
+//! - [`health`]: `/healthz` and `/readyz`.
+//!
+//! Invariants: every response this server produces for an error, including unknown routes,
+//! wrong methods and timeouts, is `application/problem+json`; every response carries an
+//! `x-request-id` (the client's, or a fresh UUID) that also tags the request's log lines.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{FromRef, Request, State};
+use axum::http::HeaderName;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use pm_core::store::Stores;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod health;
+
+use error::ApiError;
+
+/// Header carrying the request id, set when absent and echoed on the response.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Shared state of every handler: the stores and the limits the handlers enforce. Cheap to
+/// clone (`Arc`s and `Copy` values).
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// pm-core's stores, one backend behind trait objects.
+    pub stores: Stores,
+    /// Time limits.
+    pub timeouts: Timeouts,
+}
+
+impl AppState {
+    /// State over `stores` with the default [`Timeouts`].
+    pub fn new(stores: Stores) -> Self {
+        Self {
+            stores,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+impl FromRef<AppState> for Stores {
+    fn from_ref(state: &AppState) -> Self {
+        state.stores.clone()
+    }
+}
+
+/// Time limits the server enforces per request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Longest a request may take to produce its response head (default 30 s); then 503.
+    pub request: Duration,
+    /// Longest `/readyz` waits for the database to answer (default 2 s); then 503.
+    pub readiness: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            request: Duration::from_secs(30),
+            readiness: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The whole HTTP application: routes, fallbacks and middleware.
+///
+/// Layers, outermost first: set `x-request-id` → trace span (tagged with the id) → echo
+/// `x-request-id` → request timeout → routes.
+pub fn app(state: AppState) -> Router {
+    let request_timeout = state.timeouts.request;
+    Router::new()
+        .merge(health::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(middleware::from_fn_with_state(request_timeout, timeout))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
+}
+
+/// Serves [`app`] on `listener` until `shutdown` completes, then stops accepting connections and
+/// waits for in-flight requests to finish (the caller bounds that wait if it needs to).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    // The path only: query strings may carry tokens.
+    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
+}
+
+async fn timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => ApiError::timeout(limit).into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::route_not_found()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}

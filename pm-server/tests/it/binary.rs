@@ -1,0 +1,112 @@
+//! The compiled `pm-server` binary: starts from environment variables, answers `/healthz`,
+//! exits cleanly on SIGTERM.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::raw_get;
+
+/// Kills the child if the test fails before it exits.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    use std::io::Read as _;
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut s);
+    }
+    s
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn binary_serves_and_exits_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let child = Command::new(env!("CARGO_BIN_EXE_pm-server"))
+        .env("PM_BIND", addr.to_string())
+        .env(
+            "PM_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("pm.db").display()),
+        )
+        .env("PM_LOG", "info")
+        .env("PM_SHUTDOWN_TIMEOUT_SECS", "5")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pm-server");
+    let mut child = Reaper(child);
+
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!(
+                "pm-server exited early with {status}: {}",
+                stderr_of(&mut child.0)
+            );
+        }
+        if let Ok((200, _)) = raw_get(addr, "/healthz").await {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no /healthz 200 within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dir.path().join("pm.db").exists(), "database file created");
+
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.0.id().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "no exit within 10 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = stderr_of(&mut child.0);
+    assert!(status.success(), "exit {status}: {log}");
+    assert!(log.contains("received SIGTERM"), "{log}");
+    assert!(
+        log.contains("backend=\"sqlite\"") || log.contains("backend=sqlite"),
+        "{log}"
+    );
+}
+
+#[test]
+fn binary_rejects_a_bad_bind_naming_the_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pm-server"))
+        .env("PM_BIND", "not-an-address")
+        .output()
+        .expect("run pm-server");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("PM_BIND"), "{err}");
+}
