@@ -36,9 +36,14 @@ impl FsBlobStore {
     fn path(&self, key: &str) -> Result<PathBuf> {
         let ok = !key.is_empty()
             && key.len() <= 128
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !ok {
-            return Err(Error::invalid("blob_key", "must be 1-128 characters of [A-Za-z0-9_-]"));
+            return Err(Error::invalid(
+                "blob_key",
+                "must be 1-128 characters of [A-Za-z0-9_-]",
+            ));
         }
         Ok(self.root.join(key))
     }
@@ -62,7 +67,10 @@ impl BlobStore for FsBlobStore {
     async fn get(&self, key: &str) -> Result<Vec<u8>> {
         let path = self.path(key)?;
         match blocking(move || std::fs::read(path)).await {
-            Err(Error::Storage(e)) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound) => {
+            Err(Error::Storage(e))
+                if e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound) =>
+            {
                 Err(Error::not_found("blob"))
             }
             other => other,
@@ -79,7 +87,9 @@ impl BlobStore for FsBlobStore {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> Result<T> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(Error::storage)?
@@ -99,6 +109,9 @@ mod tests {
         s.delete("abc").await.unwrap();
         s.delete("abc").await.unwrap();
         assert!(matches!(s.get("abc").await, Err(Error::NotFound { .. })));
-        assert!(matches!(s.put("../x", b"").await, Err(Error::Invalid { .. })));
+        assert!(matches!(
+            s.put("../x", b"").await,
+            Err(Error::Invalid { .. })
+        ));
     }
 }

@@ -7,7 +7,7 @@
 //! never skips a late-committing lower `seq`.
 //!
 //! Consumers (realtime, workflows, sync, webhooks, notifications) keep a durable cursor in the
-//! store ([`EventLog::load_cursor`](crate::store::EventLog::load_cursor)) and process
+//! store ([`EventLog::load_cursor`]) and process
 //! at-least-once, idempotent by [`EventId`]. [`Tailer`] implements the read loop with wake-ups.
 
 use std::sync::Arc;
@@ -65,7 +65,12 @@ impl Actor {
             "automation" => Actor::Automation(WorkflowId(need(id)?)),
             "integration" => Actor::Integration(IntegrationId(need(id)?)),
             "system" => Actor::System,
-            other => return Err(Error::invalid("actor.type", format!("unknown actor type {other:?}"))),
+            other => {
+                return Err(Error::invalid(
+                    "actor.type",
+                    format!("unknown actor type {other:?}"),
+                ));
+            }
         })
     }
 
@@ -100,12 +105,18 @@ pub struct Origin {
 impl Origin {
     /// A change made directly by a user.
     pub fn user(id: UserId) -> Self {
-        Self { actor: Actor::User(id), cause: None }
+        Self {
+            actor: Actor::User(id),
+            cause: None,
+        }
     }
 
     /// A change made by the system.
     pub fn system() -> Self {
-        Self { actor: Actor::System, cause: None }
+        Self {
+            actor: Actor::System,
+            cause: None,
+        }
     }
 }
 
@@ -281,7 +292,9 @@ impl Default for Wakeup {
 impl Wakeup {
     /// A new signal.
     pub fn new() -> Self {
-        Self { tx: Arc::new(tokio::sync::watch::channel(0).0) }
+        Self {
+            tx: Arc::new(tokio::sync::watch::channel(0).0),
+        }
     }
 
     /// Wakes every waiting tailer.
@@ -319,7 +332,12 @@ impl Tailer {
     /// Starts tailing after `after` (0 = from the beginning).
     pub fn new(log: Arc<dyn EventLog>, after: i64) -> Self {
         let wake = log.wakeup().subscribe();
-        Self { log, after, wake, poll: Duration::from_secs(1) }
+        Self {
+            log,
+            after,
+            wake,
+            poll: Duration::from_secs(1),
+        }
     }
 
     /// The position of the last event returned.

@@ -58,7 +58,11 @@ pub struct TaskFilter {
 impl TaskFilter {
     /// A filter for live tasks of one project.
     pub fn project(id: ProjectId) -> Self {
-        Self { project_ids: vec![id], archived: Some(false), ..Self::default() }
+        Self {
+            project_ids: vec![id],
+            archived: Some(false),
+            ..Self::default()
+        }
     }
 
     /// Validates the filter (e.g. `due_from` after `due_to`) and bounds list sizes.
@@ -130,7 +134,10 @@ impl TaskSortKey {
     /// Parses the wire name (`sort` field).
     pub fn parse(s: &str) -> Result<Self> {
         serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
-            Error::invalid("sort", "must be one of created, updated, due, priority, rank, number")
+            Error::invalid(
+                "sort",
+                "must be one of created, updated, due, priority, rank, number",
+            )
         })
     }
 
@@ -176,7 +183,9 @@ impl TaskSort {
             TaskSortKey::Created => SortValue::Int(micros(task.created_at)),
             TaskSortKey::Updated => SortValue::Int(micros(task.updated_at)),
             TaskSortKey::Due => SortValue::Text(
-                task.due_date.map(|d| d.to_string()).unwrap_or_else(|| NO_DUE_DATE.to_string()),
+                task.due_date
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| NO_DUE_DATE.to_string()),
             ),
             TaskSortKey::Priority => SortValue::Int(task.priority.as_i16() as i64),
             TaskSortKey::Rank => SortValue::Text(task.rank.clone()),
@@ -212,7 +221,11 @@ pub struct Cursor {
 impl Cursor {
     /// The cursor positioned after `task` in `sort` order.
     pub fn after(sort: TaskSort, task: &Task) -> Self {
-        Self { sort, value: sort.value_of(task), id: task.id }
+        Self {
+            sort,
+            value: sort.value_of(task),
+            id: task.id,
+        }
     }
 
     /// Encodes the cursor for a client.
@@ -244,7 +257,11 @@ pub struct PageRequest {
 
 impl Default for PageRequest {
     fn default() -> Self {
-        Self { sort: TaskSort::default(), limit: DEFAULT_LIMIT, after: None }
+        Self {
+            sort: TaskSort::default(),
+            limit: DEFAULT_LIMIT,
+            after: None,
+        }
     }
 }
 
@@ -253,13 +270,19 @@ impl PageRequest {
     pub fn parse(sort: TaskSort, limit: Option<u32>, cursor: Option<&str>) -> Result<Self> {
         let limit = limit.unwrap_or(DEFAULT_LIMIT);
         if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(Error::invalid("limit", format!("must be between 1 and {MAX_LIMIT}")));
+            return Err(Error::invalid(
+                "limit",
+                format!("must be between 1 and {MAX_LIMIT}"),
+            ));
         }
         let after = cursor.map(Cursor::decode).transpose()?;
         if let Some(c) = &after
             && c.sort != sort
         {
-            return Err(Error::invalid("cursor", "was issued for a different sort order"));
+            return Err(Error::invalid(
+                "cursor",
+                "was issued for a different sort order",
+            ));
         }
         Ok(Self { sort, limit, after })
     }
@@ -285,7 +308,10 @@ impl Page<Task> {
         } else {
             None
         };
-        Page { items: rows, next_cursor }
+        Page {
+            items: rows,
+            next_cursor,
+        }
     }
 }
 
@@ -295,22 +321,32 @@ mod tests {
 
     #[test]
     fn search_terms_strip_operators() {
-        assert_eq!(search_terms("Fix \"login\" OR crash*"), vec!["fix", "login", "or", "crash"]);
+        assert_eq!(
+            search_terms("Fix \"login\" OR crash*"),
+            vec!["fix", "login", "or", "crash"]
+        );
         assert!(search_terms("-- ;").is_empty());
     }
 
     #[test]
     fn cursor_roundtrip_and_rejection() {
         let c = Cursor {
-            sort: TaskSort { key: TaskSortKey::Due, descending: true },
+            sort: TaskSort {
+                key: TaskSortKey::Due,
+                descending: true,
+            },
             value: SortValue::Text("2024-01-01".into()),
             id: TaskId::new(),
         };
         assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
-        assert!(matches!(Cursor::decode("garbage!"), Err(Error::Invalid { field, .. }) if field == "cursor"));
+        assert!(
+            matches!(Cursor::decode("garbage!"), Err(Error::Invalid { field, .. }) if field == "cursor")
+        );
         let other = TaskSort::default();
         assert!(PageRequest::parse(other, None, Some(&c.encode())).is_err());
-        assert!(matches!(PageRequest::parse(other, Some(0), None), Err(Error::Invalid { field, .. }) if field == "limit"));
+        assert!(
+            matches!(PageRequest::parse(other, Some(0), None), Err(Error::Invalid { field, .. }) if field == "limit")
+        );
         assert!(PageRequest::parse(other, Some(101), None).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! Store traits: the persistence contract, one trait per aggregate.
 //!
 //! Traits are object-safe (`#[async_trait]`) so hosts hold `Arc<dyn TaskStore>` and can plug
-//! their own adapter; the [`testing`](crate::testing) suite (feature `testing`) tells an adapter
+//! their own adapter; the `pm_core::testing` suite (feature `testing`) tells an adapter
 //! author whether theirs behaves. Rules every adapter follows:
 //!
 //! - every mutating method is one transaction that also appends its [`Event`] to the log (built
@@ -34,7 +34,12 @@ pub mod sqlite;
 #[async_trait]
 pub trait DirectoryStore: Send + Sync {
     /// Inserts an organization and, when given, its first member as owner.
-    async fn create_org(&self, origin: &Origin, org: &Organization, owner: Option<UserId>) -> Result<Organization>;
+    async fn create_org(
+        &self,
+        origin: &Origin,
+        org: &Organization,
+        owner: Option<UserId>,
+    ) -> Result<Organization>;
     /// Loads an organization.
     async fn get_org(&self, id: OrgId) -> Result<Organization>;
     /// Organizations the user is a member of, oldest first.
@@ -59,13 +64,24 @@ pub trait DirectoryStore: Send + Sync {
 #[async_trait]
 pub trait ProjectStore: Send + Sync {
     /// Inserts a project together with its initial workflow states.
-    async fn create_project(&self, origin: &Origin, project: &Project, states: &[WorkflowState]) -> Result<Project>;
+    async fn create_project(
+        &self,
+        origin: &Origin,
+        project: &Project,
+        states: &[WorkflowState],
+    ) -> Result<Project>;
     /// Loads a project.
     async fn get_project(&self, id: ProjectId) -> Result<Project>;
     /// Projects of an organization by key.
     async fn list_projects(&self, org: OrgId, include_archived: bool) -> Result<Vec<Project>>;
     /// Updates a project if it is still at `expected_version`.
-    async fn update_project(&self, origin: &Origin, id: ProjectId, expected_version: i64, patch: &ProjectPatch) -> Result<Project>;
+    async fn update_project(
+        &self,
+        origin: &Origin,
+        id: ProjectId,
+        expected_version: i64,
+        patch: &ProjectPatch,
+    ) -> Result<Project>;
     /// Adds a workflow state.
     async fn create_state(&self, origin: &Origin, state: &WorkflowState) -> Result<WorkflowState>;
     /// Loads a workflow state.
@@ -85,7 +101,12 @@ pub trait ProjectStore: Send + Sync {
     /// Milestones of a project by due date.
     async fn list_milestones(&self, project: ProjectId) -> Result<Vec<Milestone>>;
     /// Replaces a milestone's editable fields if it is still at `expected_version`.
-    async fn update_milestone(&self, origin: &Origin, milestone: &Milestone, expected_version: i64) -> Result<Milestone>;
+    async fn update_milestone(
+        &self,
+        origin: &Origin,
+        milestone: &Milestone,
+        expected_version: i64,
+    ) -> Result<Milestone>;
     /// Defines a custom field.
     async fn create_field(&self, origin: &Origin, field: &CustomField) -> Result<CustomField>;
     /// Custom fields of a project by name.
@@ -97,22 +118,44 @@ pub trait ProjectStore: Send + Sync {
 pub trait TaskStore: Send + Sync {
     /// Inserts a task, assigning id, the next per-project number, a rank after the project's last
     /// task, and timestamps (`at`).
-    async fn create_task(&self, origin: &Origin, task: &NewTask, at: OffsetDateTime) -> Result<Task>;
+    async fn create_task(
+        &self,
+        origin: &Origin,
+        task: &NewTask,
+        at: OffsetDateTime,
+    ) -> Result<Task>;
     /// Loads a task.
     async fn get_task(&self, id: TaskId) -> Result<Task>;
     /// Loads a task by its per-project number.
     async fn get_task_by_number(&self, project: ProjectId, number: i64) -> Result<Task>;
     /// Applies `patch` if the task is still at `expected_version`. A patch that changes nothing
     /// returns the task unchanged and appends no event.
-    async fn update_task(&self, origin: &Origin, id: TaskId, expected_version: i64, patch: &TaskPatch) -> Result<Task>;
+    async fn update_task(
+        &self,
+        origin: &Origin,
+        id: TaskId,
+        expected_version: i64,
+        patch: &TaskPatch,
+    ) -> Result<Task>;
     /// Deletes a task with its comments, relations, watchers and records; subtasks are detached.
     async fn delete_task(&self, origin: &Origin, id: TaskId, expected_version: i64) -> Result<()>;
     /// A page of an organization's tasks matching `filter`.
-    async fn list_tasks(&self, org: OrgId, filter: &TaskFilter, page: &PageRequest) -> Result<Page<Task>>;
+    async fn list_tasks(
+        &self,
+        org: OrgId,
+        filter: &TaskFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Task>>;
     /// Adds a relation; a `blocks` relation that would close a cycle is rejected (`Invalid`).
     async fn add_relation(&self, origin: &Origin, relation: &TaskRelation) -> Result<TaskRelation>;
     /// Removes a relation.
-    async fn remove_relation(&self, origin: &Origin, from: TaskId, to: TaskId, kind: RelationKind) -> Result<()>;
+    async fn remove_relation(
+        &self,
+        origin: &Origin,
+        from: TaskId,
+        to: TaskId,
+        kind: RelationKind,
+    ) -> Result<()>;
     /// Relations where the task is either end.
     async fn list_relations(&self, task: TaskId) -> Result<Vec<TaskRelation>>;
     /// Adds a watcher (idempotent).
@@ -133,7 +176,13 @@ pub trait CommentStore: Send + Sync {
     /// Comments of a task, oldest first.
     async fn list_comments(&self, task: TaskId) -> Result<Vec<Comment>>;
     /// Replaces the body if the comment is still at `expected_version`.
-    async fn update_comment(&self, origin: &Origin, id: CommentId, expected_version: i64, body: &Markdown) -> Result<Comment>;
+    async fn update_comment(
+        &self,
+        origin: &Origin,
+        id: CommentId,
+        expected_version: i64,
+        body: &Markdown,
+    ) -> Result<Comment>;
     /// Deletes a comment.
     async fn delete_comment(&self, origin: &Origin, id: CommentId) -> Result<()>;
 }
@@ -148,7 +197,11 @@ pub trait WorkLogStore: Send + Sync {
     /// Deletes a time entry.
     async fn delete_time_entry(&self, origin: &Origin, id: TimeEntryId) -> Result<()>;
     /// Records an attachment's metadata (the bytes are already in the blob store).
-    async fn create_attachment(&self, origin: &Origin, attachment: &Attachment) -> Result<Attachment>;
+    async fn create_attachment(
+        &self,
+        origin: &Origin,
+        attachment: &Attachment,
+    ) -> Result<Attachment>;
     /// Loads attachment metadata.
     async fn get_attachment(&self, id: AttachmentId) -> Result<Attachment>;
     /// Attachments of a task.
@@ -211,7 +264,14 @@ impl Stores {
     /// Bundles one adapter that implements every trait.
     pub fn from_adapter<S>(s: Arc<S>) -> Self
     where
-        S: DirectoryStore + ProjectStore + TaskStore + CommentStore + WorkLogStore + EventLog + StoreAdmin + 'static,
+        S: DirectoryStore
+            + ProjectStore
+            + TaskStore
+            + CommentStore
+            + WorkLogStore
+            + EventLog
+            + StoreAdmin
+            + 'static,
     {
         Self {
             directory: s.clone(),
@@ -227,7 +287,9 @@ impl Stores {
 
 impl std::fmt::Debug for Stores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stores").field("backend", &self.admin.backend()).finish_non_exhaustive()
+        f.debug_struct("Stores")
+            .field("backend", &self.admin.backend())
+            .finish_non_exhaustive()
     }
 }
 
@@ -241,7 +303,10 @@ pub async fn open(url: &str) -> Result<Stores> {
             return Ok(Stores::from_adapter(Arc::new(s)));
         }
         #[cfg(not(feature = "sqlite"))]
-        return Err(crate::Error::invalid("database_url", "pm-core was built without the `sqlite` feature"));
+        return Err(crate::Error::invalid(
+            "database_url",
+            "pm-core was built without the `sqlite` feature",
+        ));
     }
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         #[cfg(feature = "postgres")]
@@ -250,7 +315,13 @@ pub async fn open(url: &str) -> Result<Stores> {
             return Ok(Stores::from_adapter(Arc::new(s)));
         }
         #[cfg(not(feature = "postgres"))]
-        return Err(crate::Error::invalid("database_url", "pm-core was built without the `postgres` feature"));
+        return Err(crate::Error::invalid(
+            "database_url",
+            "pm-core was built without the `postgres` feature",
+        ));
     }
-    Err(crate::Error::invalid("database_url", "must start with sqlite: or postgres:"))
+    Err(crate::Error::invalid(
+        "database_url",
+        "must start with sqlite: or postgres:",
+    ))
 }

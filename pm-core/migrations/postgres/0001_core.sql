@@ -1,6 +1,11 @@
 -- pm-core schema (PostgreSQL). Mirrors migrations/sqlite/0001_core.sql with native types: UUID ids
 -- (v7, so byte order = time order), TIMESTAMPTZ timestamps (microsecond precision, like the
--- domain's), DATE dates, JSONB for structured values. Constraint names are PostgreSQL's defaults
+-- domain's), DATE dates, JSON(B) for structured values.
+--
+-- Documents that can hold domain f64s (custom field values, event payloads) are JSON, not JSONB:
+-- JSON keeps the serializer's text verbatim, whereas JSONB re-renders numbers as `numeric`
+-- (f64::MAX comes back as a 309-digit integer that serde_json refuses to read, which would make
+-- the task and every event log read containing it fail). Constraint names are PostgreSQL's defaults
 -- (`<table>_<column>_fkey`, `<table>_<columns>_key`, `<table>_pkey`); the adapter maps them to
 -- domain errors, so renaming one is a code change too.
 
@@ -131,7 +136,7 @@ CREATE INDEX task_labels_label ON task_labels(label_id);
 CREATE TABLE task_field_values (
     task_id  UUID NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
     field_id UUID NOT NULL REFERENCES custom_fields(id) ON DELETE CASCADE,
-    value    JSONB NOT NULL, -- pm_core::model::FieldValue
+    value    JSON NOT NULL, -- pm_core::model::FieldValue (JSON: see the header)
     PRIMARY KEY (task_id, field_id)
 );
 
@@ -220,7 +225,7 @@ CREATE TABLE events (
     actor_id       UUID,
     kind           TEXT NOT NULL,
     subject        UUID NOT NULL,
-    payload        JSONB NOT NULL,
+    payload        JSON NOT NULL, -- JSON, not JSONB: see the header
     cause_event_id UUID,
     cause_depth    BIGINT
 );

@@ -75,7 +75,12 @@ impl MemberRole {
             "admin" => MemberRole::Admin,
             "member" => MemberRole::Member,
             "guest" => MemberRole::Guest,
-            _ => return Err(crate::Error::invalid("role", "must be one of owner, admin, member, guest")),
+            _ => {
+                return Err(crate::Error::invalid(
+                    "role",
+                    "must be one of owner, admin, member, guest",
+                ));
+            }
         })
     }
 }

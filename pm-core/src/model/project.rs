@@ -206,15 +206,24 @@ impl FieldType {
     pub fn validate(&self) -> Result<()> {
         if let FieldType::Select { options } | FieldType::MultiSelect { options } = self {
             if options.is_empty() || options.len() > 100 {
-                return Err(Error::invalid("field_type.options", "must hold 1 to 100 options"));
+                return Err(Error::invalid(
+                    "field_type.options",
+                    "must hold 1 to 100 options",
+                ));
             }
             let mut seen = std::collections::HashSet::new();
             for o in options {
-                if o.trim().is_empty() || o.len() > 100 {
-                    return Err(Error::invalid("field_type.options", "options must be 1-100 characters"));
+                if o.trim().is_empty() || o.len() > 100 || o.chars().any(char::is_control) {
+                    return Err(Error::invalid(
+                        "field_type.options",
+                        "options must be 1-100 characters without control characters",
+                    ));
                 }
                 if !seen.insert(o) {
-                    return Err(Error::invalid("field_type.options", format!("duplicate option {o:?}")));
+                    return Err(Error::invalid(
+                        "field_type.options",
+                        format!("duplicate option {o:?}"),
+                    ));
                 }
             }
         }
@@ -263,13 +272,18 @@ impl CustomField {
         let field = format!("custom_fields.{}", self.name);
         let bad = |msg: &str| Err(Error::invalid(field.clone(), msg.to_string()));
         match (&self.field_type, value) {
+            (FieldType::Text, FieldValue::Text(s)) if s.contains('\0') => {
+                bad("must not contain NUL characters")
+            }
             (FieldType::Text, FieldValue::Text(s)) if s.chars().count() <= 10_000 => Ok(()),
             (FieldType::Text, FieldValue::Text(_)) => bad("must be at most 10000 characters"),
             (FieldType::Number, FieldValue::Number(n)) if n.is_finite() => Ok(()),
             (FieldType::Number, FieldValue::Number(_)) => bad("must be a finite number"),
             (FieldType::Date, FieldValue::Date(_)) => Ok(()),
             (FieldType::Select { options }, FieldValue::Select(v)) if options.contains(v) => Ok(()),
-            (FieldType::Select { .. }, FieldValue::Select(_)) => bad("is not one of the field's options"),
+            (FieldType::Select { .. }, FieldValue::Select(_)) => {
+                bad("is not one of the field's options")
+            }
             (FieldType::MultiSelect { options }, FieldValue::MultiSelect(vs)) => {
                 if vs.iter().all(|v| options.contains(v)) {
                     Ok(())
@@ -283,7 +297,11 @@ impl CustomField {
                 let ok = (u.starts_with("https://") || u.starts_with("http://"))
                     && u.len() <= 2048
                     && !u.chars().any(|c| c.is_whitespace() || c.is_control());
-                if ok { Ok(()) } else { bad("must be an http(s) URL") }
+                if ok {
+                    Ok(())
+                } else {
+                    bad("must be an http(s) URL")
+                }
             }
             _ => bad("has the wrong type for this field"),
         }

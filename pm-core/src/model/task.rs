@@ -6,11 +6,15 @@ use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
 
 use super::{FieldValue, Markdown, ProjectKey, TaskTitle};
-use crate::id::{CommentId, FieldId, LabelId, MilestoneId, OrgId, ProjectId, StateId, TaskId, UserId};
+use crate::id::{
+    CommentId, FieldId, LabelId, MilestoneId, OrgId, ProjectId, StateId, TaskId, UserId,
+};
 use crate::{Error, Result};
 
 /// Task priority. Ordered: `None < Low < Medium < High < Urgent`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     /// Not prioritised.
@@ -46,8 +50,9 @@ impl Priority {
 
     /// Parses the wire name (`priority` field).
     pub fn parse(s: &str) -> Result<Self> {
-        serde_json::from_value(serde_json::Value::String(s.to_string()))
-            .map_err(|_| Error::invalid("priority", "must be one of none, low, medium, high, urgent"))
+        serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+            Error::invalid("priority", "must be one of none, low, medium, high, urgent")
+        })
     }
 }
 
@@ -190,8 +195,21 @@ impl TaskPatch {
                 }
             )*};
         }
-        set!(title, description, state_id, priority, assignees, labels, start_date, due_date,
-             estimate, parent_id, milestone_id, rank, archived);
+        set!(
+            title,
+            description,
+            state_id,
+            priority,
+            assignees,
+            labels,
+            start_date,
+            due_date,
+            estimate,
+            parent_id,
+            milestone_id,
+            rank,
+            archived
+        );
         for (field, value) in &self.custom_fields {
             match value {
                 Some(v) => {
@@ -239,7 +257,12 @@ impl RelationKind {
             "blocks" => RelationKind::Blocks,
             "relates" => RelationKind::Relates,
             "duplicates" => RelationKind::Duplicates,
-            _ => return Err(Error::invalid("kind", "must be one of blocks, relates, duplicates")),
+            _ => {
+                return Err(Error::invalid(
+                    "kind",
+                    "must be one of blocks, relates, duplicates",
+                ));
+            }
         })
     }
 }

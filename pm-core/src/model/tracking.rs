@@ -39,6 +39,9 @@ pub fn parse_note(note: &str) -> Result<String> {
     if note.chars().count() > 2000 {
         return Err(Error::invalid("note", "must be at most 2000 characters"));
     }
+    if note.contains('\0') {
+        return Err(Error::invalid("note", "must not contain NUL characters"));
+    }
     Ok(note.to_string())
 }
 
@@ -69,8 +72,16 @@ pub struct Attachment {
 /// Validates an attachment file name (`file_name` field): 1–255 chars, no path separators.
 pub fn parse_file_name(raw: &str) -> Result<String> {
     let v = raw.trim();
-    if v.is_empty() || v.chars().count() > 255 || v.contains(['/', '\\', '\0']) || v == "." || v == ".." {
-        return Err(Error::invalid("file_name", "must be 1-255 characters without path separators"));
+    if v.is_empty()
+        || v.chars().count() > 255
+        || v.contains(['/', '\\', '\0'])
+        || v == "."
+        || v == ".."
+    {
+        return Err(Error::invalid(
+            "file_name",
+            "must be 1-255 characters without path separators",
+        ));
     }
     Ok(v.to_string())
 }
@@ -81,13 +92,20 @@ pub fn parse_content_type(raw: &str) -> Result<String> {
     let mut parts = v.splitn(2, '/');
     let ok = match (parts.next(), parts.next()) {
         (Some(a), Some(b)) => {
-            let tok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+;= ".contains(c));
+            let tok = |s: &str| {
+                !s.is_empty()
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+;= ".contains(c))
+            };
             tok(a) && tok(b) && v.len() <= 255
         }
         _ => false,
     };
     if !ok {
-        return Err(Error::invalid("content_type", "must be a MIME type like image/png"));
+        return Err(Error::invalid(
+            "content_type",
+            "must be a MIME type like image/png",
+        ));
     }
     Ok(v)
 }
@@ -131,8 +149,15 @@ impl GeoPoint {
             return Err(Error::invalid("lon", "must be between -180 and 180"));
         }
         if !accuracy_m.is_finite() || !(0.0..=1.0e7).contains(&accuracy_m) {
-            return Err(Error::invalid("accuracy_m", "must be a non-negative number of metres"));
+            return Err(Error::invalid(
+                "accuracy_m",
+                "must be a non-negative number of metres",
+            ));
         }
-        Ok(Self { lat, lon, accuracy_m })
+        Ok(Self {
+            lat,
+            lon,
+            accuracy_m,
+        })
     }
 }

@@ -8,10 +8,20 @@ fn trimmed_len(field: &str, raw: &str, min: usize, max: usize) -> Result<String>
     let v = raw.trim();
     let n = v.chars().count();
     if n < min {
-        return Err(Error::invalid(field, if min == 1 { "must not be empty".to_string() } else { format!("must be at least {min} characters") }));
+        return Err(Error::invalid(
+            field,
+            if min == 1 {
+                "must not be empty".to_string()
+            } else {
+                format!("must be at least {min} characters")
+            },
+        ));
     }
     if n > max {
-        return Err(Error::invalid(field, format!("must be at most {max} characters")));
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {max} characters"),
+        ));
     }
     if v.chars().any(|c| c.is_control()) {
         return Err(Error::invalid(field, "must not contain control characters"));
@@ -83,7 +93,10 @@ impl Markdown {
     /// Parses markdown for the named field.
     pub fn parse_field(field: &str, raw: &str) -> Result<Self> {
         if raw.chars().count() > Self::MAX_CHARS {
-            return Err(Error::invalid(field, format!("must be at most {} characters", Self::MAX_CHARS)));
+            return Err(Error::invalid(
+                field,
+                format!("must be at most {} characters", Self::MAX_CHARS),
+            ));
         }
         if raw.contains('\0') {
             return Err(Error::invalid(field, "must not contain NUL characters"));
@@ -123,8 +136,15 @@ pub struct Slug(String);
 impl Slug {
     /// Parses a slug (`slug` field).
     pub fn parse(raw: &str) -> Result<Self> {
-        let ok_chars = raw.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if raw.is_empty() || raw.len() > 64 || !ok_chars || raw.starts_with('-') || raw.ends_with('-') {
+        let ok_chars = raw
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if raw.is_empty()
+            || raw.len() > 64
+            || !ok_chars
+            || raw.starts_with('-')
+            || raw.ends_with('-')
+        {
             return Err(Error::invalid(
                 "slug",
                 "must be 1-64 characters of a-z, 0-9 and '-', not starting or ending with '-'",
@@ -162,7 +182,8 @@ impl ProjectKey {
         let v = raw.trim().to_ascii_uppercase();
         let ok = (2..=10).contains(&v.len())
             && v.starts_with(|c: char| c.is_ascii_uppercase())
-            && v.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+            && v.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
         if !ok {
             return Err(Error::invalid(
                 "key",
@@ -209,7 +230,10 @@ impl Email {
             && v.len() <= 254
             && !v.chars().any(|c| c.is_whitespace() || c.is_control());
         if !ok {
-            return Err(Error::invalid("email", "must be an e-mail address like name@example.com"));
+            return Err(Error::invalid(
+                "email",
+                "must be an e-mail address like name@example.com",
+            ));
         }
         Ok(Self(v))
     }
@@ -277,7 +301,10 @@ mod tests {
     #[test]
     fn newtypes_reject_bad_input_naming_the_field() {
         assert_eq!(field_of(TaskTitle::parse("   ").unwrap_err()), "title");
-        assert_eq!(field_of(TaskTitle::parse(&"x".repeat(501)).unwrap_err()), "title");
+        assert_eq!(
+            field_of(TaskTitle::parse(&"x".repeat(501)).unwrap_err()),
+            "title"
+        );
         assert_eq!(field_of(TaskTitle::parse("a\u{7}b").unwrap_err()), "title");
         assert_eq!(field_of(ProjectKey::parse("P").unwrap_err()), "key");
         assert_eq!(field_of(ProjectKey::parse("1PM").unwrap_err()), "key");
@@ -291,7 +318,10 @@ mod tests {
     fn newtypes_normalise() {
         assert_eq!(TaskTitle::parse("  Fix it ").unwrap().as_str(), "Fix it");
         assert_eq!(ProjectKey::parse("pm").unwrap().as_str(), "PM");
-        assert_eq!(Email::parse(" A@Example.com").unwrap().as_str(), "a@example.com");
+        assert_eq!(
+            Email::parse(" A@Example.com").unwrap().as_str(),
+            "a@example.com"
+        );
         assert_eq!(Color::parse("#AABBCC").unwrap().as_str(), "#aabbcc");
     }
 

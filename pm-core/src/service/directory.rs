@@ -27,8 +27,18 @@ pub struct NewOrg {
 impl Pm {
     /// Registers a user identity (credentials are the host's business).
     pub async fn create_user(&self, origin: &Origin, input: NewUser) -> Result<User> {
-        self.authorize(origin, Action::Create, &Resource::new(ResourceKind::Member, None, None)).await?;
-        let user = User { id: UserId::new(), email: input.email, display_name: input.display_name, created_at: now() };
+        self.authorize(
+            origin,
+            Action::Create,
+            &Resource::new(ResourceKind::Member, None, None),
+        )
+        .await?;
+        let user = User {
+            id: UserId::new(),
+            email: input.email,
+            display_name: input.display_name,
+            created_at: now(),
+        };
         self.stores.directory.create_user(origin, &user).await
     }
 
@@ -39,10 +49,25 @@ impl Pm {
 
     /// Creates an organization; a user actor becomes its owner.
     pub async fn create_org(&self, origin: &Origin, input: NewOrg) -> Result<Organization> {
-        self.authorize(origin, Action::Create, &Resource::new(ResourceKind::Org, None, None)).await?;
+        self.authorize(
+            origin,
+            Action::Create,
+            &Resource::new(ResourceKind::Org, None, None),
+        )
+        .await?;
         let at = now();
-        let org = Organization { id: OrgId::new(), slug: input.slug, name: input.name, version: 1, created_at: at, updated_at: at };
-        self.stores.directory.create_org(origin, &org, origin.actor.user()).await
+        let org = Organization {
+            id: OrgId::new(),
+            slug: input.slug,
+            name: input.name,
+            version: 1,
+            created_at: at,
+            updated_at: at,
+        };
+        self.stores
+            .directory
+            .create_org(origin, &org, origin.actor.user())
+            .await
     }
 
     /// Loads an organization.
@@ -58,26 +83,56 @@ impl Pm {
     }
 
     /// Adds a member or changes their role.
-    pub async fn put_member(&self, origin: &Origin, org: OrgId, user: UserId, role: MemberRole) -> Result<Membership> {
-        self.authorize(origin, Action::Manage, &Resource::new(ResourceKind::Member, Some(org), None).with_id(user)).await?;
+    pub async fn put_member(
+        &self,
+        origin: &Origin,
+        org: OrgId,
+        user: UserId,
+        role: MemberRole,
+    ) -> Result<Membership> {
+        self.authorize(
+            origin,
+            Action::Manage,
+            &Resource::new(ResourceKind::Member, Some(org), None).with_id(user),
+        )
+        .await?;
         self.stores.directory.get_org(org).await?;
-        self.stores.directory.get_user(user).await.map_err(|e| match e {
-            Error::NotFound { .. } => Error::invalid("user_id", "no such user"),
-            other => other,
-        })?;
-        let m = Membership { org_id: org, user_id: user, role, joined_at: now() };
+        self.stores
+            .directory
+            .get_user(user)
+            .await
+            .map_err(|e| match e {
+                Error::NotFound { .. } => Error::invalid("user_id", "no such user"),
+                other => other,
+            })?;
+        let m = Membership {
+            org_id: org,
+            user_id: user,
+            role,
+            joined_at: now(),
+        };
         self.stores.directory.put_member(origin, &m).await
     }
 
     /// Removes a member.
     pub async fn remove_member(&self, origin: &Origin, org: OrgId, user: UserId) -> Result<()> {
-        self.authorize(origin, Action::Manage, &Resource::new(ResourceKind::Member, Some(org), None).with_id(user)).await?;
+        self.authorize(
+            origin,
+            Action::Manage,
+            &Resource::new(ResourceKind::Member, Some(org), None).with_id(user),
+        )
+        .await?;
         self.stores.directory.remove_member(origin, org, user).await
     }
 
     /// Members of an organization.
     pub async fn list_members(&self, origin: &Origin, org: OrgId) -> Result<Vec<Membership>> {
-        self.authorize_read(origin, &Resource::new(ResourceKind::Member, Some(org), None), "organization").await?;
+        self.authorize_read(
+            origin,
+            &Resource::new(ResourceKind::Member, Some(org), None),
+            "organization",
+        )
+        .await?;
         self.stores.directory.list_members(org).await
     }
 
@@ -85,7 +140,10 @@ impl Pm {
     pub(crate) async fn require_member(&self, org: OrgId, user: UserId, field: &str) -> Result<()> {
         match self.stores.directory.get_membership(org, user).await? {
             Some(_) => Ok(()),
-            None => Err(Error::invalid(field, format!("user {user} is not a member of the organization"))),
+            None => Err(Error::invalid(
+                field,
+                format!("user {user} is not a member of the organization"),
+            )),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Services: the operations hosts call. Each one validates its input, asks the
-//! [`Authorizer`](crate::authz::Authorizer), then writes through the stores (which append the
+//! [`Authorizer`], then writes through the stores (which append the
 //! event in the same transaction).
 //!
 //! Checks that need other entities (a state belongs to the task's project, an assignee is a member
@@ -35,14 +35,20 @@ pub struct Pm {
 
 impl std::fmt::Debug for Pm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pm").field("stores", &self.stores).finish_non_exhaustive()
+        f.debug_struct("Pm")
+            .field("stores", &self.stores)
+            .finish_non_exhaustive()
     }
 }
 
 impl Pm {
     /// Composes the services.
     pub fn new(stores: Stores, authz: Arc<dyn Authorizer>, blobs: Arc<dyn BlobStore>) -> Self {
-        Self { stores, authz, blobs }
+        Self {
+            stores,
+            authz,
+            blobs,
+        }
     }
 
     /// The underlying stores (for hosts composing their own queries).
@@ -59,8 +65,17 @@ impl Pm {
     }
 
     /// Like [`Pm::authorize`] but for reads of one entity: a denial looks like absence.
-    async fn authorize_read(&self, origin: &Origin, resource: &Resource, entity: &'static str) -> Result<()> {
-        match self.authz.check(&origin.actor, Action::Read, resource).await? {
+    async fn authorize_read(
+        &self,
+        origin: &Origin,
+        resource: &Resource,
+        entity: &'static str,
+    ) -> Result<()> {
+        match self
+            .authz
+            .check(&origin.actor, Action::Read, resource)
+            .await?
+        {
             Decision::Allow => Ok(()),
             Decision::Deny(_) => Err(Error::not_found(entity)),
         }

@@ -6,7 +6,9 @@ use time::Date;
 
 use crate::authz::{Action, Resource, ResourceKind};
 use crate::event::Origin;
-use crate::id::{CommentId, FieldId, LabelId, MilestoneId, OrgId, ProjectId, StateId, TaskId, UserId};
+use crate::id::{
+    CommentId, FieldId, LabelId, MilestoneId, OrgId, ProjectId, StateId, TaskId, UserId,
+};
 use crate::model::*;
 use crate::query::{Page, PageRequest, TaskFilter};
 use crate::{Error, Pm, Result};
@@ -91,13 +93,19 @@ impl Pm {
     /// Creates a task.
     pub async fn create_task(&self, origin: &Origin, input: CreateTask) -> Result<Task> {
         let project = self.get_project(origin, input.project_id).await?;
-        let mut resource = Resource::new(ResourceKind::Task, Some(project.org_id), Some(project.id));
+        let mut resource =
+            Resource::new(ResourceKind::Task, Some(project.org_id), Some(project.id));
         resource.assignees = input.assignees.iter().copied().collect();
         resource.owner = input.reporter.or(origin.actor.user());
         self.authorize(origin, Action::Create, &resource).await?;
         let reporter = match (input.reporter, origin.actor.user()) {
             (Some(r), _) | (None, Some(r)) => r,
-            (None, None) => return Err(Error::invalid("reporter", "is required when the actor is not a user")),
+            (None, None) => {
+                return Err(Error::invalid(
+                    "reporter",
+                    "is required when the actor is not a user",
+                ));
+            }
         };
         let state_id = match input.state_id {
             Some(s) => s,
@@ -119,8 +127,10 @@ impl Pm {
             milestone_id: input.milestone_id,
             custom_fields: input.custom_fields,
         };
-        self.check_task_fields(&project, None, &TaskFieldsView::from_new(&new)).await?;
-        self.require_member(project.org_id, reporter, "reporter").await?;
+        self.check_task_fields(&project, None, &TaskFieldsView::from_new(&new))
+            .await?;
+        self.require_member(project.org_id, reporter, "reporter")
+            .await?;
         self.stores.tasks.create_task(origin, &new, now()).await
     }
 
@@ -131,49 +141,92 @@ impl Pm {
             .find(|s| s.category == StateCategory::Unstarted)
             .or_else(|| states.iter().find(|s| s.category == StateCategory::Backlog))
             .or(states.first());
-        pick.map(|s| s.id).ok_or_else(|| Error::invalid("state_id", "the project has no workflow states"))
+        pick.map(|s| s.id)
+            .ok_or_else(|| Error::invalid("state_id", "the project has no workflow states"))
     }
 
     /// Loads a task.
     pub async fn get_task(&self, origin: &Origin, id: TaskId) -> Result<Task> {
         let t = self.stores.tasks.get_task(id).await?;
-        self.authorize_read(origin, &task_resource(&t), "task").await?;
+        self.authorize_read(origin, &task_resource(&t), "task")
+            .await?;
         Ok(t)
     }
 
     /// Loads a task by project and number (`PM-42`).
-    pub async fn get_task_by_number(&self, origin: &Origin, project: ProjectId, number: i64) -> Result<Task> {
-        let t = self.stores.tasks.get_task_by_number(project, number).await?;
-        self.authorize_read(origin, &task_resource(&t), "task").await?;
+    pub async fn get_task_by_number(
+        &self,
+        origin: &Origin,
+        project: ProjectId,
+        number: i64,
+    ) -> Result<Task> {
+        let t = self
+            .stores
+            .tasks
+            .get_task_by_number(project, number)
+            .await?;
+        self.authorize_read(origin, &task_resource(&t), "task")
+            .await?;
         Ok(t)
     }
 
     /// Updates a task (optimistic concurrency on `expected_version`). A state change is a
     /// transition; it is authorized like any other update.
-    pub async fn update_task(&self, origin: &Origin, id: TaskId, expected_version: i64, patch: TaskPatch) -> Result<Task> {
+    pub async fn update_task(
+        &self,
+        origin: &Origin,
+        id: TaskId,
+        expected_version: i64,
+        patch: TaskPatch,
+    ) -> Result<Task> {
         let current = self.get_task(origin, id).await?;
-        self.authorize(origin, Action::Update, &task_resource(&current)).await?;
+        self.authorize(origin, Action::Update, &task_resource(&current))
+            .await?;
         let project = self.stores.projects.get_project(current.project_id).await?;
         let mut next = current.clone();
         patch.apply(&mut next);
-        self.check_task_fields(&project, Some(&current), &TaskFieldsView::from_task(&next)).await?;
+        self.check_task_fields(&project, Some(&current), &TaskFieldsView::from_task(&next))
+            .await?;
         if let Some(Some(parent)) = patch.parent_id {
             self.check_no_parent_cycle(id, parent).await?;
         }
-        self.stores.tasks.update_task(origin, id, expected_version, &patch).await
+        self.stores
+            .tasks
+            .update_task(origin, id, expected_version, &patch)
+            .await
     }
 
     /// Deletes a task.
-    pub async fn delete_task(&self, origin: &Origin, id: TaskId, expected_version: i64) -> Result<()> {
+    pub async fn delete_task(
+        &self,
+        origin: &Origin,
+        id: TaskId,
+        expected_version: i64,
+    ) -> Result<()> {
         let current = self.get_task(origin, id).await?;
-        self.authorize(origin, Action::Delete, &task_resource(&current)).await?;
-        self.stores.tasks.delete_task(origin, id, expected_version).await
+        self.authorize(origin, Action::Delete, &task_resource(&current))
+            .await?;
+        self.stores
+            .tasks
+            .delete_task(origin, id, expected_version)
+            .await
     }
 
     /// A page of an organization's tasks.
-    pub async fn list_tasks(&self, origin: &Origin, org: OrgId, filter: &TaskFilter, page: &PageRequest) -> Result<Page<Task>> {
+    pub async fn list_tasks(
+        &self,
+        origin: &Origin,
+        org: OrgId,
+        filter: &TaskFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Task>> {
         filter.validate()?;
-        self.authorize_read(origin, &Resource::new(ResourceKind::Task, Some(org), None), "organization").await?;
+        self.authorize_read(
+            origin,
+            &Resource::new(ResourceKind::Task, Some(org), None),
+            "organization",
+        )
+        .await?;
         for p in &filter.project_ids {
             let r = Resource::new(ResourceKind::Task, Some(org), Some(*p));
             self.authorize_read(origin, &r, "project").await?;
@@ -182,7 +235,13 @@ impl Pm {
     }
 
     /// Relates two tasks of the same organization.
-    pub async fn add_relation(&self, origin: &Origin, from: TaskId, to: TaskId, kind: RelationKind) -> Result<TaskRelation> {
+    pub async fn add_relation(
+        &self,
+        origin: &Origin,
+        from: TaskId,
+        to: TaskId,
+        kind: RelationKind,
+    ) -> Result<TaskRelation> {
         let a = self.get_task(origin, from).await?;
         let b = self.get_task(origin, to).await.map_err(|e| match e {
             Error::NotFound { .. } => Error::invalid("to_task", "no such task"),
@@ -191,16 +250,33 @@ impl Pm {
         if a.org_id != b.org_id {
             return Err(Error::invalid("to_task", "no such task"));
         }
-        self.authorize(origin, Action::Update, &task_resource(&a)).await?;
-        let r = TaskRelation { from_task: from, to_task: to, kind, created_by: origin.actor.user(), created_at: now() };
+        self.authorize(origin, Action::Update, &task_resource(&a))
+            .await?;
+        let r = TaskRelation {
+            from_task: from,
+            to_task: to,
+            kind,
+            created_by: origin.actor.user(),
+            created_at: now(),
+        };
         self.stores.tasks.add_relation(origin, &r).await
     }
 
     /// Removes a relation.
-    pub async fn remove_relation(&self, origin: &Origin, from: TaskId, to: TaskId, kind: RelationKind) -> Result<()> {
+    pub async fn remove_relation(
+        &self,
+        origin: &Origin,
+        from: TaskId,
+        to: TaskId,
+        kind: RelationKind,
+    ) -> Result<()> {
         let a = self.get_task(origin, from).await?;
-        self.authorize(origin, Action::Update, &task_resource(&a)).await?;
-        self.stores.tasks.remove_relation(origin, from, to, kind).await
+        self.authorize(origin, Action::Update, &task_resource(&a))
+            .await?;
+        self.stores
+            .tasks
+            .remove_relation(origin, from, to, kind)
+            .await
     }
 
     /// Relations of a task (either end).
@@ -210,20 +286,37 @@ impl Pm {
     }
 
     /// Starts watching a task (a user may watch for themselves; others need update rights).
-    pub async fn add_watcher(&self, origin: &Origin, task: TaskId, user: UserId) -> Result<Watcher> {
+    pub async fn add_watcher(
+        &self,
+        origin: &Origin,
+        task: TaskId,
+        user: UserId,
+    ) -> Result<Watcher> {
         let t = self.get_task(origin, task).await?;
         if origin.actor.user() != Some(user) {
-            self.authorize(origin, Action::Update, &task_resource(&t)).await?;
+            self.authorize(origin, Action::Update, &task_resource(&t))
+                .await?;
         }
         self.require_member(t.org_id, user, "user_id").await?;
-        self.stores.tasks.add_watcher(origin, &Watcher { task_id: task, user_id: user, since: now() }).await
+        self.stores
+            .tasks
+            .add_watcher(
+                origin,
+                &Watcher {
+                    task_id: task,
+                    user_id: user,
+                    since: now(),
+                },
+            )
+            .await
     }
 
     /// Stops watching a task.
     pub async fn remove_watcher(&self, origin: &Origin, task: TaskId, user: UserId) -> Result<()> {
         let t = self.get_task(origin, task).await?;
         if origin.actor.user() != Some(user) {
-            self.authorize(origin, Action::Update, &task_resource(&t)).await?;
+            self.authorize(origin, Action::Update, &task_resource(&t))
+                .await?;
         }
         self.stores.tasks.remove_watcher(origin, task, user).await
     }
@@ -235,16 +328,33 @@ impl Pm {
     }
 
     /// Comments on a task; the author is the acting user.
-    pub async fn add_comment(&self, origin: &Origin, task: TaskId, body: Markdown) -> Result<Comment> {
+    pub async fn add_comment(
+        &self,
+        origin: &Origin,
+        task: TaskId,
+        body: Markdown,
+    ) -> Result<Comment> {
         let t = self.get_task(origin, task).await?;
-        let author = origin.actor.user().ok_or_else(|| Error::invalid("author", "comments need a user actor"))?;
-        let r = Resource::new(ResourceKind::Comment, Some(t.org_id), Some(t.project_id)).with_owner(author);
+        let author = origin
+            .actor
+            .user()
+            .ok_or_else(|| Error::invalid("author", "comments need a user actor"))?;
+        let r = Resource::new(ResourceKind::Comment, Some(t.org_id), Some(t.project_id))
+            .with_owner(author);
         self.authorize(origin, Action::Create, &r).await?;
         if body.as_str().trim().is_empty() {
             return Err(Error::invalid("body", "must not be empty"));
         }
         let at = now();
-        let c = Comment { id: CommentId::new(), task_id: task, author, body, version: 1, created_at: at, updated_at: at };
+        let c = Comment {
+            id: CommentId::new(),
+            task_id: task,
+            author,
+            body,
+            version: 1,
+            created_at: at,
+            updated_at: at,
+        };
         self.stores.comments.create_comment(origin, &c).await
     }
 
@@ -254,21 +364,39 @@ impl Pm {
         self.stores.comments.list_comments(task).await
     }
 
-    async fn comment_resource(&self, origin: &Origin, id: CommentId) -> Result<(Comment, Resource)> {
+    async fn comment_resource(
+        &self,
+        origin: &Origin,
+        id: CommentId,
+    ) -> Result<(Comment, Resource)> {
         let c = self.stores.comments.get_comment(id).await?;
-        let t = self.get_task(origin, c.task_id).await.map_err(|_| Error::not_found("comment"))?;
-        let r = Resource::new(ResourceKind::Comment, Some(t.org_id), Some(t.project_id)).with_id(id).with_owner(c.author);
+        let t = self
+            .get_task(origin, c.task_id)
+            .await
+            .map_err(|_| Error::not_found("comment"))?;
+        let r = Resource::new(ResourceKind::Comment, Some(t.org_id), Some(t.project_id))
+            .with_id(id)
+            .with_owner(c.author);
         Ok((c, r))
     }
 
     /// Edits a comment (optimistic concurrency on `expected_version`).
-    pub async fn edit_comment(&self, origin: &Origin, id: CommentId, expected_version: i64, body: Markdown) -> Result<Comment> {
+    pub async fn edit_comment(
+        &self,
+        origin: &Origin,
+        id: CommentId,
+        expected_version: i64,
+        body: Markdown,
+    ) -> Result<Comment> {
         let (_, r) = self.comment_resource(origin, id).await?;
         self.authorize(origin, Action::Update, &r).await?;
         if body.as_str().trim().is_empty() {
             return Err(Error::invalid("body", "must not be empty"));
         }
-        self.stores.comments.update_comment(origin, id, expected_version, &body).await
+        self.stores
+            .comments
+            .update_comment(origin, id, expected_version, &body)
+            .await
     }
 
     /// Deletes a comment.
@@ -281,25 +409,42 @@ impl Pm {
     /// Validates a task's references against its project: state, parent, milestone, labels,
     /// assignees, custom fields, dates and estimate. `before` is the stored task on update, so
     /// unchanged references are not re-checked.
-    async fn check_task_fields(&self, project: &Project, before: Option<&Task>, t: &TaskFieldsView<'_>) -> Result<()> {
+    async fn check_task_fields(
+        &self,
+        project: &Project,
+        before: Option<&Task>,
+        t: &TaskFieldsView<'_>,
+    ) -> Result<()> {
         if let (Some(s), Some(d)) = (t.start_date, t.due_date)
             && s > d
         {
             return Err(Error::invalid("start_date", "must not be after due_date"));
         }
         if t.estimate.is_some_and(|e| e > MAX_ESTIMATE) {
-            return Err(Error::invalid("estimate", format!("must be at most {MAX_ESTIMATE}")));
+            return Err(Error::invalid(
+                "estimate",
+                format!("must be at most {MAX_ESTIMATE}"),
+            ));
         }
         if t.assignees.len() > MAX_ASSIGNEES {
-            return Err(Error::invalid("assignees", format!("at most {MAX_ASSIGNEES} assignees")));
+            return Err(Error::invalid(
+                "assignees",
+                format!("at most {MAX_ASSIGNEES} assignees"),
+            ));
         }
         if t.labels.len() > MAX_LABELS {
-            return Err(Error::invalid("labels", format!("at most {MAX_LABELS} labels")));
+            return Err(Error::invalid(
+                "labels",
+                format!("at most {MAX_LABELS} labels"),
+            ));
         }
         if before.is_none_or(|b| b.state_id != *t.state_id) {
             let s = self.stores.projects.get_state(*t.state_id).await;
             if !matches!(&s, Ok(s) if s.project_id == project.id) {
-                return Err(Error::invalid("state_id", "is not a workflow state of the task's project"));
+                return Err(Error::invalid(
+                    "state_id",
+                    "is not a workflow state of the task's project",
+                ));
             }
         }
         if let Some(parent) = t.parent_id
@@ -307,7 +452,10 @@ impl Pm {
         {
             let p = self.stores.tasks.get_task(parent).await;
             if !matches!(&p, Ok(p) if p.project_id == project.id) {
-                return Err(Error::invalid("parent_id", "is not a task of the same project"));
+                return Err(Error::invalid(
+                    "parent_id",
+                    "is not a task of the same project",
+                ));
             }
         }
         if let Some(m) = t.milestone_id
@@ -315,26 +463,50 @@ impl Pm {
         {
             let ms = self.stores.projects.get_milestone(m).await;
             if !matches!(&ms, Ok(ms) if ms.project_id == project.id) {
-                return Err(Error::invalid("milestone_id", "is not a milestone of the task's project"));
+                return Err(Error::invalid(
+                    "milestone_id",
+                    "is not a milestone of the task's project",
+                ));
             }
         }
-        let new_labels: Vec<&LabelId> = t.labels.iter().filter(|l| before.is_none_or(|b| !b.labels.contains(l))).collect();
+        let new_labels: Vec<&LabelId> = t
+            .labels
+            .iter()
+            .filter(|l| before.is_none_or(|b| !b.labels.contains(l)))
+            .collect();
         if !new_labels.is_empty() {
-            let known: BTreeSet<LabelId> = self.stores.projects.list_labels(project.org_id).await?.into_iter().map(|l| l.id).collect();
+            let known: BTreeSet<LabelId> = self
+                .stores
+                .projects
+                .list_labels(project.org_id)
+                .await?
+                .into_iter()
+                .map(|l| l.id)
+                .collect();
             if let Some(l) = new_labels.iter().find(|l| !known.contains(l)) {
-                return Err(Error::invalid("labels", format!("label {l} does not exist in the organization")));
+                return Err(Error::invalid(
+                    "labels",
+                    format!("label {l} does not exist in the organization"),
+                ));
             }
         }
-        for a in t.assignees.iter().filter(|a| before.is_none_or(|b| !b.assignees.contains(a))) {
+        for a in t
+            .assignees
+            .iter()
+            .filter(|a| before.is_none_or(|b| !b.assignees.contains(a)))
+        {
             self.require_member(project.org_id, *a, "assignees").await?;
         }
-        if before.is_none_or(|b| b.custom_fields != *t.custom_fields) && !t.custom_fields.is_empty() {
+        if before.is_none_or(|b| b.custom_fields != *t.custom_fields) && !t.custom_fields.is_empty()
+        {
             let fields = self.stores.projects.list_fields(project.id).await?;
             for (id, value) in t.custom_fields {
-                let f = fields
-                    .iter()
-                    .find(|f| f.id == *id)
-                    .ok_or_else(|| Error::invalid(format!("custom_fields.{id}"), "is not a field of the task's project"))?;
+                let f = fields.iter().find(|f| f.id == *id).ok_or_else(|| {
+                    Error::invalid(
+                        format!("custom_fields.{id}"),
+                        "is not a field of the task's project",
+                    )
+                })?;
                 f.check(value)?;
             }
         }
@@ -346,11 +518,19 @@ impl Pm {
         for _ in 0..=MAX_SUBTASK_DEPTH {
             match cur {
                 None => return Ok(()),
-                Some(id) if id == task => return Err(Error::invalid("parent_id", "would make the task its own ancestor")),
+                Some(id) if id == task => {
+                    return Err(Error::invalid(
+                        "parent_id",
+                        "would make the task its own ancestor",
+                    ));
+                }
                 Some(id) => cur = self.stores.tasks.get_task(id).await?.parent_id,
             }
         }
-        Err(Error::invalid("parent_id", format!("subtasks nest at most {MAX_SUBTASK_DEPTH} deep")))
+        Err(Error::invalid(
+            "parent_id",
+            format!("subtasks nest at most {MAX_SUBTASK_DEPTH} deep"),
+        ))
     }
 }
 

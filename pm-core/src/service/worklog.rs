@@ -15,10 +15,21 @@ pub const MAX_ATTACHMENT_BYTES: usize = 25 * 1024 * 1024;
 
 impl Pm {
     /// Logs time on a task for the acting user.
-    pub async fn log_time(&self, origin: &Origin, task: TaskId, minutes: i64, spent_on: Date, note: &str) -> Result<TimeEntry> {
+    pub async fn log_time(
+        &self,
+        origin: &Origin,
+        task: TaskId,
+        minutes: i64,
+        spent_on: Date,
+        note: &str,
+    ) -> Result<TimeEntry> {
         let t = self.get_task(origin, task).await?;
-        let user = origin.actor.user().ok_or_else(|| Error::invalid("user_id", "time is logged by a user"))?;
-        self.authorize(origin, Action::Update, &task_resource(&t)).await?;
+        let user = origin
+            .actor
+            .user()
+            .ok_or_else(|| Error::invalid("user_id", "time is logged by a user"))?;
+        self.authorize(origin, Action::Update, &task_resource(&t))
+            .await?;
         let e = TimeEntry {
             id: TimeEntryId::new(),
             task_id: task,
@@ -38,10 +49,23 @@ impl Pm {
     }
 
     /// Deletes a time entry of `task`.
-    pub async fn delete_time_entry(&self, origin: &Origin, task: TaskId, id: TimeEntryId) -> Result<()> {
+    pub async fn delete_time_entry(
+        &self,
+        origin: &Origin,
+        task: TaskId,
+        id: TimeEntryId,
+    ) -> Result<()> {
         let t = self.get_task(origin, task).await?;
-        self.authorize(origin, Action::Update, &task_resource(&t)).await?;
-        if !self.stores.worklog.list_time_entries(task).await?.iter().any(|e| e.id == id) {
+        self.authorize(origin, Action::Update, &task_resource(&t))
+            .await?;
+        if !self
+            .stores
+            .worklog
+            .list_time_entries(task)
+            .await?
+            .iter()
+            .any(|e| e.id == id)
+        {
             return Err(Error::not_found("time entry"));
         }
         self.stores.worklog.delete_time_entry(origin, id).await
@@ -49,18 +73,35 @@ impl Pm {
 
     /// Stores an attachment: bytes to the blob store first, then metadata. If the metadata write
     /// fails the blob is removed again, so no orphan is left behind.
-    pub async fn add_attachment(&self, origin: &Origin, task: TaskId, file_name: &str, content_type: &str, bytes: &[u8]) -> Result<Attachment> {
+    pub async fn add_attachment(
+        &self,
+        origin: &Origin,
+        task: TaskId,
+        file_name: &str,
+        content_type: &str,
+        bytes: &[u8],
+    ) -> Result<Attachment> {
         let t = self.get_task(origin, task).await?;
-        let user = origin.actor.user().ok_or_else(|| Error::invalid("uploaded_by", "attachments are uploaded by a user"))?;
-        self.authorize(origin, Action::Update, &task_resource(&t)).await?;
+        let user = origin
+            .actor
+            .user()
+            .ok_or_else(|| Error::invalid("uploaded_by", "attachments are uploaded by a user"))?;
+        self.authorize(origin, Action::Update, &task_resource(&t))
+            .await?;
         let file_name = parse_file_name(file_name)?;
         let content_type = parse_content_type(content_type)?;
         if bytes.len() > MAX_ATTACHMENT_BYTES {
-            return Err(Error::invalid("file", format!("must be at most {MAX_ATTACHMENT_BYTES} bytes")));
+            return Err(Error::invalid(
+                "file",
+                format!("must be at most {MAX_ATTACHMENT_BYTES} bytes"),
+            ));
         }
         let id = AttachmentId::new();
         let blob_key = id.to_string();
-        let sha256 = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let sha256 = Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         self.blobs.put(&blob_key, bytes).await?;
         let a = Attachment {
             id,
@@ -85,7 +126,12 @@ impl Pm {
     }
 
     /// Attachment metadata and bytes.
-    pub async fn get_attachment(&self, origin: &Origin, task: TaskId, id: AttachmentId) -> Result<(Attachment, Vec<u8>)> {
+    pub async fn get_attachment(
+        &self,
+        origin: &Origin,
+        task: TaskId,
+        id: AttachmentId,
+    ) -> Result<(Attachment, Vec<u8>)> {
         self.get_task(origin, task).await?;
         let a = self.stores.worklog.get_attachment(id).await?;
         if a.task_id != task {
@@ -102,9 +148,15 @@ impl Pm {
     }
 
     /// Deletes an attachment: metadata first (the commit point), then the blob.
-    pub async fn delete_attachment(&self, origin: &Origin, task: TaskId, id: AttachmentId) -> Result<()> {
+    pub async fn delete_attachment(
+        &self,
+        origin: &Origin,
+        task: TaskId,
+        id: AttachmentId,
+    ) -> Result<()> {
         let t = self.get_task(origin, task).await?;
-        self.authorize(origin, Action::Update, &task_resource(&t)).await?;
+        self.authorize(origin, Action::Update, &task_resource(&t))
+            .await?;
         let a = self.stores.worklog.get_attachment(id).await?;
         if a.task_id != task {
             return Err(Error::not_found("attachment"));
@@ -117,11 +169,28 @@ impl Pm {
     }
 
     /// Records a location check-in on a task for the acting user.
-    pub async fn check_in(&self, origin: &Origin, task: TaskId, position: GeoPoint, note: &str) -> Result<CheckIn> {
+    pub async fn check_in(
+        &self,
+        origin: &Origin,
+        task: TaskId,
+        position: GeoPoint,
+        note: &str,
+    ) -> Result<CheckIn> {
         let t = self.get_task(origin, task).await?;
-        let user = origin.actor.user().ok_or_else(|| Error::invalid("user_id", "check-ins are made by a user"))?;
-        self.authorize(origin, Action::Update, &task_resource(&t)).await?;
-        let c = CheckIn { id: CheckInId::new(), task_id: task, user_id: user, position, note: parse_note(note)?, created_at: now() };
+        let user = origin
+            .actor
+            .user()
+            .ok_or_else(|| Error::invalid("user_id", "check-ins are made by a user"))?;
+        self.authorize(origin, Action::Update, &task_resource(&t))
+            .await?;
+        let c = CheckIn {
+            id: CheckInId::new(),
+            task_id: task,
+            user_id: user,
+            position,
+            note: parse_note(note)?,
+            created_at: now(),
+        };
         self.stores.worklog.create_check_in(origin, &c).await
     }
 

@@ -15,7 +15,9 @@
 //!   local [`Wakeup`] for commits made by other instances; it lives as long as the last clone of
 //!   the store;
 //! - semantics (event kinds, payloads, error mapping, list orders) are those of the SQLite
-//!   adapter; text orders use the "C" collation so they agree with SQLite's byte order.
+//!   adapter; text orders use the "C" collation so they agree with SQLite's byte order;
+//! - documents that may hold domain `f64`s (custom field values, event payloads) live in `JSON`
+//!   columns written from serde_json text, never JSONB, so they read back exactly as written.
 //!
 //! Row structs are private; conversion into domain types happens in `TryFrom` impls so parse
 //! failures surface as errors, not panics.
@@ -31,7 +33,9 @@ use sqlx::{PgConnection, Postgres, QueryBuilder};
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
-use crate::event::{Actor, Cause, Event, EventDraft, EventKind, Origin, Wakeup, entity_payload, update_payload};
+use crate::event::{
+    Actor, Cause, Event, EventDraft, EventKind, Origin, Wakeup, entity_payload, update_payload,
+};
 use crate::model::*;
 use crate::query::{Page, PageRequest, SortValue, TaskFilter, TaskSortKey, from_micros};
 use crate::store::*;
@@ -70,7 +74,8 @@ impl PostgresStore {
     /// Connects to `url` (`postgres://user@host/db`) with a pool of 10 connections and starts the
     /// `LISTEN` task. Does not migrate; call [`StoreAdmin::migrate`].
     pub async fn connect(url: &str) -> Result<Self> {
-        let opts = PgConnectOptions::from_str(url).map_err(|e| Error::invalid("database_url", e.to_string()))?;
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| Error::invalid("database_url", e.to_string()))?;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10))
@@ -96,7 +101,11 @@ impl PostgresStore {
             let task = rt.spawn(listen(listen_pool, wakeup.clone()));
             Arc::new(ListenerGuard(task.abort_handle()))
         });
-        Self { pool, wakeup, _listener: listener }
+        Self {
+            pool,
+            wakeup,
+            _listener: listener,
+        }
     }
 
     /// The underlying pool.
@@ -117,7 +126,11 @@ impl PostgresStore {
 
     /// Commits a write transaction with its `NOTIFY`, then wakes local tailers.
     async fn commit(&self, mut tx: sqlx::Transaction<'static, Postgres>) -> Result<()> {
-        sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *tx).await.map_err(st)?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(CHANNEL)
+            .execute(&mut *tx)
+            .await
+            .map_err(st)?;
         tx.commit().await.map_err(st)?;
         self.wakeup.ping();
         Ok(())
@@ -152,7 +165,9 @@ async fn listen(pool: PgPool, wakeup: Wakeup) {
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "pm-core: cannot LISTEN {CHANNEL}; retrying in {backoff:?}"),
+            Err(e) => {
+                tracing::warn!(error = %e, "pm-core: cannot LISTEN {CHANNEL}; retrying in {backoff:?}")
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -167,11 +182,19 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 /// Maps a sqlx error to the domain: uniqueness and foreign-key violations become client errors.
-fn db_err(e: sqlx::Error, entity: &'static str, unique_field: &'static str, fk_field: &'static str) -> Error {
+fn db_err(
+    e: sqlx::Error,
+    entity: &'static str,
+    unique_field: &'static str,
+    fk_field: &'static str,
+) -> Error {
     if let sqlx::Error::Database(d) = &e {
         match d.kind() {
             sqlx::error::ErrorKind::UniqueViolation => {
-                return Error::AlreadyExists { entity, field: unique_field };
+                return Error::AlreadyExists {
+                    entity,
+                    field: unique_field,
+                };
             }
             sqlx::error::ErrorKind::ForeignKeyViolation => {
                 return Error::invalid(fk_field, "refers to something that does not exist");
@@ -192,6 +215,13 @@ fn ids<T: Into<Uuid> + Copy>(v: &[T]) -> Vec<Uuid> {
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value> {
     serde_json::to_value(v).map_err(Error::storage)
+}
+
+/// Serializes a document for a `JSON` column (bound as text and cast with `::json`). A
+/// `serde_json::Value` parameter would be sent as JSONB, whose `numeric` re-rendering of f64s
+/// is what the `JSON` columns exist to avoid (see the migration's header).
+fn json_text<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(Error::storage)
 }
 
 fn convert<R, T: TryFrom<R, Error = Error>>(rows: Vec<R>) -> Result<Vec<T>> {
@@ -382,7 +412,8 @@ impl TryFrom<FieldRow> for CustomField {
             id: r.id.into(),
             project_id: r.project_id.into(),
             name: Name::parse(&r.name).map_err(|e| corrupt("name", e))?,
-            field_type: serde_json::from_value(r.field_type).map_err(|e| corrupt("field_type", e))?,
+            field_type: serde_json::from_value(r.field_type)
+                .map_err(|e| corrupt("field_type", e))?,
         })
     }
 }
@@ -396,7 +427,7 @@ macro_rules! task_select {
          t.milestone_id, t.rank, t.archived, t.version, t.created_at, t.updated_at, \
          ARRAY(SELECT a.user_id FROM task_assignees a WHERE a.task_id = t.id ORDER BY a.user_id) AS assignees, \
          ARRAY(SELECT l.label_id FROM task_labels l WHERE l.task_id = t.id ORDER BY l.label_id) AS labels, \
-         (SELECT jsonb_object_agg(v.field_id, v.value) FROM task_field_values v WHERE v.task_id = t.id) AS custom_fields \
+         (SELECT json_object_agg(v.field_id, v.value) FROM task_field_values v WHERE v.task_id = t.id) AS custom_fields \
          FROM tasks t JOIN projects p ON p.id = t.project_id"
     };
 }
@@ -446,12 +477,23 @@ impl TryFrom<TaskRow> for Task {
             description: Markdown::parse(&r.description).map_err(|e| corrupt("description", e))?,
             state_id: r.state_id.into(),
             priority: Priority::from_i16(r.priority).map_err(|e| corrupt("priority", e))?,
-            assignees: r.assignees.into_iter().map(UserId::from).collect::<BTreeSet<_>>(),
+            assignees: r
+                .assignees
+                .into_iter()
+                .map(UserId::from)
+                .collect::<BTreeSet<_>>(),
             reporter: r.reporter.into(),
-            labels: r.labels.into_iter().map(LabelId::from).collect::<BTreeSet<_>>(),
+            labels: r
+                .labels
+                .into_iter()
+                .map(LabelId::from)
+                .collect::<BTreeSet<_>>(),
             start_date: r.start_date,
             due_date: r.due_date,
-            estimate: r.estimate.map(|e| u32::try_from(e).map_err(|e| corrupt("estimate", e))).transpose()?,
+            estimate: r
+                .estimate
+                .map(|e| u32::try_from(e).map_err(|e| corrupt("estimate", e)))
+                .transpose()?,
             parent_id: r.parent_id.map(TaskId::from),
             milestone_id: r.milestone_id.map(MilestoneId::from),
             rank: r.rank,
@@ -496,7 +538,11 @@ struct WatcherRow {
 impl TryFrom<WatcherRow> for Watcher {
     type Error = Error;
     fn try_from(r: WatcherRow) -> Result<Self> {
-        Ok(Watcher { task_id: r.task_id.into(), user_id: r.user_id.into(), since: r.since })
+        Ok(Watcher {
+            task_id: r.task_id.into(),
+            user_id: r.user_id.into(),
+            since: r.since,
+        })
     }
 }
 
@@ -601,7 +647,11 @@ impl TryFrom<CheckInRow> for CheckIn {
             id: r.id.into(),
             task_id: r.task_id.into(),
             user_id: r.user_id.into(),
-            position: GeoPoint { lat: r.lat, lon: r.lon, accuracy_m: r.accuracy_m },
+            position: GeoPoint {
+                lat: r.lat,
+                lon: r.lon,
+                accuracy_m: r.accuracy_m,
+            },
             note: r.note,
             created_at: r.created_at,
         })
@@ -659,7 +709,7 @@ async fn append(conn: &mut PgConnection, origin: &Origin, draft: EventDraft) -> 
     let at = now();
     let seq: i64 = sqlx::query_scalar(
         "INSERT INTO events (id, at, org_id, project_id, task_id, actor_type, actor_id, kind, subject, payload, \
-         cause_event_id, cause_depth) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING seq",
+         cause_event_id, cause_depth) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::json, $11, $12) RETURNING seq",
     )
     .bind(id.0)
     .bind(at)
@@ -670,7 +720,8 @@ async fn append(conn: &mut PgConnection, origin: &Origin, draft: EventDraft) -> 
     .bind(origin.actor.id())
     .bind(draft.kind.as_str())
     .bind(draft.subject)
-    .bind(&draft.payload)
+    // Text cast to JSON, never a JSONB parameter: see `json_text`.
+    .bind(json_text(&draft.payload)?)
     .bind(origin.cause.map(|c| c.event_id.0))
     .bind(origin.cause.map(|c| i64::from(c.depth)))
     .fetch_one(&mut *conn)
@@ -686,7 +737,11 @@ async fn load_task(conn: &mut PgConnection, id: TaskId, lock: bool) -> Result<Ta
     } else {
         concat!(task_select!(), " WHERE t.id = $1")
     };
-    let row: Option<TaskRow> = sqlx::query_as(sql).bind(id.0).fetch_optional(&mut *conn).await.map_err(st)?;
+    let row: Option<TaskRow> = sqlx::query_as(sql)
+        .bind(id.0)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(st)?;
     row.ok_or_else(|| Error::not_found("task"))?.try_into()
 }
 
@@ -711,9 +766,17 @@ async fn refresh_search(conn: &mut PgConnection, task: TaskId) -> Result<()> {
 
 /// Writes the assignee, label and custom-field rows of `task` (only the sets that differ from
 /// `before`; all of them for a new task).
-async fn write_task_sets(conn: &mut PgConnection, task: &Task, before: Option<&Task>) -> Result<()> {
+async fn write_task_sets(
+    conn: &mut PgConnection,
+    task: &Task,
+    before: Option<&Task>,
+) -> Result<()> {
     if before.is_none_or(|b| b.assignees != task.assignees) {
-        sqlx::query("DELETE FROM task_assignees WHERE task_id = $1").bind(task.id.0).execute(&mut *conn).await.map_err(st)?;
+        sqlx::query("DELETE FROM task_assignees WHERE task_id = $1")
+            .bind(task.id.0)
+            .execute(&mut *conn)
+            .await
+            .map_err(st)?;
         if !task.assignees.is_empty() {
             let users: Vec<Uuid> = task.assignees.iter().map(|u| u.0).collect();
             sqlx::query("INSERT INTO task_assignees (task_id, user_id) SELECT $1, u FROM UNNEST($2::uuid[]) AS u")
@@ -725,7 +788,11 @@ async fn write_task_sets(conn: &mut PgConnection, task: &Task, before: Option<&T
         }
     }
     if before.is_none_or(|b| b.labels != task.labels) {
-        sqlx::query("DELETE FROM task_labels WHERE task_id = $1").bind(task.id.0).execute(&mut *conn).await.map_err(st)?;
+        sqlx::query("DELETE FROM task_labels WHERE task_id = $1")
+            .bind(task.id.0)
+            .execute(&mut *conn)
+            .await
+            .map_err(st)?;
         if !task.labels.is_empty() {
             let labels: Vec<Uuid> = task.labels.iter().map(|l| l.0).collect();
             sqlx::query("INSERT INTO task_labels (task_id, label_id) SELECT $1, l FROM UNNEST($2::uuid[]) AS l")
@@ -737,13 +804,21 @@ async fn write_task_sets(conn: &mut PgConnection, task: &Task, before: Option<&T
         }
     }
     if before.is_none_or(|b| b.custom_fields != task.custom_fields) {
-        sqlx::query("DELETE FROM task_field_values WHERE task_id = $1").bind(task.id.0).execute(&mut *conn).await.map_err(st)?;
+        sqlx::query("DELETE FROM task_field_values WHERE task_id = $1")
+            .bind(task.id.0)
+            .execute(&mut *conn)
+            .await
+            .map_err(st)?;
         if !task.custom_fields.is_empty() {
             let fields: Vec<Uuid> = task.custom_fields.keys().map(|f| f.0).collect();
-            let values = task.custom_fields.values().map(to_json).collect::<Result<Vec<_>>>()?;
+            let values = task
+                .custom_fields
+                .values()
+                .map(json_text)
+                .collect::<Result<Vec<_>>>()?;
             sqlx::query(
                 "INSERT INTO task_field_values (task_id, field_id, value) \
-                 SELECT $1, f, v FROM UNNEST($2::uuid[], $3::jsonb[]) AS x(f, v)",
+                 SELECT $1, f, v::json FROM UNNEST($2::uuid[], $3::text[]) AS x(f, v)",
             )
             .bind(task.id.0)
             .bind(fields)
@@ -758,11 +833,12 @@ async fn write_task_sets(conn: &mut PgConnection, task: &Task, before: Option<&T
 
 /// Context of a task-scoped record: (org, project) of the task, or NotFound.
 async fn task_scope(conn: &mut PgConnection, task: TaskId) -> Result<(OrgId, ProjectId)> {
-    let row: Option<(Uuid, Uuid)> = sqlx::query_as("SELECT org_id, project_id FROM tasks WHERE id = $1")
-        .bind(task.0)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(st)?;
+    let row: Option<(Uuid, Uuid)> =
+        sqlx::query_as("SELECT org_id, project_id FROM tasks WHERE id = $1")
+            .bind(task.0)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(st)?;
     let (o, p) = row.ok_or_else(|| Error::not_found("task"))?;
     Ok((o.into(), p.into()))
 }
@@ -776,15 +852,34 @@ async fn project_org(conn: &mut PgConnection, project: ProjectId) -> Result<OrgI
     Ok(row.ok_or_else(|| Error::not_found("project"))?.into())
 }
 
-fn draft(kind: EventKind, org: Option<OrgId>, project: Option<ProjectId>, task: Option<TaskId>, subject: impl Into<Uuid>, payload: serde_json::Value) -> EventDraft {
-    EventDraft { kind, org_id: org, project_id: project, task_id: task, subject: subject.into(), payload }
+fn draft(
+    kind: EventKind,
+    org: Option<OrgId>,
+    project: Option<ProjectId>,
+    task: Option<TaskId>,
+    subject: impl Into<Uuid>,
+    payload: serde_json::Value,
+) -> EventDraft {
+    EventDraft {
+        kind,
+        org_id: org,
+        project_id: project,
+        task_id: task,
+        subject: subject.into(),
+        payload,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 
 #[async_trait]
 impl DirectoryStore for PostgresStore {
-    async fn create_org(&self, origin: &Origin, org: &Organization, owner: Option<UserId>) -> Result<Organization> {
+    async fn create_org(
+        &self,
+        origin: &Origin,
+        org: &Organization,
+        owner: Option<UserId>,
+    ) -> Result<Organization> {
         let mut tx = self.begin().await?;
         sqlx::query("INSERT INTO orgs (id, slug, name, version, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(org.id.0)
@@ -796,9 +891,26 @@ impl DirectoryStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| db_err(e, "organization", "slug", "id"))?;
-        append(&mut tx, origin, draft(EventKind::OrgCreated, Some(org.id), None, None, org.id, entity_payload("org", org))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::OrgCreated,
+                Some(org.id),
+                None,
+                None,
+                org.id,
+                entity_payload("org", org),
+            ),
+        )
+        .await?;
         if let Some(owner) = owner {
-            let m = Membership { org_id: org.id, user_id: owner, role: MemberRole::Owner, joined_at: org.created_at };
+            let m = Membership {
+                org_id: org.id,
+                user_id: owner,
+                role: MemberRole::Owner,
+                joined_at: org.created_at,
+            };
             sqlx::query("INSERT INTO memberships (org_id, user_id, role, joined_at) VALUES ($1, $2, $3, $4)")
                 .bind(m.org_id.0)
                 .bind(m.user_id.0)
@@ -807,7 +919,19 @@ impl DirectoryStore for PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| db_err(e, "member", "user_id", "owner"))?;
-            append(&mut tx, origin, draft(EventKind::MemberAdded, Some(org.id), None, None, owner, entity_payload("member", &m))).await?;
+            append(
+                &mut tx,
+                origin,
+                draft(
+                    EventKind::MemberAdded,
+                    Some(org.id),
+                    None,
+                    None,
+                    owner,
+                    entity_payload("member", &m),
+                ),
+            )
+            .await?;
         }
         self.commit(tx).await?;
         Ok(org.clone())
@@ -819,7 +943,8 @@ impl DirectoryStore for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(st)?;
-        row.ok_or_else(|| Error::not_found("organization"))?.try_into()
+        row.ok_or_else(|| Error::not_found("organization"))?
+            .try_into()
     }
 
     async fn list_orgs_for_user(&self, user: UserId) -> Result<Vec<Organization>> {
@@ -835,15 +960,29 @@ impl DirectoryStore for PostgresStore {
 
     async fn create_user(&self, origin: &Origin, user: &User) -> Result<User> {
         let mut tx = self.begin().await?;
-        sqlx::query("INSERT INTO users (id, email, display_name, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(user.id.0)
-            .bind(user.email.as_str())
-            .bind(user.display_name.as_str())
-            .bind(user.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_err(e, "user", "email", "id"))?;
-        append(&mut tx, origin, draft(EventKind::UserCreated, None, None, None, user.id, entity_payload("user", user))).await?;
+        sqlx::query(
+            "INSERT INTO users (id, email, display_name, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(user.id.0)
+        .bind(user.email.as_str())
+        .bind(user.display_name.as_str())
+        .bind(user.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_err(e, "user", "email", "id"))?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::UserCreated,
+                None,
+                None,
+                None,
+                user.id,
+                entity_payload("user", user),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(user.clone())
     }
@@ -868,13 +1007,14 @@ impl DirectoryStore for PostgresStore {
 
     async fn put_member(&self, origin: &Origin, m: &Membership) -> Result<Membership> {
         let mut tx = self.begin().await?;
-        let existing: Option<MemberRow> =
-            sqlx::query_as("SELECT * FROM memberships WHERE org_id = $1 AND user_id = $2 FOR UPDATE")
-                .bind(m.org_id.0)
-                .bind(m.user_id.0)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(st)?;
+        let existing: Option<MemberRow> = sqlx::query_as(
+            "SELECT * FROM memberships WHERE org_id = $1 AND user_id = $2 FOR UPDATE",
+        )
+        .bind(m.org_id.0)
+        .bind(m.user_id.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(st)?;
         let stored = match existing {
             Some(row) => {
                 let mut cur = Membership::try_from(row)?;
@@ -903,40 +1043,69 @@ impl DirectoryStore for PostgresStore {
                 m.clone()
             }
         };
-        append(&mut tx, origin, draft(EventKind::MemberAdded, Some(m.org_id), None, None, m.user_id, entity_payload("member", &stored))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::MemberAdded,
+                Some(m.org_id),
+                None,
+                None,
+                m.user_id,
+                entity_payload("member", &stored),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(stored)
     }
 
     async fn remove_member(&self, origin: &Origin, org: OrgId, user: UserId) -> Result<()> {
         let mut tx = self.begin().await?;
-        let row: Option<MemberRow> = sqlx::query_as("DELETE FROM memberships WHERE org_id = $1 AND user_id = $2 RETURNING *")
-            .bind(org.0)
-            .bind(user.0)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(st)?;
+        let row: Option<MemberRow> = sqlx::query_as(
+            "DELETE FROM memberships WHERE org_id = $1 AND user_id = $2 RETURNING *",
+        )
+        .bind(org.0)
+        .bind(user.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(st)?;
         let m = Membership::try_from(row.ok_or_else(|| Error::not_found("member"))?)?;
-        append(&mut tx, origin, draft(EventKind::MemberRemoved, Some(org), None, None, user, entity_payload("member", &m))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::MemberRemoved,
+                Some(org),
+                None,
+                None,
+                user,
+                entity_payload("member", &m),
+            ),
+        )
+        .await?;
         self.commit(tx).await
     }
 
     async fn get_membership(&self, org: OrgId, user: UserId) -> Result<Option<Membership>> {
-        let row: Option<MemberRow> = sqlx::query_as("SELECT * FROM memberships WHERE org_id = $1 AND user_id = $2")
-            .bind(org.0)
-            .bind(user.0)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(st)?;
+        let row: Option<MemberRow> =
+            sqlx::query_as("SELECT * FROM memberships WHERE org_id = $1 AND user_id = $2")
+                .bind(org.0)
+                .bind(user.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(st)?;
         row.map(Membership::try_from).transpose()
     }
 
     async fn list_members(&self, org: OrgId) -> Result<Vec<Membership>> {
-        let rows: Vec<MemberRow> = sqlx::query_as("SELECT * FROM memberships WHERE org_id = $1 ORDER BY joined_at, user_id")
-            .bind(org.0)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(st)?;
+        let rows: Vec<MemberRow> = sqlx::query_as(
+            "SELECT * FROM memberships WHERE org_id = $1 ORDER BY joined_at, user_id",
+        )
+        .bind(org.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(st)?;
         convert(rows)
     }
 }
@@ -957,7 +1126,12 @@ async fn insert_state(conn: &mut PgConnection, s: &WorkflowState) -> Result<()> 
 
 #[async_trait]
 impl ProjectStore for PostgresStore {
-    async fn create_project(&self, origin: &Origin, p: &Project, states: &[WorkflowState]) -> Result<Project> {
+    async fn create_project(
+        &self,
+        origin: &Origin,
+        p: &Project,
+        states: &[WorkflowState],
+    ) -> Result<Project> {
         let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO projects (id, org_id, key, name, description, lead, archived, next_number, version, created_at, updated_at) \
@@ -976,10 +1150,34 @@ impl ProjectStore for PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| db_err(e, "project", "key", "org_id"))?;
-        append(&mut tx, origin, draft(EventKind::ProjectCreated, Some(p.org_id), Some(p.id), None, p.id, entity_payload("project", p))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::ProjectCreated,
+                Some(p.org_id),
+                Some(p.id),
+                None,
+                p.id,
+                entity_payload("project", p),
+            ),
+        )
+        .await?;
         for s in states {
             insert_state(&mut tx, s).await?;
-            append(&mut tx, origin, draft(EventKind::StateCreated, Some(p.org_id), Some(p.id), None, s.id, entity_payload("state", s))).await?;
+            append(
+                &mut tx,
+                origin,
+                draft(
+                    EventKind::StateCreated,
+                    Some(p.org_id),
+                    Some(p.id),
+                    None,
+                    s.id,
+                    entity_payload("state", s),
+                ),
+            )
+            .await?;
         }
         self.commit(tx).await?;
         Ok(p.clone())
@@ -1005,13 +1203,20 @@ impl ProjectStore for PostgresStore {
         convert(rows)
     }
 
-    async fn update_project(&self, origin: &Origin, id: ProjectId, expected_version: i64, patch: &ProjectPatch) -> Result<Project> {
+    async fn update_project(
+        &self,
+        origin: &Origin,
+        id: ProjectId,
+        expected_version: i64,
+        patch: &ProjectPatch,
+    ) -> Result<Project> {
         let mut tx = self.begin().await?;
-        let row: Option<ProjectRow> = sqlx::query_as("SELECT * FROM projects WHERE id = $1 FOR UPDATE")
-            .bind(id.0)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(st)?;
+        let row: Option<ProjectRow> =
+            sqlx::query_as("SELECT * FROM projects WHERE id = $1 FOR UPDATE")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(st)?;
         let current = Project::try_from(row.ok_or_else(|| Error::not_found("project"))?)?;
         if current.version != expected_version {
             return Err(Error::Conflict(Box::new(Current::Project(current))));
@@ -1035,7 +1240,19 @@ impl ProjectStore for PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| db_err(e, "project", "key", "lead"))?;
-        append(&mut tx, origin, draft(EventKind::ProjectUpdated, Some(next.org_id), Some(id), None, id, update_payload("project", &current, &next))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::ProjectUpdated,
+                Some(next.org_id),
+                Some(id),
+                None,
+                id,
+                update_payload("project", &current, &next),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(next)
     }
@@ -1044,7 +1261,19 @@ impl ProjectStore for PostgresStore {
         let mut tx = self.begin().await?;
         let org = project_org(&mut tx, s.project_id).await?;
         insert_state(&mut tx, s).await?;
-        append(&mut tx, origin, draft(EventKind::StateCreated, Some(org), Some(s.project_id), None, s.id, entity_payload("state", s))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::StateCreated,
+                Some(org),
+                Some(s.project_id),
+                None,
+                s.id,
+                entity_payload("state", s),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(s.clone())
     }
@@ -1055,15 +1284,18 @@ impl ProjectStore for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(st)?;
-        row.ok_or_else(|| Error::not_found("workflow state"))?.try_into()
+        row.ok_or_else(|| Error::not_found("workflow state"))?
+            .try_into()
     }
 
     async fn list_states(&self, project: ProjectId) -> Result<Vec<WorkflowState>> {
-        let rows: Vec<StateRow> = sqlx::query_as("SELECT * FROM workflow_states WHERE project_id = $1 ORDER BY position, id")
-            .bind(project.0)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(st)?;
+        let rows: Vec<StateRow> = sqlx::query_as(
+            "SELECT * FROM workflow_states WHERE project_id = $1 ORDER BY position, id",
+        )
+        .bind(project.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(st)?;
         convert(rows)
     }
 
@@ -1077,17 +1309,31 @@ impl ProjectStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| db_err(e, "label", "name", "org_id"))?;
-        append(&mut tx, origin, draft(EventKind::LabelCreated, Some(l.org_id), None, None, l.id, entity_payload("label", l))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::LabelCreated,
+                Some(l.org_id),
+                None,
+                None,
+                l.id,
+                entity_payload("label", l),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(l.clone())
     }
 
     async fn list_labels(&self, org: OrgId) -> Result<Vec<Label>> {
-        let rows: Vec<LabelRow> = sqlx::query_as("SELECT * FROM labels WHERE org_id = $1 ORDER BY name COLLATE \"C\", id")
-            .bind(org.0)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(st)?;
+        let rows: Vec<LabelRow> = sqlx::query_as(
+            "SELECT * FROM labels WHERE org_id = $1 ORDER BY name COLLATE \"C\", id",
+        )
+        .bind(org.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(st)?;
         convert(rows)
     }
 
@@ -1099,7 +1345,19 @@ impl ProjectStore for PostgresStore {
             .await
             .map_err(st)?;
         let l = Label::try_from(row.ok_or_else(|| Error::not_found("label"))?)?;
-        append(&mut tx, origin, draft(EventKind::LabelDeleted, Some(l.org_id), None, None, l.id, entity_payload("label", &l))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::LabelDeleted,
+                Some(l.org_id),
+                None,
+                None,
+                l.id,
+                entity_payload("label", &l),
+            ),
+        )
+        .await?;
         self.commit(tx).await
     }
 
@@ -1119,7 +1377,19 @@ impl ProjectStore for PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| db_err(e, "milestone", "name", "project_id"))?;
-        append(&mut tx, origin, draft(EventKind::MilestoneCreated, Some(org), Some(m.project_id), None, m.id, entity_payload("milestone", m))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::MilestoneCreated,
+                Some(org),
+                Some(m.project_id),
+                None,
+                m.id,
+                entity_payload("milestone", m),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(m.clone())
     }
@@ -1144,13 +1414,19 @@ impl ProjectStore for PostgresStore {
         convert(rows)
     }
 
-    async fn update_milestone(&self, origin: &Origin, m: &Milestone, expected_version: i64) -> Result<Milestone> {
+    async fn update_milestone(
+        &self,
+        origin: &Origin,
+        m: &Milestone,
+        expected_version: i64,
+    ) -> Result<Milestone> {
         let mut tx = self.begin().await?;
-        let row: Option<MilestoneRow> = sqlx::query_as("SELECT * FROM milestones WHERE id = $1 FOR UPDATE")
-            .bind(m.id.0)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(st)?;
+        let row: Option<MilestoneRow> =
+            sqlx::query_as("SELECT * FROM milestones WHERE id = $1 FOR UPDATE")
+                .bind(m.id.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(st)?;
         let current = Milestone::try_from(row.ok_or_else(|| Error::not_found("milestone"))?)?;
         if current.version != expected_version {
             return Err(Error::Conflict(Box::new(Current::Milestone(current))));
@@ -1158,7 +1434,11 @@ impl ProjectStore for PostgresStore {
         let mut next = m.clone();
         next.project_id = current.project_id;
         next.version = current.version + 1;
-        if (Milestone { version: current.version, ..next.clone() }) == current {
+        if (Milestone {
+            version: current.version,
+            ..next.clone()
+        }) == current
+        {
             return Ok(current);
         }
         let org = project_org(&mut tx, current.project_id).await?;
@@ -1175,7 +1455,14 @@ impl ProjectStore for PostgresStore {
         append(
             &mut tx,
             origin,
-            draft(EventKind::MilestoneUpdated, Some(org), Some(current.project_id), None, m.id, update_payload("milestone", &current, &next)),
+            draft(
+                EventKind::MilestoneUpdated,
+                Some(org),
+                Some(current.project_id),
+                None,
+                m.id,
+                update_payload("milestone", &current, &next),
+            ),
         )
         .await?;
         self.commit(tx).await?;
@@ -1185,32 +1472,53 @@ impl ProjectStore for PostgresStore {
     async fn create_field(&self, origin: &Origin, f: &CustomField) -> Result<CustomField> {
         let mut tx = self.begin().await?;
         let org = project_org(&mut tx, f.project_id).await?;
-        sqlx::query("INSERT INTO custom_fields (id, project_id, name, field_type) VALUES ($1, $2, $3, $4)")
-            .bind(f.id.0)
-            .bind(f.project_id.0)
-            .bind(f.name.as_str())
-            .bind(to_json(&f.field_type)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_err(e, "custom field", "name", "project_id"))?;
-        append(&mut tx, origin, draft(EventKind::FieldCreated, Some(org), Some(f.project_id), None, f.id, entity_payload("field", f))).await?;
+        sqlx::query(
+            "INSERT INTO custom_fields (id, project_id, name, field_type) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(f.id.0)
+        .bind(f.project_id.0)
+        .bind(f.name.as_str())
+        .bind(to_json(&f.field_type)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_err(e, "custom field", "name", "project_id"))?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::FieldCreated,
+                Some(org),
+                Some(f.project_id),
+                None,
+                f.id,
+                entity_payload("field", f),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(f.clone())
     }
 
     async fn list_fields(&self, project: ProjectId) -> Result<Vec<CustomField>> {
-        let rows: Vec<FieldRow> = sqlx::query_as("SELECT * FROM custom_fields WHERE project_id = $1 ORDER BY name COLLATE \"C\", id")
-            .bind(project.0)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(st)?;
+        let rows: Vec<FieldRow> = sqlx::query_as(
+            "SELECT * FROM custom_fields WHERE project_id = $1 ORDER BY name COLLATE \"C\", id",
+        )
+        .bind(project.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(st)?;
         convert(rows)
     }
 }
 
 #[async_trait]
 impl TaskStore for PostgresStore {
-    async fn create_task(&self, origin: &Origin, new: &NewTask, at: OffsetDateTime) -> Result<Task> {
+    async fn create_task(
+        &self,
+        origin: &Origin,
+        new: &NewTask,
+        at: OffsetDateTime,
+    ) -> Result<Task> {
         let mut tx = self.begin().await?;
         let row: Option<(i64, String, Uuid)> = sqlx::query_as(
             "UPDATE projects SET next_number = next_number + 1 WHERE id = $1 RETURNING next_number - 1, key, org_id",
@@ -1222,11 +1530,12 @@ impl TaskStore for PostgresStore {
         let (number, key, org) = row.ok_or_else(|| Error::not_found("project"))?;
         let key = ProjectKey::parse(&key).map_err(|e| corrupt("key", e))?;
         // `rank` is COLLATE "C", so MAX is the byte-wise maximum `rank::after` expects.
-        let last_rank: Option<String> = sqlx::query_scalar("SELECT MAX(rank) FROM tasks WHERE project_id = $1")
-            .bind(new.project_id.0)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(st)?;
+        let last_rank: Option<String> =
+            sqlx::query_scalar("SELECT MAX(rank) FROM tasks WHERE project_id = $1")
+                .bind(new.project_id.0)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(st)?;
         let task = Task {
             id: TaskId::new(),
             org_id: org.into(),
@@ -1284,7 +1593,14 @@ impl TaskStore for PostgresStore {
         append(
             &mut tx,
             origin,
-            draft(EventKind::TaskCreated, Some(task.org_id), Some(task.project_id), Some(task.id), task.id, entity_payload("task", &task)),
+            draft(
+                EventKind::TaskCreated,
+                Some(task.org_id),
+                Some(task.project_id),
+                Some(task.id),
+                task.id,
+                entity_payload("task", &task),
+            ),
         )
         .await?;
         self.commit(tx).await?;
@@ -1297,16 +1613,25 @@ impl TaskStore for PostgresStore {
     }
 
     async fn get_task_by_number(&self, project: ProjectId, number: i64) -> Result<Task> {
-        let row: Option<TaskRow> = sqlx::query_as(concat!(task_select!(), " WHERE t.project_id = $1 AND t.number = $2"))
-            .bind(project.0)
-            .bind(number)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(st)?;
+        let row: Option<TaskRow> = sqlx::query_as(concat!(
+            task_select!(),
+            " WHERE t.project_id = $1 AND t.number = $2"
+        ))
+        .bind(project.0)
+        .bind(number)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(st)?;
         row.ok_or_else(|| Error::not_found("task"))?.try_into()
     }
 
-    async fn update_task(&self, origin: &Origin, id: TaskId, expected_version: i64, patch: &TaskPatch) -> Result<Task> {
+    async fn update_task(
+        &self,
+        origin: &Origin,
+        id: TaskId,
+        expected_version: i64,
+        patch: &TaskPatch,
+    ) -> Result<Task> {
         let mut tx = self.begin().await?;
         let current = load_task(&mut tx, id, true).await?;
         if current.version != expected_version {
@@ -1347,7 +1672,14 @@ impl TaskStore for PostgresStore {
         append(
             &mut tx,
             origin,
-            draft(EventKind::TaskUpdated, Some(next.org_id), Some(next.project_id), Some(id), id, update_payload("task", &current, &next)),
+            draft(
+                EventKind::TaskUpdated,
+                Some(next.org_id),
+                Some(next.project_id),
+                Some(id),
+                id,
+                update_payload("task", &current, &next),
+            ),
         )
         .await?;
         self.commit(tx).await?;
@@ -1362,29 +1694,58 @@ impl TaskStore for PostgresStore {
         }
         // The search document, comments, relations, watchers and records go by ON DELETE
         // CASCADE; subtasks are detached by ON DELETE SET NULL.
-        sqlx::query("DELETE FROM tasks WHERE id = $1").bind(id.0).execute(&mut *tx).await.map_err(st)?;
+        sqlx::query("DELETE FROM tasks WHERE id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(st)?;
         append(
             &mut tx,
             origin,
-            draft(EventKind::TaskDeleted, Some(current.org_id), Some(current.project_id), Some(id), id, entity_payload("task", &current)),
+            draft(
+                EventKind::TaskDeleted,
+                Some(current.org_id),
+                Some(current.project_id),
+                Some(id),
+                id,
+                entity_payload("task", &current),
+            ),
         )
         .await?;
         self.commit(tx).await
     }
 
-    async fn list_tasks(&self, org: OrgId, filter: &TaskFilter, page: &PageRequest) -> Result<Page<Task>> {
+    async fn list_tasks(
+        &self,
+        org: OrgId,
+        filter: &TaskFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Task>> {
         filter.validate()?;
-        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(concat!(task_select!(), " WHERE t.org_id = "));
+        let mut q: QueryBuilder<Postgres> =
+            QueryBuilder::new(concat!(task_select!(), " WHERE t.org_id = "));
         q.push_bind(org.0);
         if !filter.project_ids.is_empty() {
-            q.push(" AND t.project_id = ANY(").push_bind(ids(&filter.project_ids)).push(")");
+            q.push(" AND t.project_id = ANY(")
+                .push_bind(ids(&filter.project_ids))
+                .push(")");
         }
         if !filter.state_ids.is_empty() {
-            q.push(" AND t.state_id = ANY(").push_bind(ids(&filter.state_ids)).push(")");
+            q.push(" AND t.state_id = ANY(")
+                .push_bind(ids(&filter.state_ids))
+                .push(")");
         }
         if !filter.state_categories.is_empty() {
-            let cats: Vec<String> = filter.state_categories.iter().map(|c| c.as_str().to_string()).collect();
-            q.push(" AND t.state_id IN (SELECT s.id FROM workflow_states s WHERE s.category = ANY(").push_bind(cats).push("))");
+            let cats: Vec<String> = filter
+                .state_categories
+                .iter()
+                .map(|c| c.as_str().to_string())
+                .collect();
+            q.push(
+                " AND t.state_id IN (SELECT s.id FROM workflow_states s WHERE s.category = ANY(",
+            )
+            .push_bind(cats)
+            .push("))");
         }
         if !filter.assignees.is_empty() {
             q.push(" AND EXISTS (SELECT 1 FROM task_assignees a WHERE a.task_id = t.id AND a.user_id = ANY(")
@@ -1392,7 +1753,9 @@ impl TaskStore for PostgresStore {
                 .push("))");
         }
         if !filter.reporters.is_empty() {
-            q.push(" AND t.reporter = ANY(").push_bind(ids(&filter.reporters)).push(")");
+            q.push(" AND t.reporter = ANY(")
+                .push_bind(ids(&filter.reporters))
+                .push(")");
         }
         if !filter.labels.is_empty() {
             q.push(" AND EXISTS (SELECT 1 FROM task_labels l WHERE l.task_id = t.id AND l.label_id = ANY(")
@@ -1434,7 +1797,11 @@ impl TaskStore for PostgresStore {
             } else {
                 // Terms are alphanumeric (no tsquery operators can be injected); each is
                 // prefix-matched and all are required.
-                let tsquery = terms.iter().map(|t| format!("{t}:*")).collect::<Vec<_>>().join(" & ");
+                let tsquery = terms
+                    .iter()
+                    .map(|t| format!("{t}:*"))
+                    .collect::<Vec<_>>()
+                    .join(" & ");
                 q.push(" AND t.id IN (SELECT s.task_id FROM task_search s WHERE s.doc @@ to_tsquery('simple', ")
                     .push_bind(tsquery)
                     .push("))");
@@ -1448,15 +1815,22 @@ impl TaskStore for PostgresStore {
             TaskSortKey::Rank => "t.rank COLLATE \"C\"",
             TaskSortKey::Number => "t.number",
         };
-        let (cmp, dir) = if page.sort.descending { ("<", "DESC") } else { (">", "ASC") };
+        let (cmp, dir) = if page.sort.descending {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
         if let Some(c) = &page.after {
             q.push(format_args!(" AND ({expr} {cmp} "));
             push_sort_value(&mut q, page.sort.key, &c.value)?;
             q.push(format_args!(" OR ({expr} = "));
             push_sort_value(&mut q, page.sort.key, &c.value)?;
-            q.push(format_args!(" AND t.id {cmp} ")).push_bind(c.id.0).push("))");
+            q.push(format_args!(" AND t.id {cmp} "))
+                .push_bind(c.id.0)
+                .push("))");
         }
-        q.push(format_args!(" ORDER BY {expr} {dir}, t.id {dir} LIMIT ")).push_bind(i64::from(page.limit) + 1);
+        q.push(format_args!(" ORDER BY {expr} {dir}, t.id {dir} LIMIT "))
+            .push_bind(i64::from(page.limit) + 1);
         let rows: Vec<TaskRow> = q.build_query_as().fetch_all(&self.pool).await.map_err(st)?;
         Ok(Page::from_rows(convert(rows)?, page))
     }
@@ -1484,7 +1858,10 @@ impl TaskStore for PostgresStore {
             .await
             .map_err(st)?;
             if cycle {
-                return Err(Error::invalid("to_task", "would create a cycle of blocking tasks"));
+                return Err(Error::invalid(
+                    "to_task",
+                    "would create a cycle of blocking tasks",
+                ));
             }
         }
         sqlx::query("INSERT INTO task_relations (from_task, to_task, kind, created_by, created_at) VALUES ($1, $2, $3, $4, $5)")
@@ -1496,12 +1873,30 @@ impl TaskStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| db_err(e, "relation", "kind", "to_task"))?;
-        append(&mut tx, origin, draft(EventKind::RelationAdded, Some(org), Some(project), Some(r.from_task), r.to_task, entity_payload("relation", r))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::RelationAdded,
+                Some(org),
+                Some(project),
+                Some(r.from_task),
+                r.to_task,
+                entity_payload("relation", r),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(r.clone())
     }
 
-    async fn remove_relation(&self, origin: &Origin, from: TaskId, to: TaskId, kind: RelationKind) -> Result<()> {
+    async fn remove_relation(
+        &self,
+        origin: &Origin,
+        from: TaskId,
+        to: TaskId,
+        kind: RelationKind,
+    ) -> Result<()> {
         let mut tx = self.begin().await?;
         let row: Option<RelationRow> =
             sqlx::query_as("DELETE FROM task_relations WHERE from_task = $1 AND to_task = $2 AND kind = $3 RETURNING *")
@@ -1513,7 +1908,19 @@ impl TaskStore for PostgresStore {
                 .map_err(st)?;
         let r = TaskRelation::try_from(row.ok_or_else(|| Error::not_found("relation"))?)?;
         let (org, project) = task_scope(&mut tx, from).await?;
-        append(&mut tx, origin, draft(EventKind::RelationRemoved, Some(org), Some(project), Some(from), to, entity_payload("relation", &r))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::RelationRemoved,
+                Some(org),
+                Some(project),
+                Some(from),
+                to,
+                entity_payload("relation", &r),
+            ),
+        )
+        .await?;
         self.commit(tx).await
     }
 
@@ -1532,12 +1939,13 @@ impl TaskStore for PostgresStore {
     async fn add_watcher(&self, origin: &Origin, w: &Watcher) -> Result<Watcher> {
         let mut tx = self.begin().await?;
         let (org, project) = task_scope(&mut tx, w.task_id).await?;
-        let existing: Option<WatcherRow> = sqlx::query_as("SELECT * FROM watchers WHERE task_id = $1 AND user_id = $2")
-            .bind(w.task_id.0)
-            .bind(w.user_id.0)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(st)?;
+        let existing: Option<WatcherRow> =
+            sqlx::query_as("SELECT * FROM watchers WHERE task_id = $1 AND user_id = $2")
+                .bind(w.task_id.0)
+                .bind(w.user_id.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(st)?;
         if let Some(row) = existing {
             return row.try_into();
         }
@@ -1548,31 +1956,57 @@ impl TaskStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| db_err(e, "watcher", "user_id", "user_id"))?;
-        append(&mut tx, origin, draft(EventKind::WatcherAdded, Some(org), Some(project), Some(w.task_id), w.user_id, entity_payload("watcher", w))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::WatcherAdded,
+                Some(org),
+                Some(project),
+                Some(w.task_id),
+                w.user_id,
+                entity_payload("watcher", w),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(w.clone())
     }
 
     async fn remove_watcher(&self, origin: &Origin, task: TaskId, user: UserId) -> Result<()> {
         let mut tx = self.begin().await?;
-        let row: Option<WatcherRow> = sqlx::query_as("DELETE FROM watchers WHERE task_id = $1 AND user_id = $2 RETURNING *")
-            .bind(task.0)
-            .bind(user.0)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(st)?;
+        let row: Option<WatcherRow> =
+            sqlx::query_as("DELETE FROM watchers WHERE task_id = $1 AND user_id = $2 RETURNING *")
+                .bind(task.0)
+                .bind(user.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(st)?;
         let w = Watcher::try_from(row.ok_or_else(|| Error::not_found("watcher"))?)?;
         let (org, project) = task_scope(&mut tx, task).await?;
-        append(&mut tx, origin, draft(EventKind::WatcherRemoved, Some(org), Some(project), Some(task), user, entity_payload("watcher", &w))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::WatcherRemoved,
+                Some(org),
+                Some(project),
+                Some(task),
+                user,
+                entity_payload("watcher", &w),
+            ),
+        )
+        .await?;
         self.commit(tx).await
     }
 
     async fn list_watchers(&self, task: TaskId) -> Result<Vec<Watcher>> {
-        let rows: Vec<WatcherRow> = sqlx::query_as("SELECT * FROM watchers WHERE task_id = $1 ORDER BY since, user_id")
-            .bind(task.0)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(st)?;
+        let rows: Vec<WatcherRow> =
+            sqlx::query_as("SELECT * FROM watchers WHERE task_id = $1 ORDER BY since, user_id")
+                .bind(task.0)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(st)?;
         convert(rows)
     }
 }
@@ -1592,7 +2026,8 @@ fn push_sort_value(q: &mut QueryBuilder<Postgres>, key: TaskSortKey, v: &SortVal
             q.push_bind(*n);
         }
         (TaskSortKey::Due, SortValue::Text(s)) => {
-            let d = Date::parse(s, time::macros::format_description!("[year]-[month]-[day]")).map_err(|_| bad())?;
+            let d = Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+                .map_err(|_| bad())?;
             q.push_bind(d);
         }
         (TaskSortKey::Rank, SortValue::Text(s)) => {
@@ -1622,7 +2057,19 @@ impl CommentStore for PostgresStore {
         .await
         .map_err(|e| db_err(e, "comment", "id", "author"))?;
         refresh_search(&mut tx, c.task_id).await?;
-        append(&mut tx, origin, draft(EventKind::CommentCreated, Some(org), Some(project), Some(c.task_id), c.id, entity_payload("comment", c))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::CommentCreated,
+                Some(org),
+                Some(project),
+                Some(c.task_id),
+                c.id,
+                entity_payload("comment", c),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(c.clone())
     }
@@ -1637,21 +2084,29 @@ impl CommentStore for PostgresStore {
     }
 
     async fn list_comments(&self, task: TaskId) -> Result<Vec<Comment>> {
-        let rows: Vec<CommentRow> = sqlx::query_as("SELECT * FROM comments WHERE task_id = $1 ORDER BY created_at, id")
-            .bind(task.0)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(st)?;
+        let rows: Vec<CommentRow> =
+            sqlx::query_as("SELECT * FROM comments WHERE task_id = $1 ORDER BY created_at, id")
+                .bind(task.0)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(st)?;
         convert(rows)
     }
 
-    async fn update_comment(&self, origin: &Origin, id: CommentId, expected_version: i64, body: &Markdown) -> Result<Comment> {
+    async fn update_comment(
+        &self,
+        origin: &Origin,
+        id: CommentId,
+        expected_version: i64,
+        body: &Markdown,
+    ) -> Result<Comment> {
         let mut tx = self.begin().await?;
-        let row: Option<CommentRow> = sqlx::query_as("SELECT * FROM comments WHERE id = $1 FOR UPDATE")
-            .bind(id.0)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(st)?;
+        let row: Option<CommentRow> =
+            sqlx::query_as("SELECT * FROM comments WHERE id = $1 FOR UPDATE")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(st)?;
         let current = Comment::try_from(row.ok_or_else(|| Error::not_found("comment"))?)?;
         if current.version != expected_version {
             return Err(Error::Conflict(Box::new(Current::Comment(current))));
@@ -1659,7 +2114,12 @@ impl CommentStore for PostgresStore {
         if current.body == *body {
             return Ok(current);
         }
-        let next = Comment { body: body.clone(), version: current.version + 1, updated_at: now(), ..current.clone() };
+        let next = Comment {
+            body: body.clone(),
+            version: current.version + 1,
+            updated_at: now(),
+            ..current.clone()
+        };
         sqlx::query("UPDATE comments SET body = $1, version = $2, updated_at = $3 WHERE id = $4")
             .bind(next.body.as_str())
             .bind(next.version)
@@ -1673,7 +2133,14 @@ impl CommentStore for PostgresStore {
         append(
             &mut tx,
             origin,
-            draft(EventKind::CommentUpdated, Some(org), Some(project), Some(next.task_id), id, update_payload("comment", &current, &next)),
+            draft(
+                EventKind::CommentUpdated,
+                Some(org),
+                Some(project),
+                Some(next.task_id),
+                id,
+                update_payload("comment", &current, &next),
+            ),
         )
         .await?;
         self.commit(tx).await?;
@@ -1682,15 +2149,28 @@ impl CommentStore for PostgresStore {
 
     async fn delete_comment(&self, origin: &Origin, id: CommentId) -> Result<()> {
         let mut tx = self.begin().await?;
-        let row: Option<CommentRow> = sqlx::query_as("DELETE FROM comments WHERE id = $1 RETURNING *")
-            .bind(id.0)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(st)?;
+        let row: Option<CommentRow> =
+            sqlx::query_as("DELETE FROM comments WHERE id = $1 RETURNING *")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(st)?;
         let c = Comment::try_from(row.ok_or_else(|| Error::not_found("comment"))?)?;
         refresh_search(&mut tx, c.task_id).await?;
         let (org, project) = task_scope(&mut tx, c.task_id).await?;
-        append(&mut tx, origin, draft(EventKind::CommentDeleted, Some(org), Some(project), Some(c.task_id), id, entity_payload("comment", &c))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::CommentDeleted,
+                Some(org),
+                Some(project),
+                Some(c.task_id),
+                id,
+                entity_payload("comment", &c),
+            ),
+        )
+        .await?;
         self.commit(tx).await
     }
 }
@@ -1713,31 +2193,57 @@ impl WorkLogStore for PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(|err| db_err(err, "time entry", "id", "user_id"))?;
-        append(&mut tx, origin, draft(EventKind::TimeEntryCreated, Some(org), Some(project), Some(e.task_id), e.id, entity_payload("time_entry", e))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::TimeEntryCreated,
+                Some(org),
+                Some(project),
+                Some(e.task_id),
+                e.id,
+                entity_payload("time_entry", e),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(e.clone())
     }
 
     async fn list_time_entries(&self, task: TaskId) -> Result<Vec<TimeEntry>> {
-        let rows: Vec<TimeEntryRow> =
-            sqlx::query_as("SELECT * FROM time_entries WHERE task_id = $1 ORDER BY spent_on, created_at, id")
-                .bind(task.0)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(st)?;
+        let rows: Vec<TimeEntryRow> = sqlx::query_as(
+            "SELECT * FROM time_entries WHERE task_id = $1 ORDER BY spent_on, created_at, id",
+        )
+        .bind(task.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(st)?;
         convert(rows)
     }
 
     async fn delete_time_entry(&self, origin: &Origin, id: TimeEntryId) -> Result<()> {
         let mut tx = self.begin().await?;
-        let row: Option<TimeEntryRow> = sqlx::query_as("DELETE FROM time_entries WHERE id = $1 RETURNING *")
-            .bind(id.0)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(st)?;
+        let row: Option<TimeEntryRow> =
+            sqlx::query_as("DELETE FROM time_entries WHERE id = $1 RETURNING *")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(st)?;
         let e = TimeEntry::try_from(row.ok_or_else(|| Error::not_found("time entry"))?)?;
         let (org, project) = task_scope(&mut tx, e.task_id).await?;
-        append(&mut tx, origin, draft(EventKind::TimeEntryDeleted, Some(org), Some(project), Some(e.task_id), id, entity_payload("time_entry", &e))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::TimeEntryDeleted,
+                Some(org),
+                Some(project),
+                Some(e.task_id),
+                id,
+                entity_payload("time_entry", &e),
+            ),
+        )
+        .await?;
         self.commit(tx).await
     }
 
@@ -1761,7 +2267,19 @@ impl WorkLogStore for PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| db_err(e, "attachment", "id", "uploaded_by"))?;
-        append(&mut tx, origin, draft(EventKind::AttachmentCreated, Some(org), Some(project), Some(a.task_id), a.id, entity_payload("attachment", a))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::AttachmentCreated,
+                Some(org),
+                Some(project),
+                Some(a.task_id),
+                a.id,
+                entity_payload("attachment", a),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(a.clone())
     }
@@ -1772,28 +2290,43 @@ impl WorkLogStore for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(st)?;
-        row.ok_or_else(|| Error::not_found("attachment"))?.try_into()
+        row.ok_or_else(|| Error::not_found("attachment"))?
+            .try_into()
     }
 
     async fn list_attachments(&self, task: TaskId) -> Result<Vec<Attachment>> {
-        let rows: Vec<AttachmentRow> = sqlx::query_as("SELECT * FROM attachments WHERE task_id = $1 ORDER BY created_at, id")
-            .bind(task.0)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(st)?;
+        let rows: Vec<AttachmentRow> =
+            sqlx::query_as("SELECT * FROM attachments WHERE task_id = $1 ORDER BY created_at, id")
+                .bind(task.0)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(st)?;
         convert(rows)
     }
 
     async fn delete_attachment(&self, origin: &Origin, id: AttachmentId) -> Result<()> {
         let mut tx = self.begin().await?;
-        let row: Option<AttachmentRow> = sqlx::query_as("DELETE FROM attachments WHERE id = $1 RETURNING *")
-            .bind(id.0)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(st)?;
+        let row: Option<AttachmentRow> =
+            sqlx::query_as("DELETE FROM attachments WHERE id = $1 RETURNING *")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(st)?;
         let a = Attachment::try_from(row.ok_or_else(|| Error::not_found("attachment"))?)?;
         let (org, project) = task_scope(&mut tx, a.task_id).await?;
-        append(&mut tx, origin, draft(EventKind::AttachmentDeleted, Some(org), Some(project), Some(a.task_id), id, entity_payload("attachment", &a))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::AttachmentDeleted,
+                Some(org),
+                Some(project),
+                Some(a.task_id),
+                id,
+                entity_payload("attachment", &a),
+            ),
+        )
+        .await?;
         self.commit(tx).await
     }
 
@@ -1814,17 +2347,31 @@ impl WorkLogStore for PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| db_err(e, "check-in", "id", "user_id"))?;
-        append(&mut tx, origin, draft(EventKind::CheckInCreated, Some(org), Some(project), Some(c.task_id), c.id, entity_payload("check_in", c))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::CheckInCreated,
+                Some(org),
+                Some(project),
+                Some(c.task_id),
+                c.id,
+                entity_payload("check_in", c),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(c.clone())
     }
 
     async fn list_check_ins(&self, task: TaskId) -> Result<Vec<CheckIn>> {
-        let rows: Vec<CheckInRow> = sqlx::query_as("SELECT * FROM check_ins WHERE task_id = $1 ORDER BY created_at DESC, id DESC")
-            .bind(task.0)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(st)?;
+        let rows: Vec<CheckInRow> = sqlx::query_as(
+            "SELECT * FROM check_ins WHERE task_id = $1 ORDER BY created_at DESC, id DESC",
+        )
+        .bind(task.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(st)?;
         convert(rows)
     }
 }
@@ -1832,25 +2379,30 @@ impl WorkLogStore for PostgresStore {
 #[async_trait]
 impl EventLog for PostgresStore {
     async fn read_after(&self, after: i64, limit: u32) -> Result<Vec<Event>> {
-        let rows: Vec<EventRow> = sqlx::query_as("SELECT * FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")
-            .bind(after)
-            .bind(i64::from(limit.clamp(1, 10_000)))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(st)?;
+        let rows: Vec<EventRow> =
+            sqlx::query_as("SELECT * FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(after)
+                .bind(i64::from(limit.clamp(1, 10_000)))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(st)?;
         convert(rows)
     }
 
     async fn latest_seq(&self) -> Result<i64> {
-        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0)::bigint FROM events").fetch_one(&self.pool).await.map_err(st)
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0)::bigint FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(st)
     }
 
     async fn load_cursor(&self, consumer: &str) -> Result<i64> {
-        let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM event_cursors WHERE consumer = $1")
-            .bind(consumer)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(st)?;
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM event_cursors WHERE consumer = $1")
+                .bind(consumer)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(st)?;
         Ok(seq.unwrap_or(0))
     }
 
@@ -1882,7 +2434,10 @@ impl StoreAdmin for PostgresStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(st)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(st)?;
         Ok(())
     }
 

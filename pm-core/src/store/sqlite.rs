@@ -14,14 +14,18 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::event::{Event, EventDraft, EventKind, Origin, Wakeup, entity_payload, update_payload};
 use crate::model::*;
-use crate::query::{NO_DUE_DATE, Page, PageRequest, SortValue, TaskFilter, TaskSortKey, from_micros, micros};
+use crate::query::{
+    NO_DUE_DATE, Page, PageRequest, SortValue, TaskFilter, TaskSortKey, from_micros, micros,
+};
 use crate::store::*;
 use crate::{Current, Error, Result};
 
@@ -54,7 +58,11 @@ impl SqliteStore {
                 .connect_with(opts)
                 .await
                 .map_err(Error::storage)?;
-            return Ok(Self { writer: pool.clone(), reader: pool, wakeup: Wakeup::new() });
+            return Ok(Self {
+                writer: pool.clone(),
+                reader: pool,
+                wakeup: Wakeup::new(),
+            });
         }
         let opts = opts.journal_mode(SqliteJournalMode::Wal);
         let writer = SqlitePoolOptions::new()
@@ -67,7 +75,11 @@ impl SqliteStore {
             .connect_with(opts.read_only(true))
             .await
             .map_err(Error::storage)?;
-        Ok(Self { writer, reader, wakeup: Wakeup::new() })
+        Ok(Self {
+            writer,
+            reader,
+            wakeup: Wakeup::new(),
+        })
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
@@ -105,7 +117,8 @@ fn date_text(d: Date) -> String {
 }
 
 fn parse_date(s: &str) -> Result<Date> {
-    Date::parse(s, time::macros::format_description!("[year]-[month]-[day]")).map_err(Error::storage)
+    Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+        .map_err(Error::storage)
 }
 
 fn parse_opt_date(s: Option<&str>) -> Result<Option<Date>> {
@@ -125,11 +138,19 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 /// Maps a sqlx error to the domain: uniqueness and foreign-key violations become client errors.
-fn db_err(e: sqlx::Error, entity: &'static str, unique_field: &'static str, fk_field: &'static str) -> Error {
+fn db_err(
+    e: sqlx::Error,
+    entity: &'static str,
+    unique_field: &'static str,
+    fk_field: &'static str,
+) -> Error {
     if let sqlx::Error::Database(d) = &e {
         match d.kind() {
             sqlx::error::ErrorKind::UniqueViolation => {
-                return Error::AlreadyExists { entity, field: unique_field };
+                return Error::AlreadyExists {
+                    entity,
+                    field: unique_field,
+                };
             }
             sqlx::error::ErrorKind::ForeignKeyViolation => {
                 return Error::invalid(fk_field, "refers to something that does not exist");
@@ -328,7 +349,8 @@ impl TryFrom<FieldRow> for CustomField {
             id: parse_id(&r.id)?,
             project_id: parse_id(&r.project_id)?,
             name: Name::parse(&r.name).map_err(|e| corrupt("name", e))?,
-            field_type: serde_json::from_str(&r.field_type).map_err(|e| corrupt("field_type", e))?,
+            field_type: serde_json::from_str(&r.field_type)
+                .map_err(|e| corrupt("field_type", e))?,
         })
     }
 }
@@ -377,8 +399,10 @@ impl TryFrom<TaskRow> for Task {
     type Error = Error;
     fn try_from(r: TaskRow) -> Result<Self> {
         let key = ProjectKey::parse(&r.project_key).map_err(|e| corrupt("key", e))?;
-        let assignees: BTreeSet<UserId> = serde_json::from_str(&r.assignees).map_err(|e| corrupt("assignees", e))?;
-        let labels: BTreeSet<LabelId> = serde_json::from_str(&r.labels).map_err(|e| corrupt("labels", e))?;
+        let assignees: BTreeSet<UserId> =
+            serde_json::from_str(&r.assignees).map_err(|e| corrupt("assignees", e))?;
+        let labels: BTreeSet<LabelId> =
+            serde_json::from_str(&r.labels).map_err(|e| corrupt("labels", e))?;
         let custom_fields: BTreeMap<FieldId, FieldValue> =
             serde_json::from_str(&r.custom_fields).map_err(|e| corrupt("custom_fields", e))?;
         Ok(Task {
@@ -396,7 +420,10 @@ impl TryFrom<TaskRow> for Task {
             labels,
             start_date: parse_opt_date(r.start_date.as_deref())?,
             due_date: parse_opt_date(r.due_date.as_deref())?,
-            estimate: r.estimate.map(|e| u32::try_from(e).map_err(|e| corrupt("estimate", e))).transpose()?,
+            estimate: r
+                .estimate
+                .map(|e| u32::try_from(e).map_err(|e| corrupt("estimate", e)))
+                .transpose()?,
             parent_id: parse_opt_id(r.parent_id.as_deref())?,
             milestone_id: parse_opt_id(r.milestone_id.as_deref())?,
             rank: r.rank,
@@ -441,7 +468,11 @@ struct WatcherRow {
 impl TryFrom<WatcherRow> for Watcher {
     type Error = Error;
     fn try_from(r: WatcherRow) -> Result<Self> {
-        Ok(Watcher { task_id: parse_id(&r.task_id)?, user_id: parse_id(&r.user_id)?, since: from_ts(r.since)? })
+        Ok(Watcher {
+            task_id: parse_id(&r.task_id)?,
+            user_id: parse_id(&r.user_id)?,
+            since: from_ts(r.since)?,
+        })
     }
 }
 
@@ -546,7 +577,11 @@ impl TryFrom<CheckInRow> for CheckIn {
             id: parse_id(&r.id)?,
             task_id: parse_id(&r.task_id)?,
             user_id: parse_id(&r.user_id)?,
-            position: GeoPoint { lat: r.lat, lon: r.lon, accuracy_m: r.accuracy_m },
+            position: GeoPoint {
+                lat: r.lat,
+                lon: r.lon,
+                accuracy_m: r.accuracy_m,
+            },
             note: r.note,
             created_at: from_ts(r.created_at)?,
         })
@@ -587,8 +622,11 @@ impl TryFrom<EventRow> for Event {
             org_id: parse_opt_id(r.org_id.as_deref())?,
             project_id: parse_opt_id(r.project_id.as_deref())?,
             task_id: parse_opt_id(r.task_id.as_deref())?,
-            actor: crate::event::Actor::from_parts(&r.actor_type, parse_opt_id::<Uuid>(r.actor_id.as_deref())?)
-                .map_err(|e| corrupt("actor", e))?,
+            actor: crate::event::Actor::from_parts(
+                &r.actor_type,
+                parse_opt_id::<Uuid>(r.actor_id.as_deref())?,
+            )
+            .map_err(|e| corrupt("actor", e))?,
             kind: EventKind::parse(&r.kind).map_err(|e| corrupt("kind", e))?,
             subject: parse_id(&r.subject)?,
             payload: serde_json::from_str(&r.payload).map_err(|e| corrupt("payload", e))?,
@@ -656,10 +694,18 @@ async fn refresh_search(conn: &mut SqliteConnection, task: TaskId) -> Result<()>
     Ok(())
 }
 
-async fn write_task_sets(conn: &mut SqliteConnection, task: &Task, before: Option<&Task>) -> Result<()> {
+async fn write_task_sets(
+    conn: &mut SqliteConnection,
+    task: &Task,
+    before: Option<&Task>,
+) -> Result<()> {
     let id = id_text(task.id);
     if before.is_none_or(|b| b.assignees != task.assignees) {
-        sqlx::query("DELETE FROM task_assignees WHERE task_id = ?").bind(&id).execute(&mut *conn).await.map_err(st)?;
+        sqlx::query("DELETE FROM task_assignees WHERE task_id = ?")
+            .bind(&id)
+            .execute(&mut *conn)
+            .await
+            .map_err(st)?;
         for u in &task.assignees {
             sqlx::query("INSERT INTO task_assignees (task_id, user_id) VALUES (?, ?)")
                 .bind(&id)
@@ -670,7 +716,11 @@ async fn write_task_sets(conn: &mut SqliteConnection, task: &Task, before: Optio
         }
     }
     if before.is_none_or(|b| b.labels != task.labels) {
-        sqlx::query("DELETE FROM task_labels WHERE task_id = ?").bind(&id).execute(&mut *conn).await.map_err(st)?;
+        sqlx::query("DELETE FROM task_labels WHERE task_id = ?")
+            .bind(&id)
+            .execute(&mut *conn)
+            .await
+            .map_err(st)?;
         for l in &task.labels {
             sqlx::query("INSERT INTO task_labels (task_id, label_id) VALUES (?, ?)")
                 .bind(&id)
@@ -681,15 +731,21 @@ async fn write_task_sets(conn: &mut SqliteConnection, task: &Task, before: Optio
         }
     }
     if before.is_none_or(|b| b.custom_fields != task.custom_fields) {
-        sqlx::query("DELETE FROM task_field_values WHERE task_id = ?").bind(&id).execute(&mut *conn).await.map_err(st)?;
+        sqlx::query("DELETE FROM task_field_values WHERE task_id = ?")
+            .bind(&id)
+            .execute(&mut *conn)
+            .await
+            .map_err(st)?;
         for (f, v) in &task.custom_fields {
-            sqlx::query("INSERT INTO task_field_values (task_id, field_id, value) VALUES (?, ?, ?)")
-                .bind(&id)
-                .bind(id_text(*f))
-                .bind(serde_json::to_string(v).map_err(Error::storage)?)
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| db_err(e, "task", "custom_fields", "custom_fields"))?;
+            sqlx::query(
+                "INSERT INTO task_field_values (task_id, field_id, value) VALUES (?, ?, ?)",
+            )
+            .bind(&id)
+            .bind(id_text(*f))
+            .bind(serde_json::to_string(v).map_err(Error::storage)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| db_err(e, "task", "custom_fields", "custom_fields"))?;
         }
     }
     Ok(())
@@ -697,11 +753,12 @@ async fn write_task_sets(conn: &mut SqliteConnection, task: &Task, before: Optio
 
 /// Context of a task-scoped record: (org, project) of the task, or NotFound.
 async fn task_scope(conn: &mut SqliteConnection, task: TaskId) -> Result<(OrgId, ProjectId)> {
-    let row: Option<(String, String)> = sqlx::query_as("SELECT org_id, project_id FROM tasks WHERE id = ?")
-        .bind(id_text(task))
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(st)?;
+    let row: Option<(String, String)> =
+        sqlx::query_as("SELECT org_id, project_id FROM tasks WHERE id = ?")
+            .bind(id_text(task))
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(st)?;
     let (o, p) = row.ok_or_else(|| Error::not_found("task"))?;
     Ok((parse_id(&o)?, parse_id(&p)?))
 }
@@ -715,15 +772,34 @@ async fn project_org(conn: &mut SqliteConnection, project: ProjectId) -> Result<
     parse_id(&row.ok_or_else(|| Error::not_found("project"))?)
 }
 
-fn draft(kind: EventKind, org: Option<OrgId>, project: Option<ProjectId>, task: Option<TaskId>, subject: impl Into<Uuid>, payload: serde_json::Value) -> EventDraft {
-    EventDraft { kind, org_id: org, project_id: project, task_id: task, subject: subject.into(), payload }
+fn draft(
+    kind: EventKind,
+    org: Option<OrgId>,
+    project: Option<ProjectId>,
+    task: Option<TaskId>,
+    subject: impl Into<Uuid>,
+    payload: serde_json::Value,
+) -> EventDraft {
+    EventDraft {
+        kind,
+        org_id: org,
+        project_id: project,
+        task_id: task,
+        subject: subject.into(),
+        payload,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 
 #[async_trait]
 impl DirectoryStore for SqliteStore {
-    async fn create_org(&self, origin: &Origin, org: &Organization, owner: Option<UserId>) -> Result<Organization> {
+    async fn create_org(
+        &self,
+        origin: &Origin,
+        org: &Organization,
+        owner: Option<UserId>,
+    ) -> Result<Organization> {
         let mut tx = self.begin().await?;
         sqlx::query("INSERT INTO orgs (id, slug, name, version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)")
             .bind(id_text(org.id))
@@ -735,18 +811,49 @@ impl DirectoryStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| db_err(e, "organization", "slug", "id"))?;
-        append(&mut tx, origin, draft(EventKind::OrgCreated, Some(org.id), None, None, org.id, entity_payload("org", org))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::OrgCreated,
+                Some(org.id),
+                None,
+                None,
+                org.id,
+                entity_payload("org", org),
+            ),
+        )
+        .await?;
         if let Some(owner) = owner {
-            let m = Membership { org_id: org.id, user_id: owner, role: MemberRole::Owner, joined_at: org.created_at };
-            sqlx::query("INSERT INTO memberships (org_id, user_id, role, joined_at) VALUES (?, ?, ?, ?)")
-                .bind(id_text(m.org_id))
-                .bind(id_text(m.user_id))
-                .bind(m.role.as_str())
-                .bind(ts(m.joined_at))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| db_err(e, "member", "user_id", "owner"))?;
-            append(&mut tx, origin, draft(EventKind::MemberAdded, Some(org.id), None, None, owner, entity_payload("member", &m))).await?;
+            let m = Membership {
+                org_id: org.id,
+                user_id: owner,
+                role: MemberRole::Owner,
+                joined_at: org.created_at,
+            };
+            sqlx::query(
+                "INSERT INTO memberships (org_id, user_id, role, joined_at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(id_text(m.org_id))
+            .bind(id_text(m.user_id))
+            .bind(m.role.as_str())
+            .bind(ts(m.joined_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_err(e, "member", "user_id", "owner"))?;
+            append(
+                &mut tx,
+                origin,
+                draft(
+                    EventKind::MemberAdded,
+                    Some(org.id),
+                    None,
+                    None,
+                    owner,
+                    entity_payload("member", &m),
+                ),
+            )
+            .await?;
         }
         self.commit(tx).await?;
         Ok(org.clone())
@@ -758,7 +865,8 @@ impl DirectoryStore for SqliteStore {
             .fetch_optional(&self.reader)
             .await
             .map_err(st)?;
-        row.ok_or_else(|| Error::not_found("organization"))?.try_into()
+        row.ok_or_else(|| Error::not_found("organization"))?
+            .try_into()
     }
 
     async fn list_orgs_for_user(&self, user: UserId) -> Result<Vec<Organization>> {
@@ -782,7 +890,19 @@ impl DirectoryStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| db_err(e, "user", "email", "id"))?;
-        append(&mut tx, origin, draft(EventKind::UserCreated, None, None, None, user.id, entity_payload("user", user))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::UserCreated,
+                None,
+                None,
+                None,
+                user.id,
+                entity_payload("user", user),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(user.clone())
     }
@@ -807,12 +927,13 @@ impl DirectoryStore for SqliteStore {
 
     async fn put_member(&self, origin: &Origin, m: &Membership) -> Result<Membership> {
         let mut tx = self.begin().await?;
-        let existing: Option<MemberRow> = sqlx::query_as("SELECT * FROM memberships WHERE org_id = ? AND user_id = ?")
-            .bind(id_text(m.org_id))
-            .bind(id_text(m.user_id))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(st)?;
+        let existing: Option<MemberRow> =
+            sqlx::query_as("SELECT * FROM memberships WHERE org_id = ? AND user_id = ?")
+                .bind(id_text(m.org_id))
+                .bind(id_text(m.user_id))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(st)?;
         let stored = match existing {
             Some(row) => {
                 let mut cur = Membership::try_from(row)?;
@@ -841,47 +962,80 @@ impl DirectoryStore for SqliteStore {
                 m.clone()
             }
         };
-        append(&mut tx, origin, draft(EventKind::MemberAdded, Some(m.org_id), None, None, m.user_id, entity_payload("member", &stored))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::MemberAdded,
+                Some(m.org_id),
+                None,
+                None,
+                m.user_id,
+                entity_payload("member", &stored),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(stored)
     }
 
     async fn remove_member(&self, origin: &Origin, org: OrgId, user: UserId) -> Result<()> {
         let mut tx = self.begin().await?;
-        let row: Option<MemberRow> = sqlx::query_as("DELETE FROM memberships WHERE org_id = ? AND user_id = ? RETURNING *")
-            .bind(id_text(org))
-            .bind(id_text(user))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(st)?;
+        let row: Option<MemberRow> =
+            sqlx::query_as("DELETE FROM memberships WHERE org_id = ? AND user_id = ? RETURNING *")
+                .bind(id_text(org))
+                .bind(id_text(user))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(st)?;
         let m = Membership::try_from(row.ok_or_else(|| Error::not_found("member"))?)?;
-        append(&mut tx, origin, draft(EventKind::MemberRemoved, Some(org), None, None, user, entity_payload("member", &m))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::MemberRemoved,
+                Some(org),
+                None,
+                None,
+                user,
+                entity_payload("member", &m),
+            ),
+        )
+        .await?;
         self.commit(tx).await
     }
 
     async fn get_membership(&self, org: OrgId, user: UserId) -> Result<Option<Membership>> {
-        let row: Option<MemberRow> = sqlx::query_as("SELECT * FROM memberships WHERE org_id = ? AND user_id = ?")
-            .bind(id_text(org))
-            .bind(id_text(user))
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(st)?;
+        let row: Option<MemberRow> =
+            sqlx::query_as("SELECT * FROM memberships WHERE org_id = ? AND user_id = ?")
+                .bind(id_text(org))
+                .bind(id_text(user))
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(st)?;
         row.map(Membership::try_from).transpose()
     }
 
     async fn list_members(&self, org: OrgId) -> Result<Vec<Membership>> {
-        let rows: Vec<MemberRow> = sqlx::query_as("SELECT * FROM memberships WHERE org_id = ? ORDER BY joined_at, user_id")
-            .bind(id_text(org))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(st)?;
+        let rows: Vec<MemberRow> = sqlx::query_as(
+            "SELECT * FROM memberships WHERE org_id = ? ORDER BY joined_at, user_id",
+        )
+        .bind(id_text(org))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(st)?;
         convert(rows)
     }
 }
 
 #[async_trait]
 impl ProjectStore for SqliteStore {
-    async fn create_project(&self, origin: &Origin, p: &Project, states: &[WorkflowState]) -> Result<Project> {
+    async fn create_project(
+        &self,
+        origin: &Origin,
+        p: &Project,
+        states: &[WorkflowState],
+    ) -> Result<Project> {
         let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO projects (id, org_id, key, name, description, lead, archived, next_number, version, created_at, updated_at) \
@@ -900,10 +1054,34 @@ impl ProjectStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| db_err(e, "project", "key", "org_id"))?;
-        append(&mut tx, origin, draft(EventKind::ProjectCreated, Some(p.org_id), Some(p.id), None, p.id, entity_payload("project", p))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::ProjectCreated,
+                Some(p.org_id),
+                Some(p.id),
+                None,
+                p.id,
+                entity_payload("project", p),
+            ),
+        )
+        .await?;
         for s in states {
             insert_state(&mut tx, s).await?;
-            append(&mut tx, origin, draft(EventKind::StateCreated, Some(p.org_id), Some(p.id), None, s.id, entity_payload("state", s))).await?;
+            append(
+                &mut tx,
+                origin,
+                draft(
+                    EventKind::StateCreated,
+                    Some(p.org_id),
+                    Some(p.id),
+                    None,
+                    s.id,
+                    entity_payload("state", s),
+                ),
+            )
+            .await?;
         }
         self.commit(tx).await?;
         Ok(p.clone())
@@ -919,16 +1097,24 @@ impl ProjectStore for SqliteStore {
     }
 
     async fn list_projects(&self, org: OrgId, include_archived: bool) -> Result<Vec<Project>> {
-        let rows: Vec<ProjectRow> = sqlx::query_as("SELECT * FROM projects WHERE org_id = ? AND (? OR archived = 0) ORDER BY key")
-            .bind(id_text(org))
-            .bind(include_archived)
-            .fetch_all(&self.reader)
-            .await
-            .map_err(st)?;
+        let rows: Vec<ProjectRow> = sqlx::query_as(
+            "SELECT * FROM projects WHERE org_id = ? AND (? OR archived = 0) ORDER BY key",
+        )
+        .bind(id_text(org))
+        .bind(include_archived)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(st)?;
         convert(rows)
     }
 
-    async fn update_project(&self, origin: &Origin, id: ProjectId, expected_version: i64, patch: &ProjectPatch) -> Result<Project> {
+    async fn update_project(
+        &self,
+        origin: &Origin,
+        id: ProjectId,
+        expected_version: i64,
+        patch: &ProjectPatch,
+    ) -> Result<Project> {
         let mut tx = self.begin().await?;
         let row: Option<ProjectRow> = sqlx::query_as("SELECT * FROM projects WHERE id = ?")
             .bind(id_text(id))
@@ -956,7 +1142,19 @@ impl ProjectStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| db_err(e, "project", "key", "lead"))?;
-        append(&mut tx, origin, draft(EventKind::ProjectUpdated, Some(next.org_id), Some(id), None, id, update_payload("project", &current, &next))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::ProjectUpdated,
+                Some(next.org_id),
+                Some(id),
+                None,
+                id,
+                update_payload("project", &current, &next),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(next)
     }
@@ -965,7 +1163,19 @@ impl ProjectStore for SqliteStore {
         let mut tx = self.begin().await?;
         let org = project_org(&mut tx, s.project_id).await?;
         insert_state(&mut tx, s).await?;
-        append(&mut tx, origin, draft(EventKind::StateCreated, Some(org), Some(s.project_id), None, s.id, entity_payload("state", s))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::StateCreated,
+                Some(org),
+                Some(s.project_id),
+                None,
+                s.id,
+                entity_payload("state", s),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(s.clone())
     }
@@ -976,15 +1186,18 @@ impl ProjectStore for SqliteStore {
             .fetch_optional(&self.reader)
             .await
             .map_err(st)?;
-        row.ok_or_else(|| Error::not_found("workflow state"))?.try_into()
+        row.ok_or_else(|| Error::not_found("workflow state"))?
+            .try_into()
     }
 
     async fn list_states(&self, project: ProjectId) -> Result<Vec<WorkflowState>> {
-        let rows: Vec<StateRow> = sqlx::query_as("SELECT * FROM workflow_states WHERE project_id = ? ORDER BY position, id")
-            .bind(id_text(project))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(st)?;
+        let rows: Vec<StateRow> = sqlx::query_as(
+            "SELECT * FROM workflow_states WHERE project_id = ? ORDER BY position, id",
+        )
+        .bind(id_text(project))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(st)?;
         convert(rows)
     }
 
@@ -998,17 +1211,30 @@ impl ProjectStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| db_err(e, "label", "name", "org_id"))?;
-        append(&mut tx, origin, draft(EventKind::LabelCreated, Some(l.org_id), None, None, l.id, entity_payload("label", l))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::LabelCreated,
+                Some(l.org_id),
+                None,
+                None,
+                l.id,
+                entity_payload("label", l),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(l.clone())
     }
 
     async fn list_labels(&self, org: OrgId) -> Result<Vec<Label>> {
-        let rows: Vec<LabelRow> = sqlx::query_as("SELECT * FROM labels WHERE org_id = ? ORDER BY name, id")
-            .bind(id_text(org))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(st)?;
+        let rows: Vec<LabelRow> =
+            sqlx::query_as("SELECT * FROM labels WHERE org_id = ? ORDER BY name, id")
+                .bind(id_text(org))
+                .fetch_all(&self.reader)
+                .await
+                .map_err(st)?;
         convert(rows)
     }
 
@@ -1020,7 +1246,19 @@ impl ProjectStore for SqliteStore {
             .await
             .map_err(st)?;
         let l = Label::try_from(row.ok_or_else(|| Error::not_found("label"))?)?;
-        append(&mut tx, origin, draft(EventKind::LabelDeleted, Some(l.org_id), None, None, l.id, entity_payload("label", &l))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::LabelDeleted,
+                Some(l.org_id),
+                None,
+                None,
+                l.id,
+                entity_payload("label", &l),
+            ),
+        )
+        .await?;
         self.commit(tx).await
     }
 
@@ -1038,7 +1276,19 @@ impl ProjectStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| db_err(e, "milestone", "name", "project_id"))?;
-        append(&mut tx, origin, draft(EventKind::MilestoneCreated, Some(org), Some(m.project_id), None, m.id, entity_payload("milestone", m))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::MilestoneCreated,
+                Some(org),
+                Some(m.project_id),
+                None,
+                m.id,
+                entity_payload("milestone", m),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(m.clone())
     }
@@ -1053,16 +1303,22 @@ impl ProjectStore for SqliteStore {
     }
 
     async fn list_milestones(&self, project: ProjectId) -> Result<Vec<Milestone>> {
-        let rows: Vec<MilestoneRow> =
-            sqlx::query_as("SELECT * FROM milestones WHERE project_id = ? ORDER BY due_on IS NULL, due_on, name")
-                .bind(id_text(project))
-                .fetch_all(&self.reader)
-                .await
-                .map_err(st)?;
+        let rows: Vec<MilestoneRow> = sqlx::query_as(
+            "SELECT * FROM milestones WHERE project_id = ? ORDER BY due_on IS NULL, due_on, name",
+        )
+        .bind(id_text(project))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(st)?;
         convert(rows)
     }
 
-    async fn update_milestone(&self, origin: &Origin, m: &Milestone, expected_version: i64) -> Result<Milestone> {
+    async fn update_milestone(
+        &self,
+        origin: &Origin,
+        m: &Milestone,
+        expected_version: i64,
+    ) -> Result<Milestone> {
         let mut tx = self.begin().await?;
         let row: Option<MilestoneRow> = sqlx::query_as("SELECT * FROM milestones WHERE id = ?")
             .bind(id_text(m.id))
@@ -1076,7 +1332,11 @@ impl ProjectStore for SqliteStore {
         let mut next = m.clone();
         next.project_id = current.project_id;
         next.version = current.version + 1;
-        if (Milestone { version: current.version, ..next.clone() }) == current {
+        if (Milestone {
+            version: current.version,
+            ..next.clone()
+        }) == current
+        {
             return Ok(current);
         }
         let org = project_org(&mut tx, current.project_id).await?;
@@ -1090,7 +1350,19 @@ impl ProjectStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| db_err(e, "milestone", "name", "project_id"))?;
-        append(&mut tx, origin, draft(EventKind::MilestoneUpdated, Some(org), Some(current.project_id), None, m.id, update_payload("milestone", &current, &next))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::MilestoneUpdated,
+                Some(org),
+                Some(current.project_id),
+                None,
+                m.id,
+                update_payload("milestone", &current, &next),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(next)
     }
@@ -1098,25 +1370,40 @@ impl ProjectStore for SqliteStore {
     async fn create_field(&self, origin: &Origin, f: &CustomField) -> Result<CustomField> {
         let mut tx = self.begin().await?;
         let org = project_org(&mut tx, f.project_id).await?;
-        sqlx::query("INSERT INTO custom_fields (id, project_id, name, field_type) VALUES (?, ?, ?, ?)")
-            .bind(id_text(f.id))
-            .bind(id_text(f.project_id))
-            .bind(f.name.as_str())
-            .bind(serde_json::to_string(&f.field_type).map_err(Error::storage)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_err(e, "custom field", "name", "project_id"))?;
-        append(&mut tx, origin, draft(EventKind::FieldCreated, Some(org), Some(f.project_id), None, f.id, entity_payload("field", f))).await?;
+        sqlx::query(
+            "INSERT INTO custom_fields (id, project_id, name, field_type) VALUES (?, ?, ?, ?)",
+        )
+        .bind(id_text(f.id))
+        .bind(id_text(f.project_id))
+        .bind(f.name.as_str())
+        .bind(serde_json::to_string(&f.field_type).map_err(Error::storage)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_err(e, "custom field", "name", "project_id"))?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::FieldCreated,
+                Some(org),
+                Some(f.project_id),
+                None,
+                f.id,
+                entity_payload("field", f),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(f.clone())
     }
 
     async fn list_fields(&self, project: ProjectId) -> Result<Vec<CustomField>> {
-        let rows: Vec<FieldRow> = sqlx::query_as("SELECT * FROM custom_fields WHERE project_id = ? ORDER BY name, id")
-            .bind(id_text(project))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(st)?;
+        let rows: Vec<FieldRow> =
+            sqlx::query_as("SELECT * FROM custom_fields WHERE project_id = ? ORDER BY name, id")
+                .bind(id_text(project))
+                .fetch_all(&self.reader)
+                .await
+                .map_err(st)?;
         convert(rows)
     }
 }
@@ -1137,7 +1424,12 @@ async fn insert_state(conn: &mut SqliteConnection, s: &WorkflowState) -> Result<
 
 #[async_trait]
 impl TaskStore for SqliteStore {
-    async fn create_task(&self, origin: &Origin, new: &NewTask, at: OffsetDateTime) -> Result<Task> {
+    async fn create_task(
+        &self,
+        origin: &Origin,
+        new: &NewTask,
+        at: OffsetDateTime,
+    ) -> Result<Task> {
         let mut tx = self.begin().await?;
         let row: Option<(i64, String, String)> = sqlx::query_as(
             "UPDATE projects SET next_number = next_number + 1 WHERE id = ? RETURNING next_number - 1, key, org_id",
@@ -1148,11 +1440,12 @@ impl TaskStore for SqliteStore {
         .map_err(st)?;
         let (number, key, org) = row.ok_or_else(|| Error::not_found("project"))?;
         let key = ProjectKey::parse(&key).map_err(|e| corrupt("key", e))?;
-        let last_rank: Option<String> = sqlx::query_scalar("SELECT MAX(rank) FROM tasks WHERE project_id = ?")
-            .bind(id_text(new.project_id))
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(st)?;
+        let last_rank: Option<String> =
+            sqlx::query_scalar("SELECT MAX(rank) FROM tasks WHERE project_id = ?")
+                .bind(id_text(new.project_id))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(st)?;
         let task = Task {
             id: TaskId::new(),
             org_id: parse_id(&org)?,
@@ -1210,7 +1503,14 @@ impl TaskStore for SqliteStore {
         append(
             &mut tx,
             origin,
-            draft(EventKind::TaskCreated, Some(task.org_id), Some(task.project_id), Some(task.id), task.id, entity_payload("task", &task)),
+            draft(
+                EventKind::TaskCreated,
+                Some(task.org_id),
+                Some(task.project_id),
+                Some(task.id),
+                task.id,
+                entity_payload("task", &task),
+            ),
         )
         .await?;
         self.commit(tx).await?;
@@ -1223,16 +1523,25 @@ impl TaskStore for SqliteStore {
     }
 
     async fn get_task_by_number(&self, project: ProjectId, number: i64) -> Result<Task> {
-        let row: Option<TaskRow> = sqlx::query_as(concat!(task_select!(), " WHERE t.project_id = ? AND t.number = ?"))
-            .bind(id_text(project))
-            .bind(number)
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(st)?;
+        let row: Option<TaskRow> = sqlx::query_as(concat!(
+            task_select!(),
+            " WHERE t.project_id = ? AND t.number = ?"
+        ))
+        .bind(id_text(project))
+        .bind(number)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(st)?;
         row.ok_or_else(|| Error::not_found("task"))?.try_into()
     }
 
-    async fn update_task(&self, origin: &Origin, id: TaskId, expected_version: i64, patch: &TaskPatch) -> Result<Task> {
+    async fn update_task(
+        &self,
+        origin: &Origin,
+        id: TaskId,
+        expected_version: i64,
+        patch: &TaskPatch,
+    ) -> Result<Task> {
         let mut tx = self.begin().await?;
         let current = load_task(&mut tx, id).await?;
         if current.version != expected_version {
@@ -1272,7 +1581,14 @@ impl TaskStore for SqliteStore {
         append(
             &mut tx,
             origin,
-            draft(EventKind::TaskUpdated, Some(next.org_id), Some(next.project_id), Some(id), id, update_payload("task", &current, &next)),
+            draft(
+                EventKind::TaskUpdated,
+                Some(next.org_id),
+                Some(next.project_id),
+                Some(id),
+                id,
+                update_payload("task", &current, &next),
+            ),
         )
         .await?;
         self.commit(tx).await?;
@@ -1290,21 +1606,43 @@ impl TaskStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(st)?;
-        sqlx::query("DELETE FROM tasks WHERE id = ?").bind(id_text(id)).execute(&mut *tx).await.map_err(st)?;
+        sqlx::query("DELETE FROM tasks WHERE id = ?")
+            .bind(id_text(id))
+            .execute(&mut *tx)
+            .await
+            .map_err(st)?;
         append(
             &mut tx,
             origin,
-            draft(EventKind::TaskDeleted, Some(current.org_id), Some(current.project_id), Some(id), id, entity_payload("task", &current)),
+            draft(
+                EventKind::TaskDeleted,
+                Some(current.org_id),
+                Some(current.project_id),
+                Some(id),
+                id,
+                entity_payload("task", &current),
+            ),
         )
         .await?;
         self.commit(tx).await
     }
 
-    async fn list_tasks(&self, org: OrgId, filter: &TaskFilter, page: &PageRequest) -> Result<Page<Task>> {
+    async fn list_tasks(
+        &self,
+        org: OrgId,
+        filter: &TaskFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Task>> {
         filter.validate()?;
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(concat!(task_select!(), " WHERE t.org_id = "));
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new(concat!(task_select!(), " WHERE t.org_id = "));
         q.push_bind(id_text(org));
-        fn in_list<'a, T: 'a>(q: &mut QueryBuilder<Sqlite>, prefix: &str, values: impl IntoIterator<Item = T>, bind: impl Fn(T) -> String) {
+        fn in_list<'a, T: 'a>(
+            q: &mut QueryBuilder<Sqlite>,
+            prefix: &str,
+            values: impl IntoIterator<Item = T>,
+            bind: impl Fn(T) -> String,
+        ) {
             q.push(prefix);
             q.push(" IN (");
             let mut sep = q.separated(", ");
@@ -1314,24 +1652,48 @@ impl TaskStore for SqliteStore {
             sep.push_unseparated(")");
         }
         if !filter.project_ids.is_empty() {
-            in_list(&mut q, " AND t.project_id", filter.project_ids.iter(), |v| id_text(*v));
+            in_list(
+                &mut q,
+                " AND t.project_id",
+                filter.project_ids.iter(),
+                |v| id_text(*v),
+            );
         }
         if !filter.state_ids.is_empty() {
-            in_list(&mut q, " AND t.state_id", filter.state_ids.iter(), |v| id_text(*v));
+            in_list(&mut q, " AND t.state_id", filter.state_ids.iter(), |v| {
+                id_text(*v)
+            });
         }
         if !filter.state_categories.is_empty() {
-            in_list(&mut q, " AND t.state_id IN (SELECT id FROM workflow_states WHERE category", filter.state_categories.iter(), |v| v.as_str().to_string());
+            in_list(
+                &mut q,
+                " AND t.state_id IN (SELECT id FROM workflow_states WHERE category",
+                filter.state_categories.iter(),
+                |v| v.as_str().to_string(),
+            );
             q.push(")");
         }
         if !filter.assignees.is_empty() {
-            in_list(&mut q, " AND EXISTS (SELECT 1 FROM task_assignees a WHERE a.task_id = t.id AND a.user_id", filter.assignees.iter(), |v| id_text(*v));
+            in_list(
+                &mut q,
+                " AND EXISTS (SELECT 1 FROM task_assignees a WHERE a.task_id = t.id AND a.user_id",
+                filter.assignees.iter(),
+                |v| id_text(*v),
+            );
             q.push(")");
         }
         if !filter.reporters.is_empty() {
-            in_list(&mut q, " AND t.reporter", filter.reporters.iter(), |v| id_text(*v));
+            in_list(&mut q, " AND t.reporter", filter.reporters.iter(), |v| {
+                id_text(*v)
+            });
         }
         if !filter.labels.is_empty() {
-            in_list(&mut q, " AND EXISTS (SELECT 1 FROM task_labels l WHERE l.task_id = t.id AND l.label_id", filter.labels.iter(), |v| id_text(*v));
+            in_list(
+                &mut q,
+                " AND EXISTS (SELECT 1 FROM task_labels l WHERE l.task_id = t.id AND l.label_id",
+                filter.labels.iter(),
+                |v| id_text(*v),
+            );
             q.push(")");
         }
         if !filter.priorities.is_empty() {
@@ -1373,8 +1735,14 @@ impl TaskStore for SqliteStore {
             } else {
                 // Each term quoted (no FTS operators can be injected) and prefix-matched; FTS5
                 // ANDs juxtaposed terms.
-                let m = terms.iter().map(|t| format!("\"{t}\"*")).collect::<Vec<_>>().join(" ");
-                q.push(" AND t.rid IN (SELECT rowid FROM task_search WHERE task_search MATCH ").push_bind(m).push(")");
+                let m = terms
+                    .iter()
+                    .map(|t| format!("\"{t}\"*"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                q.push(" AND t.rid IN (SELECT rowid FROM task_search WHERE task_search MATCH ")
+                    .push_bind(m)
+                    .push(")");
             }
         }
         let expr = match page.sort.key {
@@ -1386,16 +1754,27 @@ impl TaskStore for SqliteStore {
             TaskSortKey::Number => "t.number",
         };
         debug_assert_eq!(NO_DUE_DATE, "9999-12-31");
-        let (cmp, dir) = if page.sort.descending { ("<", "DESC") } else { (">", "ASC") };
+        let (cmp, dir) = if page.sort.descending {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
         if let Some(c) = &page.after {
             q.push(format_args!(" AND ({expr} {cmp} "));
             push_sort_value(&mut q, &c.value);
             q.push(format_args!(" OR ({expr} = "));
             push_sort_value(&mut q, &c.value);
-            q.push(format_args!(" AND t.id {cmp} ")).push_bind(id_text(c.id)).push("))");
+            q.push(format_args!(" AND t.id {cmp} "))
+                .push_bind(id_text(c.id))
+                .push("))");
         }
-        q.push(format_args!(" ORDER BY {expr} {dir}, t.id {dir} LIMIT ")).push_bind(i64::from(page.limit) + 1);
-        let rows: Vec<TaskRow> = q.build_query_as().fetch_all(&self.reader).await.map_err(st)?;
+        q.push(format_args!(" ORDER BY {expr} {dir}, t.id {dir} LIMIT "))
+            .push_bind(i64::from(page.limit) + 1);
+        let rows: Vec<TaskRow> = q
+            .build_query_as()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(st)?;
         Ok(Page::from_rows(convert(rows)?, page))
     }
 
@@ -1420,7 +1799,10 @@ impl TaskStore for SqliteStore {
             .await
             .map_err(st)?;
             if cycle {
-                return Err(Error::invalid("to_task", "would create a cycle of blocking tasks"));
+                return Err(Error::invalid(
+                    "to_task",
+                    "would create a cycle of blocking tasks",
+                ));
             }
         }
         sqlx::query("INSERT INTO task_relations (from_task, to_task, kind, created_by, created_at) VALUES (?, ?, ?, ?, ?)")
@@ -1432,12 +1814,30 @@ impl TaskStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| db_err(e, "relation", "kind", "to_task"))?;
-        append(&mut tx, origin, draft(EventKind::RelationAdded, Some(org), Some(project), Some(r.from_task), r.to_task, entity_payload("relation", r))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::RelationAdded,
+                Some(org),
+                Some(project),
+                Some(r.from_task),
+                r.to_task,
+                entity_payload("relation", r),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(r.clone())
     }
 
-    async fn remove_relation(&self, origin: &Origin, from: TaskId, to: TaskId, kind: RelationKind) -> Result<()> {
+    async fn remove_relation(
+        &self,
+        origin: &Origin,
+        from: TaskId,
+        to: TaskId,
+        kind: RelationKind,
+    ) -> Result<()> {
         let mut tx = self.begin().await?;
         let row: Option<RelationRow> = sqlx::query_as("DELETE FROM task_relations WHERE from_task = ? AND to_task = ? AND kind = ? RETURNING *")
             .bind(id_text(from))
@@ -1448,7 +1848,19 @@ impl TaskStore for SqliteStore {
             .map_err(st)?;
         let r = TaskRelation::try_from(row.ok_or_else(|| Error::not_found("relation"))?)?;
         let (org, project) = task_scope(&mut tx, from).await?;
-        append(&mut tx, origin, draft(EventKind::RelationRemoved, Some(org), Some(project), Some(from), to, entity_payload("relation", &r))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::RelationRemoved,
+                Some(org),
+                Some(project),
+                Some(from),
+                to,
+                entity_payload("relation", &r),
+            ),
+        )
+        .await?;
         self.commit(tx).await
     }
 
@@ -1465,12 +1877,13 @@ impl TaskStore for SqliteStore {
     async fn add_watcher(&self, origin: &Origin, w: &Watcher) -> Result<Watcher> {
         let mut tx = self.begin().await?;
         let (org, project) = task_scope(&mut tx, w.task_id).await?;
-        let existing: Option<WatcherRow> = sqlx::query_as("SELECT * FROM watchers WHERE task_id = ? AND user_id = ?")
-            .bind(id_text(w.task_id))
-            .bind(id_text(w.user_id))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(st)?;
+        let existing: Option<WatcherRow> =
+            sqlx::query_as("SELECT * FROM watchers WHERE task_id = ? AND user_id = ?")
+                .bind(id_text(w.task_id))
+                .bind(id_text(w.user_id))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(st)?;
         if let Some(row) = existing {
             return row.try_into();
         }
@@ -1481,31 +1894,57 @@ impl TaskStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| db_err(e, "watcher", "user_id", "user_id"))?;
-        append(&mut tx, origin, draft(EventKind::WatcherAdded, Some(org), Some(project), Some(w.task_id), w.user_id, entity_payload("watcher", w))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::WatcherAdded,
+                Some(org),
+                Some(project),
+                Some(w.task_id),
+                w.user_id,
+                entity_payload("watcher", w),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(w.clone())
     }
 
     async fn remove_watcher(&self, origin: &Origin, task: TaskId, user: UserId) -> Result<()> {
         let mut tx = self.begin().await?;
-        let row: Option<WatcherRow> = sqlx::query_as("DELETE FROM watchers WHERE task_id = ? AND user_id = ? RETURNING *")
-            .bind(id_text(task))
-            .bind(id_text(user))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(st)?;
+        let row: Option<WatcherRow> =
+            sqlx::query_as("DELETE FROM watchers WHERE task_id = ? AND user_id = ? RETURNING *")
+                .bind(id_text(task))
+                .bind(id_text(user))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(st)?;
         let w = Watcher::try_from(row.ok_or_else(|| Error::not_found("watcher"))?)?;
         let (org, project) = task_scope(&mut tx, task).await?;
-        append(&mut tx, origin, draft(EventKind::WatcherRemoved, Some(org), Some(project), Some(task), user, entity_payload("watcher", &w))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::WatcherRemoved,
+                Some(org),
+                Some(project),
+                Some(task),
+                user,
+                entity_payload("watcher", &w),
+            ),
+        )
+        .await?;
         self.commit(tx).await
     }
 
     async fn list_watchers(&self, task: TaskId) -> Result<Vec<Watcher>> {
-        let rows: Vec<WatcherRow> = sqlx::query_as("SELECT * FROM watchers WHERE task_id = ? ORDER BY since, user_id")
-            .bind(id_text(task))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(st)?;
+        let rows: Vec<WatcherRow> =
+            sqlx::query_as("SELECT * FROM watchers WHERE task_id = ? ORDER BY since, user_id")
+                .bind(id_text(task))
+                .fetch_all(&self.reader)
+                .await
+                .map_err(st)?;
         convert(rows)
     }
 }
@@ -1534,7 +1973,19 @@ impl CommentStore for SqliteStore {
             .await
             .map_err(|e| db_err(e, "comment", "id", "author"))?;
         refresh_search(&mut tx, c.task_id).await?;
-        append(&mut tx, origin, draft(EventKind::CommentCreated, Some(org), Some(project), Some(c.task_id), c.id, entity_payload("comment", c))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::CommentCreated,
+                Some(org),
+                Some(project),
+                Some(c.task_id),
+                c.id,
+                entity_payload("comment", c),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(c.clone())
     }
@@ -1549,15 +2000,22 @@ impl CommentStore for SqliteStore {
     }
 
     async fn list_comments(&self, task: TaskId) -> Result<Vec<Comment>> {
-        let rows: Vec<CommentRow> = sqlx::query_as("SELECT * FROM comments WHERE task_id = ? ORDER BY created_at, id")
-            .bind(id_text(task))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(st)?;
+        let rows: Vec<CommentRow> =
+            sqlx::query_as("SELECT * FROM comments WHERE task_id = ? ORDER BY created_at, id")
+                .bind(id_text(task))
+                .fetch_all(&self.reader)
+                .await
+                .map_err(st)?;
         convert(rows)
     }
 
-    async fn update_comment(&self, origin: &Origin, id: CommentId, expected_version: i64, body: &Markdown) -> Result<Comment> {
+    async fn update_comment(
+        &self,
+        origin: &Origin,
+        id: CommentId,
+        expected_version: i64,
+        body: &Markdown,
+    ) -> Result<Comment> {
         let mut tx = self.begin().await?;
         let row: Option<CommentRow> = sqlx::query_as("SELECT * FROM comments WHERE id = ?")
             .bind(id_text(id))
@@ -1571,7 +2029,12 @@ impl CommentStore for SqliteStore {
         if current.body == *body {
             return Ok(current);
         }
-        let next = Comment { body: body.clone(), version: current.version + 1, updated_at: now(), ..current.clone() };
+        let next = Comment {
+            body: body.clone(),
+            version: current.version + 1,
+            updated_at: now(),
+            ..current.clone()
+        };
         sqlx::query("UPDATE comments SET body = ?, version = ?, updated_at = ? WHERE id = ?")
             .bind(next.body.as_str())
             .bind(next.version)
@@ -1582,22 +2045,47 @@ impl CommentStore for SqliteStore {
             .map_err(st)?;
         refresh_search(&mut tx, next.task_id).await?;
         let (org, project) = task_scope(&mut tx, next.task_id).await?;
-        append(&mut tx, origin, draft(EventKind::CommentUpdated, Some(org), Some(project), Some(next.task_id), id, update_payload("comment", &current, &next))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::CommentUpdated,
+                Some(org),
+                Some(project),
+                Some(next.task_id),
+                id,
+                update_payload("comment", &current, &next),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(next)
     }
 
     async fn delete_comment(&self, origin: &Origin, id: CommentId) -> Result<()> {
         let mut tx = self.begin().await?;
-        let row: Option<CommentRow> = sqlx::query_as("DELETE FROM comments WHERE id = ? RETURNING *")
-            .bind(id_text(id))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(st)?;
+        let row: Option<CommentRow> =
+            sqlx::query_as("DELETE FROM comments WHERE id = ? RETURNING *")
+                .bind(id_text(id))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(st)?;
         let c = Comment::try_from(row.ok_or_else(|| Error::not_found("comment"))?)?;
         refresh_search(&mut tx, c.task_id).await?;
         let (org, project) = task_scope(&mut tx, c.task_id).await?;
-        append(&mut tx, origin, draft(EventKind::CommentDeleted, Some(org), Some(project), Some(c.task_id), id, entity_payload("comment", &c))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::CommentDeleted,
+                Some(org),
+                Some(project),
+                Some(c.task_id),
+                id,
+                entity_payload("comment", &c),
+            ),
+        )
+        .await?;
         self.commit(tx).await
     }
 }
@@ -1618,30 +2106,57 @@ impl WorkLogStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(|err| db_err(err, "time entry", "id", "user_id"))?;
-        append(&mut tx, origin, draft(EventKind::TimeEntryCreated, Some(org), Some(project), Some(e.task_id), e.id, entity_payload("time_entry", e))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::TimeEntryCreated,
+                Some(org),
+                Some(project),
+                Some(e.task_id),
+                e.id,
+                entity_payload("time_entry", e),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(e.clone())
     }
 
     async fn list_time_entries(&self, task: TaskId) -> Result<Vec<TimeEntry>> {
-        let rows: Vec<TimeEntryRow> = sqlx::query_as("SELECT * FROM time_entries WHERE task_id = ? ORDER BY spent_on, created_at, id")
-            .bind(id_text(task))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(st)?;
+        let rows: Vec<TimeEntryRow> = sqlx::query_as(
+            "SELECT * FROM time_entries WHERE task_id = ? ORDER BY spent_on, created_at, id",
+        )
+        .bind(id_text(task))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(st)?;
         convert(rows)
     }
 
     async fn delete_time_entry(&self, origin: &Origin, id: TimeEntryId) -> Result<()> {
         let mut tx = self.begin().await?;
-        let row: Option<TimeEntryRow> = sqlx::query_as("DELETE FROM time_entries WHERE id = ? RETURNING *")
-            .bind(id_text(id))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(st)?;
+        let row: Option<TimeEntryRow> =
+            sqlx::query_as("DELETE FROM time_entries WHERE id = ? RETURNING *")
+                .bind(id_text(id))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(st)?;
         let e = TimeEntry::try_from(row.ok_or_else(|| Error::not_found("time entry"))?)?;
         let (org, project) = task_scope(&mut tx, e.task_id).await?;
-        append(&mut tx, origin, draft(EventKind::TimeEntryDeleted, Some(org), Some(project), Some(e.task_id), id, entity_payload("time_entry", &e))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::TimeEntryDeleted,
+                Some(org),
+                Some(project),
+                Some(e.task_id),
+                id,
+                entity_payload("time_entry", &e),
+            ),
+        )
+        .await?;
         self.commit(tx).await
     }
 
@@ -1664,7 +2179,19 @@ impl WorkLogStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| db_err(e, "attachment", "id", "uploaded_by"))?;
-        append(&mut tx, origin, draft(EventKind::AttachmentCreated, Some(org), Some(project), Some(a.task_id), a.id, entity_payload("attachment", a))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::AttachmentCreated,
+                Some(org),
+                Some(project),
+                Some(a.task_id),
+                a.id,
+                entity_payload("attachment", a),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(a.clone())
     }
@@ -1675,28 +2202,43 @@ impl WorkLogStore for SqliteStore {
             .fetch_optional(&self.reader)
             .await
             .map_err(st)?;
-        row.ok_or_else(|| Error::not_found("attachment"))?.try_into()
+        row.ok_or_else(|| Error::not_found("attachment"))?
+            .try_into()
     }
 
     async fn list_attachments(&self, task: TaskId) -> Result<Vec<Attachment>> {
-        let rows: Vec<AttachmentRow> = sqlx::query_as("SELECT * FROM attachments WHERE task_id = ? ORDER BY created_at, id")
-            .bind(id_text(task))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(st)?;
+        let rows: Vec<AttachmentRow> =
+            sqlx::query_as("SELECT * FROM attachments WHERE task_id = ? ORDER BY created_at, id")
+                .bind(id_text(task))
+                .fetch_all(&self.reader)
+                .await
+                .map_err(st)?;
         convert(rows)
     }
 
     async fn delete_attachment(&self, origin: &Origin, id: AttachmentId) -> Result<()> {
         let mut tx = self.begin().await?;
-        let row: Option<AttachmentRow> = sqlx::query_as("DELETE FROM attachments WHERE id = ? RETURNING *")
-            .bind(id_text(id))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(st)?;
+        let row: Option<AttachmentRow> =
+            sqlx::query_as("DELETE FROM attachments WHERE id = ? RETURNING *")
+                .bind(id_text(id))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(st)?;
         let a = Attachment::try_from(row.ok_or_else(|| Error::not_found("attachment"))?)?;
         let (org, project) = task_scope(&mut tx, a.task_id).await?;
-        append(&mut tx, origin, draft(EventKind::AttachmentDeleted, Some(org), Some(project), Some(a.task_id), id, entity_payload("attachment", &a))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::AttachmentDeleted,
+                Some(org),
+                Some(project),
+                Some(a.task_id),
+                id,
+                entity_payload("attachment", &a),
+            ),
+        )
+        .await?;
         self.commit(tx).await
     }
 
@@ -1715,17 +2257,31 @@ impl WorkLogStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| db_err(e, "check-in", "id", "user_id"))?;
-        append(&mut tx, origin, draft(EventKind::CheckInCreated, Some(org), Some(project), Some(c.task_id), c.id, entity_payload("check_in", c))).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::CheckInCreated,
+                Some(org),
+                Some(project),
+                Some(c.task_id),
+                c.id,
+                entity_payload("check_in", c),
+            ),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(c.clone())
     }
 
     async fn list_check_ins(&self, task: TaskId) -> Result<Vec<CheckIn>> {
-        let rows: Vec<CheckInRow> = sqlx::query_as("SELECT * FROM check_ins WHERE task_id = ? ORDER BY created_at DESC, id DESC")
-            .bind(id_text(task))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(st)?;
+        let rows: Vec<CheckInRow> = sqlx::query_as(
+            "SELECT * FROM check_ins WHERE task_id = ? ORDER BY created_at DESC, id DESC",
+        )
+        .bind(id_text(task))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(st)?;
         convert(rows)
     }
 }
@@ -1733,25 +2289,30 @@ impl WorkLogStore for SqliteStore {
 #[async_trait]
 impl EventLog for SqliteStore {
     async fn read_after(&self, after: i64, limit: u32) -> Result<Vec<Event>> {
-        let rows: Vec<EventRow> = sqlx::query_as("SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
-            .bind(after)
-            .bind(i64::from(limit.clamp(1, 10_000)))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(st)?;
+        let rows: Vec<EventRow> =
+            sqlx::query_as("SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
+                .bind(after)
+                .bind(i64::from(limit.clamp(1, 10_000)))
+                .fetch_all(&self.reader)
+                .await
+                .map_err(st)?;
         convert(rows)
     }
 
     async fn latest_seq(&self) -> Result<i64> {
-        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events").fetch_one(&self.reader).await.map_err(st)
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(st)
     }
 
     async fn load_cursor(&self, consumer: &str) -> Result<i64> {
-        let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM event_cursors WHERE consumer = ?")
-            .bind(consumer)
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(st)?;
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM event_cursors WHERE consumer = ?")
+                .bind(consumer)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(st)?;
         Ok(seq.unwrap_or(0))
     }
 
@@ -1783,7 +2344,10 @@ impl StoreAdmin for SqliteStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.reader).await.map_err(st)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(st)?;
         Ok(())
     }
 

@@ -30,12 +30,19 @@ pub async fn postgres(test: &str) -> Option<Stores> {
         skip(test, "PM_TEST_POSTGRES_URL is not set");
         return None;
     };
-    let mut conn = sqlx::PgConnection::connect(&base).await.expect("connect to PM_TEST_POSTGRES_URL");
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("connect to PM_TEST_POSTGRES_URL");
     let (prefix, current) = base.rsplit_once('/').expect("database URL has a path");
     let current = current.split('?').next().unwrap_or(current);
     let name = format!("{current}_{}", uuid::Uuid::now_v7().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut conn).await.unwrap();
-    let stores = pm_core::store::open(&format!("{prefix}/{name}")).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let stores = pm_core::store::open(&format!("{prefix}/{name}"))
+        .await
+        .unwrap();
     stores.admin.migrate().await.unwrap();
     Some(stores)
 }
@@ -75,7 +82,8 @@ async fn tailer_misses_nothing_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tailer_misses_nothing_under_concurrent_writers_postgres() {
-    if let Some(stores) = postgres("tailer_misses_nothing_under_concurrent_writers_postgres").await {
+    if let Some(stores) = postgres("tailer_misses_nothing_under_concurrent_writers_postgres").await
+    {
         testing::tailer_misses_nothing(&stores, 8, 40).await;
     }
 }
@@ -93,7 +101,11 @@ fn sort_strategy() -> impl Strategy<Value = TaskSort> {
 }
 
 fn paging_cases(backend: &'static str) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let stores = rt.block_on(async {
         match backend {
             "sqlite" => {
@@ -106,7 +118,11 @@ fn paging_cases(backend: &'static str) {
         }
     });
     let Some(stores) = stores else { return };
-    let config = ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() };
+    let config = ProptestConfig {
+        cases: 12,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
     proptest!(config, |(existing in 5usize..40, inserted in 0usize..30, limit in 1u32..8, sort in sort_strategy())| {
         rt.block_on(testing::paging_under_concurrent_inserts(&stores, existing, inserted, limit, sort));
     });
