@@ -7,10 +7,10 @@
 //! |----------------|--------------------------------------------|
 //! | `sqlite` (default) | pm-core's embedded SQLite store        |
 //! | `postgres`     | pm-core's PostgreSQL store                 |
-//! | `permissions`  | [`permissions`] (RBAC + conditions)        |
-//! | `integrations` | [`integrations`] (GitHub, Slack, Jira, …)  |
-//! | `workflows`    | [`workflows`] (automation)                 |
-//! | `realtime`     | [`realtime`] (WebSocket hub, presence, Yjs) |
+//! | `permissions`  | `pm::permissions` (RBAC + conditions)     |
+//! | `integrations` | `pm::integrations` (GitHub, Slack, Jira, …) |
+//! | `workflows`    | `pm::workflows` (automation)              |
+//! | `realtime`     | `pm::realtime` (WebSocket hub, presence, Yjs) |
 //! | `full`         | all of the above                           |
 //!
 //! ```no_run
