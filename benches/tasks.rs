@@ -66,10 +66,7 @@ impl Rng {
 }
 
 fn sentence(rng: &mut Rng, n: usize) -> String {
-    (0..n)
-        .map(|_| *rng.pick(WORDS))
-        .collect::<Vec<_>>()
-        .join(" ")
+    (0..n).map(|_| *rng.pick(WORDS)).collect::<Vec<_>>().join(" ")
 }
 
 struct Seeded {
@@ -89,22 +86,15 @@ async fn seed(size: usize) -> Seeded {
             let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
         }
     }
-    let stores = pm_core::store::open(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
+    let stores = pm_core::store::open(&format!("sqlite://{}", path.display())).await.unwrap();
     stores.admin.migrate().await.unwrap();
     let fixture = if fresh {
         let f = fixture(&stores).await;
         eprintln!("seeding {size} tasks into {} (once)…", path.display());
         let started = std::time::Instant::now();
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let prios = [
-            Priority::None,
-            Priority::Low,
-            Priority::Medium,
-            Priority::High,
-            Priority::Urgent,
-        ];
+        let prios =
+            [Priority::None, Priority::Low, Priority::Medium, Priority::High, Priority::Urgent];
         let base = time::macros::date!(2030 - 01 - 01);
         // A few writers at once: the store serializes them; this just keeps the writer busy.
         let chunks = 4;
@@ -122,11 +112,7 @@ async fn seed(size: usize) -> Seeded {
                     if !rng.next().is_multiple_of(3) {
                         n.due_date = Some(base + time::Duration::days((rng.next() % 365) as i64));
                     }
-                    stores
-                        .tasks
-                        .create_task(&f.origin(), &n, now())
-                        .await
-                        .unwrap();
+                    stores.tasks.create_task(&f.origin(), &n, now()).await.unwrap();
                 }
                 c
             }));
@@ -153,30 +139,18 @@ async fn seed(size: usize) -> Seeded {
         .list_tasks(
             fixture.org.id,
             &TaskFilter::default(),
-            &PageRequest {
-                limit: 100,
-                ..Default::default()
-            },
+            &PageRequest { limit: 100, ..Default::default() },
         )
         .await
         .unwrap();
-    Seeded {
-        stores,
-        fixture,
-        sample_ids: page.items.iter().map(|t| t.id).collect(),
-    }
+    Seeded { stores, fixture, sample_ids: page.items.iter().map(|t| t.id).collect() }
 }
 
 fn benches(c: &mut Criterion) {
-    let size: usize = std::env::var("PM_BENCH_TASKS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let size: usize =
+        std::env::var("PM_BENCH_TASKS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let s = Arc::new(rt.block_on(seed(size)));
     let origin: Origin = s.fixture.origin();
 
@@ -189,11 +163,7 @@ fn benches(c: &mut Criterion) {
             let s = s.clone();
             async move {
                 let n = s.fixture.new_task(&format!("bench task {i}"));
-                s.stores
-                    .tasks
-                    .create_task(&origin, &n, now())
-                    .await
-                    .unwrap()
+                s.stores.tasks.create_task(&origin, &n, now()).await.unwrap()
             }
         })
     });
@@ -222,10 +192,7 @@ fn benches(c: &mut Criterion) {
             ..Default::default()
         };
         let req = PageRequest {
-            sort: TaskSort {
-                key: TaskSortKey::Due,
-                descending: false,
-            },
+            sort: TaskSort { key: TaskSortKey::Due, descending: false },
             limit: 25,
             after: None,
         };
@@ -233,12 +200,8 @@ fn benches(c: &mut Criterion) {
             let s = s.clone();
             let (filter, req) = (filter.clone(), req.clone());
             async move {
-                let page = s
-                    .stores
-                    .tasks
-                    .list_tasks(s.fixture.org.id, &filter, &req)
-                    .await
-                    .unwrap();
+                let page =
+                    s.stores.tasks.list_tasks(s.fixture.org.id, &filter, &req).await.unwrap();
                 assert_eq!(page.items.len(), 25);
                 page
             }
@@ -246,21 +209,14 @@ fn benches(c: &mut Criterion) {
     });
     g.bench_function("full_text_search_page_25", |b| {
         let s = s.clone();
-        let filter = TaskFilter {
-            text: Some("webhook timeout".into()),
-            ..Default::default()
-        };
+        let filter = TaskFilter { text: Some("webhook timeout".into()), ..Default::default() };
         let req = PageRequest::default();
         b.to_async(&rt).iter(|| {
             let s = s.clone();
             let (filter, req) = (filter.clone(), req.clone());
             async move {
-                let page = s
-                    .stores
-                    .tasks
-                    .list_tasks(s.fixture.org.id, &filter, &req)
-                    .await
-                    .unwrap();
+                let page =
+                    s.stores.tasks.list_tasks(s.fixture.org.id, &filter, &req).await.unwrap();
                 assert!(!page.items.is_empty());
                 page
             }

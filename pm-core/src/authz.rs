@@ -99,14 +99,7 @@ pub struct Resource {
 impl Resource {
     /// A resource of `kind` in an organization, optionally a project.
     pub fn new(kind: ResourceKind, org_id: Option<OrgId>, project_id: Option<ProjectId>) -> Self {
-        Self {
-            kind,
-            org_id,
-            project_id,
-            id: None,
-            owner: None,
-            assignees: Vec::new(),
-        }
+        Self { kind, org_id, project_id, id: None, owner: None, assignees: Vec::new() }
     }
 
     /// Sets the specific id.

@@ -36,14 +36,9 @@ impl FsBlobStore {
     fn path(&self, key: &str) -> Result<PathBuf> {
         let ok = !key.is_empty()
             && key.len() <= 128
-            && key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !ok {
-            return Err(Error::invalid(
-                "blob_key",
-                "must be 1-128 characters of [A-Za-z0-9_-]",
-            ));
+            return Err(Error::invalid("blob_key", "must be 1-128 characters of [A-Za-z0-9_-]"));
         }
         Ok(self.root.join(key))
     }
@@ -90,10 +85,7 @@ impl BlobStore for FsBlobStore {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(Error::storage)?
-        .map_err(Error::storage)
+    tokio::task::spawn_blocking(f).await.map_err(Error::storage)?.map_err(Error::storage)
 }
 
 #[cfg(test)]
@@ -109,9 +101,6 @@ mod tests {
         s.delete("abc").await.unwrap();
         s.delete("abc").await.unwrap();
         assert!(matches!(s.get("abc").await, Err(Error::NotFound { .. })));
-        assert!(matches!(
-            s.put("../x", b"").await,
-            Err(Error::Invalid { .. })
-        ));
+        assert!(matches!(s.put("../x", b"").await, Err(Error::Invalid { .. })));
     }
 }

@@ -66,10 +66,7 @@ impl Actor {
             "integration" => Actor::Integration(IntegrationId(need(id)?)),
             "system" => Actor::System,
             other => {
-                return Err(Error::invalid(
-                    "actor.type",
-                    format!("unknown actor type {other:?}"),
-                ));
+                return Err(Error::invalid("actor.type", format!("unknown actor type {other:?}")));
             }
         })
     }
@@ -105,18 +102,12 @@ pub struct Origin {
 impl Origin {
     /// A change made directly by a user.
     pub fn user(id: UserId) -> Self {
-        Self {
-            actor: Actor::User(id),
-            cause: None,
-        }
+        Self { actor: Actor::User(id), cause: None }
     }
 
     /// A change made by the system.
     pub fn system() -> Self {
-        Self {
-            actor: Actor::System,
-            cause: None,
-        }
+        Self { actor: Actor::System, cause: None }
     }
 }
 
@@ -292,9 +283,7 @@ impl Default for Wakeup {
 impl Wakeup {
     /// A new signal.
     pub fn new() -> Self {
-        Self {
-            tx: Arc::new(tokio::sync::watch::channel(0).0),
-        }
+        Self { tx: Arc::new(tokio::sync::watch::channel(0).0) }
     }
 
     /// Wakes every waiting tailer.
@@ -332,12 +321,7 @@ impl Tailer {
     /// Starts tailing after `after` (0 = from the beginning).
     pub fn new(log: Arc<dyn EventLog>, after: i64) -> Self {
         let wake = log.wakeup().subscribe();
-        Self {
-            log,
-            after,
-            wake,
-            poll: Duration::from_secs(1),
-        }
+        Self { log, after, wake, poll: Duration::from_secs(1) }
     }
 
     /// The position of the last event returned.

@@ -58,11 +58,7 @@ pub struct TaskFilter {
 impl TaskFilter {
     /// A filter for live tasks of one project.
     pub fn project(id: ProjectId) -> Self {
-        Self {
-            project_ids: vec![id],
-            archived: Some(false),
-            ..Self::default()
-        }
+        Self { project_ids: vec![id], archived: Some(false), ..Self::default() }
     }
 
     /// Validates the filter (e.g. `due_from` after `due_to`) and bounds list sizes.
@@ -134,10 +130,7 @@ impl TaskSortKey {
     /// Parses the wire name (`sort` field).
     pub fn parse(s: &str) -> Result<Self> {
         serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
-            Error::invalid(
-                "sort",
-                "must be one of created, updated, due, priority, rank, number",
-            )
+            Error::invalid("sort", "must be one of created, updated, due, priority, rank, number")
         })
     }
 
@@ -183,9 +176,7 @@ impl TaskSort {
             TaskSortKey::Created => SortValue::Int(micros(task.created_at)),
             TaskSortKey::Updated => SortValue::Int(micros(task.updated_at)),
             TaskSortKey::Due => SortValue::Text(
-                task.due_date
-                    .map(|d| d.to_string())
-                    .unwrap_or_else(|| NO_DUE_DATE.to_string()),
+                task.due_date.map(|d| d.to_string()).unwrap_or_else(|| NO_DUE_DATE.to_string()),
             ),
             TaskSortKey::Priority => SortValue::Int(task.priority.as_i16() as i64),
             TaskSortKey::Rank => SortValue::Text(task.rank.clone()),
@@ -221,11 +212,7 @@ pub struct Cursor {
 impl Cursor {
     /// The cursor positioned after `task` in `sort` order.
     pub fn after(sort: TaskSort, task: &Task) -> Self {
-        Self {
-            sort,
-            value: sort.value_of(task),
-            id: task.id,
-        }
+        Self { sort, value: sort.value_of(task), id: task.id }
     }
 
     /// Encodes the cursor for a client.
@@ -257,11 +244,7 @@ pub struct PageRequest {
 
 impl Default for PageRequest {
     fn default() -> Self {
-        Self {
-            sort: TaskSort::default(),
-            limit: DEFAULT_LIMIT,
-            after: None,
-        }
+        Self { sort: TaskSort::default(), limit: DEFAULT_LIMIT, after: None }
     }
 }
 
@@ -270,19 +253,23 @@ impl PageRequest {
     pub fn parse(sort: TaskSort, limit: Option<u32>, cursor: Option<&str>) -> Result<Self> {
         let limit = limit.unwrap_or(DEFAULT_LIMIT);
         if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(Error::invalid(
-                "limit",
-                format!("must be between 1 and {MAX_LIMIT}"),
-            ));
+            return Err(Error::invalid("limit", format!("must be between 1 and {MAX_LIMIT}")));
         }
         let after = cursor.map(Cursor::decode).transpose()?;
-        if let Some(c) = &after
-            && c.sort != sort
-        {
-            return Err(Error::invalid(
-                "cursor",
-                "was issued for a different sort order",
-            ));
+        if let Some(c) = &after {
+            if c.sort != sort {
+                return Err(Error::invalid("cursor", "was issued for a different sort order"));
+            }
+            let int_key = matches!(
+                sort.key,
+                TaskSortKey::Created
+                    | TaskSortKey::Updated
+                    | TaskSortKey::Priority
+                    | TaskSortKey::Number
+            );
+            if int_key != matches!(c.value, SortValue::Int(_)) {
+                return Err(Error::invalid("cursor", "is not a cursor returned by this API"));
+            }
         }
         Ok(Self { sort, limit, after })
     }
@@ -303,15 +290,9 @@ impl Page<Task> {
     pub fn from_rows(mut rows: Vec<Task>, req: &PageRequest) -> Self {
         let more = rows.len() > req.limit as usize;
         rows.truncate(req.limit as usize);
-        let next_cursor = if more {
-            rows.last().map(|t| Cursor::after(req.sort, t).encode())
-        } else {
-            None
-        };
-        Page {
-            items: rows,
-            next_cursor,
-        }
+        let next_cursor =
+            if more { rows.last().map(|t| Cursor::after(req.sort, t).encode()) } else { None };
+        Page { items: rows, next_cursor }
     }
 }
 
@@ -321,20 +302,14 @@ mod tests {
 
     #[test]
     fn search_terms_strip_operators() {
-        assert_eq!(
-            search_terms("Fix \"login\" OR crash*"),
-            vec!["fix", "login", "or", "crash"]
-        );
+        assert_eq!(search_terms("Fix \"login\" OR crash*"), vec!["fix", "login", "or", "crash"]);
         assert!(search_terms("-- ;").is_empty());
     }
 
     #[test]
     fn cursor_roundtrip_and_rejection() {
         let c = Cursor {
-            sort: TaskSort {
-                key: TaskSortKey::Due,
-                descending: true,
-            },
+            sort: TaskSort { key: TaskSortKey::Due, descending: true },
             value: SortValue::Text("2024-01-01".into()),
             id: TaskId::new(),
         };
@@ -348,5 +323,8 @@ mod tests {
             matches!(PageRequest::parse(other, Some(0), None), Err(Error::Invalid { field, .. }) if field == "limit")
         );
         assert!(PageRequest::parse(other, Some(101), None).is_err());
+        // A forged cursor whose value does not fit its sort key is refused, not run.
+        let forged = Cursor { sort: other, value: SortValue::Text("x".into()), id: TaskId::new() };
+        assert!(PageRequest::parse(other, None, Some(&forged.encode())).is_err());
     }
 }

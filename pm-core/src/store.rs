@@ -287,9 +287,7 @@ impl Stores {
 
 impl std::fmt::Debug for Stores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stores")
-            .field("backend", &self.admin.backend())
-            .finish_non_exhaustive()
+        f.debug_struct("Stores").field("backend", &self.admin.backend()).finish_non_exhaustive()
     }
 }
 
@@ -320,8 +318,5 @@ pub async fn open(url: &str) -> Result<Stores> {
             "pm-core was built without the `postgres` feature",
         ));
     }
-    Err(crate::Error::invalid(
-        "database_url",
-        "must start with sqlite: or postgres:",
-    ))
+    Err(crate::Error::invalid("database_url", "must start with sqlite: or postgres:"))
 }

@@ -95,11 +95,7 @@ pub async fn fixture(stores: &Stores) -> Fixture {
         created_at: at,
     };
     let origin = Origin::user(user.id);
-    stores
-        .directory
-        .create_user(&origin, &user)
-        .await
-        .expect("create user");
+    stores.directory.create_user(&origin, &user).await.expect("create user");
     let org = Organization {
         id: OrgId::new(),
         slug: Slug::parse(&unique("org")).unwrap(),
@@ -108,11 +104,7 @@ pub async fn fixture(stores: &Stores) -> Fixture {
         created_at: at,
         updated_at: at,
     };
-    stores
-        .directory
-        .create_org(&origin, &org, Some(user.id))
-        .await
-        .expect("create org");
+    stores.directory.create_org(&origin, &org, Some(user.id)).await.expect("create org");
     let project = Project {
         id: ProjectId::new(),
         org_id: org.id,
@@ -137,17 +129,8 @@ pub async fn fixture(stores: &Stores) -> Fixture {
             version: 1,
         })
         .collect();
-    stores
-        .projects
-        .create_project(&origin, &project, &states)
-        .await
-        .expect("create project");
-    Fixture {
-        user,
-        org,
-        project,
-        states,
-    }
+    stores.projects.create_project(&origin, &project, &states).await.expect("create project");
+    Fixture { user, org, project, states }
 }
 
 async fn new_user(stores: &Stores, f: &Fixture) -> User {
@@ -158,12 +141,8 @@ async fn new_user(stores: &Stores, f: &Fixture) -> User {
         created_at: now(),
     };
     stores.directory.create_user(&f.origin(), &u).await.unwrap();
-    let m = Membership {
-        org_id: f.org.id,
-        user_id: u.id,
-        role: MemberRole::Member,
-        joined_at: now(),
-    };
+    let m =
+        Membership { org_id: f.org.id, user_id: u.id, role: MemberRole::Member, joined_at: now() };
     stores.directory.put_member(&f.origin(), &m).await.unwrap();
     u
 }
@@ -174,51 +153,29 @@ pub async fn directory(stores: &Stores) {
     let d = &stores.directory;
     assert_eq!(d.get_user(f.user.id).await.unwrap(), f.user);
     assert_eq!(d.get_org(f.org.id).await.unwrap(), f.org);
-    assert_eq!(
-        d.find_user_by_email(&f.user.email).await.unwrap(),
-        Some(f.user.clone())
-    );
-    let dup = User {
-        id: UserId::new(),
-        ..f.user.clone()
-    };
+    assert_eq!(d.find_user_by_email(&f.user.email).await.unwrap(), Some(f.user.clone()));
+    let dup = User { id: UserId::new(), ..f.user.clone() };
     assert!(matches!(
         d.create_user(&f.origin(), &dup).await,
         Err(Error::AlreadyExists { field: "email", .. })
     ));
-    let dup_org = Organization {
-        id: OrgId::new(),
-        ..f.org.clone()
-    };
+    let dup_org = Organization { id: OrgId::new(), ..f.org.clone() };
     assert!(matches!(
         d.create_org(&f.origin(), &dup_org, None).await,
         Err(Error::AlreadyExists { field: "slug", .. })
     ));
-    assert!(matches!(
-        d.get_user(UserId::new()).await,
-        Err(Error::NotFound { .. })
-    ));
+    assert!(matches!(d.get_user(UserId::new()).await, Err(Error::NotFound { .. })));
 
-    let owner = d
-        .get_membership(f.org.id, f.user.id)
-        .await
-        .unwrap()
-        .expect("owner membership");
+    let owner = d.get_membership(f.org.id, f.user.id).await.unwrap().expect("owner membership");
     assert_eq!(owner.role, MemberRole::Owner);
-    assert_eq!(
-        d.list_orgs_for_user(f.user.id).await.unwrap(),
-        vec![f.org.clone()]
-    );
+    assert_eq!(d.list_orgs_for_user(f.user.id).await.unwrap(), vec![f.org.clone()]);
 
     let u = new_user(stores, &f).await;
     let admin = Membership {
         role: MemberRole::Admin,
         ..d.get_membership(f.org.id, u.id).await.unwrap().unwrap()
     };
-    assert_eq!(
-        d.put_member(&f.origin(), &admin).await.unwrap().role,
-        MemberRole::Admin
-    );
+    assert_eq!(d.put_member(&f.origin(), &admin).await.unwrap().role, MemberRole::Admin);
     assert_eq!(d.list_members(f.org.id).await.unwrap().len(), 2);
     d.remove_member(&f.origin(), f.org.id, u.id).await.unwrap();
     assert!(d.get_membership(f.org.id, u.id).await.unwrap().is_none());
@@ -234,10 +191,7 @@ pub async fn projects(stores: &Stores) {
     let p = &stores.projects;
     assert_eq!(p.get_project(f.project.id).await.unwrap(), f.project);
     assert_eq!(p.list_states(f.project.id).await.unwrap(), f.states);
-    let dup = Project {
-        id: ProjectId::new(),
-        ..f.project.clone()
-    };
+    let dup = Project { id: ProjectId::new(), ..f.project.clone() };
     assert!(matches!(
         p.create_project(&f.origin(), &dup, &[]).await,
         Err(Error::AlreadyExists { field: "key", .. })
@@ -250,23 +204,14 @@ pub async fn projects(stores: &Stores) {
         archived: Some(true),
         ..Default::default()
     };
-    let updated = p
-        .update_project(&f.origin(), f.project.id, 1, &patch)
-        .await
-        .unwrap();
-    assert_eq!(
-        (updated.version, updated.name.as_str(), updated.archived),
-        (2, "Renamed", true)
-    );
+    let updated = p.update_project(&f.origin(), f.project.id, 1, &patch).await.unwrap();
+    assert_eq!((updated.version, updated.name.as_str(), updated.archived), (2, "Renamed", true));
     match p.update_project(&f.origin(), f.project.id, 1, &patch).await {
         Err(Error::Conflict(c)) => assert_eq!(*c, Current::Project(updated.clone())),
         other => panic!("expected a conflict, got {other:?}"),
     }
     assert!(p.list_projects(f.org.id, false).await.unwrap().is_empty());
-    assert_eq!(
-        p.list_projects(f.org.id, true).await.unwrap(),
-        vec![updated]
-    );
+    assert_eq!(p.list_projects(f.org.id, true).await.unwrap(), vec![updated]);
 
     let state = WorkflowState {
         id: StateId::new(),
@@ -278,10 +223,7 @@ pub async fn projects(stores: &Stores) {
     };
     p.create_state(&f.origin(), &state).await.unwrap();
     assert_eq!(p.get_state(state.id).await.unwrap(), state);
-    let dup_state = WorkflowState {
-        id: StateId::new(),
-        ..state.clone()
-    };
+    let dup_state = WorkflowState { id: StateId::new(), ..state.clone() };
     assert!(matches!(
         p.create_state(&f.origin(), &dup_state).await,
         Err(Error::AlreadyExists { .. })
@@ -297,10 +239,7 @@ pub async fn projects(stores: &Stores) {
     assert_eq!(p.list_labels(f.org.id).await.unwrap(), vec![label.clone()]);
     p.delete_label(&f.origin(), label.id).await.unwrap();
     assert!(p.list_labels(f.org.id).await.unwrap().is_empty());
-    assert!(matches!(
-        p.delete_label(&f.origin(), label.id).await,
-        Err(Error::NotFound { .. })
-    ));
+    assert!(matches!(p.delete_label(&f.origin(), label.id).await, Err(Error::NotFound { .. })));
 
     let m = Milestone {
         id: MilestoneId::new(),
@@ -312,31 +251,17 @@ pub async fn projects(stores: &Stores) {
         version: 1,
     };
     p.create_milestone(&f.origin(), &m).await.unwrap();
-    let closed = p
-        .update_milestone(
-            &f.origin(),
-            &Milestone {
-                closed: true,
-                ..m.clone()
-            },
-            1,
-        )
-        .await
-        .unwrap();
+    let closed =
+        p.update_milestone(&f.origin(), &Milestone { closed: true, ..m.clone() }, 1).await.unwrap();
     assert_eq!((closed.closed, closed.version), (true, 2));
-    assert!(matches!(
-        p.update_milestone(&f.origin(), &m, 1).await,
-        Err(Error::Conflict(_))
-    ));
+    assert!(matches!(p.update_milestone(&f.origin(), &m, 1).await, Err(Error::Conflict(_))));
     assert_eq!(p.list_milestones(f.project.id).await.unwrap(), vec![closed]);
 
     let field = CustomField {
         id: FieldId::new(),
         project_id: f.project.id,
         name: Name::parse("Severity").unwrap(),
-        field_type: FieldType::Select {
-            options: vec!["low".into(), "high".into()],
-        },
+        field_type: FieldType::Select { options: vec!["low".into(), "high".into()] },
     };
     p.create_field(&f.origin(), &field).await.unwrap();
     assert_eq!(p.list_fields(f.project.id).await.unwrap(), vec![field]);
@@ -353,22 +278,14 @@ pub async fn task_crud_and_versions(stores: &Stores) {
         name: LabelName::parse("ui").unwrap(),
         color: Color::parse("#00ff00").unwrap(),
     };
-    stores
-        .projects
-        .create_label(&f.origin(), &label)
-        .await
-        .unwrap();
+    stores.projects.create_label(&f.origin(), &label).await.unwrap();
     let field = CustomField {
         id: FieldId::new(),
         project_id: f.project.id,
         name: Name::parse("Points").unwrap(),
         field_type: FieldType::Number,
     };
-    stores
-        .projects
-        .create_field(&f.origin(), &field)
-        .await
-        .unwrap();
+    stores.projects.create_field(&f.origin(), &field).await.unwrap();
 
     let mut new = f.new_task("First");
     new.description = Markdown::parse("Some *markdown*").unwrap();
@@ -380,10 +297,7 @@ pub async fn task_crud_and_versions(stores: &Stores) {
     new.custom_fields.insert(field.id, FieldValue::Number(2.5));
     let at = now();
     let first = t.create_task(&f.origin(), &new, at).await.unwrap();
-    assert_eq!(
-        (first.number, first.reference.as_str(), first.version),
-        (1, "PM-1", 1)
-    );
+    assert_eq!((first.number, first.reference.as_str(), first.version), (1, "PM-1", 1));
     assert_eq!((first.created_at, first.updated_at), (at, at));
     assert_eq!(first.assignees, new.assignees);
     assert_eq!(first.labels, new.labels);
@@ -391,15 +305,9 @@ pub async fn task_crud_and_versions(stores: &Stores) {
     assert_eq!(t.get_task(first.id).await.unwrap(), first);
     assert_eq!(t.get_task_by_number(f.project.id, 1).await.unwrap(), first);
 
-    let second = t
-        .create_task(&f.origin(), &f.new_task("Second"), now())
-        .await
-        .unwrap();
+    let second = t.create_task(&f.origin(), &f.new_task("Second"), now()).await.unwrap();
     assert_eq!(second.number, 2);
-    assert!(
-        second.rank > first.rank,
-        "new tasks rank after existing ones"
-    );
+    assert!(second.rank > first.rank, "new tasks rank after existing ones");
 
     let patch = TaskPatch {
         title: Some(TaskTitle::parse("First, renamed").unwrap()),
@@ -409,10 +317,7 @@ pub async fn task_crud_and_versions(stores: &Stores) {
         custom_fields: [(field.id, None)].into(),
         ..Default::default()
     };
-    let updated = t
-        .update_task(&f.origin(), first.id, 1, &patch)
-        .await
-        .unwrap();
+    let updated = t.update_task(&f.origin(), first.id, 1, &patch).await.unwrap();
     assert_eq!(updated.version, 2);
     assert_eq!(updated.title.as_str(), "First, renamed");
     assert_eq!(updated.assignees, [member.id].into());
@@ -428,44 +333,25 @@ pub async fn task_crud_and_versions(stores: &Stores) {
     }
     // A no-op patch changes nothing and logs nothing.
     let before = stores.events.latest_seq().await.unwrap();
-    assert_eq!(
-        t.update_task(&f.origin(), first.id, 2, &patch)
-            .await
-            .unwrap(),
-        updated
-    );
+    assert_eq!(t.update_task(&f.origin(), first.id, 2, &patch).await.unwrap(), updated);
     assert_eq!(stores.events.latest_seq().await.unwrap(), before);
 
     assert!(matches!(
         t.update_task(&f.origin(), TaskId::new(), 1, &patch).await,
         Err(Error::NotFound { .. })
     ));
-    assert!(matches!(
-        t.delete_task(&f.origin(), second.id, 7).await,
-        Err(Error::Conflict(_))
-    ));
+    assert!(matches!(t.delete_task(&f.origin(), second.id, 7).await, Err(Error::Conflict(_))));
     t.delete_task(&f.origin(), second.id, 1).await.unwrap();
-    assert!(matches!(
-        t.get_task(second.id).await,
-        Err(Error::NotFound { .. })
-    ));
+    assert!(matches!(t.get_task(second.id).await, Err(Error::NotFound { .. })));
     // Numbers are never reused.
-    assert_eq!(
-        t.create_task(&f.origin(), &f.new_task("Third"), now())
-            .await
-            .unwrap()
-            .number,
-        3
-    );
+    assert_eq!(t.create_task(&f.origin(), &f.new_task("Third"), now()).await.unwrap().number, 3);
 }
 
 /// A failed multi-statement write leaves nothing behind: no task, no event, no number consumed.
 pub async fn failed_write_leaves_nothing(stores: &Stores) {
     let f = fixture(stores).await;
     let t = &stores.tasks;
-    t.create_task(&f.origin(), &f.new_task("ok"), now())
-        .await
-        .unwrap();
+    t.create_task(&f.origin(), &f.new_task("ok"), now()).await.unwrap();
     let seq_before = stores.events.latest_seq().await.unwrap();
     let mut bad = f.new_task("fails on its label row");
     bad.assignees = [f.user.id].into();
@@ -477,20 +363,12 @@ pub async fn failed_write_leaves_nothing(stores: &Stores) {
         seq_before,
         "no event for a failed write"
     );
-    let page = t
-        .list_tasks(f.org.id, &TaskFilter::default(), &PageRequest::default())
-        .await
-        .unwrap();
+    let page =
+        t.list_tasks(f.org.id, &TaskFilter::default(), &PageRequest::default()).await.unwrap();
     assert_eq!(page.items.len(), 1, "no partial task");
-    assert!(matches!(
-        t.get_task_by_number(f.project.id, 2).await,
-        Err(Error::NotFound { .. })
-    ));
+    assert!(matches!(t.get_task_by_number(f.project.id, 2).await, Err(Error::NotFound { .. })));
     assert_eq!(
-        t.create_task(&f.origin(), &f.new_task("next"), now())
-            .await
-            .unwrap()
-            .number,
+        t.create_task(&f.origin(), &f.new_task("next"), now()).await.unwrap().number,
         2,
         "number not consumed"
     );
@@ -502,11 +380,7 @@ pub async fn failed_write_leaves_nothing(stores: &Stores) {
         labels: Some([LabelId::new()].into()),
         ..Default::default()
     };
-    assert!(
-        t.update_task(&f.origin(), task.id, task.version, &patch)
-            .await
-            .is_err()
-    );
+    assert!(t.update_task(&f.origin(), task.id, task.version, &patch).await.is_err());
     assert_eq!(t.get_task(task.id).await.unwrap(), task);
 }
 
@@ -516,12 +390,7 @@ pub async fn relations(stores: &Stores) {
     let t = &stores.tasks;
     let mut ids = Vec::new();
     for n in ["a", "b", "c"] {
-        ids.push(
-            t.create_task(&f.origin(), &f.new_task(n), now())
-                .await
-                .unwrap()
-                .id,
-        );
+        ids.push(t.create_task(&f.origin(), &f.new_task(n), now()).await.unwrap().id);
     }
     let rel = |from, to, kind| TaskRelation {
         from_task: from,
@@ -530,52 +399,33 @@ pub async fn relations(stores: &Stores) {
         created_by: Some(f.user.id),
         created_at: now(),
     };
-    t.add_relation(&f.origin(), &rel(ids[0], ids[1], RelationKind::Blocks))
-        .await
-        .unwrap();
-    t.add_relation(&f.origin(), &rel(ids[1], ids[2], RelationKind::Blocks))
-        .await
-        .unwrap();
-    let cycle = t
-        .add_relation(&f.origin(), &rel(ids[2], ids[0], RelationKind::Blocks))
-        .await;
+    t.add_relation(&f.origin(), &rel(ids[0], ids[1], RelationKind::Blocks)).await.unwrap();
+    t.add_relation(&f.origin(), &rel(ids[1], ids[2], RelationKind::Blocks)).await.unwrap();
+    let cycle = t.add_relation(&f.origin(), &rel(ids[2], ids[0], RelationKind::Blocks)).await;
     assert!(
         matches!(cycle, Err(Error::Invalid { ref field, .. }) if field == "to_task"),
         "{cycle:?}"
     );
     // Non-blocking kinds may point back.
-    t.add_relation(&f.origin(), &rel(ids[2], ids[0], RelationKind::Relates))
-        .await
-        .unwrap();
+    t.add_relation(&f.origin(), &rel(ids[2], ids[0], RelationKind::Relates)).await.unwrap();
     assert!(matches!(
-        t.add_relation(&f.origin(), &rel(ids[0], ids[0], RelationKind::Relates))
-            .await,
+        t.add_relation(&f.origin(), &rel(ids[0], ids[0], RelationKind::Relates)).await,
         Err(Error::Invalid { .. })
     ));
     assert!(matches!(
-        t.add_relation(&f.origin(), &rel(ids[0], ids[1], RelationKind::Blocks))
-            .await,
+        t.add_relation(&f.origin(), &rel(ids[0], ids[1], RelationKind::Blocks)).await,
         Err(Error::AlreadyExists { .. })
     ));
     assert!(matches!(
-        t.add_relation(
-            &f.origin(),
-            &rel(ids[0], TaskId::new(), RelationKind::Relates)
-        )
-        .await,
+        t.add_relation(&f.origin(), &rel(ids[0], TaskId::new(), RelationKind::Relates)).await,
         Err(Error::NotFound { .. })
     ));
     assert_eq!(t.list_relations(ids[0]).await.unwrap().len(), 2);
-    t.remove_relation(&f.origin(), ids[1], ids[2], RelationKind::Blocks)
-        .await
-        .unwrap();
+    t.remove_relation(&f.origin(), ids[1], ids[2], RelationKind::Blocks).await.unwrap();
     // With b→c gone, c may block a.
-    t.add_relation(&f.origin(), &rel(ids[2], ids[0], RelationKind::Blocks))
-        .await
-        .unwrap();
+    t.add_relation(&f.origin(), &rel(ids[2], ids[0], RelationKind::Blocks)).await.unwrap();
     assert!(matches!(
-        t.remove_relation(&f.origin(), ids[1], ids[2], RelationKind::Blocks)
-            .await,
+        t.remove_relation(&f.origin(), ids[1], ids[2], RelationKind::Blocks).await,
         Err(Error::NotFound { .. })
     ));
 }
@@ -583,32 +433,13 @@ pub async fn relations(stores: &Stores) {
 /// Watchers and comments (with versions).
 pub async fn watchers_and_comments(stores: &Stores) {
     let f = fixture(stores).await;
-    let task = stores
-        .tasks
-        .create_task(&f.origin(), &f.new_task("watched"), now())
-        .await
-        .unwrap();
-    let w = Watcher {
-        task_id: task.id,
-        user_id: f.user.id,
-        since: now(),
-    };
+    let task = stores.tasks.create_task(&f.origin(), &f.new_task("watched"), now()).await.unwrap();
+    let w = Watcher { task_id: task.id, user_id: f.user.id, since: now() };
     stores.tasks.add_watcher(&f.origin(), &w).await.unwrap();
     stores.tasks.add_watcher(&f.origin(), &w).await.unwrap();
     assert_eq!(stores.tasks.list_watchers(task.id).await.unwrap(), vec![w]);
-    stores
-        .tasks
-        .remove_watcher(&f.origin(), task.id, f.user.id)
-        .await
-        .unwrap();
-    assert!(
-        stores
-            .tasks
-            .list_watchers(task.id)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    stores.tasks.remove_watcher(&f.origin(), task.id, f.user.id).await.unwrap();
+    assert!(stores.tasks.list_watchers(task.id).await.unwrap().is_empty());
 
     let c = &stores.comments;
     let at = now();
@@ -624,30 +455,17 @@ pub async fn watchers_and_comments(stores: &Stores) {
     c.create_comment(&f.origin(), &comment).await.unwrap();
     assert_eq!(c.get_comment(comment.id).await.unwrap(), comment);
     let edited = c
-        .update_comment(
-            &f.origin(),
-            comment.id,
-            1,
-            &comment_body("hello again").unwrap(),
-        )
+        .update_comment(&f.origin(), comment.id, 1, &comment_body("hello again").unwrap())
         .await
         .unwrap();
     assert_eq!((edited.version, edited.body.as_str()), (2, "hello again"));
     assert!(matches!(
-        c.update_comment(&f.origin(), comment.id, 1, &comment_body("x").unwrap())
-            .await,
+        c.update_comment(&f.origin(), comment.id, 1, &comment_body("x").unwrap()).await,
         Err(Error::Conflict(_))
     ));
     assert_eq!(c.list_comments(task.id).await.unwrap(), vec![edited]);
-    let orphan = Comment {
-        id: CommentId::new(),
-        task_id: TaskId::new(),
-        ..comment.clone()
-    };
-    assert!(matches!(
-        c.create_comment(&f.origin(), &orphan).await,
-        Err(Error::NotFound { .. })
-    ));
+    let orphan = Comment { id: CommentId::new(), task_id: TaskId::new(), ..comment.clone() };
+    assert!(matches!(c.create_comment(&f.origin(), &orphan).await, Err(Error::NotFound { .. })));
     c.delete_comment(&f.origin(), comment.id).await.unwrap();
     assert!(c.list_comments(task.id).await.unwrap().is_empty());
 }
@@ -655,11 +473,8 @@ pub async fn watchers_and_comments(stores: &Stores) {
 /// Time entries, attachments, check-ins.
 pub async fn worklog(stores: &Stores) {
     let f = fixture(stores).await;
-    let task = stores
-        .tasks
-        .create_task(&f.origin(), &f.new_task("field work"), now())
-        .await
-        .unwrap();
+    let task =
+        stores.tasks.create_task(&f.origin(), &f.new_task("field work"), now()).await.unwrap();
     let w = &stores.worklog;
     let e = TimeEntry {
         id: TimeEntryId::new(),
@@ -690,10 +505,7 @@ pub async fn worklog(stores: &Stores) {
     assert_eq!(w.get_attachment(a.id).await.unwrap(), a);
     assert_eq!(w.list_attachments(task.id).await.unwrap(), vec![a.clone()]);
     w.delete_attachment(&f.origin(), a.id).await.unwrap();
-    assert!(matches!(
-        w.get_attachment(a.id).await,
-        Err(Error::NotFound { .. })
-    ));
+    assert!(matches!(w.get_attachment(a.id).await, Err(Error::NotFound { .. })));
 
     let c1 = CheckIn {
         id: CheckInId::new(),
@@ -704,17 +516,9 @@ pub async fn worklog(stores: &Stores) {
         created_at: now(),
     };
     w.create_check_in(&f.origin(), &c1).await.unwrap();
-    let c2 = CheckIn {
-        id: CheckInId::new(),
-        created_at: now(),
-        ..c1.clone()
-    };
+    let c2 = CheckIn { id: CheckInId::new(), created_at: now(), ..c1.clone() };
     w.create_check_in(&f.origin(), &c2).await.unwrap();
-    assert_eq!(
-        w.list_check_ins(task.id).await.unwrap(),
-        vec![c2, c1],
-        "newest first"
-    );
+    assert_eq!(w.list_check_ins(task.id).await.unwrap(), vec![c2, c1], "newest first");
 }
 
 /// Every filter of [`TaskFilter`] and every sort key.
@@ -745,16 +549,9 @@ pub async fn filters_and_sorts(stores: &Stores) {
         key: ProjectKey::parse("OPS").unwrap(),
         ..f.project.clone()
     };
-    let other_state = WorkflowState {
-        id: StateId::new(),
-        project_id: other.id,
-        ..f.states[0].clone()
-    };
-    stores
-        .projects
-        .create_project(&o, &other, std::slice::from_ref(&other_state))
-        .await
-        .unwrap();
+    let other_state =
+        WorkflowState { id: StateId::new(), project_id: other.id, ..f.states[0].clone() };
+    stores.projects.create_project(&o, &other, std::slice::from_ref(&other_state)).await.unwrap();
 
     let mk = |title: &str| f.new_task(title);
     let mut a = mk("alpha");
@@ -779,15 +576,7 @@ pub async fn filters_and_sorts(stores: &Stores) {
     let d = t.create_task(&o, &d, now()).await.unwrap();
     let archived = t.create_task(&o, &mk("echo"), now()).await.unwrap();
     let archived = t
-        .update_task(
-            &o,
-            archived.id,
-            1,
-            &TaskPatch {
-                archived: Some(true),
-                ..Default::default()
-            },
-        )
+        .update_task(&o, archived.id, 1, &TaskPatch { archived: Some(true), ..Default::default() })
         .await
         .unwrap();
 
@@ -795,11 +584,7 @@ pub async fn filters_and_sorts(stores: &Stores) {
         let t = t.clone();
         let org = f.org.id;
         async move {
-            let req = PageRequest {
-                sort,
-                limit: 100,
-                after: None,
-            };
+            let req = PageRequest { sort, limit: 100, after: None };
             t.list_tasks(org, &filter, &req)
                 .await
                 .unwrap()
@@ -809,185 +594,71 @@ pub async fn filters_and_sorts(stores: &Stores) {
                 .collect::<Vec<_>>()
         }
     };
-    let live = TaskFilter {
-        archived: Some(false),
-        ..Default::default()
-    };
+    let live = TaskFilter { archived: Some(false), ..Default::default() };
     let by = TaskSort::default();
-    assert_eq!(
-        list(live.clone(), by).await,
-        ["alpha", "bravo", "charlie", "delta"]
-    );
+    assert_eq!(list(live.clone(), by).await, ["alpha", "bravo", "charlie", "delta"]);
     assert_eq!(
         list(TaskFilter::default(), by).await,
         ["alpha", "bravo", "charlie", "delta", "echo"]
     );
+    assert_eq!(list(TaskFilter { archived: Some(true), ..Default::default() }, by).await, ["echo"]);
     assert_eq!(
-        list(
-            TaskFilter {
-                archived: Some(true),
-                ..Default::default()
-            },
-            by
-        )
-        .await,
-        ["echo"]
-    );
-    assert_eq!(
-        list(
-            TaskFilter {
-                project_ids: vec![other.id],
-                ..live.clone()
-            },
-            by
-        )
-        .await,
+        list(TaskFilter { project_ids: vec![other.id], ..live.clone() }, by).await,
         ["delta"]
     );
     assert_eq!(
-        list(
-            TaskFilter {
-                state_ids: vec![f.states[2].id],
-                ..live.clone()
-            },
-            by
-        )
-        .await,
+        list(TaskFilter { state_ids: vec![f.states[2].id], ..live.clone() }, by).await,
         ["bravo"]
     );
     assert_eq!(
-        list(
-            TaskFilter {
-                state_categories: vec![StateCategory::Backlog],
-                ..live.clone()
-            },
-            by
-        )
-        .await,
+        list(TaskFilter { state_categories: vec![StateCategory::Backlog], ..live.clone() }, by)
+            .await,
         ["delta"]
     );
     assert_eq!(
-        list(
-            TaskFilter {
-                assignees: vec![member.id],
-                ..live.clone()
-            },
-            by
-        )
-        .await,
+        list(TaskFilter { assignees: vec![member.id], ..live.clone() }, by).await,
         ["alpha"]
     );
     assert_eq!(
-        list(
-            TaskFilter {
-                reporters: vec![member.id],
-                ..live.clone()
-            },
-            by
-        )
-        .await,
+        list(TaskFilter { reporters: vec![member.id], ..live.clone() }, by).await,
         ["charlie"]
     );
+    assert_eq!(list(TaskFilter { labels: vec![label.id], ..live.clone() }, by).await, ["bravo"]);
     assert_eq!(
-        list(
-            TaskFilter {
-                labels: vec![label.id],
-                ..live.clone()
-            },
-            by
-        )
-        .await,
-        ["bravo"]
-    );
-    assert_eq!(
-        list(
-            TaskFilter {
-                priorities: vec![Priority::Urgent, Priority::Low],
-                ..live.clone()
-            },
-            by
-        )
-        .await,
+        list(TaskFilter { priorities: vec![Priority::Urgent, Priority::Low], ..live.clone() }, by)
+            .await,
         ["alpha", "bravo"]
     );
     assert_eq!(
-        list(
-            TaskFilter {
-                due_from: Some(date!(2030 - 02 - 01)),
-                ..live.clone()
-            },
-            by
-        )
-        .await,
+        list(TaskFilter { due_from: Some(date!(2030 - 02 - 01)), ..live.clone() }, by).await,
         ["alpha"]
     );
     assert_eq!(
-        list(
-            TaskFilter {
-                due_to: Some(date!(2030 - 02 - 01)),
-                ..live.clone()
-            },
-            by
-        )
-        .await,
+        list(TaskFilter { due_to: Some(date!(2030 - 02 - 01)), ..live.clone() }, by).await,
         ["bravo"]
     );
     assert_eq!(
-        list(
-            TaskFilter {
-                parent: Some(Some(a.id)),
-                ..live.clone()
-            },
-            by
-        )
-        .await,
+        list(TaskFilter { parent: Some(Some(a.id)), ..live.clone() }, by).await,
         ["charlie"]
     );
     assert_eq!(
-        list(
-            TaskFilter {
-                parent: Some(None),
-                ..live.clone()
-            },
-            by
-        )
-        .await,
+        list(TaskFilter { parent: Some(None), ..live.clone() }, by).await,
         ["alpha", "bravo", "delta"]
     );
+    assert_eq!(list(TaskFilter { milestone_id: Some(ms.id), ..live.clone() }, by).await, ["bravo"]);
     assert_eq!(
-        list(
-            TaskFilter {
-                milestone_id: Some(ms.id),
-                ..live.clone()
-            },
-            by
-        )
-        .await,
-        ["bravo"]
-    );
-    assert_eq!(
-        list(
-            TaskFilter {
-                updated_since: Some(archived.updated_at),
-                ..Default::default()
-            },
-            by
-        )
-        .await,
+        list(TaskFilter { updated_since: Some(archived.updated_at), ..Default::default() }, by)
+            .await,
         ["echo"]
     );
     // Another organization sees none of it.
     let stranger = fixture(stores).await;
     assert!(
-        t.list_tasks(
-            stranger.org.id,
-            &TaskFilter::default(),
-            &PageRequest::default()
-        )
-        .await
-        .unwrap()
-        .items
-        .is_empty()
+        t.list_tasks(stranger.org.id, &TaskFilter::default(), &PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
     );
 
     let sort = |key, descending| TaskSort { key, descending };
@@ -1005,14 +676,8 @@ pub async fn filters_and_sorts(stores: &Stores) {
         "undated tasks sort last"
     );
     // Ranks order tasks within a project.
-    let in_pm = TaskFilter {
-        project_ids: vec![f.project.id],
-        ..live.clone()
-    };
-    assert_eq!(
-        list(in_pm, sort(TaskSortKey::Rank, false)).await,
-        ["alpha", "bravo", "charlie"]
-    );
+    let in_pm = TaskFilter { project_ids: vec![f.project.id], ..live.clone() };
+    assert_eq!(list(in_pm, sort(TaskSortKey::Rank, false)).await, ["alpha", "bravo", "charlie"]);
     let _ = (b, c, d);
 }
 
@@ -1023,10 +688,7 @@ pub async fn full_text_search(stores: &Stores) {
     let mut n = f.new_task("Login page crashes");
     n.description = Markdown::parse("Stack trace in the authentication module").unwrap();
     let a = t.create_task(&f.origin(), &n, now()).await.unwrap();
-    let b = t
-        .create_task(&f.origin(), &f.new_task("Dark mode"), now())
-        .await
-        .unwrap();
+    let b = t.create_task(&f.origin(), &f.new_task("Dark mode"), now()).await.unwrap();
     let at = now();
     let comment = Comment {
         id: CommentId::new(),
@@ -1037,17 +699,10 @@ pub async fn full_text_search(stores: &Stores) {
         created_at: at,
         updated_at: at,
     };
-    stores
-        .comments
-        .create_comment(&f.origin(), &comment)
-        .await
-        .unwrap();
+    stores.comments.create_comment(&f.origin(), &comment).await.unwrap();
 
     let search = |q: &str| {
-        let filter = TaskFilter {
-            text: Some(q.to_string()),
-            ..Default::default()
-        };
+        let filter = TaskFilter { text: Some(q.to_string()), ..Default::default() };
         let t = t.clone();
         let org = f.org.id;
         async move {
@@ -1061,26 +716,11 @@ pub async fn full_text_search(stores: &Stores) {
         }
     };
     assert_eq!(search("crash").await, vec![a.id], "prefix match on title");
-    assert_eq!(
-        search("AUTHENTICATION").await,
-        vec![a.id],
-        "description, case-insensitive"
-    );
-    assert_eq!(
-        search("eyestrain").await,
-        vec![b.id],
-        "comments are searchable"
-    );
-    assert_eq!(
-        search("login trace").await,
-        vec![a.id],
-        "all terms must match"
-    );
+    assert_eq!(search("AUTHENTICATION").await, vec![a.id], "description, case-insensitive");
+    assert_eq!(search("eyestrain").await, vec![b.id], "comments are searchable");
+    assert_eq!(search("login trace").await, vec![a.id], "all terms must match");
     assert!(search("login eyestrain").await.is_empty());
-    assert!(
-        search("\"-*)(").await.is_empty(),
-        "operators only: matches nothing, no error"
-    );
+    assert!(search("\"-*)(").await.is_empty(), "operators only: matches nothing, no error");
     // Edits are reflected.
     let a2 = t
         .update_task(
@@ -1096,11 +736,7 @@ pub async fn full_text_search(stores: &Stores) {
         .unwrap();
     assert!(search("login").await.is_empty());
     assert_eq!(search("signup").await, vec![a2.id]);
-    stores
-        .comments
-        .delete_comment(&f.origin(), comment.id)
-        .await
-        .unwrap();
+    stores.comments.delete_comment(&f.origin(), comment.id).await.unwrap();
     assert!(search("eyestrain").await.is_empty());
 }
 
@@ -1116,11 +752,7 @@ pub async fn pagination_is_complete(stores: &Stores) {
         } else {
             Some(date!(2030 - 01 - 01) + time::Duration::days((i % 5) as i64))
         };
-        stores
-            .tasks
-            .create_task(&f.origin(), &n, now())
-            .await
-            .unwrap();
+        stores.tasks.create_task(&f.origin(), &n, now()).await.unwrap();
     }
     for key in [
         TaskSortKey::Created,
@@ -1135,10 +767,7 @@ pub async fn pagination_is_complete(stores: &Stores) {
             let full = page_all(stores, f.org.id, &TaskFilter::default(), sort, 100).await;
             assert_eq!(full.len(), 23);
             let paged = page_all(stores, f.org.id, &TaskFilter::default(), sort, 4).await;
-            assert_eq!(
-                paged, full,
-                "paging by 4 under {sort:?} equals one big page"
-            );
+            assert_eq!(paged, full, "paging by 4 under {sort:?} equals one big page");
         }
     }
 }
@@ -1154,11 +783,7 @@ pub async fn page_all(
     let mut out = Vec::new();
     let mut after: Option<Cursor> = None;
     loop {
-        let req = PageRequest {
-            sort,
-            limit,
-            after: after.clone(),
-        };
+        let req = PageRequest { sort, limit, after: after.clone() };
         let page = stores.tasks.list_tasks(org, filter, &req).await.unwrap();
         assert!(page.items.len() <= limit as usize);
         out.extend(page.items.iter().map(|t| t.id));
@@ -1183,41 +808,22 @@ pub async fn paging_under_concurrent_inserts(
     let mut before = HashSet::new();
     for i in 0..existing {
         let mut n = f.new_task(&format!("pre {i}"));
-        n.priority = if i % 2 == 0 {
-            Priority::High
-        } else {
-            Priority::Low
-        };
+        n.priority = if i % 2 == 0 { Priority::High } else { Priority::Low };
         n.state_id = if i % 3 == 0 { f.states[2].id } else { hot };
-        let t = stores
-            .tasks
-            .create_task(&f.origin(), &n, now())
-            .await
-            .unwrap();
+        let t = stores.tasks.create_task(&f.origin(), &n, now()).await.unwrap();
         if t.state_id == hot {
             before.insert(t.id);
         }
     }
-    let filter = TaskFilter {
-        state_ids: vec![hot],
-        ..Default::default()
-    };
+    let filter = TaskFilter { state_ids: vec![hot], ..Default::default() };
     let writer = {
         let stores = stores.clone();
         let f = f.clone();
         tokio::spawn(async move {
             for i in 0..inserted {
                 let mut n = f.new_task(&format!("concurrent {i}"));
-                n.priority = if i % 2 == 0 {
-                    Priority::High
-                } else {
-                    Priority::Urgent
-                };
-                stores
-                    .tasks
-                    .create_task(&f.origin(), &n, now())
-                    .await
-                    .unwrap();
+                n.priority = if i % 2 == 0 { Priority::High } else { Priority::Urgent };
+                stores.tasks.create_task(&f.origin(), &n, now()).await.unwrap();
                 tokio::task::yield_now().await;
             }
         })
@@ -1225,22 +831,10 @@ pub async fn paging_under_concurrent_inserts(
     let mut seen = HashSet::new();
     let mut after: Option<Cursor> = None;
     loop {
-        let req = PageRequest {
-            sort,
-            limit,
-            after: after.clone(),
-        };
-        let page = stores
-            .tasks
-            .list_tasks(f.org.id, &filter, &req)
-            .await
-            .unwrap();
+        let req = PageRequest { sort, limit, after: after.clone() };
+        let page = stores.tasks.list_tasks(f.org.id, &filter, &req).await.unwrap();
         for t in &page.items {
-            assert!(
-                seen.insert(t.id),
-                "task {} returned twice under {sort:?}",
-                t.reference
-            );
+            assert!(seen.insert(t.id), "task {} returned twice under {sort:?}", t.reference);
         }
         tokio::task::yield_now().await;
         match page.next_cursor {
@@ -1250,10 +844,7 @@ pub async fn paging_under_concurrent_inserts(
     }
     writer.await.unwrap();
     let missing: Vec<_> = before.difference(&seen).collect();
-    assert!(
-        missing.is_empty(),
-        "pre-existing tasks skipped under {sort:?}: {missing:?}"
-    );
+    assert!(missing.is_empty(), "pre-existing tasks skipped under {sort:?}: {missing:?}");
 }
 
 /// Every mutation appends an event with actor and cause; cursors are durable and monotonic;
@@ -1262,37 +853,21 @@ pub async fn events_and_cursors(stores: &Stores) {
     let f = fixture(stores).await;
     let ev = &stores.events;
     let start = ev.latest_seq().await.unwrap();
-    let cause = Cause {
-        event_id: EventId::new(),
-        depth: 2,
-    };
-    let auto = Origin {
-        actor: Actor::Automation(WorkflowId::new()),
-        cause: Some(cause),
-    };
-    let task = stores
-        .tasks
-        .create_task(&auto, &f.new_task("evented"), now())
-        .await
-        .unwrap();
+    let cause = Cause { event_id: EventId::new(), depth: 2 };
+    let auto = Origin { actor: Actor::Automation(WorkflowId::new()), cause: Some(cause) };
+    let task = stores.tasks.create_task(&auto, &f.new_task("evented"), now()).await.unwrap();
     let task = stores
         .tasks
         .update_task(
             &f.origin(),
             task.id,
             1,
-            &TaskPatch {
-                priority: Some(Priority::Urgent),
-                ..Default::default()
-            },
+            &TaskPatch { priority: Some(Priority::Urgent), ..Default::default() },
         )
         .await
         .unwrap();
     let events = ev.read_after(start, 100).await.unwrap();
-    let mine: Vec<_> = events
-        .iter()
-        .filter(|e| e.task_id == Some(task.id))
-        .collect();
+    let mine: Vec<_> = events.iter().filter(|e| e.task_id == Some(task.id)).collect();
     assert_eq!(mine.len(), 2);
     assert_eq!(mine[0].kind, EventKind::TaskCreated);
     assert_eq!(mine[0].actor, auto.actor);
@@ -1307,21 +882,14 @@ pub async fn events_and_cursors(stores: &Stores) {
     assert_eq!(mine[1].payload["changes"]["priority"]["to"], "urgent");
     assert_eq!(mine[1].payload["changes"]["priority"]["from"], "none");
     assert!(mine[1].payload["changes"].get("title").is_none());
-    assert!(
-        events.windows(2).all(|w| w[0].seq < w[1].seq),
-        "read_after returns seq order"
-    );
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq), "read_after returns seq order");
     assert_eq!(ev.read_after(start, 1).await.unwrap().len(), 1);
 
     let consumer = unique("consumer");
     assert_eq!(ev.load_cursor(&consumer).await.unwrap(), 0);
     ev.save_cursor(&consumer, 10).await.unwrap();
     ev.save_cursor(&consumer, 5).await.unwrap();
-    assert_eq!(
-        ev.load_cursor(&consumer).await.unwrap(),
-        10,
-        "cursors never move backwards"
-    );
+    assert_eq!(ev.load_cursor(&consumer).await.unwrap(), 10, "cursors never move backwards");
 
     // A tailer wakes on new events.
     let mut tail = Tailer::new(Arc::clone(ev), ev.latest_seq().await.unwrap());
@@ -1329,22 +897,14 @@ pub async fn events_and_cursors(stores: &Stores) {
     let f2 = f.clone();
     let writer = tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        stores2
-            .tasks
-            .create_task(&f2.origin(), &f2.new_task("wake"), now())
-            .await
-            .unwrap()
+        stores2.tasks.create_task(&f2.origin(), &f2.new_task("wake"), now()).await.unwrap()
     });
     let batch = tokio::time::timeout(std::time::Duration::from_secs(5), tail.next_batch(10))
         .await
         .expect("tailer woke")
         .unwrap();
     let woke = writer.await.unwrap();
-    assert!(
-        batch
-            .iter()
-            .any(|e| e.task_id == Some(woke.id) && e.kind == EventKind::TaskCreated)
-    );
+    assert!(batch.iter().any(|e| e.task_id == Some(woke.id) && e.kind == EventKind::TaskCreated));
 }
 
 /// Concurrent writers while a tailer follows the log: the tailer sees every event exactly once,
@@ -1371,10 +931,7 @@ pub async fn tailer_misses_nothing(stores: &Stores, writers: usize, per_writer: 
     let expected_mine = writers * per_writer;
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
-    while seen
-        .iter()
-        .filter(|e: &&crate::event::Event| e.project_id == Some(f.project.id))
-        .count()
+    while seen.iter().filter(|e: &&crate::event::Event| e.project_id == Some(f.project.id)).count()
         < expected_mine
     {
         let batch = tokio::time::timeout_at(deadline, tail.next_batch(50))
@@ -1386,10 +943,7 @@ pub async fn tailer_misses_nothing(stores: &Stores, writers: usize, per_writer: 
     for h in handles {
         h.await.unwrap();
     }
-    assert!(
-        seen.windows(2).all(|w| w[0].seq < w[1].seq),
-        "strictly increasing seq"
-    );
+    assert!(seen.windows(2).all(|w| w[0].seq < w[1].seq), "strictly increasing seq");
     // Everything committed in the window, as the log now holds it, was seen by the tailer.
     let last = seen.last().unwrap().seq;
     let mut all = Vec::new();

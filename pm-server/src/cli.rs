@@ -70,9 +70,7 @@ mod tests {
 
     #[test]
     fn bad_bind_names_the_variable() {
-        let err = Cli::try_parse_from(["pm-server", "--bind", "nope"])
-            .unwrap_err()
-            .to_string();
+        let err = Cli::try_parse_from(["pm-server", "--bind", "nope"]).unwrap_err().to_string();
         assert!(err.contains("PM_BIND"), "{err}");
     }
 }

@@ -68,17 +68,13 @@ impl fmt::Debug for Config {
 }
 
 fn parse_database_url(s: &str) -> Result<String, String> {
-    let ok = ["sqlite:", "postgres:", "postgresql:"]
-        .iter()
-        .any(|p| s.starts_with(p));
+    let ok = ["sqlite:", "postgres:", "postgresql:"].iter().any(|p| s.starts_with(p));
     if ok {
         Ok(s.to_owned())
     } else {
-        Err(
-            "PM_DATABASE_URL (--database-url) must start with sqlite: or postgres:, \
+        Err("PM_DATABASE_URL (--database-url) must start with sqlite: or postgres:, \
              e.g. sqlite://pm.db"
-                .to_owned(),
-        )
+            .to_owned())
     }
 }
 
@@ -91,9 +87,9 @@ fn parse_bind(s: &str) -> Result<SocketAddr, String> {
 fn parse_log(s: &str) -> Result<String, String> {
     match EnvFilter::try_new(s) {
         Ok(_) => Ok(s.to_owned()),
-        Err(e) => Err(format!(
-            "PM_LOG (--log) is not a valid log filter such as `info,sqlx=warn` ({e})"
-        )),
+        Err(e) => {
+            Err(format!("PM_LOG (--log) is not a valid log filter such as `info,sqlx=warn` ({e})"))
+        }
     }
 }
 
@@ -128,10 +124,7 @@ mod tests {
 
     #[test]
     fn redacts_passwords_only() {
-        assert_eq!(
-            redact_url("postgres://pm:s3cr@t@db:5432/pm"),
-            "postgres://pm:***@db:5432/pm"
-        );
+        assert_eq!(redact_url("postgres://pm:s3cr@t@db:5432/pm"), "postgres://pm:***@db:5432/pm");
         assert_eq!(redact_url("postgres://pm@db/pm"), "postgres://pm@db/pm");
         assert_eq!(redact_url("sqlite://pm.db"), "sqlite://pm.db");
         assert_eq!(redact_url("sqlite::memory:"), "sqlite::memory:");
@@ -141,24 +134,13 @@ mod tests {
     fn errors_name_the_variable() {
         assert!(parse_bind("localhost").unwrap_err().contains("PM_BIND"));
         assert!(parse_log("info,[").unwrap_err().contains("PM_LOG"));
-        assert!(
-            parse_shutdown_timeout("-1")
-                .unwrap_err()
-                .contains("PM_SHUTDOWN_TIMEOUT_SECS")
-        );
-        assert!(
-            parse_database_url("mysql://x")
-                .unwrap_err()
-                .contains("PM_DATABASE_URL")
-        );
+        assert!(parse_shutdown_timeout("-1").unwrap_err().contains("PM_SHUTDOWN_TIMEOUT_SECS"));
+        assert!(parse_database_url("mysql://x").unwrap_err().contains("PM_DATABASE_URL"));
     }
 
     #[test]
     fn parses_valid_values() {
-        assert_eq!(
-            parse_bind("0.0.0.0:80").unwrap(),
-            "0.0.0.0:80".parse::<SocketAddr>().unwrap()
-        );
+        assert_eq!(parse_bind("0.0.0.0:80").unwrap(), "0.0.0.0:80".parse::<SocketAddr>().unwrap());
         assert_eq!(parse_shutdown_timeout("3").unwrap(), Duration::from_secs(3));
         assert_eq!(parse_log(DEFAULT_LOG).unwrap(), DEFAULT_LOG);
     }

@@ -38,14 +38,7 @@ impl ApiError {
         title: &'static str,
         detail: impl Into<Cow<'static, str>>,
     ) -> Self {
-        Self {
-            status,
-            slug,
-            title,
-            detail: detail.into(),
-            extensions: Map::new(),
-            cause: None,
-        }
+        Self { status, slug, title, detail: detail.into(), extensions: Map::new(), cause: None }
     }
 
     /// Adds an extension member to the body (RFC 9457 §3.2). Reserved names are ignored.
@@ -58,22 +51,12 @@ impl ApiError {
 
     /// 400: the request is malformed or a field is invalid.
     pub fn bad_request(detail: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "bad-request",
-            "Bad request",
-            detail,
-        )
+        Self::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
     }
 
     /// 404: no route matches the request path.
     pub fn route_not_found() -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            "Not found",
-            "no resource at this path",
-        )
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no resource at this path")
     }
 
     /// 405: the path exists but not with this method.
@@ -92,10 +75,7 @@ impl ApiError {
             StatusCode::SERVICE_UNAVAILABLE,
             "timeout",
             "Request timed out",
-            format!(
-                "the request did not complete within {} s",
-                timeout.as_secs_f64()
-            ),
+            format!("the request did not complete within {} s", timeout.as_secs_f64()),
         )
     }
 
@@ -156,13 +136,7 @@ impl fmt::Debug for ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.status.as_u16(),
-            self.title,
-            self.detail
-        )
+        write!(f, "{} {}: {}", self.status.as_u16(), self.title, self.detail)
     }
 }
 
@@ -178,8 +152,7 @@ impl IntoResponse for ApiError {
             }
         }
         let mut res = (self.status, axum::Json(self.body())).into_response();
-        res.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         res
     }
 }
@@ -265,11 +238,8 @@ mod tests {
     #[test]
     fn already_exists_and_forbidden_map() {
         assert_eq!(
-            ApiError::from(pm_core::Error::AlreadyExists {
-                entity: "project",
-                field: "key"
-            })
-            .status(),
+            ApiError::from(pm_core::Error::AlreadyExists { entity: "project", field: "key" })
+                .status(),
             StatusCode::CONFLICT
         );
         assert_eq!(
@@ -294,9 +264,9 @@ mod tests {
             closed: false,
             version: 7,
         };
-        let e = ApiError::from(pm_core::Error::Conflict(Box::new(
-            pm_core::Current::Milestone(current),
-        )));
+        let e = ApiError::from(pm_core::Error::Conflict(Box::new(pm_core::Current::Milestone(
+            current,
+        ))));
         assert_eq!(e.status(), StatusCode::CONFLICT);
         let body = e.body();
         assert_eq!(body["entity"], "milestone");
@@ -306,10 +276,7 @@ mod tests {
 
     #[test]
     fn extensions_cannot_override_members() {
-        let body = ApiError::bad_request("x")
-            .with("status", 200)
-            .with("hint", "y")
-            .body();
+        let body = ApiError::bad_request("x").with("status", 200).with("hint", "y").body();
         assert_eq!(body["status"], 400);
         assert_eq!(body["hint"], "y");
     }

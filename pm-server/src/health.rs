@@ -15,9 +15,7 @@ use crate::extract::Json;
 
 /// The probe routes.
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
 }
 
 async fn healthz() -> Json<Value> {
@@ -28,16 +26,11 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
     let admin = &state.stores.admin;
     let limit = state.timeouts.readiness;
     match tokio::time::timeout(limit, admin.ping()).await {
-        Ok(Ok(())) => Ok(Json(
-            json!({ "status": "ready", "backend": admin.backend() }),
-        )),
+        Ok(Ok(())) => Ok(Json(json!({ "status": "ready", "backend": admin.backend() }))),
         Ok(Err(err)) => Err(ApiError::unavailable("the database is not reachable", err)
             .with("backend", admin.backend())),
         Err(elapsed) => Err(ApiError::unavailable(
-            format!(
-                "the database did not answer within {} s",
-                limit.as_secs_f64()
-            ),
+            format!("the database did not answer within {} s", limit.as_secs_f64()),
             elapsed,
         )
         .with("backend", admin.backend())),

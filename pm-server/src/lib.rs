@@ -46,10 +46,7 @@ pub struct AppState {
 impl AppState {
     /// State over `stores` with the default [`Timeouts`].
     pub fn new(stores: Stores) -> Self {
-        Self {
-            stores,
-            timeouts: Timeouts::default(),
-        }
+        Self { stores, timeouts: Timeouts::default() }
     }
 }
 
@@ -70,10 +67,7 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Self {
-            request: Duration::from_secs(30),
-            readiness: Duration::from_secs(2),
-        }
+        Self { request: Duration::from_secs(30), readiness: Duration::from_secs(2) }
     }
 }
 
@@ -105,17 +99,12 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
 }
 
 fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
-    let request_id = req
-        .headers()
-        .get(&REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
+    let request_id =
+        req.headers().get(&REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
     // The path only: query strings may carry tokens.
     tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
 }

@@ -75,10 +75,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let grace = config.shutdown_timeout;
     let deadline = async move {
         stopped(stop_rx).await;
-        tracing::info!(
-            grace_secs = grace.as_secs(),
-            "shutting down: draining in-flight requests"
-        );
+        tracing::info!(grace_secs = grace.as_secs(), "shutting down: draining in-flight requests");
         tokio::time::sleep(grace).await;
     };
     tokio::select! {

@@ -28,6 +28,5 @@ pub fn now() -> OffsetDateTime {
 /// Truncates a timestamp to whole microseconds (see [`now`]).
 pub fn truncate_micros(t: OffsetDateTime) -> OffsetDateTime {
     let nanos = t.nanosecond();
-    t.replace_nanosecond(nanos - nanos % 1_000)
-        .expect("truncating nanoseconds stays in range")
+    t.replace_nanosecond(nanos - nanos % 1_000).expect("truncating nanoseconds stays in range")
 }

@@ -206,10 +206,7 @@ impl FieldType {
     pub fn validate(&self) -> Result<()> {
         if let FieldType::Select { options } | FieldType::MultiSelect { options } = self {
             if options.is_empty() || options.len() > 100 {
-                return Err(Error::invalid(
-                    "field_type.options",
-                    "must hold 1 to 100 options",
-                ));
+                return Err(Error::invalid("field_type.options", "must hold 1 to 100 options"));
             }
             let mut seen = std::collections::HashSet::new();
             for o in options {
@@ -297,11 +294,7 @@ impl CustomField {
                 let ok = (u.starts_with("https://") || u.starts_with("http://"))
                     && u.len() <= 2048
                     && !u.chars().any(|c| c.is_whitespace() || c.is_control());
-                if ok {
-                    Ok(())
-                } else {
-                    bad("must be an http(s) URL")
-                }
+                if ok { Ok(()) } else { bad("must be an http(s) URL") }
             }
             _ => bad("has the wrong type for this field"),
         }

@@ -29,11 +29,7 @@ pub fn between(a: Option<&str>, b: Option<&str>) -> String {
                 out.push(DIGITS[da]);
                 if db == da + 1 {
                     // Take a's digit here; from now on b no longer constrains us.
-                    let rest = if i + 1 < a.len() {
-                        &a[i + 1..]
-                    } else {
-                        &[][..]
-                    };
+                    let rest = if i + 1 < a.len() { &a[i + 1..] } else { &[][..] };
                     out.extend_from_slice(after_bytes(rest).as_bytes());
                     return String::from_utf8(out).expect("ascii");
                 }
@@ -56,9 +52,7 @@ pub fn after(a: Option<&str>) -> String {
         return "a0".to_string();
     }
     let width = (head - b'a') as usize + 1;
-    let mut int: Vec<u8> = (0..width)
-        .map(|i| a.get(1 + i).copied().unwrap_or(b'0'))
-        .collect();
+    let mut int: Vec<u8> = (0..width).map(|i| a.get(1 + i).copied().unwrap_or(b'0')).collect();
     // Increment with carry.
     for i in (0..width).rev() {
         let d = digit(int[i]);

@@ -258,10 +258,7 @@ impl RelationKind {
             "relates" => RelationKind::Relates,
             "duplicates" => RelationKind::Duplicates,
             _ => {
-                return Err(Error::invalid(
-                    "kind",
-                    "must be one of blocks, relates, duplicates",
-                ));
+                return Err(Error::invalid("kind", "must be one of blocks, relates, duplicates"));
             }
         })
     }

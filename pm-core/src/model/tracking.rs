@@ -94,18 +94,14 @@ pub fn parse_content_type(raw: &str) -> Result<String> {
         (Some(a), Some(b)) => {
             let tok = |s: &str| {
                 !s.is_empty()
-                    && s.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+;= ".contains(c))
+                    && s.chars().all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+;= ".contains(c))
             };
             tok(a) && tok(b) && v.len() <= 255
         }
         _ => false,
     };
     if !ok {
-        return Err(Error::invalid(
-            "content_type",
-            "must be a MIME type like image/png",
-        ));
+        return Err(Error::invalid("content_type", "must be a MIME type like image/png"));
     }
     Ok(v)
 }
@@ -149,15 +145,8 @@ impl GeoPoint {
             return Err(Error::invalid("lon", "must be between -180 and 180"));
         }
         if !accuracy_m.is_finite() || !(0.0..=1.0e7).contains(&accuracy_m) {
-            return Err(Error::invalid(
-                "accuracy_m",
-                "must be a non-negative number of metres",
-            ));
+            return Err(Error::invalid("accuracy_m", "must be a non-negative number of metres"));
         }
-        Ok(Self {
-            lat,
-            lon,
-            accuracy_m,
-        })
+        Ok(Self { lat, lon, accuracy_m })
     }
 }

@@ -18,10 +18,7 @@ fn trimmed_len(field: &str, raw: &str, min: usize, max: usize) -> Result<String>
         ));
     }
     if n > max {
-        return Err(Error::invalid(
-            field,
-            format!("must be at most {max} characters"),
-        ));
+        return Err(Error::invalid(field, format!("must be at most {max} characters")));
     }
     if v.chars().any(|c| c.is_control()) {
         return Err(Error::invalid(field, "must not contain control characters"));
@@ -136,9 +133,8 @@ pub struct Slug(String);
 impl Slug {
     /// Parses a slug (`slug` field).
     pub fn parse(raw: &str) -> Result<Self> {
-        let ok_chars = raw
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        let ok_chars =
+            raw.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if raw.is_empty()
             || raw.len() > 64
             || !ok_chars
@@ -182,8 +178,7 @@ impl ProjectKey {
         let v = raw.trim().to_ascii_uppercase();
         let ok = (2..=10).contains(&v.len())
             && v.starts_with(|c: char| c.is_ascii_uppercase())
-            && v.chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+            && v.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
         if !ok {
             return Err(Error::invalid(
                 "key",
@@ -230,10 +225,7 @@ impl Email {
             && v.len() <= 254
             && !v.chars().any(|c| c.is_whitespace() || c.is_control());
         if !ok {
-            return Err(Error::invalid(
-                "email",
-                "must be an e-mail address like name@example.com",
-            ));
+            return Err(Error::invalid("email", "must be an e-mail address like name@example.com"));
         }
         Ok(Self(v))
     }
@@ -301,10 +293,7 @@ mod tests {
     #[test]
     fn newtypes_reject_bad_input_naming_the_field() {
         assert_eq!(field_of(TaskTitle::parse("   ").unwrap_err()), "title");
-        assert_eq!(
-            field_of(TaskTitle::parse(&"x".repeat(501)).unwrap_err()),
-            "title"
-        );
+        assert_eq!(field_of(TaskTitle::parse(&"x".repeat(501)).unwrap_err()), "title");
         assert_eq!(field_of(TaskTitle::parse("a\u{7}b").unwrap_err()), "title");
         assert_eq!(field_of(ProjectKey::parse("P").unwrap_err()), "key");
         assert_eq!(field_of(ProjectKey::parse("1PM").unwrap_err()), "key");
@@ -318,10 +307,7 @@ mod tests {
     fn newtypes_normalise() {
         assert_eq!(TaskTitle::parse("  Fix it ").unwrap().as_str(), "Fix it");
         assert_eq!(ProjectKey::parse("pm").unwrap().as_str(), "PM");
-        assert_eq!(
-            Email::parse(" A@Example.com").unwrap().as_str(),
-            "a@example.com"
-        );
+        assert_eq!(Email::parse(" A@Example.com").unwrap().as_str(), "a@example.com");
         assert_eq!(Color::parse("#AABBCC").unwrap().as_str(), "#aabbcc");
     }
 

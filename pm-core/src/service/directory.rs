@@ -27,12 +27,8 @@ pub struct NewOrg {
 impl Pm {
     /// Registers a user identity (credentials are the host's business).
     pub async fn create_user(&self, origin: &Origin, input: NewUser) -> Result<User> {
-        self.authorize(
-            origin,
-            Action::Create,
-            &Resource::new(ResourceKind::Member, None, None),
-        )
-        .await?;
+        self.authorize(origin, Action::Create, &Resource::new(ResourceKind::Member, None, None))
+            .await?;
         let user = User {
             id: UserId::new(),
             email: input.email,
@@ -49,12 +45,8 @@ impl Pm {
 
     /// Creates an organization; a user actor becomes its owner.
     pub async fn create_org(&self, origin: &Origin, input: NewOrg) -> Result<Organization> {
-        self.authorize(
-            origin,
-            Action::Create,
-            &Resource::new(ResourceKind::Org, None, None),
-        )
-        .await?;
+        self.authorize(origin, Action::Create, &Resource::new(ResourceKind::Org, None, None))
+            .await?;
         let at = now();
         let org = Organization {
             id: OrgId::new(),
@@ -64,10 +56,7 @@ impl Pm {
             created_at: at,
             updated_at: at,
         };
-        self.stores
-            .directory
-            .create_org(origin, &org, origin.actor.user())
-            .await
+        self.stores.directory.create_org(origin, &org, origin.actor.user()).await
     }
 
     /// Loads an organization.
@@ -97,20 +86,11 @@ impl Pm {
         )
         .await?;
         self.stores.directory.get_org(org).await?;
-        self.stores
-            .directory
-            .get_user(user)
-            .await
-            .map_err(|e| match e {
-                Error::NotFound { .. } => Error::invalid("user_id", "no such user"),
-                other => other,
-            })?;
-        let m = Membership {
-            org_id: org,
-            user_id: user,
-            role,
-            joined_at: now(),
-        };
+        self.stores.directory.get_user(user).await.map_err(|e| match e {
+            Error::NotFound { .. } => Error::invalid("user_id", "no such user"),
+            other => other,
+        })?;
+        let m = Membership { org_id: org, user_id: user, role, joined_at: now() };
         self.stores.directory.put_member(origin, &m).await
     }
 

@@ -35,20 +35,14 @@ pub struct Pm {
 
 impl std::fmt::Debug for Pm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pm")
-            .field("stores", &self.stores)
-            .finish_non_exhaustive()
+        f.debug_struct("Pm").field("stores", &self.stores).finish_non_exhaustive()
     }
 }
 
 impl Pm {
     /// Composes the services.
     pub fn new(stores: Stores, authz: Arc<dyn Authorizer>, blobs: Arc<dyn BlobStore>) -> Self {
-        Self {
-            stores,
-            authz,
-            blobs,
-        }
+        Self { stores, authz, blobs }
     }
 
     /// The underlying stores (for hosts composing their own queries).
@@ -71,11 +65,7 @@ impl Pm {
         resource: &Resource,
         entity: &'static str,
     ) -> Result<()> {
-        match self
-            .authz
-            .check(&origin.actor, Action::Read, resource)
-            .await?
-        {
+        match self.authz.check(&origin.actor, Action::Read, resource).await? {
             Decision::Allow => Ok(()),
             Decision::Deny(_) => Err(Error::not_found(entity)),
         }

@@ -81,17 +81,13 @@ impl Pm {
                 version: 1,
             })
             .collect();
-        self.stores
-            .projects
-            .create_project(origin, &project, &states)
-            .await
+        self.stores.projects.create_project(origin, &project, &states).await
     }
 
     /// Loads a project.
     pub async fn get_project(&self, origin: &Origin, id: ProjectId) -> Result<Project> {
         let p = self.stores.projects.get_project(id).await?;
-        self.authorize_read(origin, &project_resource(&p), "project")
-            .await?;
+        self.authorize_read(origin, &project_resource(&p), "project").await?;
         Ok(p)
     }
 
@@ -108,10 +104,7 @@ impl Pm {
             "organization",
         )
         .await?;
-        self.stores
-            .projects
-            .list_projects(org, include_archived)
-            .await
+        self.stores.projects.list_projects(org, include_archived).await
     }
 
     /// Updates a project (optimistic concurrency on `expected_version`).
@@ -123,15 +116,11 @@ impl Pm {
         patch: ProjectPatch,
     ) -> Result<Project> {
         let p = self.get_project(origin, id).await?;
-        self.authorize(origin, Action::Update, &project_resource(&p))
-            .await?;
+        self.authorize(origin, Action::Update, &project_resource(&p)).await?;
         if let Some(Some(lead)) = patch.lead {
             self.require_member(p.org_id, lead, "lead").await?;
         }
-        self.stores
-            .projects
-            .update_project(origin, id, expected_version, &patch)
-            .await
+        self.stores.projects.update_project(origin, id, expected_version, &patch).await
     }
 
     /// Adds a workflow state at the end of the board.
@@ -143,14 +132,10 @@ impl Pm {
         category: StateCategory,
     ) -> Result<WorkflowState> {
         let p = self.get_project(origin, project).await?;
-        self.authorize(origin, Action::Manage, &project_resource(&p))
-            .await?;
+        self.authorize(origin, Action::Manage, &project_resource(&p)).await?;
         let states = self.stores.projects.list_states(project).await?;
         if states.len() >= 50 {
-            return Err(Error::invalid(
-                "name",
-                "a project has at most 50 workflow states",
-            ));
+            return Err(Error::invalid("name", "a project has at most 50 workflow states"));
         }
         let position = states.iter().map(|s| s.position).max().map_or(0, |m| m + 1);
         let state = WorkflowState {
@@ -191,15 +176,7 @@ impl Pm {
         self.stores.directory.get_org(org).await?;
         self.stores
             .projects
-            .create_label(
-                origin,
-                &Label {
-                    id: LabelId::new(),
-                    org_id: org,
-                    name,
-                    color,
-                },
-            )
+            .create_label(origin, &Label { id: LabelId::new(), org_id: org, name, color })
             .await
     }
 
@@ -222,14 +199,7 @@ impl Pm {
             &Resource::new(ResourceKind::Project, Some(org), None),
         )
         .await?;
-        if !self
-            .stores
-            .projects
-            .list_labels(org)
-            .await?
-            .iter()
-            .any(|l| l.id == id)
-        {
+        if !self.stores.projects.list_labels(org).await?.iter().any(|l| l.id == id) {
             return Err(Error::not_found("label"));
         }
         self.stores.projects.delete_label(origin, id).await
@@ -245,8 +215,7 @@ impl Pm {
         due_on: Option<Date>,
     ) -> Result<Milestone> {
         let p = self.get_project(origin, project).await?;
-        self.authorize(origin, Action::Manage, &project_resource(&p))
-            .await?;
+        self.authorize(origin, Action::Manage, &project_resource(&p)).await?;
         let m = Milestone {
             id: MilestoneId::new(),
             project_id: project,
@@ -269,8 +238,7 @@ impl Pm {
     ) -> Result<Milestone> {
         let current = self.stores.projects.get_milestone(id).await?;
         let p = self.get_project(origin, current.project_id).await?;
-        self.authorize(origin, Action::Manage, &project_resource(&p))
-            .await?;
+        self.authorize(origin, Action::Manage, &project_resource(&p)).await?;
         let mut next = current.clone();
         if let Some(v) = patch.name {
             next.name = v;
@@ -284,10 +252,7 @@ impl Pm {
         if let Some(v) = patch.closed {
             next.closed = v;
         }
-        self.stores
-            .projects
-            .update_milestone(origin, &next, expected_version)
-            .await
+        self.stores.projects.update_milestone(origin, &next, expected_version).await
     }
 
     /// Milestones of a project.
@@ -309,15 +274,9 @@ impl Pm {
         field_type: FieldType,
     ) -> Result<CustomField> {
         let p = self.get_project(origin, project).await?;
-        self.authorize(origin, Action::Manage, &project_resource(&p))
-            .await?;
+        self.authorize(origin, Action::Manage, &project_resource(&p)).await?;
         field_type.validate()?;
-        let f = CustomField {
-            id: FieldId::new(),
-            project_id: project,
-            name,
-            field_type,
-        };
+        let f = CustomField { id: FieldId::new(), project_id: project, name, field_type };
         self.stores.projects.create_field(origin, &f).await
     }
 

@@ -101,10 +101,7 @@ impl Pm {
         let reporter = match (input.reporter, origin.actor.user()) {
             (Some(r), _) | (None, Some(r)) => r,
             (None, None) => {
-                return Err(Error::invalid(
-                    "reporter",
-                    "is required when the actor is not a user",
-                ));
+                return Err(Error::invalid("reporter", "is required when the actor is not a user"));
             }
         };
         let state_id = match input.state_id {
@@ -127,10 +124,8 @@ impl Pm {
             milestone_id: input.milestone_id,
             custom_fields: input.custom_fields,
         };
-        self.check_task_fields(&project, None, &TaskFieldsView::from_new(&new))
-            .await?;
-        self.require_member(project.org_id, reporter, "reporter")
-            .await?;
+        self.check_task_fields(&project, None, &TaskFieldsView::from_new(&new)).await?;
+        self.require_member(project.org_id, reporter, "reporter").await?;
         self.stores.tasks.create_task(origin, &new, now()).await
     }
 
@@ -148,8 +143,7 @@ impl Pm {
     /// Loads a task.
     pub async fn get_task(&self, origin: &Origin, id: TaskId) -> Result<Task> {
         let t = self.stores.tasks.get_task(id).await?;
-        self.authorize_read(origin, &task_resource(&t), "task")
-            .await?;
+        self.authorize_read(origin, &task_resource(&t), "task").await?;
         Ok(t)
     }
 
@@ -160,13 +154,8 @@ impl Pm {
         project: ProjectId,
         number: i64,
     ) -> Result<Task> {
-        let t = self
-            .stores
-            .tasks
-            .get_task_by_number(project, number)
-            .await?;
-        self.authorize_read(origin, &task_resource(&t), "task")
-            .await?;
+        let t = self.stores.tasks.get_task_by_number(project, number).await?;
+        self.authorize_read(origin, &task_resource(&t), "task").await?;
         Ok(t)
     }
 
@@ -180,20 +169,15 @@ impl Pm {
         patch: TaskPatch,
     ) -> Result<Task> {
         let current = self.get_task(origin, id).await?;
-        self.authorize(origin, Action::Update, &task_resource(&current))
-            .await?;
+        self.authorize(origin, Action::Update, &task_resource(&current)).await?;
         let project = self.stores.projects.get_project(current.project_id).await?;
         let mut next = current.clone();
         patch.apply(&mut next);
-        self.check_task_fields(&project, Some(&current), &TaskFieldsView::from_task(&next))
-            .await?;
+        self.check_task_fields(&project, Some(&current), &TaskFieldsView::from_task(&next)).await?;
         if let Some(Some(parent)) = patch.parent_id {
             self.check_no_parent_cycle(id, parent).await?;
         }
-        self.stores
-            .tasks
-            .update_task(origin, id, expected_version, &patch)
-            .await
+        self.stores.tasks.update_task(origin, id, expected_version, &patch).await
     }
 
     /// Deletes a task.
@@ -204,12 +188,8 @@ impl Pm {
         expected_version: i64,
     ) -> Result<()> {
         let current = self.get_task(origin, id).await?;
-        self.authorize(origin, Action::Delete, &task_resource(&current))
-            .await?;
-        self.stores
-            .tasks
-            .delete_task(origin, id, expected_version)
-            .await
+        self.authorize(origin, Action::Delete, &task_resource(&current)).await?;
+        self.stores.tasks.delete_task(origin, id, expected_version).await
     }
 
     /// A page of an organization's tasks.
@@ -250,8 +230,7 @@ impl Pm {
         if a.org_id != b.org_id {
             return Err(Error::invalid("to_task", "no such task"));
         }
-        self.authorize(origin, Action::Update, &task_resource(&a))
-            .await?;
+        self.authorize(origin, Action::Update, &task_resource(&a)).await?;
         let r = TaskRelation {
             from_task: from,
             to_task: to,
@@ -271,12 +250,8 @@ impl Pm {
         kind: RelationKind,
     ) -> Result<()> {
         let a = self.get_task(origin, from).await?;
-        self.authorize(origin, Action::Update, &task_resource(&a))
-            .await?;
-        self.stores
-            .tasks
-            .remove_relation(origin, from, to, kind)
-            .await
+        self.authorize(origin, Action::Update, &task_resource(&a)).await?;
+        self.stores.tasks.remove_relation(origin, from, to, kind).await
     }
 
     /// Relations of a task (either end).
@@ -294,20 +269,12 @@ impl Pm {
     ) -> Result<Watcher> {
         let t = self.get_task(origin, task).await?;
         if origin.actor.user() != Some(user) {
-            self.authorize(origin, Action::Update, &task_resource(&t))
-                .await?;
+            self.authorize(origin, Action::Update, &task_resource(&t)).await?;
         }
         self.require_member(t.org_id, user, "user_id").await?;
         self.stores
             .tasks
-            .add_watcher(
-                origin,
-                &Watcher {
-                    task_id: task,
-                    user_id: user,
-                    since: now(),
-                },
-            )
+            .add_watcher(origin, &Watcher { task_id: task, user_id: user, since: now() })
             .await
     }
 
@@ -315,8 +282,7 @@ impl Pm {
     pub async fn remove_watcher(&self, origin: &Origin, task: TaskId, user: UserId) -> Result<()> {
         let t = self.get_task(origin, task).await?;
         if origin.actor.user() != Some(user) {
-            self.authorize(origin, Action::Update, &task_resource(&t))
-                .await?;
+            self.authorize(origin, Action::Update, &task_resource(&t)).await?;
         }
         self.stores.tasks.remove_watcher(origin, task, user).await
     }
@@ -370,10 +336,7 @@ impl Pm {
         id: CommentId,
     ) -> Result<(Comment, Resource)> {
         let c = self.stores.comments.get_comment(id).await?;
-        let t = self
-            .get_task(origin, c.task_id)
-            .await
-            .map_err(|_| Error::not_found("comment"))?;
+        let t = self.get_task(origin, c.task_id).await.map_err(|_| Error::not_found("comment"))?;
         let r = Resource::new(ResourceKind::Comment, Some(t.org_id), Some(t.project_id))
             .with_id(id)
             .with_owner(c.author);
@@ -393,10 +356,7 @@ impl Pm {
         if body.as_str().trim().is_empty() {
             return Err(Error::invalid("body", "must not be empty"));
         }
-        self.stores
-            .comments
-            .update_comment(origin, id, expected_version, &body)
-            .await
+        self.stores.comments.update_comment(origin, id, expected_version, &body).await
     }
 
     /// Deletes a comment.
@@ -421,22 +381,13 @@ impl Pm {
             return Err(Error::invalid("start_date", "must not be after due_date"));
         }
         if t.estimate.is_some_and(|e| e > MAX_ESTIMATE) {
-            return Err(Error::invalid(
-                "estimate",
-                format!("must be at most {MAX_ESTIMATE}"),
-            ));
+            return Err(Error::invalid("estimate", format!("must be at most {MAX_ESTIMATE}")));
         }
         if t.assignees.len() > MAX_ASSIGNEES {
-            return Err(Error::invalid(
-                "assignees",
-                format!("at most {MAX_ASSIGNEES} assignees"),
-            ));
+            return Err(Error::invalid("assignees", format!("at most {MAX_ASSIGNEES} assignees")));
         }
         if t.labels.len() > MAX_LABELS {
-            return Err(Error::invalid(
-                "labels",
-                format!("at most {MAX_LABELS} labels"),
-            ));
+            return Err(Error::invalid("labels", format!("at most {MAX_LABELS} labels")));
         }
         if before.is_none_or(|b| b.state_id != *t.state_id) {
             let s = self.stores.projects.get_state(*t.state_id).await;
@@ -452,10 +403,7 @@ impl Pm {
         {
             let p = self.stores.tasks.get_task(parent).await;
             if !matches!(&p, Ok(p) if p.project_id == project.id) {
-                return Err(Error::invalid(
-                    "parent_id",
-                    "is not a task of the same project",
-                ));
+                return Err(Error::invalid("parent_id", "is not a task of the same project"));
             }
         }
         if let Some(m) = t.milestone_id
@@ -469,11 +417,8 @@ impl Pm {
                 ));
             }
         }
-        let new_labels: Vec<&LabelId> = t
-            .labels
-            .iter()
-            .filter(|l| before.is_none_or(|b| !b.labels.contains(l)))
-            .collect();
+        let new_labels: Vec<&LabelId> =
+            t.labels.iter().filter(|l| before.is_none_or(|b| !b.labels.contains(l))).collect();
         if !new_labels.is_empty() {
             let known: BTreeSet<LabelId> = self
                 .stores
@@ -490,11 +435,7 @@ impl Pm {
                 ));
             }
         }
-        for a in t
-            .assignees
-            .iter()
-            .filter(|a| before.is_none_or(|b| !b.assignees.contains(a)))
-        {
+        for a in t.assignees.iter().filter(|a| before.is_none_or(|b| !b.assignees.contains(a))) {
             self.require_member(project.org_id, *a, "assignees").await?;
         }
         if before.is_none_or(|b| b.custom_fields != *t.custom_fields) && !t.custom_fields.is_empty()
@@ -527,10 +468,7 @@ impl Pm {
                 Some(id) => cur = self.stores.tasks.get_task(id).await?.parent_id,
             }
         }
-        Err(Error::invalid(
-            "parent_id",
-            format!("subtasks nest at most {MAX_SUBTASK_DEPTH} deep"),
-        ))
+        Err(Error::invalid("parent_id", format!("subtasks nest at most {MAX_SUBTASK_DEPTH} deep")))
     }
 }
 

@@ -28,8 +28,7 @@ impl Pm {
             .actor
             .user()
             .ok_or_else(|| Error::invalid("user_id", "time is logged by a user"))?;
-        self.authorize(origin, Action::Update, &task_resource(&t))
-            .await?;
+        self.authorize(origin, Action::Update, &task_resource(&t)).await?;
         let e = TimeEntry {
             id: TimeEntryId::new(),
             task_id: task,
@@ -56,16 +55,8 @@ impl Pm {
         id: TimeEntryId,
     ) -> Result<()> {
         let t = self.get_task(origin, task).await?;
-        self.authorize(origin, Action::Update, &task_resource(&t))
-            .await?;
-        if !self
-            .stores
-            .worklog
-            .list_time_entries(task)
-            .await?
-            .iter()
-            .any(|e| e.id == id)
-        {
+        self.authorize(origin, Action::Update, &task_resource(&t)).await?;
+        if !self.stores.worklog.list_time_entries(task).await?.iter().any(|e| e.id == id) {
             return Err(Error::not_found("time entry"));
         }
         self.stores.worklog.delete_time_entry(origin, id).await
@@ -86,8 +77,7 @@ impl Pm {
             .actor
             .user()
             .ok_or_else(|| Error::invalid("uploaded_by", "attachments are uploaded by a user"))?;
-        self.authorize(origin, Action::Update, &task_resource(&t))
-            .await?;
+        self.authorize(origin, Action::Update, &task_resource(&t)).await?;
         let file_name = parse_file_name(file_name)?;
         let content_type = parse_content_type(content_type)?;
         if bytes.len() > MAX_ATTACHMENT_BYTES {
@@ -98,10 +88,7 @@ impl Pm {
         }
         let id = AttachmentId::new();
         let blob_key = id.to_string();
-        let sha256 = Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha256 = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
         self.blobs.put(&blob_key, bytes).await?;
         let a = Attachment {
             id,
@@ -155,8 +142,7 @@ impl Pm {
         id: AttachmentId,
     ) -> Result<()> {
         let t = self.get_task(origin, task).await?;
-        self.authorize(origin, Action::Update, &task_resource(&t))
-            .await?;
+        self.authorize(origin, Action::Update, &task_resource(&t)).await?;
         let a = self.stores.worklog.get_attachment(id).await?;
         if a.task_id != task {
             return Err(Error::not_found("attachment"));
@@ -181,8 +167,7 @@ impl Pm {
             .actor
             .user()
             .ok_or_else(|| Error::invalid("user_id", "check-ins are made by a user"))?;
-        self.authorize(origin, Action::Update, &task_resource(&t))
-            .await?;
+        self.authorize(origin, Action::Update, &task_resource(&t)).await?;
         let c = CheckIn {
             id: CheckInId::new(),
             task_id: task,

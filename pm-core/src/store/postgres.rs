@@ -101,11 +101,7 @@ impl PostgresStore {
             let task = rt.spawn(listen(listen_pool, wakeup.clone()));
             Arc::new(ListenerGuard(task.abort_handle()))
         });
-        Self {
-            pool,
-            wakeup,
-            _listener: listener,
-        }
+        Self { pool, wakeup, _listener: listener }
     }
 
     /// The underlying pool.
@@ -191,10 +187,7 @@ fn db_err(
     if let sqlx::Error::Database(d) = &e {
         match d.kind() {
             sqlx::error::ErrorKind::UniqueViolation => {
-                return Error::AlreadyExists {
-                    entity,
-                    field: unique_field,
-                };
+                return Error::AlreadyExists { entity, field: unique_field };
             }
             sqlx::error::ErrorKind::ForeignKeyViolation => {
                 return Error::invalid(fk_field, "refers to something that does not exist");
@@ -477,17 +470,9 @@ impl TryFrom<TaskRow> for Task {
             description: Markdown::parse(&r.description).map_err(|e| corrupt("description", e))?,
             state_id: r.state_id.into(),
             priority: Priority::from_i16(r.priority).map_err(|e| corrupt("priority", e))?,
-            assignees: r
-                .assignees
-                .into_iter()
-                .map(UserId::from)
-                .collect::<BTreeSet<_>>(),
+            assignees: r.assignees.into_iter().map(UserId::from).collect::<BTreeSet<_>>(),
             reporter: r.reporter.into(),
-            labels: r
-                .labels
-                .into_iter()
-                .map(LabelId::from)
-                .collect::<BTreeSet<_>>(),
+            labels: r.labels.into_iter().map(LabelId::from).collect::<BTreeSet<_>>(),
             start_date: r.start_date,
             due_date: r.due_date,
             estimate: r
@@ -538,11 +523,7 @@ struct WatcherRow {
 impl TryFrom<WatcherRow> for Watcher {
     type Error = Error;
     fn try_from(r: WatcherRow) -> Result<Self> {
-        Ok(Watcher {
-            task_id: r.task_id.into(),
-            user_id: r.user_id.into(),
-            since: r.since,
-        })
+        Ok(Watcher { task_id: r.task_id.into(), user_id: r.user_id.into(), since: r.since })
     }
 }
 
@@ -647,11 +628,7 @@ impl TryFrom<CheckInRow> for CheckIn {
             id: r.id.into(),
             task_id: r.task_id.into(),
             user_id: r.user_id.into(),
-            position: GeoPoint {
-                lat: r.lat,
-                lon: r.lon,
-                accuracy_m: r.accuracy_m,
-            },
+            position: GeoPoint { lat: r.lat, lon: r.lon, accuracy_m: r.accuracy_m },
             note: r.note,
             created_at: r.created_at,
         })
@@ -737,11 +714,8 @@ async fn load_task(conn: &mut PgConnection, id: TaskId, lock: bool) -> Result<Ta
     } else {
         concat!(task_select!(), " WHERE t.id = $1")
     };
-    let row: Option<TaskRow> = sqlx::query_as(sql)
-        .bind(id.0)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(st)?;
+    let row: Option<TaskRow> =
+        sqlx::query_as(sql).bind(id.0).fetch_optional(&mut *conn).await.map_err(st)?;
     row.ok_or_else(|| Error::not_found("task"))?.try_into()
 }
 
@@ -811,11 +785,7 @@ async fn write_task_sets(
             .map_err(st)?;
         if !task.custom_fields.is_empty() {
             let fields: Vec<Uuid> = task.custom_fields.keys().map(|f| f.0).collect();
-            let values = task
-                .custom_fields
-                .values()
-                .map(json_text)
-                .collect::<Result<Vec<_>>>()?;
+            let values = task.custom_fields.values().map(json_text).collect::<Result<Vec<_>>>()?;
             sqlx::query(
                 "INSERT INTO task_field_values (task_id, field_id, value) \
                  SELECT $1, f, v::json FROM UNNEST($2::uuid[], $3::text[]) AS x(f, v)",
@@ -943,8 +913,7 @@ impl DirectoryStore for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(st)?;
-        row.ok_or_else(|| Error::not_found("organization"))?
-            .try_into()
+        row.ok_or_else(|| Error::not_found("organization"))?.try_into()
     }
 
     async fn list_orgs_for_user(&self, user: UserId) -> Result<Vec<Organization>> {
@@ -973,14 +942,7 @@ impl DirectoryStore for PostgresStore {
         append(
             &mut tx,
             origin,
-            draft(
-                EventKind::UserCreated,
-                None,
-                None,
-                None,
-                user.id,
-                entity_payload("user", user),
-            ),
+            draft(EventKind::UserCreated, None, None, None, user.id, entity_payload("user", user)),
         )
         .await?;
         self.commit(tx).await?;
@@ -1284,8 +1246,7 @@ impl ProjectStore for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(st)?;
-        row.ok_or_else(|| Error::not_found("workflow state"))?
-            .try_into()
+        row.ok_or_else(|| Error::not_found("workflow state"))?.try_into()
     }
 
     async fn list_states(&self, project: ProjectId) -> Result<Vec<WorkflowState>> {
@@ -1434,11 +1395,7 @@ impl ProjectStore for PostgresStore {
         let mut next = m.clone();
         next.project_id = current.project_id;
         next.version = current.version + 1;
-        if (Milestone {
-            version: current.version,
-            ..next.clone()
-        }) == current
-        {
+        if (Milestone { version: current.version, ..next.clone() }) == current {
             return Ok(current);
         }
         let org = project_org(&mut tx, current.project_id).await?;
@@ -1613,15 +1570,13 @@ impl TaskStore for PostgresStore {
     }
 
     async fn get_task_by_number(&self, project: ProjectId, number: i64) -> Result<Task> {
-        let row: Option<TaskRow> = sqlx::query_as(concat!(
-            task_select!(),
-            " WHERE t.project_id = $1 AND t.number = $2"
-        ))
-        .bind(project.0)
-        .bind(number)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(st)?;
+        let row: Option<TaskRow> =
+            sqlx::query_as(concat!(task_select!(), " WHERE t.project_id = $1 AND t.number = $2"))
+                .bind(project.0)
+                .bind(number)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(st)?;
         row.ok_or_else(|| Error::not_found("task"))?.try_into()
     }
 
@@ -1726,21 +1681,14 @@ impl TaskStore for PostgresStore {
             QueryBuilder::new(concat!(task_select!(), " WHERE t.org_id = "));
         q.push_bind(org.0);
         if !filter.project_ids.is_empty() {
-            q.push(" AND t.project_id = ANY(")
-                .push_bind(ids(&filter.project_ids))
-                .push(")");
+            q.push(" AND t.project_id = ANY(").push_bind(ids(&filter.project_ids)).push(")");
         }
         if !filter.state_ids.is_empty() {
-            q.push(" AND t.state_id = ANY(")
-                .push_bind(ids(&filter.state_ids))
-                .push(")");
+            q.push(" AND t.state_id = ANY(").push_bind(ids(&filter.state_ids)).push(")");
         }
         if !filter.state_categories.is_empty() {
-            let cats: Vec<String> = filter
-                .state_categories
-                .iter()
-                .map(|c| c.as_str().to_string())
-                .collect();
+            let cats: Vec<String> =
+                filter.state_categories.iter().map(|c| c.as_str().to_string()).collect();
             q.push(
                 " AND t.state_id IN (SELECT s.id FROM workflow_states s WHERE s.category = ANY(",
             )
@@ -1753,9 +1701,7 @@ impl TaskStore for PostgresStore {
                 .push("))");
         }
         if !filter.reporters.is_empty() {
-            q.push(" AND t.reporter = ANY(")
-                .push_bind(ids(&filter.reporters))
-                .push(")");
+            q.push(" AND t.reporter = ANY(").push_bind(ids(&filter.reporters)).push(")");
         }
         if !filter.labels.is_empty() {
             q.push(" AND EXISTS (SELECT 1 FROM task_labels l WHERE l.task_id = t.id AND l.label_id = ANY(")
@@ -1797,11 +1743,8 @@ impl TaskStore for PostgresStore {
             } else {
                 // Terms are alphanumeric (no tsquery operators can be injected); each is
                 // prefix-matched and all are required.
-                let tsquery = terms
-                    .iter()
-                    .map(|t| format!("{t}:*"))
-                    .collect::<Vec<_>>()
-                    .join(" & ");
+                let tsquery =
+                    terms.iter().map(|t| format!("{t}:*")).collect::<Vec<_>>().join(" & ");
                 q.push(" AND t.id IN (SELECT s.task_id FROM task_search s WHERE s.doc @@ to_tsquery('simple', ")
                     .push_bind(tsquery)
                     .push("))");
@@ -1815,19 +1758,13 @@ impl TaskStore for PostgresStore {
             TaskSortKey::Rank => "t.rank COLLATE \"C\"",
             TaskSortKey::Number => "t.number",
         };
-        let (cmp, dir) = if page.sort.descending {
-            ("<", "DESC")
-        } else {
-            (">", "ASC")
-        };
+        let (cmp, dir) = if page.sort.descending { ("<", "DESC") } else { (">", "ASC") };
         if let Some(c) = &page.after {
             q.push(format_args!(" AND ({expr} {cmp} "));
             push_sort_value(&mut q, page.sort.key, &c.value)?;
             q.push(format_args!(" OR ({expr} = "));
             push_sort_value(&mut q, page.sort.key, &c.value)?;
-            q.push(format_args!(" AND t.id {cmp} "))
-                .push_bind(c.id.0)
-                .push("))");
+            q.push(format_args!(" AND t.id {cmp} ")).push_bind(c.id.0).push("))");
         }
         q.push(format_args!(" ORDER BY {expr} {dir}, t.id {dir} LIMIT "))
             .push_bind(i64::from(page.limit) + 1);
@@ -1858,10 +1795,7 @@ impl TaskStore for PostgresStore {
             .await
             .map_err(st)?;
             if cycle {
-                return Err(Error::invalid(
-                    "to_task",
-                    "would create a cycle of blocking tasks",
-                ));
+                return Err(Error::invalid("to_task", "would create a cycle of blocking tasks"));
             }
         }
         sqlx::query("INSERT INTO task_relations (from_task, to_task, kind, created_by, created_at) VALUES ($1, $2, $3, $4, $5)")
@@ -2290,8 +2224,7 @@ impl WorkLogStore for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(st)?;
-        row.ok_or_else(|| Error::not_found("attachment"))?
-            .try_into()
+        row.ok_or_else(|| Error::not_found("attachment"))?.try_into()
     }
 
     async fn list_attachments(&self, task: TaskId) -> Result<Vec<Attachment>> {
@@ -2434,10 +2367,7 @@ impl StoreAdmin for PostgresStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(st)?;
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(st)?;
         Ok(())
     }
 

@@ -58,11 +58,7 @@ impl SqliteStore {
                 .connect_with(opts)
                 .await
                 .map_err(Error::storage)?;
-            return Ok(Self {
-                writer: pool.clone(),
-                reader: pool,
-                wakeup: Wakeup::new(),
-            });
+            return Ok(Self { writer: pool.clone(), reader: pool, wakeup: Wakeup::new() });
         }
         let opts = opts.journal_mode(SqliteJournalMode::Wal);
         let writer = SqlitePoolOptions::new()
@@ -75,11 +71,7 @@ impl SqliteStore {
             .connect_with(opts.read_only(true))
             .await
             .map_err(Error::storage)?;
-        Ok(Self {
-            writer,
-            reader,
-            wakeup: Wakeup::new(),
-        })
+        Ok(Self { writer, reader, wakeup: Wakeup::new() })
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
@@ -147,10 +139,7 @@ fn db_err(
     if let sqlx::Error::Database(d) = &e {
         match d.kind() {
             sqlx::error::ErrorKind::UniqueViolation => {
-                return Error::AlreadyExists {
-                    entity,
-                    field: unique_field,
-                };
+                return Error::AlreadyExists { entity, field: unique_field };
             }
             sqlx::error::ErrorKind::ForeignKeyViolation => {
                 return Error::invalid(fk_field, "refers to something that does not exist");
@@ -577,11 +566,7 @@ impl TryFrom<CheckInRow> for CheckIn {
             id: parse_id(&r.id)?,
             task_id: parse_id(&r.task_id)?,
             user_id: parse_id(&r.user_id)?,
-            position: GeoPoint {
-                lat: r.lat,
-                lon: r.lon,
-                accuracy_m: r.accuracy_m,
-            },
+            position: GeoPoint { lat: r.lat, lon: r.lon, accuracy_m: r.accuracy_m },
             note: r.note,
             created_at: from_ts(r.created_at)?,
         })
@@ -865,8 +850,7 @@ impl DirectoryStore for SqliteStore {
             .fetch_optional(&self.reader)
             .await
             .map_err(st)?;
-        row.ok_or_else(|| Error::not_found("organization"))?
-            .try_into()
+        row.ok_or_else(|| Error::not_found("organization"))?.try_into()
     }
 
     async fn list_orgs_for_user(&self, user: UserId) -> Result<Vec<Organization>> {
@@ -893,14 +877,7 @@ impl DirectoryStore for SqliteStore {
         append(
             &mut tx,
             origin,
-            draft(
-                EventKind::UserCreated,
-                None,
-                None,
-                None,
-                user.id,
-                entity_payload("user", user),
-            ),
+            draft(EventKind::UserCreated, None, None, None, user.id, entity_payload("user", user)),
         )
         .await?;
         self.commit(tx).await?;
@@ -1186,8 +1163,7 @@ impl ProjectStore for SqliteStore {
             .fetch_optional(&self.reader)
             .await
             .map_err(st)?;
-        row.ok_or_else(|| Error::not_found("workflow state"))?
-            .try_into()
+        row.ok_or_else(|| Error::not_found("workflow state"))?.try_into()
     }
 
     async fn list_states(&self, project: ProjectId) -> Result<Vec<WorkflowState>> {
@@ -1332,11 +1308,7 @@ impl ProjectStore for SqliteStore {
         let mut next = m.clone();
         next.project_id = current.project_id;
         next.version = current.version + 1;
-        if (Milestone {
-            version: current.version,
-            ..next.clone()
-        }) == current
-        {
+        if (Milestone { version: current.version, ..next.clone() }) == current {
             return Ok(current);
         }
         let org = project_org(&mut tx, current.project_id).await?;
@@ -1523,15 +1495,13 @@ impl TaskStore for SqliteStore {
     }
 
     async fn get_task_by_number(&self, project: ProjectId, number: i64) -> Result<Task> {
-        let row: Option<TaskRow> = sqlx::query_as(concat!(
-            task_select!(),
-            " WHERE t.project_id = ? AND t.number = ?"
-        ))
-        .bind(id_text(project))
-        .bind(number)
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(st)?;
+        let row: Option<TaskRow> =
+            sqlx::query_as(concat!(task_select!(), " WHERE t.project_id = ? AND t.number = ?"))
+                .bind(id_text(project))
+                .bind(number)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(st)?;
         row.ok_or_else(|| Error::not_found("task"))?.try_into()
     }
 
@@ -1652,17 +1622,10 @@ impl TaskStore for SqliteStore {
             sep.push_unseparated(")");
         }
         if !filter.project_ids.is_empty() {
-            in_list(
-                &mut q,
-                " AND t.project_id",
-                filter.project_ids.iter(),
-                |v| id_text(*v),
-            );
+            in_list(&mut q, " AND t.project_id", filter.project_ids.iter(), |v| id_text(*v));
         }
         if !filter.state_ids.is_empty() {
-            in_list(&mut q, " AND t.state_id", filter.state_ids.iter(), |v| {
-                id_text(*v)
-            });
+            in_list(&mut q, " AND t.state_id", filter.state_ids.iter(), |v| id_text(*v));
         }
         if !filter.state_categories.is_empty() {
             in_list(
@@ -1683,9 +1646,7 @@ impl TaskStore for SqliteStore {
             q.push(")");
         }
         if !filter.reporters.is_empty() {
-            in_list(&mut q, " AND t.reporter", filter.reporters.iter(), |v| {
-                id_text(*v)
-            });
+            in_list(&mut q, " AND t.reporter", filter.reporters.iter(), |v| id_text(*v));
         }
         if !filter.labels.is_empty() {
             in_list(
@@ -1735,11 +1696,7 @@ impl TaskStore for SqliteStore {
             } else {
                 // Each term quoted (no FTS operators can be injected) and prefix-matched; FTS5
                 // ANDs juxtaposed terms.
-                let m = terms
-                    .iter()
-                    .map(|t| format!("\"{t}\"*"))
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                let m = terms.iter().map(|t| format!("\"{t}\"*")).collect::<Vec<_>>().join(" ");
                 q.push(" AND t.rid IN (SELECT rowid FROM task_search WHERE task_search MATCH ")
                     .push_bind(m)
                     .push(")");
@@ -1754,27 +1711,17 @@ impl TaskStore for SqliteStore {
             TaskSortKey::Number => "t.number",
         };
         debug_assert_eq!(NO_DUE_DATE, "9999-12-31");
-        let (cmp, dir) = if page.sort.descending {
-            ("<", "DESC")
-        } else {
-            (">", "ASC")
-        };
+        let (cmp, dir) = if page.sort.descending { ("<", "DESC") } else { (">", "ASC") };
         if let Some(c) = &page.after {
             q.push(format_args!(" AND ({expr} {cmp} "));
             push_sort_value(&mut q, &c.value);
             q.push(format_args!(" OR ({expr} = "));
             push_sort_value(&mut q, &c.value);
-            q.push(format_args!(" AND t.id {cmp} "))
-                .push_bind(id_text(c.id))
-                .push("))");
+            q.push(format_args!(" AND t.id {cmp} ")).push_bind(id_text(c.id)).push("))");
         }
         q.push(format_args!(" ORDER BY {expr} {dir}, t.id {dir} LIMIT "))
             .push_bind(i64::from(page.limit) + 1);
-        let rows: Vec<TaskRow> = q
-            .build_query_as()
-            .fetch_all(&self.reader)
-            .await
-            .map_err(st)?;
+        let rows: Vec<TaskRow> = q.build_query_as().fetch_all(&self.reader).await.map_err(st)?;
         Ok(Page::from_rows(convert(rows)?, page))
     }
 
@@ -1799,10 +1746,7 @@ impl TaskStore for SqliteStore {
             .await
             .map_err(st)?;
             if cycle {
-                return Err(Error::invalid(
-                    "to_task",
-                    "would create a cycle of blocking tasks",
-                ));
+                return Err(Error::invalid("to_task", "would create a cycle of blocking tasks"));
             }
         }
         sqlx::query("INSERT INTO task_relations (from_task, to_task, kind, created_by, created_at) VALUES (?, ?, ?, ?, ?)")
@@ -2202,8 +2146,7 @@ impl WorkLogStore for SqliteStore {
             .fetch_optional(&self.reader)
             .await
             .map_err(st)?;
-        row.ok_or_else(|| Error::not_found("attachment"))?
-            .try_into()
+        row.ok_or_else(|| Error::not_found("attachment"))?.try_into()
     }
 
     async fn list_attachments(&self, task: TaskId) -> Result<Vec<Attachment>> {
@@ -2344,10 +2287,7 @@ impl StoreAdmin for SqliteStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.reader)
-            .await
-            .map_err(st)?;
+        sqlx::query("SELECT 1").execute(&self.reader).await.map_err(st)?;
         Ok(())
     }
 

@@ -30,9 +30,8 @@ pub async fn postgres(test: &str) -> Option<Stores> {
         skip(test, "PM_TEST_POSTGRES_URL is not set");
         return None;
     };
-    let mut conn = sqlx::PgConnection::connect(&base)
-        .await
-        .expect("connect to PM_TEST_POSTGRES_URL");
+    let mut conn =
+        sqlx::PgConnection::connect(&base).await.expect("connect to PM_TEST_POSTGRES_URL");
     let (prefix, current) = base.rsplit_once('/').expect("database URL has a path");
     let current = current.split('?').next().unwrap_or(current);
     let name = format!("{current}_{}", uuid::Uuid::now_v7().simple());
@@ -40,9 +39,7 @@ pub async fn postgres(test: &str) -> Option<Stores> {
         .execute(&mut conn)
         .await
         .unwrap();
-    let stores = pm_core::store::open(&format!("{prefix}/{name}"))
-        .await
-        .unwrap();
+    let stores = pm_core::store::open(&format!("{prefix}/{name}")).await.unwrap();
     stores.admin.migrate().await.unwrap();
     Some(stores)
 }
@@ -101,11 +98,8 @@ fn sort_strategy() -> impl Strategy<Value = TaskSort> {
 }
 
 fn paging_cases(backend: &'static str) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let stores = rt.block_on(async {
         match backend {
             "sqlite" => {
@@ -118,11 +112,8 @@ fn paging_cases(backend: &'static str) {
         }
     });
     let Some(stores) = stores else { return };
-    let config = ProptestConfig {
-        cases: 12,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    };
+    let config =
+        ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() };
     proptest!(config, |(existing in 5usize..40, inserted in 0usize..30, limit in 1u32..8, sort in sort_strategy())| {
         rt.block_on(testing::paging_under_concurrent_inserts(&stores, existing, inserted, limit, sort));
     });

@@ -40,10 +40,7 @@ async fn setup(authz: Arc<dyn Authorizer>) -> Setup {
     let org = pm
         .create_org(
             &me,
-            NewOrg {
-                slug: Slug::parse("acme").unwrap(),
-                name: Name::parse("Acme").unwrap(),
-            },
+            NewOrg { slug: Slug::parse("acme").unwrap(), name: Name::parse("Acme").unwrap() },
         )
         .await
         .unwrap();
@@ -60,14 +57,7 @@ async fn setup(authz: Arc<dyn Authorizer>) -> Setup {
         )
         .await
         .unwrap();
-    Setup {
-        pm,
-        me,
-        org,
-        project,
-        _dir: dir,
-        _blobs: blobs,
-    }
+    Setup { pm, me, org, project, _dir: dir, _blobs: blobs }
 }
 
 fn invalid_field(e: Error) -> String {
@@ -85,19 +75,11 @@ fn title(s: &str) -> TaskTitle {
 async fn tasks_are_validated_against_their_project() {
     let s = setup(Arc::new(AllowAll)).await;
     let (pm, me) = (&s.pm, &s.me);
-    let task = pm
-        .create_task(me, CreateTask::new(s.project.id, title("Default state")))
-        .await
-        .unwrap();
+    let task =
+        pm.create_task(me, CreateTask::new(s.project.id, title("Default state"))).await.unwrap();
     let states = pm.list_states(me, s.project.id).await.unwrap();
-    let todo = states
-        .iter()
-        .find(|st| st.category == StateCategory::Unstarted)
-        .unwrap();
-    assert_eq!(
-        task.state_id, todo.id,
-        "new tasks start in the first unstarted state"
-    );
+    let todo = states.iter().find(|st| st.category == StateCategory::Unstarted).unwrap();
+    assert_eq!(task.state_id, todo.id, "new tasks start in the first unstarted state");
     assert_eq!(task.reference, "PM-1");
 
     let other = pm
@@ -116,10 +98,7 @@ async fn tasks_are_validated_against_their_project() {
     let foreign_state = pm.list_states(me, other.id).await.unwrap()[0].id;
     let mut bad = CreateTask::new(s.project.id, title("x"));
     bad.state_id = Some(foreign_state);
-    assert_eq!(
-        invalid_field(pm.create_task(me, bad).await.unwrap_err()),
-        "state_id"
-    );
+    assert_eq!(invalid_field(pm.create_task(me, bad).await.unwrap_err()), "state_id");
 
     let stranger = pm
         .create_user(
@@ -133,41 +112,28 @@ async fn tasks_are_validated_against_their_project() {
         .unwrap();
     let mut bad = CreateTask::new(s.project.id, title("x"));
     bad.assignees = [stranger.id].into();
-    assert_eq!(
-        invalid_field(pm.create_task(me, bad).await.unwrap_err()),
-        "assignees"
-    );
+    assert_eq!(invalid_field(pm.create_task(me, bad).await.unwrap_err()), "assignees");
 
     let field = pm
         .create_field(
             me,
             s.project.id,
             Name::parse("Severity").unwrap(),
-            FieldType::Select {
-                options: vec!["low".into(), "high".into()],
-            },
+            FieldType::Select { options: vec!["low".into(), "high".into()] },
         )
         .await
         .unwrap();
     let mut bad = CreateTask::new(s.project.id, title("x"));
-    bad.custom_fields
-        .insert(field.id, FieldValue::Select("medium".into()));
-    assert_eq!(
-        invalid_field(pm.create_task(me, bad).await.unwrap_err()),
-        "custom_fields.Severity"
-    );
+    bad.custom_fields.insert(field.id, FieldValue::Select("medium".into()));
+    assert_eq!(invalid_field(pm.create_task(me, bad).await.unwrap_err()), "custom_fields.Severity");
     let mut good = CreateTask::new(s.project.id, title("x"));
-    good.custom_fields
-        .insert(field.id, FieldValue::Select("high".into()));
+    good.custom_fields.insert(field.id, FieldValue::Select("high".into()));
     pm.create_task(me, good).await.unwrap();
 
     let mut bad = CreateTask::new(s.project.id, title("x"));
     bad.start_date = Some(time::macros::date!(2030 - 02 - 02));
     bad.due_date = Some(time::macros::date!(2030 - 01 - 01));
-    assert_eq!(
-        invalid_field(pm.create_task(me, bad).await.unwrap_err()),
-        "start_date"
-    );
+    assert_eq!(invalid_field(pm.create_task(me, bad).await.unwrap_err()), "start_date");
 
     // Subtasks: same project only, no cycles.
     let child = {
@@ -175,40 +141,19 @@ async fn tasks_are_validated_against_their_project() {
         c.parent_id = Some(task.id);
         pm.create_task(me, c).await.unwrap()
     };
-    let cycle = TaskPatch {
-        parent_id: Some(Some(child.id)),
-        ..Default::default()
-    };
+    let cycle = TaskPatch { parent_id: Some(Some(child.id)), ..Default::default() };
     assert_eq!(
-        invalid_field(
-            pm.update_task(me, task.id, task.version, cycle)
-                .await
-                .unwrap_err()
-        ),
+        invalid_field(pm.update_task(me, task.id, task.version, cycle).await.unwrap_err()),
         "parent_id"
     );
     let mut cross = CreateTask::new(other.id, title("cross"));
     cross.parent_id = Some(task.id);
-    assert_eq!(
-        invalid_field(pm.create_task(me, cross).await.unwrap_err()),
-        "parent_id"
-    );
+    assert_eq!(invalid_field(pm.create_task(me, cross).await.unwrap_err()), "parent_id");
 
     // Transition through update, with a stale version refused.
-    let done = states
-        .iter()
-        .find(|st| st.category == StateCategory::Completed)
-        .unwrap();
+    let done = states.iter().find(|st| st.category == StateCategory::Completed).unwrap();
     let moved = pm
-        .update_task(
-            me,
-            task.id,
-            1,
-            TaskPatch {
-                state_id: Some(done.id),
-                ..Default::default()
-            },
-        )
+        .update_task(me, task.id, 1, TaskPatch { state_id: Some(done.id), ..Default::default() })
         .await
         .unwrap();
     assert_eq!(moved.state_id, done.id);
@@ -222,59 +167,37 @@ async fn tasks_are_validated_against_their_project() {
 async fn attachments_roundtrip_through_the_blob_store() {
     let s = setup(Arc::new(AllowAll)).await;
     let (pm, me) = (&s.pm, &s.me);
-    let task = pm
-        .create_task(me, CreateTask::new(s.project.id, title("photo")))
-        .await
-        .unwrap();
-    let a = pm
-        .add_attachment(me, task.id, "site.jpg", "image/jpeg", b"\xff\xd8jpeg")
-        .await
-        .unwrap();
+    let task = pm.create_task(me, CreateTask::new(s.project.id, title("photo"))).await.unwrap();
+    let a =
+        pm.add_attachment(me, task.id, "site.jpg", "image/jpeg", b"\xff\xd8jpeg").await.unwrap();
     assert_eq!(a.size, 6);
     assert_eq!(a.sha256.len(), 64);
     let (meta, bytes) = pm.get_attachment(me, task.id, a.id).await.unwrap();
     assert_eq!((meta, bytes.as_slice()), (a.clone(), &b"\xff\xd8jpeg"[..]));
     assert_eq!(
         invalid_field(
-            pm.add_attachment(me, task.id, "../etc/passwd", "text/plain", b"")
-                .await
-                .unwrap_err()
+            pm.add_attachment(me, task.id, "../etc/passwd", "text/plain", b"").await.unwrap_err()
         ),
         "file_name"
     );
     assert_eq!(
         invalid_field(
-            pm.add_attachment(me, task.id, "a.txt", "not a mime", b"")
-                .await
-                .unwrap_err()
+            pm.add_attachment(me, task.id, "a.txt", "not a mime", b"").await.unwrap_err()
         ),
         "content_type"
     );
     pm.delete_attachment(me, task.id, a.id).await.unwrap();
-    assert!(matches!(
-        pm.get_attachment(me, task.id, a.id).await,
-        Err(Error::NotFound { .. })
-    ));
+    assert!(matches!(pm.get_attachment(me, task.id, a.id).await, Err(Error::NotFound { .. })));
 
     let c = pm
-        .check_in(
-            me,
-            task.id,
-            GeoPoint::parse(48.85, 2.35, 12.0).unwrap(),
-            "on site",
-        )
+        .check_in(me, task.id, GeoPoint::parse(48.85, 2.35, 12.0).unwrap(), "on site")
         .await
         .unwrap();
     assert_eq!(pm.list_check_ins(me, task.id).await.unwrap(), vec![c]);
-    assert_eq!(
-        invalid_field(GeoPoint::parse(91.0, 0.0, 1.0).unwrap_err()),
-        "lat"
-    );
+    assert_eq!(invalid_field(GeoPoint::parse(91.0, 0.0, 1.0).unwrap_err()), "lat");
     assert_eq!(
         invalid_field(
-            pm.log_time(me, task.id, 0, time::macros::date!(2030 - 01 - 01), "")
-                .await
-                .unwrap_err()
+            pm.log_time(me, task.id, 0, time::macros::date!(2030 - 01 - 01), "").await.unwrap_err()
         ),
         "minutes"
     );
@@ -307,44 +230,26 @@ impl Authorizer for Restrictive {
 
 #[tokio::test]
 async fn services_ask_the_authorizer() {
-    let authz = Arc::new(Restrictive {
-        secret: std::sync::Mutex::new(None),
-    });
+    let authz = Arc::new(Restrictive { secret: std::sync::Mutex::new(None) });
     let s = setup(authz.clone()).await;
     let (pm, me) = (&s.pm, &s.me);
-    let task = pm
-        .create_task(me, CreateTask::new(s.project.id, title("frozen")))
-        .await
-        .unwrap();
+    let task = pm.create_task(me, CreateTask::new(s.project.id, title("frozen"))).await.unwrap();
     let err = pm
         .update_task(
             me,
             task.id,
             1,
-            TaskPatch {
-                priority: Some(Priority::High),
-                ..Default::default()
-            },
+            TaskPatch { priority: Some(Priority::High), ..Default::default() },
         )
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, Error::Forbidden(ref r) if r == "task updates are frozen"),
-        "{err:?}"
-    );
-    assert_eq!(
-        pm.get_task(me, task.id).await.unwrap().version,
-        1,
-        "nothing written"
-    );
+    assert!(matches!(err, Error::Forbidden(ref r) if r == "task updates are frozen"), "{err:?}");
+    assert_eq!(pm.get_task(me, task.id).await.unwrap().version, 1, "nothing written");
 
     *authz.secret.lock().unwrap() = Some(s.project.id);
     assert!(
         matches!(pm.get_task(me, task.id).await, Err(Error::NotFound { .. })),
         "hidden, not forbidden"
     );
-    assert!(matches!(
-        pm.get_project(me, s.project.id).await,
-        Err(Error::NotFound { .. })
-    ));
+    assert!(matches!(pm.get_project(me, s.project.id).await, Err(Error::NotFound { .. })));
 }

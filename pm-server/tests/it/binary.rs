@@ -17,11 +17,7 @@ impl Drop for Reaper {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn stderr_of(child: &mut Child) -> String {
@@ -41,10 +37,7 @@ async fn binary_serves_and_exits_on_sigterm() {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let child = Command::new(env!("CARGO_BIN_EXE_pm-server"))
         .env("PM_BIND", addr.to_string())
-        .env(
-            "PM_DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("pm.db").display()),
-        )
+        .env("PM_DATABASE_URL", format!("sqlite://{}", dir.path().join("pm.db").display()))
         .env("PM_LOG", "info")
         .env("PM_SHUTDOWN_TIMEOUT_SECS", "5")
         .stdin(Stdio::null())
@@ -57,27 +50,17 @@ async fn binary_serves_and_exits_on_sigterm() {
     let started = Instant::now();
     loop {
         if let Some(status) = child.0.try_wait().unwrap() {
-            panic!(
-                "pm-server exited early with {status}: {}",
-                stderr_of(&mut child.0)
-            );
+            panic!("pm-server exited early with {status}: {}", stderr_of(&mut child.0));
         }
         if let Ok((200, _)) = raw_get(addr, "/healthz").await {
             break;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no /healthz 200 within 20 s"
-        );
+        assert!(started.elapsed() < Duration::from_secs(20), "no /healthz 200 within 20 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(dir.path().join("pm.db").exists(), "database file created");
 
-    let killed = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.0.id().to_string())
-        .status()
-        .unwrap();
+    let killed = Command::new("kill").arg("-TERM").arg(child.0.id().to_string()).status().unwrap();
     assert!(killed.success());
 
     let signalled = Instant::now();
@@ -85,19 +68,13 @@ async fn binary_serves_and_exits_on_sigterm() {
         if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(10),
-            "no exit within 10 s of SIGTERM"
-        );
+        assert!(signalled.elapsed() < Duration::from_secs(10), "no exit within 10 s of SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let log = stderr_of(&mut child.0);
     assert!(status.success(), "exit {status}: {log}");
     assert!(log.contains("received SIGTERM"), "{log}");
-    assert!(
-        log.contains("backend=\"sqlite\"") || log.contains("backend=sqlite"),
-        "{log}"
-    );
+    assert!(log.contains("backend=\"sqlite\"") || log.contains("backend=sqlite"), "{log}");
 }
 
 #[test]

@@ -42,17 +42,9 @@ async fn unknown_route_is_a_problem() {
 #[tokio::test]
 async fn wrong_method_is_a_problem_with_allow() {
     let (_db, state) = sqlite_state().await;
-    let r = send(
-        app(state),
-        Request::post("/healthz").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let r = send(app(state), Request::post("/healthz").body(Body::empty()).unwrap()).await;
     r.assert_problem(StatusCode::METHOD_NOT_ALLOWED);
-    let allow = r
-        .headers
-        .get("allow")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let allow = r.headers.get("allow").and_then(|v| v.to_str().ok()).unwrap_or_default();
     assert!(allow.contains("GET"), "allow: {allow:?}");
 }
 
@@ -60,10 +52,7 @@ async fn wrong_method_is_a_problem_with_allow() {
 async fn request_id_is_generated_and_propagated() {
     let (_db, state) = sqlite_state().await;
     let r = get(&state, "/healthz").await;
-    let generated = r
-        .headers
-        .get("x-request-id")
-        .expect("generated x-request-id");
+    let generated = r.headers.get("x-request-id").expect("generated x-request-id");
     assert_eq!(generated.len(), 36, "a UUID: {generated:?}");
 
     let req = Request::get("/nope")
@@ -81,10 +70,7 @@ async fn slow_requests_time_out_as_problems() {
     state.timeouts.readiness = Duration::from_secs(60);
     state.timeouts.request = Duration::from_millis(100);
     let r = get(&state, "/readyz").await;
-    assert_eq!(
-        r.assert_problem(StatusCode::SERVICE_UNAVAILABLE)["type"],
-        "/problems/timeout"
-    );
+    assert_eq!(r.assert_problem(StatusCode::SERVICE_UNAVAILABLE)["type"], "/problems/timeout");
     assert!(r.headers.contains_key("x-request-id"));
 }
 
@@ -105,14 +91,10 @@ async fn extractor_rejections_are_problems() {
         .header("content-type", "application/json")
         .body(Body::from("{"))
         .unwrap();
-    send(router(), broken)
-        .await
-        .assert_problem(StatusCode::BAD_REQUEST);
+    send(router(), broken).await.assert_problem(StatusCode::BAD_REQUEST);
 
     let untyped = Request::post("/echo").body(Body::from("{}")).unwrap();
-    send(router(), untyped)
-        .await
-        .assert_problem(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    send(router(), untyped).await.assert_problem(StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }
 
 #[tokio::test]
@@ -123,26 +105,14 @@ async fn domain_errors_are_problems() {
     async fn broken() -> Result<Json<Value>, ApiError> {
         Err(pm_core::Error::storage(std::io::Error::other("password=hunter2 rejected")).into())
     }
-    let router = || {
-        Router::new()
-            .route("/fail", post(fail))
-            .route("/broken", post(broken))
-    };
+    let router = || Router::new().route("/fail", post(fail)).route("/broken", post(broken));
 
-    let r = send(
-        router(),
-        Request::post("/fail").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let r = send(router(), Request::post("/fail").body(Body::empty()).unwrap()).await;
     let body = r.assert_problem(StatusCode::BAD_REQUEST);
     assert_eq!(body["field"], "title");
     assert!(body["detail"].as_str().unwrap().contains("title"));
 
-    let r = send(
-        router(),
-        Request::post("/broken").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let r = send(router(), Request::post("/broken").body(Body::empty()).unwrap()).await;
     let body = r.assert_problem(StatusCode::INTERNAL_SERVER_ERROR);
     assert!(!body.to_string().contains("hunter2"), "leaked: {body}");
 }

@@ -42,10 +42,7 @@ pub struct Reply {
 impl Reply {
     /// The `content-type` header, or `""`.
     pub fn content_type(&self) -> &str {
-        self.headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
+        self.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("")
     }
 
     /// Asserts an RFC 9457 problem with `status`, returning its body.
@@ -54,11 +51,7 @@ impl Reply {
         assert_eq!(self.content_type(), "application/problem+json");
         assert_eq!(self.body["status"], status.as_u16());
         for member in ["type", "title", "detail"] {
-            assert!(
-                self.body[member].is_string(),
-                "missing {member} in {}",
-                self.body
-            );
+            assert!(self.body[member].is_string(), "missing {member} in {}", self.body);
         }
         &self.body
     }
@@ -74,20 +67,12 @@ pub async fn send(router: Router, req: Request<Body>) -> Reply {
     } else {
         serde_json::from_slice(&bytes).expect("JSON body")
     };
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Reply { status: parts.status, headers: parts.headers, body }
 }
 
 /// `GET path` through a fresh [`app`] over `state`.
 pub async fn get(state: &AppState, path: &str) -> Reply {
-    send(
-        app(state.clone()),
-        Request::get(path).body(Body::empty()).unwrap(),
-    )
-    .await
+    send(app(state.clone()), Request::get(path).body(Body::empty()).unwrap()).await
 }
 
 /// A minimal HTTP/1.1 client over a real socket: `GET path` with `Connection: close`, returning

@@ -59,10 +59,7 @@ async fn unreachable_database_is_503_without_details() {
     let body = r.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["type"], "/problems/unavailable");
     let text = body.to_string();
-    assert!(
-        !text.contains("10.0.0.7") && !text.contains("pm_admin"),
-        "leaked: {text}"
-    );
+    assert!(!text.contains("10.0.0.7") && !text.contains("pm_admin"), "leaked: {text}");
 }
 
 #[tokio::test]
@@ -79,8 +76,5 @@ async fn silent_database_is_503_after_the_readiness_timeout() {
 #[tokio::test]
 async fn liveness_ignores_the_database() {
     let (_db, state) = sqlite_state().await;
-    assert_eq!(
-        get(&with_admin(state, Ping::Fail), "/healthz").await.status,
-        StatusCode::OK
-    );
+    assert_eq!(get(&with_admin(state, Ping::Fail), "/healthz").await.status, StatusCode::OK);
 }
