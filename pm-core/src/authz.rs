@@ -13,6 +13,7 @@ use crate::event::Actor;
 use crate::id::{OrgId, ProjectId, UserId};
 
 /// The kind of resource a permission is about (the `resource` of `(resource, action)`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResourceKind {
@@ -51,6 +52,7 @@ impl ResourceKind {
 }
 
 /// What the actor wants to do (the `action` of `(resource, action)`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
@@ -79,7 +81,10 @@ impl Action {
     }
 }
 
-/// The resource an action targets, with the context conditions need (owner, assignees).
+/// The resource an action targets, with the context conditions need (owner, assignees,
+/// watchers, and free-form attributes for expression conditions). The context fields default to
+/// empty, so older serialized resources still deserialize.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Resource {
     /// Kind.
@@ -94,12 +99,28 @@ pub struct Resource {
     pub owner: Option<UserId>,
     /// Assignees, for "assignee" conditions.
     pub assignees: Vec<UserId>,
+    /// Watchers, for "watcher" conditions (empty when the caller did not load them).
+    #[serde(default)]
+    pub watchers: Vec<UserId>,
+    /// Further facts about the resource or the request (e.g. `{"state": "done"}`,
+    /// `{"request": {"ip": "…"}}`), for expression (CEL) conditions.
+    #[serde(default)]
+    pub attributes: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Resource {
     /// A resource of `kind` in an organization, optionally a project.
     pub fn new(kind: ResourceKind, org_id: Option<OrgId>, project_id: Option<ProjectId>) -> Self {
-        Self { kind, org_id, project_id, id: None, owner: None, assignees: Vec::new() }
+        Self {
+            kind,
+            org_id,
+            project_id,
+            id: None,
+            owner: None,
+            assignees: Vec::new(),
+            watchers: Vec::new(),
+            attributes: serde_json::Map::new(),
+        }
     }
 
     /// Sets the specific id.
@@ -113,9 +134,28 @@ impl Resource {
         self.owner = Some(owner);
         self
     }
+
+    /// Sets the assignees.
+    pub fn with_assignees(mut self, assignees: impl IntoIterator<Item = UserId>) -> Self {
+        self.assignees = assignees.into_iter().collect();
+        self
+    }
+
+    /// Sets the watchers.
+    pub fn with_watchers(mut self, watchers: impl IntoIterator<Item = UserId>) -> Self {
+        self.watchers = watchers.into_iter().collect();
+        self
+    }
+
+    /// Sets one attribute (for expression conditions).
+    pub fn with_attribute(mut self, key: impl Into<String>, value: serde_json::Value) -> Self {
+        self.attributes.insert(key.into(), value);
+        self
+    }
 }
 
 /// An authorization decision.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Decision {
     /// Go ahead.

@@ -23,6 +23,7 @@ use crate::store::EventLog;
 use crate::{Error, Result};
 
 /// Who caused a change.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", content = "id", rename_all = "snake_case")]
 pub enum Actor {
@@ -82,6 +83,7 @@ impl Actor {
 
 /// Why a change happened: the event that caused it and how deep the causal chain is. Workflows
 /// use `depth` for loop protection; integrations use the actor and cause for echo suppression.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cause {
     /// The causing event.
@@ -114,6 +116,7 @@ impl Origin {
 macro_rules! event_kinds {
     ($($variant:ident => $name:literal),* $(,)?) => {
         /// What happened. The wire/stored form is `entity.verb`, e.g. `task.updated`.
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub enum EventKind {
             $(
@@ -177,6 +180,7 @@ event_kinds! {
 }
 
 /// One entry of the log.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Global, gap-tolerant, monotonic position; commit order equals `seq` order.

@@ -11,6 +11,7 @@ use uuid::Uuid;
 macro_rules! typed_id {
     ($(#[$doc:meta] $name:ident),* $(,)?) => {$(
         #[$doc]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
         pub struct $name(pub Uuid);

@@ -26,6 +26,8 @@ pub struct ApiError {
     title: &'static str,
     detail: Cow<'static, str>,
     extensions: Map<String, Value>,
+    /// Extra response headers (`WWW-Authenticate`, `Retry-After`, ...).
+    headers: Vec<(header::HeaderName, HeaderValue)>,
     /// Internal cause of a server-side failure: logged, never sent.
     cause: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
@@ -38,7 +40,15 @@ impl ApiError {
         title: &'static str,
         detail: impl Into<Cow<'static, str>>,
     ) -> Self {
-        Self { status, slug, title, detail: detail.into(), extensions: Map::new(), cause: None }
+        Self {
+            status,
+            slug,
+            title,
+            detail: detail.into(),
+            extensions: Map::new(),
+            headers: Vec::new(),
+            cause: None,
+        }
     }
 
     /// Adds an extension member to the body (RFC 9457 §3.2). Reserved names are ignored.
@@ -46,6 +56,27 @@ impl ApiError {
         if !matches!(name, "type" | "title" | "status" | "detail" | "instance") {
             self.extensions.insert(name.to_owned(), value.into());
         }
+        self
+    }
+
+    /// Adds a response header. Invalid header values are dropped (they come from our own code).
+    pub fn with_header(mut self, name: &'static str, value: impl AsRef<str>) -> Self {
+        if let Ok(v) = HeaderValue::from_str(value.as_ref()) {
+            self.headers.push((header::HeaderName::from_static(name), v));
+        }
+        self
+    }
+
+    /// The same problem under another status and kind (e.g. a conflict reported as 412).
+    pub fn with_status(
+        mut self,
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+    ) -> Self {
+        self.status = status;
+        self.slug = slug;
+        self.title = title;
         self
     }
 
@@ -153,6 +184,9 @@ impl IntoResponse for ApiError {
         }
         let mut res = (self.status, axum::Json(self.body())).into_response();
         res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        for (name, value) in self.headers {
+            res.headers_mut().insert(name, value);
+        }
         res
     }
 }

@@ -34,7 +34,54 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "send the body as `content-type: application/json`",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|r| rejection(r.status(), r.body_text()))?;
+        // serde_path_to_error names the field that failed, so the problem can say which one.
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize::<_, T>(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let syntax = inner.is_syntax() || inner.is_eof();
+            let message = inner.to_string();
+            // serde's own messages for our newtypes already read "invalid <field>: ..."; strip the
+            // position suffix, which means nothing to an API client.
+            let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+            if syntax {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed-json",
+                    "Malformed JSON",
+                    format!("the body is not valid JSON: {message}"),
+                )
+            } else {
+                let field = if path == "." { "body".to_string() } else { path };
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    "Invalid input",
+                    format!("invalid {field}: {message}"),
+                )
+                .with("field", field)
+            }
+        })?;
+        // Trailing garbage after the JSON value is malformed too.
+        if de.end().is_err() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed-json",
+                "Malformed JSON",
+                "trailing characters after the JSON body",
+            ));
+        }
         Ok(Json(value))
     }
 }
@@ -71,6 +118,15 @@ where
             axum::extract::Query::<T>::from_request_parts(parts, state).await?;
         Ok(Query(value))
     }
+}
+
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
 /// Turns an axum rejection (status + client-safe text) into a problem.

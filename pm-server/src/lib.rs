@@ -18,35 +18,64 @@ use axum::extract::{FromRef, Request, State};
 use axum::http::HeaderName;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use pm_core::Pm;
+use pm_core::blob::{BlobStore, FsBlobStore};
 use pm_core::store::Stores;
+use std::sync::Arc;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+pub mod api;
+pub mod auth;
+pub mod authz;
 pub mod config;
 pub mod error;
 pub mod extract;
 pub mod health;
 
+use auth::Auth;
 use error::ApiError;
 
 /// Header carrying the request id, set when absent and echoed on the response.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Shared state of every handler: the stores and the limits the handlers enforce. Cheap to
-/// clone (`Arc`s and `Copy` values).
+/// Shared state of every handler: the services, stores and the limits the handlers enforce.
+/// Cheap to clone (`Arc`s and `Copy` values).
 #[derive(Clone, Debug)]
 pub struct AppState {
     /// pm-core's stores, one backend behind trait objects.
     pub stores: Stores,
+    /// pm-core's services (validation + authorization + writes).
+    pub pm: Pm,
+    /// Authentication.
+    pub auth: Auth,
     /// Time limits.
     pub timeouts: Timeouts,
 }
 
 impl AppState {
-    /// State over `stores` with the default [`Timeouts`].
+    /// State over `stores` with a random JWT secret, blobs in a fresh temporary directory,
+    /// membership-based authorization and the default [`Timeouts`]: for tests and quick embedding.
     pub fn new(stores: Stores) -> Self {
-        Self { stores, timeouts: Timeouts::default() }
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).expect("the OS random number generator works");
+        let blobs = std::env::temp_dir().join(format!("pm-blobs-{}", uuid::Uuid::now_v7()));
+        Self::with(stores, &secret, Arc::new(FsBlobStore::new(blobs)))
+    }
+
+    /// State over `stores` with the given JWT secret and blob store.
+    pub fn with(stores: Stores, jwt_secret: &[u8], blobs: Arc<dyn BlobStore>) -> Self {
+        let authz = Arc::new(authz::MembershipAuthorizer::new(stores.directory.clone()));
+        let pm = Pm::new(stores.clone(), authz, blobs);
+        let keys = auth::JwtKeys::new(jwt_secret, Duration::from_secs(15 * 60));
+        Self { stores, pm, auth: Auth { keys: Arc::new(keys) }, timeouts: Timeouts::default() }
+    }
+}
+
+impl FromRef<AppState> for Auth {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
     }
 }
 
@@ -79,6 +108,7 @@ pub fn app(state: AppState) -> Router {
     let request_timeout = state.timeouts.request;
     Router::new()
         .merge(health::router())
+        .merge(api::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -10,6 +10,7 @@ use super::{Email, Name, Slug};
 use crate::id::{OrgId, UserId};
 
 /// A tenant: projects, labels and members belong to exactly one organization.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Organization {
     /// Identity.
@@ -29,6 +30,7 @@ pub struct Organization {
 }
 
 /// A person known to pm. Unique by e-mail.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct User {
     /// Identity.
@@ -44,6 +46,7 @@ pub struct User {
 
 /// A user's role inside an organization. Fine-grained rights come from pm-permissions; this is
 /// the coarse membership fact that "project member"/"org member" conditions rely on.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemberRole {
@@ -86,6 +89,7 @@ impl MemberRole {
 }
 
 /// A user's membership in an organization.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Membership {
     /// The organization.

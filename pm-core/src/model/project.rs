@@ -8,6 +8,7 @@ use crate::id::{FieldId, LabelId, MilestoneId, OrgId, ProjectId, StateId, UserId
 use crate::{Error, Result};
 
 /// A project: a key (`PM`), a lead, its own workflow states and task numbering.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Project {
     /// Identity.
@@ -69,6 +70,7 @@ impl ProjectPatch {
 
 /// The category a workflow state belongs to; boards, filters and automations reason in
 /// categories so that every project can name its states freely.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StateCategory {
@@ -115,6 +117,7 @@ impl StateCategory {
 }
 
 /// A column of a project's board.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkflowState {
     /// Identity.
@@ -141,6 +144,7 @@ pub const DEFAULT_STATES: [(&str, StateCategory); 5] = [
 ];
 
 /// An organization-wide label.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Label {
     /// Identity.
@@ -154,6 +158,7 @@ pub struct Label {
 }
 
 /// A project milestone.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Milestone {
     /// Identity.
@@ -173,6 +178,7 @@ pub struct Milestone {
 }
 
 /// The type of a custom field, with its options for the select types.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FieldType {
@@ -229,6 +235,7 @@ impl FieldType {
 }
 
 /// A custom field defined on a project.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CustomField {
     /// Identity.
@@ -242,6 +249,7 @@ pub struct CustomField {
 }
 
 /// A value of a custom field on a task.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "value", rename_all = "snake_case")]
 pub enum FieldValue {

@@ -12,6 +12,7 @@ use crate::id::{
 use crate::{Error, Result};
 
 /// Task priority. Ordered: `None < Low < Medium < High < Urgent`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
@@ -60,6 +61,7 @@ impl Priority {
 pub type Estimate = u32;
 
 /// A unit of work.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     /// Identity.
@@ -230,6 +232,7 @@ impl TaskPatch {
 }
 
 /// How two tasks relate.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RelationKind {
@@ -265,6 +268,7 @@ impl RelationKind {
 }
 
 /// A directed relation between two tasks of the same organization.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRelation {
     /// Source task.
@@ -281,6 +285,7 @@ pub struct TaskRelation {
 }
 
 /// A user watching a task (notified of its changes).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Watcher {
     /// The task.
@@ -293,6 +298,7 @@ pub struct Watcher {
 }
 
 /// A comment on a task.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Comment {
     /// Identity.

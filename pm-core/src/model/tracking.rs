@@ -7,6 +7,7 @@ use crate::id::{AttachmentId, CheckInId, TaskId, TimeEntryId, UserId};
 use crate::{Error, Result};
 
 /// Time logged against a task.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TimeEntry {
     /// Identity.
@@ -46,6 +47,7 @@ pub fn parse_note(note: &str) -> Result<String> {
 }
 
 /// Metadata of a file attached to a task; the bytes live in a [`BlobStore`](crate::blob::BlobStore).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attachment {
     /// Identity.
@@ -107,6 +109,7 @@ pub fn parse_content_type(raw: &str) -> Result<String> {
 }
 
 /// A location check-in on a task (field work, site visits).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckIn {
     /// Identity.
@@ -125,6 +128,7 @@ pub struct CheckIn {
 }
 
 /// A WGS84 position with its accuracy radius.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct GeoPoint {
     /// Latitude in degrees, −90…90.

@@ -29,6 +29,7 @@ fn trimmed_len(field: &str, raw: &str, min: usize, max: usize) -> Result<String>
 macro_rules! text_newtype {
     ($(#[$doc:meta])* $name:ident, field = $field:literal, min = $min:literal, max = $max:literal) => {
         $(#[$doc])*
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
@@ -79,6 +80,7 @@ text_newtype!(
 );
 
 /// Markdown text (task descriptions, comment bodies): at most 100 000 characters.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Markdown(String);
@@ -126,6 +128,7 @@ impl From<Markdown> for String {
 }
 
 /// A URL-safe organization slug: 1–64 of `a-z`, `0-9`, `-`, not starting or ending with `-`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Slug(String);
@@ -168,6 +171,7 @@ impl From<Slug> for String {
 
 /// A project key such as `PM`: 2–10 characters of `A-Z` and `0-9`, starting with a letter.
 /// Task references are `{key}-{number}` (`PM-42`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ProjectKey(String);
@@ -211,6 +215,7 @@ impl std::fmt::Display for ProjectKey {
 }
 
 /// An e-mail address, minimally checked (one `@`, non-empty parts, ≤ 254 chars) and lower-cased.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Email(String);
@@ -248,6 +253,7 @@ impl From<Email> for String {
 }
 
 /// A colour as `#rrggbb`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Color(String);

@@ -86,6 +86,8 @@ pub fn task_resource(t: &Task) -> Resource {
         id: Some(t.id.0),
         owner: Some(t.reporter),
         assignees: t.assignees.iter().copied().collect(),
+        watchers: Vec::new(),
+        attributes: serde_json::Map::new(),
     }
 }
 

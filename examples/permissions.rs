@@ -1,0 +1,2 @@
+//! Placeholder: the pm-permissions example is being written.
+fn main() {}

@@ -1,0 +1,70 @@
+//! The REST API, `/api/v1`: one module per resource, each exposing
+//! `router() -> OpenApiRouter<AppState>` built with `routes!`, so the OpenAPI document is generated
+//! from the same handlers the router serves and cannot drift from it.
+//!
+//! The document is served at `/api/v1/openapi.json` and rendered by Swagger UI at `/docs`.
+
+use axum::Router;
+use axum::routing::get;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::AppState;
+
+pub mod common;
+pub mod tasks;
+
+/// Top-level document metadata; paths come from the resource routers.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "pm API", version = "1", description = "Project management: organizations, projects, tasks and everything around them. Errors are RFC 9457 problem+json."),
+    modifiers(&BearerAuth),
+    components(schemas(common::Problem)),
+    tags(
+        (name = "tasks", description = "Tasks, subtasks, transitions, bulk updates"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT or personal API token")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every `/api/v1` operation, with its OpenAPI description.
+pub fn openapi_router() -> OpenApiRouter<AppState> {
+    let v1 = OpenApiRouter::new().merge(tasks::router());
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1)
+}
+
+/// The OpenAPI document of the API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    openapi_router().into_openapi()
+}
+
+/// The API routes plus `/api/v1/openapi.json` and the `/docs` UI.
+pub fn router(_state: AppState) -> Router<AppState> {
+    let (router, doc) = openapi_router().split_for_parts();
+    let json = doc.to_json().unwrap_or_else(|_| "{}".to_owned());
+    let json: &'static str = Box::leak(json.into_boxed_str());
+    router
+        .route(
+            "/api/v1/openapi.json",
+            get(move || async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], json) }),
+        )
+        .merge(SwaggerUi::new("/docs").url("/api/v1/openapi-ui.json", doc))
+}
