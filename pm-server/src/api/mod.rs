@@ -13,8 +13,15 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::AppState;
 
+pub mod activity;
+pub mod auth;
+pub mod comments;
 pub mod common;
+pub mod orgs;
+pub mod projects;
+pub mod task_links;
 pub mod tasks;
+pub mod worklog;
 
 /// Top-level document metadata; paths come from the resource routers.
 #[derive(OpenApi)]
@@ -23,7 +30,14 @@ pub mod tasks;
     modifiers(&BearerAuth),
     components(schemas(common::Problem)),
     tags(
+        (name = "auth", description = "Registration, login, tokens"),
+        (name = "orgs", description = "Organizations and members"),
+        (name = "projects", description = "Projects, workflow states, labels, milestones, custom fields"),
         (name = "tasks", description = "Tasks, subtasks, transitions, bulk updates"),
+        (name = "task-links", description = "Relations and watchers"),
+        (name = "comments", description = "Comments on tasks"),
+        (name = "worklog", description = "Time entries, attachments, check-ins"),
+        (name = "activity", description = "Activity feeds from the event log"),
     )
 )]
 pub struct ApiDoc;
@@ -47,7 +61,15 @@ impl Modify for BearerAuth {
 
 /// Every `/api/v1` operation, with its OpenAPI description.
 pub fn openapi_router() -> OpenApiRouter<AppState> {
-    let v1 = OpenApiRouter::new().merge(tasks::router());
+    let v1 = OpenApiRouter::new()
+        .merge(auth::router())
+        .merge(orgs::router())
+        .merge(projects::router())
+        .merge(tasks::router())
+        .merge(task_links::router())
+        .merge(comments::router())
+        .merge(worklog::router())
+        .merge(activity::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1)
 }
 
