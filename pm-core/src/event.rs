@@ -179,6 +179,15 @@ event_kinds! {
     CheckInCreated => "checkin.created",
 }
 
+/// Whose activity feed to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivityScope {
+    /// Everything that happened in a project.
+    Project(ProjectId),
+    /// Everything that happened to a task (including its comments and records).
+    Task(TaskId),
+}
+
 /// One entry of the log.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::Result;
-use crate::event::{Event, Origin, Wakeup};
+use crate::event::{ActivityScope, Event, Origin, Wakeup};
 use crate::id::*;
 use crate::model::*;
 use crate::query::{Page, PageRequest, TaskFilter};
@@ -219,6 +219,14 @@ pub trait WorkLogStore: Send + Sync {
 pub trait EventLog: Send + Sync {
     /// Up to `limit` events with `seq > after`, in `seq` order.
     async fn read_after(&self, after: i64, limit: u32) -> Result<Vec<Event>>;
+    /// A project's or task's events, newest first, with `seq < before` (from the newest when
+    /// `None`): the activity feed.
+    async fn activity(
+        &self,
+        scope: ActivityScope,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Event>>;
     /// The highest committed `seq` (0 when empty).
     async fn latest_seq(&self) -> Result<i64>;
     /// A consumer's durable cursor (0 when it never saved one).

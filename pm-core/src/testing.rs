@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use time::macros::date;
 
-use crate::event::{Actor, Cause, EventKind, Origin, Tailer};
+use crate::event::{ActivityScope, Actor, Cause, EventKind, Origin, Tailer};
 use crate::id::*;
 use crate::model::*;
 use crate::query::{Cursor, PageRequest, TaskFilter, TaskSort, TaskSortKey};
@@ -883,6 +883,21 @@ pub async fn events_and_cursors(stores: &Stores) {
     assert_eq!(mine[1].payload["changes"]["priority"]["from"], "none");
     assert!(mine[1].payload["changes"].get("title").is_none());
     assert!(events.windows(2).all(|w| w[0].seq < w[1].seq), "read_after returns seq order");
+
+    // Activity feeds: newest first, scoped, paged by `before`.
+    let feed = ev.activity(ActivityScope::Task(task.id), None, 10).await.unwrap();
+    assert_eq!(
+        feed.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [EventKind::TaskUpdated, EventKind::TaskCreated]
+    );
+    let older = ev.activity(ActivityScope::Task(task.id), Some(feed[0].seq), 10).await.unwrap();
+    assert_eq!(older.len(), 1);
+    assert_eq!(older[0].kind, EventKind::TaskCreated);
+    let project_feed = ev.activity(ActivityScope::Project(f.project.id), None, 100).await.unwrap();
+    assert!(
+        project_feed.len() >= 2 && project_feed.iter().all(|e| e.project_id == Some(f.project.id))
+    );
+    assert!(project_feed.windows(2).all(|w| w[0].seq > w[1].seq));
     assert_eq!(ev.read_after(start, 1).await.unwrap().len(), 1);
 
     let consumer = unique("consumer");

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use time::Date;
 
 use crate::authz::{Action, Resource, ResourceKind};
-use crate::event::Origin;
+use crate::event::{ActivityScope, Event, Origin};
 use crate::id::{
     CommentId, FieldId, LabelId, MilestoneId, OrgId, ProjectId, StateId, TaskId, UserId,
 };
@@ -366,6 +366,25 @@ impl Pm {
         let (_, r) = self.comment_resource(origin, id).await?;
         self.authorize(origin, Action::Delete, &r).await?;
         self.stores.comments.delete_comment(origin, id).await
+    }
+
+    /// The activity feed of a project or task: its events, newest first, before `before`.
+    pub async fn activity(
+        &self,
+        origin: &Origin,
+        scope: ActivityScope,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        match scope {
+            ActivityScope::Project(p) => {
+                self.get_project(origin, p).await?;
+            }
+            ActivityScope::Task(t) => {
+                self.get_task(origin, t).await?;
+            }
+        }
+        self.stores.events.activity(scope, before, limit).await
     }
 
     /// Validates a task's references against its project: state, parent, milestone, labels,

@@ -34,7 +34,8 @@ use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::event::{
-    Actor, Cause, Event, EventDraft, EventKind, Origin, Wakeup, entity_payload, update_payload,
+    ActivityScope, Actor, Cause, Event, EventDraft, EventKind, Origin, Wakeup, entity_payload,
+    update_payload,
 };
 use crate::model::*;
 use crate::query::{Page, PageRequest, SortValue, TaskFilter, TaskSortKey, from_micros};
@@ -2319,6 +2320,36 @@ impl EventLog for PostgresStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(st)?;
+        convert(rows)
+    }
+
+    async fn activity(
+        &self,
+        scope: ActivityScope,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        let before = before.unwrap_or(i64::MAX);
+        let limit = i64::from(limit.clamp(1, 1_000));
+        let rows: Vec<EventRow> = match scope {
+            ActivityScope::Project(p) => {
+                sqlx::query_as("SELECT * FROM events WHERE project_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3")
+                    .bind(p.0)
+                    .bind(before)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+            ActivityScope::Task(t) => {
+                sqlx::query_as("SELECT * FROM events WHERE task_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3")
+                    .bind(t.0)
+                    .bind(before)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        }
+        .map_err(st)?;
         convert(rows)
     }
 

@@ -21,7 +21,9 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
-use crate::event::{Event, EventDraft, EventKind, Origin, Wakeup, entity_payload, update_payload};
+use crate::event::{
+    ActivityScope, Event, EventDraft, EventKind, Origin, Wakeup, entity_payload, update_payload,
+};
 use crate::model::*;
 use crate::query::{
     NO_DUE_DATE, Page, PageRequest, SortValue, TaskFilter, TaskSortKey, from_micros, micros,
@@ -2239,6 +2241,38 @@ impl EventLog for SqliteStore {
                 .fetch_all(&self.reader)
                 .await
                 .map_err(st)?;
+        convert(rows)
+    }
+
+    async fn activity(
+        &self,
+        scope: ActivityScope,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        let before = before.unwrap_or(i64::MAX);
+        let limit = i64::from(limit.clamp(1, 1_000));
+        let rows: Vec<EventRow> = match scope {
+            ActivityScope::Project(p) => sqlx::query_as(
+                "SELECT * FROM events WHERE project_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            )
+            .bind(id_text(p))
+            .bind(before)
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await,
+            ActivityScope::Task(t) => {
+                sqlx::query_as(
+                    "SELECT * FROM events WHERE task_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+                )
+                .bind(id_text(t))
+                .bind(before)
+                .bind(limit)
+                .fetch_all(&self.reader)
+                .await
+            }
+        }
+        .map_err(st)?;
         convert(rows)
     }
 
