@@ -25,6 +25,13 @@ pub struct ApiError {
     slug: &'static str,
     title: &'static str,
     detail: Cow<'static, str>,
+    /// Boxed so `Result<T, ApiError>` stays small on the happy path.
+    extra: Box<Extra>,
+}
+
+#[derive(Default)]
+struct Extra {
+    /// Extension members of the body.
     extensions: Map<String, Value>,
     /// Extra response headers (`WWW-Authenticate`, `Retry-After`, ...).
     headers: Vec<(header::HeaderName, HeaderValue)>,
@@ -45,16 +52,14 @@ impl ApiError {
             slug,
             title,
             detail: detail.into(),
-            extensions: Map::new(),
-            headers: Vec::new(),
-            cause: None,
+            extra: Box::default(),
         }
     }
 
     /// Adds an extension member to the body (RFC 9457 §3.2). Reserved names are ignored.
     pub fn with(mut self, name: &str, value: impl Into<Value>) -> Self {
         if !matches!(name, "type" | "title" | "status" | "detail" | "instance") {
-            self.extensions.insert(name.to_owned(), value.into());
+            self.extra.extensions.insert(name.to_owned(), value.into());
         }
         self
     }
@@ -62,7 +67,7 @@ impl ApiError {
     /// Adds a response header. Invalid header values are dropped (they come from our own code).
     pub fn with_header(mut self, name: &'static str, value: impl AsRef<str>) -> Self {
         if let Ok(v) = HeaderValue::from_str(value.as_ref()) {
-            self.headers.push((header::HeaderName::from_static(name), v));
+            self.extra.headers.push((header::HeaderName::from_static(name), v));
         }
         self
     }
@@ -121,7 +126,7 @@ impl ApiError {
             "Service unavailable",
             detail,
         );
-        e.cause = Some(cause.into());
+        e.extra.cause = Some(cause.into());
         e
     }
 
@@ -133,7 +138,7 @@ impl ApiError {
             "Internal server error",
             "the server failed to handle the request; it has been logged",
         );
-        e.cause = Some(cause.into());
+        e.extra.cause = Some(cause.into());
         e
     }
 
@@ -144,12 +149,12 @@ impl ApiError {
 
     /// The problem body as JSON.
     pub fn body(&self) -> Value {
-        let mut body = Map::with_capacity(4 + self.extensions.len());
+        let mut body = Map::with_capacity(4 + self.extra.extensions.len());
         body.insert("type".into(), json!(format!("/problems/{}", self.slug)));
         body.insert("title".into(), json!(self.title));
         body.insert("status".into(), json!(self.status.as_u16()));
         body.insert("detail".into(), json!(self.detail));
-        body.extend(self.extensions.iter().map(|(k, v)| (k.clone(), v.clone())));
+        body.extend(self.extra.extensions.iter().map(|(k, v)| (k.clone(), v.clone())));
         Value::Object(body)
     }
 }
@@ -160,7 +165,7 @@ impl fmt::Debug for ApiError {
             .field("status", &self.status)
             .field("type", &self.slug)
             .field("detail", &self.detail)
-            .field("cause", &self.cause)
+            .field("cause", &self.extra.cause)
             .finish_non_exhaustive()
     }
 }
@@ -173,7 +178,7 @@ impl fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Some(cause) = &self.cause {
+        if let Some(cause) = &self.extra.cause {
             // The one place a server-side cause is logged; the current span carries the request
             // id and path (see the trace layer in `lib.rs`).
             if self.status.is_server_error() {
@@ -184,7 +189,7 @@ impl IntoResponse for ApiError {
         }
         let mut res = (self.status, axum::Json(self.body())).into_response();
         res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        for (name, value) in self.headers {
+        for (name, value) in self.extra.headers {
             res.headers_mut().insert(name, value);
         }
         res
