@@ -160,3 +160,19 @@ impl From<QueryRejection> for ApiError {
         rejection(r.status(), r.body_text())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn eof_is_classified() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct B {
+            title: pm_core::model::TaskTitle,
+        }
+        let mut de = serde_json::Deserializer::from_slice(b"{\"title\": ");
+        let e = serde_path_to_error::deserialize::<_, B>(&mut de).unwrap_err();
+        let inner = e.into_inner();
+        assert!(inner.is_eof(), "{inner:?} {:?}", inner.classify());
+    }
+}

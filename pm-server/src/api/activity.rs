@@ -50,10 +50,16 @@ impl FeedQuery {
     }
 }
 
-async fn feed(s: &AppState, who: &Authenticated, scope: ActivityScope, q: &FeedQuery) -> Result<Json<Feed>, ApiError> {
+async fn feed(
+    s: &AppState,
+    who: &Authenticated,
+    scope: ActivityScope,
+    q: &FeedQuery,
+) -> Result<Json<Feed>, ApiError> {
     let limit = q.limit()?;
     let items = s.pm.activity(&who.origin(), scope, q.before, limit).await?;
-    let next_before = if items.len() == limit as usize { items.last().map(|e| e.seq) } else { None };
+    let next_before =
+        if items.len() == limit as usize { items.last().map(|e| e.seq) } else { None };
     Ok(Json(Feed { items, next_before }))
 }
 

@@ -34,7 +34,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
-async fn list_comments(State(s): State<AppState>, who: Authenticated, Path(id): Path<Uuid>) -> Result<Json<Vec<Comment>>, ApiError> {
+async fn list_comments(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Vec<Comment>>, ApiError> {
     Ok(Json(s.pm.list_comments(&who.origin(), TaskId(id)).await?))
 }
 
@@ -96,7 +100,10 @@ async fn edit_comment(
 ) -> Result<Response, ApiError> {
     let pre = Precondition::from_request(&headers, b.version)?;
     let body = comment_body(&b.body)?;
-    let c = s.pm.edit_comment(&who.origin(), CommentId(id), pre.version(), body).await.map_err(|e| pre.map_err(e))?;
+    let c =
+        s.pm.edit_comment(&who.origin(), CommentId(id), pre.version(), body)
+            .await
+            .map_err(|e| pre.map_err(e))?;
     Ok(with_etag(StatusCode::OK, c.version, c))
 }
 
@@ -111,7 +118,11 @@ async fn edit_comment(
         (status = 404, description = "No such comment", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
-async fn delete_comment(State(s): State<AppState>, who: Authenticated, Path(id): Path<Uuid>) -> Result<StatusCode, ApiError> {
+async fn delete_comment(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
     s.pm.delete_comment(&who.origin(), CommentId(id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -46,7 +46,10 @@ pub struct CreateOrgBody {
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
-async fn list_orgs(State(s): State<AppState>, who: Authenticated) -> Result<Json<Vec<Organization>>, ApiError> {
+async fn list_orgs(
+    State(s): State<AppState>,
+    who: Authenticated,
+) -> Result<Json<Vec<Organization>>, ApiError> {
     Ok(Json(s.pm.list_orgs_for_user(who.user_id).await?))
 }
 
@@ -61,7 +64,11 @@ async fn list_orgs(State(s): State<AppState>, who: Authenticated) -> Result<Json
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
-async fn create_org(State(s): State<AppState>, who: Authenticated, Json(b): Json<CreateOrgBody>) -> Result<Response, ApiError> {
+async fn create_org(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Json(b): Json<CreateOrgBody>,
+) -> Result<Response, ApiError> {
     let org = s.pm.create_org(&who.origin(), NewOrg { slug: b.slug, name: b.name }).await?;
     Ok(with_etag(StatusCode::CREATED, org.version, org))
 }
@@ -76,7 +83,11 @@ async fn create_org(State(s): State<AppState>, who: Authenticated, Json(b): Json
         (status = 404, description = "No such organization", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
-async fn get_org(State(s): State<AppState>, who: Authenticated, Path(org_id): Path<Uuid>) -> Result<Response, ApiError> {
+async fn get_org(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(org_id): Path<Uuid>,
+) -> Result<Response, ApiError> {
     let org = s.pm.get_org(&who.origin(), OrgId(org_id)).await?;
     Ok(with_etag(StatusCode::OK, org.version, org))
 }
@@ -91,7 +102,11 @@ async fn get_org(State(s): State<AppState>, who: Authenticated, Path(org_id): Pa
         (status = 404, description = "No such organization", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
-async fn list_members(State(s): State<AppState>, who: Authenticated, Path(org_id): Path<Uuid>) -> Result<Json<Vec<Membership>>, ApiError> {
+async fn list_members(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(org_id): Path<Uuid>,
+) -> Result<Json<Vec<Membership>>, ApiError> {
     Ok(Json(s.pm.list_members(&who.origin(), OrgId(org_id)).await?))
 }
 

@@ -6,8 +6,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pm_core::id::{LabelId, MilestoneId, OrgId, ProjectId, UserId};
 use pm_core::model::{
-    Color, CustomField, FieldType, Label, LabelName, Markdown, Milestone, Name, Project, ProjectKey, ProjectPatch,
-    StateCategory, WorkflowState,
+    Color, CustomField, FieldType, Label, LabelName, Markdown, Milestone, Name, Project,
+    ProjectKey, ProjectPatch, StateCategory, WorkflowState,
 };
 use pm_core::service::{MilestonePatch, NewProject};
 use serde::Deserialize;
@@ -117,7 +117,11 @@ async fn create_project(
         (status = 404, description = "No such project", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
-async fn get_project(State(s): State<AppState>, who: Authenticated, Path(id): Path<Uuid>) -> Result<Response, ApiError> {
+async fn get_project(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<Response, ApiError> {
     let p = s.pm.get_project(&who.origin(), ProjectId(id)).await?;
     Ok(with_etag(StatusCode::OK, p.version, p))
 }
@@ -166,8 +170,16 @@ async fn update_project(
     Json(b): Json<UpdateProjectBody>,
 ) -> Result<Response, ApiError> {
     let pre = Precondition::from_request(&headers, b.version)?;
-    let patch = ProjectPatch { name: b.name, description: b.description, lead: b.lead, archived: b.archived };
-    let p = s.pm.update_project(&who.origin(), ProjectId(id), pre.version(), patch).await.map_err(|e| pre.map_err(e))?;
+    let patch = ProjectPatch {
+        name: b.name,
+        description: b.description,
+        lead: b.lead,
+        archived: b.archived,
+    };
+    let p =
+        s.pm.update_project(&who.origin(), ProjectId(id), pre.version(), patch)
+            .await
+            .map_err(|e| pre.map_err(e))?;
     Ok(with_etag(StatusCode::OK, p.version, p))
 }
 
@@ -181,7 +193,11 @@ async fn update_project(
         (status = 404, description = "No such project", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
-async fn list_states(State(s): State<AppState>, who: Authenticated, Path(id): Path<Uuid>) -> Result<Json<Vec<WorkflowState>>, ApiError> {
+async fn list_states(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Vec<WorkflowState>>, ApiError> {
     Ok(Json(s.pm.list_states(&who.origin(), ProjectId(id)).await?))
 }
 
@@ -229,7 +245,11 @@ async fn create_state(
         (status = 404, description = "No such organization", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
-async fn list_labels(State(s): State<AppState>, who: Authenticated, Path(org_id): Path<Uuid>) -> Result<Json<Vec<Label>>, ApiError> {
+async fn list_labels(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(org_id): Path<Uuid>,
+) -> Result<Json<Vec<Label>>, ApiError> {
     Ok(Json(s.pm.list_labels(&who.origin(), OrgId(org_id)).await?))
 }
 
@@ -298,7 +318,11 @@ async fn delete_label(
         (status = 404, description = "No such project", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
-async fn list_milestones(State(s): State<AppState>, who: Authenticated, Path(id): Path<Uuid>) -> Result<Json<Vec<Milestone>>, ApiError> {
+async fn list_milestones(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Vec<Milestone>>, ApiError> {
     Ok(Json(s.pm.list_milestones(&who.origin(), ProjectId(id)).await?))
 }
 
@@ -336,7 +360,9 @@ async fn create_milestone(
     Path(id): Path<Uuid>,
     Json(b): Json<CreateMilestoneBody>,
 ) -> Result<Response, ApiError> {
-    let m = s.pm.create_milestone(&who.origin(), ProjectId(id), b.name, b.description, b.due_on).await?;
+    let m =
+        s.pm.create_milestone(&who.origin(), ProjectId(id), b.name, b.description, b.due_on)
+            .await?;
     Ok(with_etag(StatusCode::CREATED, m.version, m))
 }
 
@@ -384,8 +410,16 @@ async fn update_milestone(
     Json(b): Json<UpdateMilestoneBody>,
 ) -> Result<Response, ApiError> {
     let pre = Precondition::from_request(&headers, b.version)?;
-    let patch = MilestonePatch { name: b.name, description: b.description, due_on: b.due_on, closed: b.closed };
-    let m = s.pm.update_milestone(&who.origin(), MilestoneId(id), pre.version(), patch).await.map_err(|e| pre.map_err(e))?;
+    let patch = MilestonePatch {
+        name: b.name,
+        description: b.description,
+        due_on: b.due_on,
+        closed: b.closed,
+    };
+    let m =
+        s.pm.update_milestone(&who.origin(), MilestoneId(id), pre.version(), patch)
+            .await
+            .map_err(|e| pre.map_err(e))?;
     Ok(with_etag(StatusCode::OK, m.version, m))
 }
 
@@ -399,7 +433,11 @@ async fn update_milestone(
         (status = 404, description = "No such project", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
-async fn list_fields(State(s): State<AppState>, who: Authenticated, Path(id): Path<Uuid>) -> Result<Json<Vec<CustomField>>, ApiError> {
+async fn list_fields(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Vec<CustomField>>, ApiError> {
     Ok(Json(s.pm.list_fields(&who.origin(), ProjectId(id)).await?))
 }
 

@@ -36,7 +36,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
-async fn list_relations(State(s): State<AppState>, who: Authenticated, Path(id): Path<Uuid>) -> Result<Json<Vec<TaskRelation>>, ApiError> {
+async fn list_relations(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Vec<TaskRelation>>, ApiError> {
     Ok(Json(s.pm.list_relations(&who.origin(), TaskId(id)).await?))
 }
 
@@ -106,7 +110,11 @@ async fn remove_relation(
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
-async fn list_watchers(State(s): State<AppState>, who: Authenticated, Path(id): Path<Uuid>) -> Result<Json<Vec<Watcher>>, ApiError> {
+async fn list_watchers(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Vec<Watcher>>, ApiError> {
     Ok(Json(s.pm.list_watchers(&who.origin(), TaskId(id)).await?))
 }
 

@@ -112,7 +112,9 @@ impl ListTasksQuery {
             Some("true") => Some(true),
             Some("all") => None,
             Some(_) => {
-                return Err(pm_core::Error::invalid("archived", "must be true, false or all").into());
+                return Err(
+                    pm_core::Error::invalid("archived", "must be true, false or all").into()
+                );
             }
         };
         let parent =

@@ -44,7 +44,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
-async fn list_time_entries(State(s): State<AppState>, who: Authenticated, Path(id): Path<Uuid>) -> Result<Json<Vec<TimeEntry>>, ApiError> {
+async fn list_time_entries(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Vec<TimeEntry>>, ApiError> {
     Ok(Json(s.pm.list_time_entries(&who.origin(), TaskId(id)).await?))
 }
 
@@ -113,7 +117,11 @@ async fn delete_time_entry(
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
-async fn list_attachments(State(s): State<AppState>, who: Authenticated, Path(id): Path<Uuid>) -> Result<Json<Vec<Attachment>>, ApiError> {
+async fn list_attachments(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Vec<Attachment>>, ApiError> {
     Ok(Json(s.pm.list_attachments(&who.origin(), TaskId(id)).await?))
 }
 
@@ -147,14 +155,25 @@ async fn upload_attachment(
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
     let mut multipart = multipart.map_err(|r| {
-        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type", r.body_text())
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            r.body_text(),
+        )
     })?;
     let multipart_err = |e: axum::extract::multipart::MultipartError| {
         let status = e.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(status, "payload-too-large", "Payload too large", format!("files are limited to {MAX_ATTACHMENT_BYTES} bytes"))
+            ApiError::new(
+                status,
+                "payload-too-large",
+                "Payload too large",
+                format!("files are limited to {MAX_ATTACHMENT_BYTES} bytes"),
+            )
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", e.body_text()).with("field", "file")
+            ApiError::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", e.body_text())
+                .with("field", "file")
         }
     };
     while let Some(field) = multipart.next_field().await.map_err(multipart_err)? {
@@ -164,7 +183,9 @@ async fn upload_attachment(
         let file_name = field.file_name().unwrap_or("upload").to_string();
         let content_type = field.content_type().unwrap_or("application/octet-stream").to_string();
         let bytes = field.bytes().await.map_err(multipart_err)?;
-        let a = s.pm.add_attachment(&who.origin(), TaskId(id), &file_name, &content_type, &bytes).await?;
+        let a =
+            s.pm.add_attachment(&who.origin(), TaskId(id), &file_name, &content_type, &bytes)
+                .await?;
         return Ok((StatusCode::CREATED, Json(a)).into_response());
     }
     Err(pm_core::Error::invalid("file", "the form has no part named `file`").into())
@@ -185,14 +206,35 @@ async fn download_attachment(
     who: Authenticated,
     Path((task, attachment)): Path<(Uuid, Uuid)>,
 ) -> Result<Response, ApiError> {
-    let (a, bytes) = s.pm.get_attachment(&who.origin(), TaskId(task), AttachmentId(attachment)).await?;
+    let (a, bytes) =
+        s.pm.get_attachment(&who.origin(), TaskId(task), AttachmentId(attachment)).await?;
     let mut res = bytes.into_response();
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_str(&a.content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&a.content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
     // The name is ASCII-safe-quoted; non-ASCII names go in the RFC 5987 form.
-    let ascii: String = a.file_name.chars().map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' { c } else { '_' }).collect();
-    let encoded: String = a.file_name.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")) {
+    let ascii: String = a
+        .file_name
+        .chars()
+        .map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' { c } else { '_' })
+        .collect();
+    let encoded: String = a
+        .file_name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"
+    )) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
@@ -229,7 +271,11 @@ async fn delete_attachment(
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
-async fn list_check_ins(State(s): State<AppState>, who: Authenticated, Path(id): Path<Uuid>) -> Result<Json<Vec<CheckIn>>, ApiError> {
+async fn list_check_ins(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Vec<CheckIn>>, ApiError> {
     Ok(Json(s.pm.list_check_ins(&who.origin(), TaskId(id)).await?))
 }
 

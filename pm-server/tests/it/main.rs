@@ -1,8 +1,10 @@
 //! pm-server's one integration-test binary: in-process HTTP tests against [`app`] (`oneshot`),
 //! a real listener driven by [`pm_server::serve`], and the compiled `pm-server` binary.
 //!
-//! Everything runs on temp-file SQLite databases: no external service needed.
+//! Everything runs on temp-file SQLite databases: no external service needed (the auth store
+//! conformance also runs on PostgreSQL when `PM_TEST_POSTGRES_URL` is set).
 
+mod api;
 mod binary;
 mod http;
 mod readiness;

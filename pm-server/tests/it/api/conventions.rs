@@ -1,0 +1,111 @@
+//! HTTP conventions: ETag / If-Match (412), body versions (409 with the current state), 428 when
+//! neither is sent, and problem+json everywhere.
+
+use reqwest::Method;
+use serde_json::json;
+
+use super::{Server, org_and_project};
+
+#[tokio::test]
+async fn etags_and_preconditions() {
+    let s = Server::start().await;
+    let (_, token) = s.user("etag@example.com").await;
+    let t = Some(token.as_str());
+    let (_, project, _) = org_and_project(&s, &token, "etag", "ET").await;
+    let created = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/tasks"),
+            t,
+            Some(json!({"title": "v1"})),
+        )
+        .await;
+    let id = created.ok(201)["id"].as_str().unwrap().to_string();
+    let url = format!("/api/v1/tasks/{id}");
+    let read = s.call(Method::GET, &url, t, None).await;
+    assert_eq!(read.header("etag"), Some("\"v1\""));
+
+    // No precondition: refused, nothing changes.
+    s.call(Method::PATCH, &url, t, Some(json!({"title": "blind"}))).await.problem(428);
+    // Matching If-Match: applied, new ETag.
+    let ok = s
+        .call_with(Method::PATCH, &url, t, Some(json!({"title": "v2"})), &[("if-match", "\"v1\"")])
+        .await;
+    assert_eq!(ok.ok(200)["title"], "v2");
+    assert_eq!(ok.header("etag"), Some("\"v2\""));
+    // Stale If-Match: 412 with the current task.
+    let stale = s
+        .call_with(
+            Method::PATCH,
+            &url,
+            t,
+            Some(json!({"title": "lost"})),
+            &[("if-match", "\"v1\"")],
+        )
+        .await;
+    let body = stale.problem(412);
+    assert_eq!(body["current"]["title"], "v2");
+    assert_eq!(body["current"]["version"], 2);
+    // Stale body version: 409 with the current task.
+    let conflict =
+        s.call(Method::PATCH, &url, t, Some(json!({"title": "lost", "version": 1}))).await;
+    assert_eq!(conflict.problem(409)["current"]["version"], 2);
+    // Garbage If-Match names the header.
+    let bad = s
+        .call_with(Method::PATCH, &url, t, Some(json!({"title": "x"})), &[("if-match", "*")])
+        .await;
+    assert_eq!(bad.problem(400)["field"], "If-Match");
+    // Null clears, absent keeps.
+    s.call(Method::PATCH, &url, t, Some(json!({"due_date": "2030-05-05", "version": 2})))
+        .await
+        .ok(200);
+    let cleared =
+        s.call(Method::PATCH, &url, t, Some(json!({"due_date": null, "version": 3}))).await;
+    assert!(cleared.ok(200)["due_date"].is_null());
+    assert_eq!(cleared.body["title"], "v2");
+    // Delete needs If-Match too.
+    s.call(Method::DELETE, &url, t, None).await.problem(428);
+    s.call_with(Method::DELETE, &url, t, None, &[("if-match", "\"v4\"")]).await.ok(204);
+    s.call(Method::GET, &url, t, None).await.problem(404);
+}
+
+#[tokio::test]
+async fn bulk_update_reports_per_item() {
+    let s = Server::start().await;
+    let (_, token) = s.user("bulk@example.com").await;
+    let t = Some(token.as_str());
+    let (_, project, _) = org_and_project(&s, &token, "bulk", "BU").await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = s
+            .call(
+                Method::POST,
+                &format!("/api/v1/projects/{project}/tasks"),
+                t,
+                Some(json!({"title": format!("b{i}")})),
+            )
+            .await;
+        ids.push(r.ok(201)["id"].as_str().unwrap().to_string());
+    }
+    let body = json!({"items": [
+        {"id": ids[0], "version": 1, "changes": {"priority": "urgent"}},
+        {"id": ids[1], "version": 9, "changes": {"priority": "urgent"}},
+        {"id": ids[2], "version": 1, "changes": {"state_id": "0190a3c0-0000-7000-8000-000000000000"}},
+    ]});
+    let res = s
+        .call(Method::POST, &format!("/api/v1/projects/{project}/tasks/bulk"), t, Some(body))
+        .await;
+    let out = res.ok(200).as_array().unwrap();
+    assert_eq!(out[0]["status"], "applied");
+    assert_eq!(out[0]["task"]["priority"], "urgent");
+    assert_eq!(out[1]["status"], "failed");
+    assert_eq!(out[1]["problem"]["status"], 409);
+    assert_eq!(out[2]["problem"]["status"], 400);
+    let too_many = json!({"items": []});
+    assert_eq!(
+        s.call(Method::POST, &format!("/api/v1/projects/{project}/tasks/bulk"), t, Some(too_many))
+            .await
+            .problem(400)["field"],
+        "items"
+    );
+}
