@@ -47,13 +47,7 @@ impl ApiError {
         title: &'static str,
         detail: impl Into<Cow<'static, str>>,
     ) -> Self {
-        Self {
-            status,
-            slug,
-            title,
-            detail: detail.into(),
-            extra: Box::default(),
-        }
+        Self { status, slug, title, detail: detail.into(), extra: Box::default() }
     }
 
     /// Adds an extension member to the body (RFC 9457 §3.2). Reserved names are ignored.

@@ -155,7 +155,7 @@ impl Rng {
 fn random_value(rng: &mut Rng, depth: u32) -> Value {
     match rng.next() % if depth > 2 { 6 } else { 8 } {
         0 => Value::Null,
-        1 => json!(rng.next() % 2 == 0),
+        1 => json!(rng.next().is_multiple_of(2)),
         2 => json!(rng.next() as i64),
         3 => json!(f64::from_bits(rng.next()).to_string()),
         4 => json!(*rng.pick(&[
@@ -236,7 +236,7 @@ async fn fuzz_every_operation_never_5xx() {
                     .split('/')
                     .map(|seg| {
                         if seg.starts_with('{') {
-                            if rng.next() % 2 == 0 {
+                            if rng.next().is_multiple_of(2) {
                                 rng.pick(&real_ids).to_string()
                             } else {
                                 rng.pick(&junk).to_string()
@@ -270,10 +270,10 @@ async fn fuzz_every_operation_never_5xx() {
                     .http
                     .request(m.clone(), format!("{}{}{}", s.base, path, query))
                     .header("content-type", ct);
-                if rng.next() % 8 != 0 {
+                if !rng.next().is_multiple_of(8) {
                     req = req.bearer_auth(&token);
                 }
-                if rng.next() % 3 == 0 {
+                if rng.next().is_multiple_of(3) {
                     req = req.header("if-match", *rng.pick(&["\"v1\"", "\"v999\"", "nope", "*"]));
                 }
                 let res = super::to_res(req.body(body.to_string()).send().await.unwrap()).await;
