@@ -16,12 +16,15 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{FromRef, Request, State};
 use axum::http::HeaderName;
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use pm_core::Pm;
 use pm_core::blob::{BlobStore, FsBlobStore};
 use pm_core::store::Stores;
 use std::sync::Arc;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -33,6 +36,8 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod idempotency;
+pub mod ratelimit;
 
 use auth::Auth;
 use error::ApiError;
@@ -52,6 +57,12 @@ pub struct AppState {
     pub auth: Auth,
     /// Time limits.
     pub timeouts: Timeouts,
+    /// Rate limits.
+    pub limiter: ratelimit::RateLimiter,
+    /// Remembered POST outcomes for `Idempotency-Key`.
+    pub idempotency: idempotency::IdempotencyCache,
+    /// Origins allowed by CORS (`*` for any); empty disables CORS.
+    pub cors_origins: Vec<String>,
 }
 
 impl AppState {
@@ -69,7 +80,15 @@ impl AppState {
         let authz = Arc::new(authz::MembershipAuthorizer::new(stores.directory.clone()));
         let pm = Pm::new(stores.clone(), authz, blobs);
         let keys = auth::JwtKeys::new(jwt_secret, Duration::from_secs(15 * 60));
-        Self { stores, pm, auth: Auth { keys: Arc::new(keys) }, timeouts: Timeouts::default() }
+        Self {
+            stores,
+            pm,
+            auth: Auth { keys: Arc::new(keys) },
+            timeouts: Timeouts::default(),
+            limiter: ratelimit::RateLimiter::new(ratelimit::RateLimits::default()),
+            idempotency: idempotency::IdempotencyCache::default(),
+            cors_origins: Vec::new(),
+        }
     }
 }
 
@@ -106,6 +125,9 @@ impl Default for Timeouts {
 /// `x-request-id` → request timeout → routes.
 pub fn app(state: AppState) -> Router {
     let request_timeout = state.timeouts.request;
+    let limiter = state.limiter.clone();
+    let idempotency = state.idempotency.clone();
+    let cors = cors_layer(&state.cors_origins);
     Router::new()
         .merge(health::router())
         .merge(api::router(state.clone()))
@@ -113,6 +135,10 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(middleware::from_fn_with_state(request_timeout, timeout))
+        .layer(middleware::from_fn_with_state(idempotency, idempotency::idempotent))
+        .layer(middleware::from_fn_with_state(limiter, ratelimit::limit))
+        .layer(CompressionLayer::new())
+        .layer(cors)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
         .layer(
             TraceLayer::new_for_http()
@@ -120,6 +146,39 @@ pub fn app(state: AppState) -> Router {
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
+}
+
+/// CORS for the configured origins; no CORS headers at all when none are configured.
+fn cors_layer(origins: &[String]) -> tower::util::Either<CorsLayer, tower::layer::util::Identity> {
+    if origins.is_empty() {
+        return tower::util::Either::Right(tower::layer::util::Identity::new());
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    tower::util::Either::Left(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::IF_MATCH,
+                idempotency::IDEMPOTENCY_KEY,
+            ])
+            .expose_headers([
+                header::ETAG,
+                header::LINK,
+                header::RETRY_AFTER,
+                HeaderName::from_static("ratelimit-limit"),
+                HeaderName::from_static("ratelimit-remaining"),
+                HeaderName::from_static("ratelimit-reset"),
+                REQUEST_ID_HEADER,
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 /// Serves [`app`] on `listener` until `shutdown` completes, then stops accepting connections and

@@ -1678,8 +1678,10 @@ impl TaskStore for PostgresStore {
         page: &PageRequest,
     ) -> Result<Page<Task>> {
         filter.validate()?;
-        let mut q: QueryBuilder<Postgres> =
-            QueryBuilder::new(concat!(task_select!(), " WHERE t.org_id = "));
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(concat!(
+            task_select!(),
+            " WHERE t.id IN (SELECT t.id FROM tasks t WHERE t.org_id = "
+        ));
         q.push_bind(org.0);
         if !filter.project_ids.is_empty() {
             q.push(" AND t.project_id = ANY(").push_bind(ids(&filter.project_ids)).push(")");
@@ -1767,8 +1769,12 @@ impl TaskStore for PostgresStore {
             push_sort_value(&mut q, page.sort.key, &c.value)?;
             q.push(format_args!(" AND t.id {cmp} ")).push_bind(c.id.0).push("))");
         }
+        // Two phases: the inner query picks the page's ids using only indexed columns; the outer
+        // one loads the page's rows with their sets. Loading sets for every candidate row before
+        // sorting made filtered pages over large projects hundreds of times slower.
         q.push(format_args!(" ORDER BY {expr} {dir}, t.id {dir} LIMIT "))
-            .push_bind(i64::from(page.limit) + 1);
+            .push_bind(i64::from(page.limit) + 1)
+            .push(format_args!(") ORDER BY {expr} {dir}, t.id {dir}"));
         let rows: Vec<TaskRow> = q.build_query_as().fetch_all(&self.pool).await.map_err(st)?;
         Ok(Page::from_rows(convert(rows)?, page))
     }

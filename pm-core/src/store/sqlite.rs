@@ -1606,8 +1606,10 @@ impl TaskStore for SqliteStore {
         page: &PageRequest,
     ) -> Result<Page<Task>> {
         filter.validate()?;
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new(concat!(task_select!(), " WHERE t.org_id = "));
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(concat!(
+            task_select!(),
+            " WHERE t.id IN (SELECT t.id FROM tasks t WHERE t.org_id = "
+        ));
         q.push_bind(id_text(org));
         fn in_list<'a, T: 'a>(
             q: &mut QueryBuilder<Sqlite>,
@@ -1721,8 +1723,12 @@ impl TaskStore for SqliteStore {
             push_sort_value(&mut q, &c.value);
             q.push(format_args!(" AND t.id {cmp} ")).push_bind(id_text(c.id)).push("))");
         }
+        // Two phases: the inner query picks the page's ids using only indexed columns; the outer
+        // one loads the page's rows with their sets. Loading sets for every candidate row before
+        // sorting made filtered pages over large projects hundreds of times slower.
         q.push(format_args!(" ORDER BY {expr} {dir}, t.id {dir} LIMIT "))
-            .push_bind(i64::from(page.limit) + 1);
+            .push_bind(i64::from(page.limit) + 1)
+            .push(format_args!(") ORDER BY {expr} {dir}, t.id {dir}"));
         let rows: Vec<TaskRow> = q.build_query_as().fetch_all(&self.reader).await.map_err(st)?;
         Ok(Page::from_rows(convert(rows)?, page))
     }

@@ -59,6 +59,50 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Adds the responses every operation can give because of cross-cutting middleware: 429 from the
+/// rate limiter, 503 from the request timeout, and on POST the `Idempotency-Key` outcomes (409 in
+/// progress, 422 key reused with another body).
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |desc: &str| {
+            ResponseBuilder::new()
+                .description(desc)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [
+                (&mut item.get, false),
+                (&mut item.put, false),
+                (&mut item.patch, false),
+                (&mut item.delete, false),
+                (&mut item.post, true),
+            ];
+            for (op, is_post) in ops {
+                let Some(op) = op.as_mut() else { continue };
+                let r = &mut op.responses.responses;
+                r.entry("429".into())
+                    .or_insert_with(|| problem("Rate limit exceeded; see `Retry-After`").into());
+                r.entry("503".into()).or_insert_with(|| problem("The request timed out").into());
+                if is_post {
+                    r.entry("409".into()).or_insert_with(|| {
+                        problem("A request with this `Idempotency-Key` is still in progress").into()
+                    });
+                    r.entry("422".into()).or_insert_with(|| {
+                        problem("The `Idempotency-Key` was used with a different body").into()
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// Every `/api/v1` operation, with its OpenAPI description.
 pub fn openapi_router() -> OpenApiRouter<AppState> {
     let v1 = OpenApiRouter::new()
@@ -70,7 +114,10 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
         .merge(comments::router())
         .merge(worklog::router())
         .merge(activity::router());
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1)
+    let mut router = OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1);
+    // After the paths exist: the modifier walks every operation.
+    CommonResponses.modify(router.get_openapi_mut());
+    router
 }
 
 /// The OpenAPI document of the API.

@@ -109,3 +109,65 @@ async fn bulk_update_reports_per_item() {
         "items"
     );
 }
+
+#[tokio::test]
+async fn idempotent_post_replays_instead_of_repeating() {
+    let s = Server::start().await;
+    let (_, token) = s.user("idem@example.com").await;
+    let t = Some(token.as_str());
+    let (_, project, _) = org_and_project(&s, &token, "idem", "ID").await;
+    let url = format!("/api/v1/projects/{project}/tasks");
+    let key = [("idempotency-key", "op-0001")];
+    let first = s.call_with(Method::POST, &url, t, Some(json!({"title": "once"})), &key).await;
+    let first_body = first.ok(201).clone();
+    let again = s.call_with(Method::POST, &url, t, Some(json!({"title": "once"})), &key).await;
+    assert_eq!(again.ok(201), &first_body, "the replay returns the first response");
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.header("etag"), Some("\"v1\""));
+    let list = s.call(Method::GET, &url, t, None).await;
+    assert_eq!(list.ok(200)["items"].as_array().unwrap().len(), 1, "one task, not two");
+    // Same key, different body: refused.
+    let reused = s.call_with(Method::POST, &url, t, Some(json!({"title": "twice"})), &key).await;
+    reused.problem(422);
+    // A new key is a new operation; a bad key is named.
+    s.call_with(
+        Method::POST,
+        &url,
+        t,
+        Some(json!({"title": "once"})),
+        &[("idempotency-key", "op-0002")],
+    )
+    .await
+    .ok(201);
+    let bad = s
+        .call_with(Method::POST, &url, t, Some(json!({"title": "x"})), &[("idempotency-key", "")])
+        .await;
+    assert_eq!(bad.problem(400)["field"], "Idempotency-Key");
+    // Failed validations are outcomes too: replayed, not re-run.
+    let k3 = [("idempotency-key", "op-0003")];
+    s.call_with(Method::POST, &url, t, Some(json!({"title": ""})), &k3).await.problem(400);
+    let replay = s.call_with(Method::POST, &url, t, Some(json!({"title": ""})), &k3).await;
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+}
+
+#[tokio::test]
+async fn rate_limits_report_headers_and_answer_429() {
+    let limits = pm_server::ratelimit::RateLimits { per_credential: 5, per_ip: 0 };
+    let s =
+        Server::start_with(|st| st.limiter = pm_server::ratelimit::RateLimiter::new(limits)).await;
+    let (_, token) = s.user("limited@example.com").await;
+    for i in 0..5 {
+        let res = s.call(Method::GET, "/api/v1/orgs", Some(&token), None).await;
+        res.ok(200);
+        assert_eq!(res.header("ratelimit-limit"), Some("5"));
+        assert_eq!(res.header("ratelimit-remaining"), Some((4 - i).to_string().as_str()));
+        assert!(res.header("ratelimit-reset").is_some());
+    }
+    let limited = s.call(Method::GET, "/api/v1/orgs", Some(&token), None).await;
+    limited.problem(429);
+    let retry: u64 = limited.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    // Another credential has its own bucket.
+    let (_, other) = s.user("other@example.com").await;
+    s.call(Method::GET, "/api/v1/orgs", Some(&other), None).await.ok(200);
+}

@@ -76,12 +76,18 @@ impl Res {
 impl Server {
     /// Starts a server over a fresh SQLite database.
     pub async fn start() -> Server {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server whose state `configure` adjusts first.
+    pub async fn start_with(configure: impl FnOnce(&mut AppState)) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("pm.db").display());
         let stores = pm_core::store::open(&url).await.unwrap();
         stores.admin.migrate().await.unwrap();
         let blobs = std::sync::Arc::new(pm_core::blob::FsBlobStore::new(dir.path().join("blobs")));
-        let state = AppState::with(stores, TEST_SECRET, blobs);
+        let mut state = AppState::with(stores, TEST_SECRET, blobs);
+        configure(&mut state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

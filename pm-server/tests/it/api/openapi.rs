@@ -46,7 +46,7 @@ pub fn validate(method: &Method, path: &str, res: &Res) {
     static CACHE: OnceLock<Validators> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let validator = {
-        let mut cache = cache.lock().unwrap();
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
         cache
             .entry(key)
             .or_insert_with(|| {
