@@ -20,18 +20,36 @@ pub struct Cli {
 }
 
 /// A `pm-server` subcommand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Apply pending migrations, then serve HTTP until SIGINT/SIGTERM (the default).
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Create a user who can log in with a password (works with any `PM_REGISTRATION`). For an
+    /// existing user without a password, sets one.
+    CreateUser(CreateUser),
+}
+
+/// Arguments of `create-user`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct CreateUser {
+    /// E-mail address (the login).
+    #[arg(long)]
+    pub email: String,
+    /// Display name.
+    #[arg(long)]
+    pub name: String,
+    /// Read the password from the first line of standard input instead of generating one
+    /// (a generated password is printed once).
+    #[arg(long)]
+    pub password_stdin: bool,
 }
 
 impl Cli {
     /// The subcommand to run, defaulting to [`Command::Serve`].
     pub fn command_or_default(&self) -> Command {
-        self.command.unwrap_or(Command::Serve)
+        self.command.clone().unwrap_or(Command::Serve)
     }
 }
 
@@ -51,6 +69,29 @@ mod tests {
         assert_eq!(cli.command_or_default(), Command::Serve);
         let cli = Cli::try_parse_from(["pm-server", "migrate"]).unwrap();
         assert_eq!(cli.command_or_default(), Command::Migrate);
+    }
+
+    #[test]
+    fn create_user_takes_email_name_and_password_stdin() {
+        let cli = Cli::try_parse_from([
+            "pm-server",
+            "create-user",
+            "--email",
+            "a@example.com",
+            "--name",
+            "Ada",
+            "--password-stdin",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.command_or_default(),
+            Command::CreateUser(CreateUser {
+                email: "a@example.com".into(),
+                name: "Ada".into(),
+                password_stdin: true,
+            })
+        );
+        assert!(Cli::try_parse_from(["pm-server", "create-user", "--name", "Ada"]).is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Server configuration: one [`Config`] read from `PM_*` environment variables, each also
 //! settable as a command-line flag (`--database-url`, `--bind`, `--log`,
-//! `--shutdown-timeout-secs`); a flag wins over its variable.
+//! `--shutdown-timeout-secs`, `--jwt-secret`, `--access-ttl-secs`, `--refresh-ttl-secs`,
+//! `--registration`); a flag wins over its variable.
 //!
 //! Values are validated while parsing, so a `Config` that exists is usable; every validation
 //! error names the environment variable to fix.
@@ -11,6 +12,8 @@ use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
+use crate::auth::{AuthSettings, Registration};
+
 /// Default for `PM_DATABASE_URL`: a SQLite file in the working directory, created if missing.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://pm.db";
 /// Default for `PM_BIND`: loopback only, so a fresh install is not reachable from the network.
@@ -19,6 +22,12 @@ pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 pub const DEFAULT_LOG: &str = "info,sqlx=warn";
 /// Default for `PM_SHUTDOWN_TIMEOUT_SECS`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: &str = "10";
+/// Default for `PM_ACCESS_TTL_SECS`: 15 minutes.
+pub const DEFAULT_ACCESS_TTL_SECS: &str = "900";
+/// Default for `PM_REFRESH_TTL_SECS`: 30 days.
+pub const DEFAULT_REFRESH_TTL_SECS: &str = "2592000";
+/// Default for `PM_REGISTRATION`.
+pub const DEFAULT_REGISTRATION: &str = "open";
 
 /// Everything the server needs to start. Parsed by clap (see the `pm-server` binary); the
 /// arguments are `global`, so they are accepted before or after the subcommand.
@@ -41,6 +50,29 @@ pub struct Config {
     #[arg(long = "shutdown-timeout-secs", value_name = "SECS", env = "PM_SHUTDOWN_TIMEOUT_SECS",
           default_value = DEFAULT_SHUTDOWN_TIMEOUT_SECS, global = true, value_parser = parse_shutdown_timeout)]
     pub shutdown_timeout: Duration,
+
+    /// Secret signing access tokens (at least 32 bytes). When unset, one is generated once and
+    /// kept with the database: `<sqlite file>.jwt-secret`, or the PostgreSQL table
+    /// `server_secrets`.
+    #[arg(long, value_name = "SECRET", env = "PM_JWT_SECRET", global = true,
+          value_parser = parse_jwt_secret, hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Lifetime of access tokens, in seconds.
+    #[arg(long = "access-ttl-secs", value_name = "SECS", env = "PM_ACCESS_TTL_SECS",
+          default_value = DEFAULT_ACCESS_TTL_SECS, global = true, value_parser = parse_access_ttl)]
+    pub access_ttl: Duration,
+
+    /// Lifetime of refresh tokens, in seconds (each refresh issues a new one).
+    #[arg(long = "refresh-ttl-secs", value_name = "SECS", env = "PM_REFRESH_TTL_SECS",
+          default_value = DEFAULT_REFRESH_TTL_SECS, global = true, value_parser = parse_refresh_ttl)]
+    pub refresh_ttl: Duration,
+
+    /// Who may register: `open` (anyone) or `invite` (with a token from
+    /// `POST /api/v1/auth/invites`).
+    #[arg(long, value_name = "MODE", env = "PM_REGISTRATION", default_value = DEFAULT_REGISTRATION,
+          global = true, value_parser = parse_registration)]
+    pub registration: Registration,
 }
 
 impl Config {
@@ -53,6 +85,16 @@ impl Config {
     pub fn env_filter(&self) -> EnvFilter {
         EnvFilter::try_new(&self.log).unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG))
     }
+
+    /// The authentication settings these values select (throttling keeps its defaults).
+    pub fn auth_settings(&self) -> AuthSettings {
+        AuthSettings {
+            registration: self.registration,
+            access_ttl: self.access_ttl,
+            refresh_ttl: self.refresh_ttl,
+            ..AuthSettings::default()
+        }
+    }
 }
 
 // Hand-written so the database password never reaches a log line through `{:?}`.
@@ -63,6 +105,10 @@ impl fmt::Debug for Config {
             .field("bind", &self.bind)
             .field("log", &self.log)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "***"))
+            .field("access_ttl", &self.access_ttl)
+            .field("refresh_ttl", &self.refresh_ttl)
+            .field("registration", &self.registration)
             .finish()
     }
 }
@@ -97,6 +143,43 @@ fn parse_shutdown_timeout(s: &str) -> Result<Duration, String> {
     s.parse::<u64>()
         .map(Duration::from_secs)
         .map_err(|e| format!("PM_SHUTDOWN_TIMEOUT_SECS (--shutdown-timeout-secs) must be a whole number of seconds ({e})"))
+}
+
+fn parse_jwt_secret(s: &str) -> Result<String, String> {
+    if s.len() >= crate::auth::secret::MIN_SECRET_LEN {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "PM_JWT_SECRET (--jwt-secret) must be at least {} bytes long (it is {}); \
+             e.g. the output of `openssl rand -base64 48`",
+            crate::auth::secret::MIN_SECRET_LEN,
+            s.len()
+        ))
+    }
+}
+
+fn parse_ttl(var: &str, flag: &str, s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err(format!("{var} ({flag}) must be at least 1 second")),
+        Ok(n) => Ok(Duration::from_secs(n)),
+        Err(e) => Err(format!("{var} ({flag}) must be a whole number of seconds ({e})")),
+    }
+}
+
+fn parse_access_ttl(s: &str) -> Result<Duration, String> {
+    parse_ttl("PM_ACCESS_TTL_SECS", "--access-ttl-secs", s)
+}
+
+fn parse_refresh_ttl(s: &str) -> Result<Duration, String> {
+    parse_ttl("PM_REFRESH_TTL_SECS", "--refresh-ttl-secs", s)
+}
+
+fn parse_registration(s: &str) -> Result<Registration, String> {
+    match s {
+        "open" => Ok(Registration::Open),
+        "invite" => Ok(Registration::Invite),
+        _ => Err(format!("PM_REGISTRATION (--registration) must be `open` or `invite`, not {s:?}")),
+    }
 }
 
 /// Replaces the password in `scheme://user:password@host/...` with `***`; other URLs unchanged.
@@ -136,6 +219,10 @@ mod tests {
         assert!(parse_log("info,[").unwrap_err().contains("PM_LOG"));
         assert!(parse_shutdown_timeout("-1").unwrap_err().contains("PM_SHUTDOWN_TIMEOUT_SECS"));
         assert!(parse_database_url("mysql://x").unwrap_err().contains("PM_DATABASE_URL"));
+        assert!(parse_jwt_secret("short").unwrap_err().contains("PM_JWT_SECRET"));
+        assert!(parse_access_ttl("0").unwrap_err().contains("PM_ACCESS_TTL_SECS"));
+        assert!(parse_refresh_ttl("x").unwrap_err().contains("PM_REFRESH_TTL_SECS"));
+        assert!(parse_registration("closed").unwrap_err().contains("PM_REGISTRATION"));
     }
 
     #[test]
@@ -143,5 +230,8 @@ mod tests {
         assert_eq!(parse_bind("0.0.0.0:80").unwrap(), "0.0.0.0:80".parse::<SocketAddr>().unwrap());
         assert_eq!(parse_shutdown_timeout("3").unwrap(), Duration::from_secs(3));
         assert_eq!(parse_log(DEFAULT_LOG).unwrap(), DEFAULT_LOG);
+        assert_eq!(parse_registration("invite").unwrap(), Registration::Invite);
+        assert_eq!(parse_access_ttl(DEFAULT_ACCESS_TTL_SECS).unwrap(), Duration::from_secs(900));
+        assert!(parse_jwt_secret(&"s".repeat(32)).is_ok());
     }
 }

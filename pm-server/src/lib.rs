@@ -2,6 +2,7 @@
 //! same [`app`] the `pm-server` binary serves.
 //!
 //! - [`config`]: [`Config`](config::Config) from `PM_*` environment variables / flags;
+//! - [`auth`]: credentials, sessions, API tokens and the `Authenticated` extractor;
 //! - [`error`]: [`ApiError`], the one RFC 9457 problem+json error type;
 //! - [`extract`]: `Json`/`Path`/`Query` extractors that reject with `ApiError`;
 //! - [`health`]: `/healthz` and `/readyz`.
@@ -11,6 +12,7 @@
 //! `x-request-id` (the client's, or a fresh UUID) that also tags the request's log lines.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
@@ -66,30 +68,45 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State over `stores` with a random JWT secret, blobs in a fresh temporary directory,
-    /// membership-based authorization and the default [`Timeouts`]: for tests and quick embedding.
+    /// State over `stores` with [`Auth::ephemeral`] (random JWT secret, in-memory credentials),
+    /// blobs in a fresh temporary directory, membership-based authorization and the default
+    /// [`Timeouts`]: for tests and quick embedding.
     pub fn new(stores: Stores) -> Self {
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).expect("the OS random number generator works");
-        let blobs = std::env::temp_dir().join(format!("pm-blobs-{}", uuid::Uuid::now_v7()));
-        Self::with(stores, &secret, Arc::new(FsBlobStore::new(blobs)))
+        Self::with_auth(stores, Auth::ephemeral(), temp_blobs())
     }
 
-    /// State over `stores` with the given JWT secret and blob store.
+    /// State over `stores` with the given JWT secret, in-memory credentials (see
+    /// [`auth::store::memory`]) and the given blob store.
     pub fn with(stores: Stores, jwt_secret: &[u8], blobs: Arc<dyn BlobStore>) -> Self {
+        let auth = Auth::new(
+            jwt_secret,
+            Arc::new(auth::store::memory::MemoryAuthStore::default()),
+            auth::AuthSettings::default(),
+        );
+        Self::with_auth(stores, auth, blobs)
+    }
+
+    /// State over `stores` with the given authentication and blob store: what the `pm-server`
+    /// binary builds, with the auth store over the same database as `stores`.
+    pub fn with_auth(stores: Stores, auth: Auth, blobs: Arc<dyn BlobStore>) -> Self {
         let authz = Arc::new(authz::MembershipAuthorizer::new(stores.directory.clone()));
         let pm = Pm::new(stores.clone(), authz, blobs);
-        let keys = auth::JwtKeys::new(jwt_secret, Duration::from_secs(15 * 60));
         Self {
             stores,
             pm,
-            auth: Auth { keys: Arc::new(keys) },
+            auth,
             timeouts: Timeouts::default(),
             limiter: ratelimit::RateLimiter::new(ratelimit::RateLimits::default()),
             idempotency: idempotency::IdempotencyCache::default(),
             cors_origins: Vec::new(),
         }
     }
+}
+
+/// A blob store in a fresh temporary directory.
+pub fn temp_blobs() -> Arc<dyn BlobStore> {
+    let dir = std::env::temp_dir().join(format!("pm-blobs-{}", uuid::Uuid::now_v7()));
+    Arc::new(FsBlobStore::new(dir))
 }
 
 impl FromRef<AppState> for Auth {
@@ -183,12 +200,16 @@ fn cors_layer(origins: &[String]) -> tower::util::Either<CorsLayer, tower::layer
 
 /// Serves [`app`] on `listener` until `shutdown` completes, then stops accepting connections and
 /// waits for in-flight requests to finish (the caller bounds that wait if it needs to).
+///
+/// Requests carry the peer address (`ConnectInfo<SocketAddr>`), which login throttling uses.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {

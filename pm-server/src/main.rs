@@ -1,21 +1,28 @@
-//! `pm-server`: runs the pm reference server (`serve`, the default) or applies database
-//! migrations (`migrate`). Configuration: see [`pm_server::config`].
+//! `pm-server`: runs the pm reference server (`serve`, the default), applies database
+//! migrations (`migrate`) or creates a user with a password (`create-user`). Configuration: see
+//! [`pm_server::config`].
 //!
-//! Logs go to stderr; `migrate` reports its result on stdout.
+//! Logs go to stderr; `migrate` and `create-user` report their result on stdout.
 
 use std::io::IsTerminal as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use pm_core::event::Origin;
+use pm_core::model::{Email, Name};
+use pm_core::service::NewUser;
 use pm_core::store::Stores;
 use pm_server::AppState;
+use pm_server::auth::store::AuthStore;
+use pm_server::auth::{Auth, password, secret};
 use pm_server::config::Config;
 use tokio::sync::watch;
 
 mod cli;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, CreateUser};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -29,11 +36,13 @@ async fn main() -> anyhow::Result<()> {
     match cli.command_or_default() {
         Command::Serve => serve(&cli.config).await,
         Command::Migrate => migrate(&cli.config).await,
+        Command::CreateUser(args) => create_user(&cli.config, &args).await,
     }
 }
 
-/// Opens the configured database and brings its schema up to date.
-async fn open_and_migrate(config: &Config) -> anyhow::Result<Stores> {
+/// Opens the configured database and brings its schema up to date: pm-core's tables, then
+/// pm-server's authentication tables (which refer to pm-core's users).
+async fn open_and_migrate(config: &Config) -> anyhow::Result<(Stores, Arc<dyn AuthStore>)> {
     let url = config.database_url_redacted();
     let stores = pm_core::store::open(&config.database_url)
         .await
@@ -43,21 +52,67 @@ async fn open_and_migrate(config: &Config) -> anyhow::Result<Stores> {
         .migrate()
         .await
         .with_context(|| format!("migrating {} database {url}", stores.admin.backend()))?;
-    Ok(stores)
+    let auth_store = pm_server::auth::store::open(&config.database_url)
+        .await
+        .with_context(|| format!("opening the auth tables of {url}"))?;
+    auth_store.migrate().await.with_context(|| format!("migrating the auth tables of {url}"))?;
+    Ok((stores, auth_store))
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let stores = open_and_migrate(config).await?;
+    let (stores, _) = open_and_migrate(config).await?;
     println!(
-        "migrated {} database {}: all pm-core migrations applied, schema is up to date",
+        "migrated {} database {}: all pm-core and pm-server migrations applied, schema is up to date",
         stores.admin.backend(),
         config.database_url_redacted()
     );
     Ok(())
 }
 
+/// `create-user`: creates the user (or finds one without a password) and sets its password.
+async fn create_user(config: &Config, args: &CreateUser) -> anyhow::Result<()> {
+    let email = Email::parse(&args.email).context("--email")?;
+    let display_name = Name::parse(&args.name).context("--name")?;
+    let (generated, password) = if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
+        (false, line.trim_end_matches(['\r', '\n']).to_owned())
+    } else {
+        (true, password::generate()?)
+    };
+    password::validate("password", &password).context("the password from stdin")?;
+    let (stores, auth_store) = open_and_migrate(config).await?;
+    let hash = password::hash(password.clone()).await?;
+    let user = match stores.directory.find_user_by_email(&email).await? {
+        // A user without a password (e.g. a registration whose credential write failed, or one
+        // created by an integration) is completed rather than refused.
+        Some(u) if auth_store.password_hash(u.id).await?.is_none() => u,
+        Some(_) => anyhow::bail!("a user with e-mail {} already has a password", email.as_str()),
+        None => {
+            let state = AppState::new(stores);
+            state.pm.create_user(&Origin::system(), NewUser { email, display_name }).await?
+        }
+    };
+    auth_store.create_credential(user.id, &hash, pm_core::model::now()).await?;
+    println!(
+        "created user {} <{}> (id {})",
+        user.display_name.as_str(),
+        user.email.as_str(),
+        user.id.0
+    );
+    if generated {
+        println!("password: {password}");
+    }
+    Ok(())
+}
+
 async fn serve(config: &Config) -> anyhow::Result<()> {
-    let stores = open_and_migrate(config).await?;
+    let (stores, auth_store) = open_and_migrate(config).await?;
+    let jwt_secret =
+        secret::jwt_secret(config.jwt_secret.as_deref(), &config.database_url, &*auth_store)
+            .await
+            .context("loading the JWT secret (PM_JWT_SECRET)")?;
+    let auth = Auth::new(&jwt_secret, auth_store, config.auth_settings());
     let backend = stores.admin.backend();
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
@@ -71,7 +126,8 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let server = pm_server::serve(listener, AppState::new(stores), stopped(stop_rx.clone()));
+    let state = AppState::with_auth(stores, auth, pm_server::temp_blobs());
+    let server = pm_server::serve(listener, state, stopped(stop_rx.clone()));
     let grace = config.shutdown_timeout;
     let deadline = async move {
         stopped(stop_rx).await;

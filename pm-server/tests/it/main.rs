@@ -5,6 +5,7 @@
 //! conformance also runs on PostgreSQL when `PM_TEST_POSTGRES_URL` is set).
 
 mod api;
+mod auth;
 mod binary;
 mod http;
 mod readiness;
