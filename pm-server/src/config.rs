@@ -73,9 +73,81 @@ pub struct Config {
     #[arg(long, value_name = "MODE", env = "PM_REGISTRATION", default_value = DEFAULT_REGISTRATION,
           global = true, value_parser = parse_registration)]
     pub registration: Registration,
+
+    /// Directory for attachment bytes. Default: `<sqlite file>.blobs` next to a SQLite database,
+    /// `./pm-blobs` for PostgreSQL.
+    #[arg(long, value_name = "DIR", env = "PM_BLOB_DIR", global = true)]
+    pub blob_dir: Option<std::path::PathBuf>,
+
+    /// Requests per minute per credential (token or API key); 0 disables the limit.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "PM_RATE_LIMIT_PER_MINUTE",
+        default_value = "1200",
+        global = true
+    )]
+    pub rate_limit_per_minute: u32,
+
+    /// Requests per minute per client IP; 0 disables the limit.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "PM_RATE_LIMIT_IP_PER_MINUTE",
+        default_value = "3000",
+        global = true
+    )]
+    pub rate_limit_ip_per_minute: u32,
+
+    /// Origins allowed to call the API from a browser, comma-separated (`*` for any); empty
+    /// (the default) sends no CORS headers.
+    #[arg(
+        long,
+        value_name = "ORIGINS",
+        env = "PM_CORS_ORIGINS",
+        default_value = "",
+        global = true
+    )]
+    pub cors_origins: String,
 }
 
 impl Config {
+    /// Where attachment bytes live (see [`Config::blob_dir`]).
+    pub fn blob_dir(&self) -> std::path::PathBuf {
+        if let Some(d) = &self.blob_dir {
+            return d.clone();
+        }
+        match self
+            .database_url
+            .strip_prefix("sqlite://")
+            .or_else(|| self.database_url.strip_prefix("sqlite:"))
+        {
+            Some(path) if !path.contains(":memory:") => {
+                let file = path.split('?').next().unwrap_or(path);
+                std::path::PathBuf::from(format!("{file}.blobs"))
+            }
+            _ => std::path::PathBuf::from("pm-blobs"),
+        }
+    }
+
+    /// The configured CORS origins.
+    pub fn cors_origins(&self) -> Vec<String> {
+        self.cors_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The configured rate limits.
+    pub fn rate_limits(&self) -> crate::ratelimit::RateLimits {
+        crate::ratelimit::RateLimits {
+            per_credential: self.rate_limit_per_minute,
+            per_ip: self.rate_limit_ip_per_minute,
+        }
+    }
+
     /// The database URL with any password replaced by `***`, for logs and messages.
     pub fn database_url_redacted(&self) -> String {
         redact_url(&self.database_url)
@@ -109,6 +181,10 @@ impl fmt::Debug for Config {
             .field("access_ttl", &self.access_ttl)
             .field("refresh_ttl", &self.refresh_ttl)
             .field("registration", &self.registration)
+            .field("blob_dir", &self.blob_dir())
+            .field("rate_limit_per_minute", &self.rate_limit_per_minute)
+            .field("rate_limit_ip_per_minute", &self.rate_limit_ip_per_minute)
+            .field("cors_origins", &self.cors_origins())
             .finish()
     }
 }

@@ -126,7 +126,10 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let state = AppState::with_auth(stores, auth, pm_server::temp_blobs());
+    let blobs = Arc::new(pm_core::blob::FsBlobStore::new(config.blob_dir()));
+    let mut state = AppState::with_auth(stores, auth, blobs);
+    state.limiter = pm_server::ratelimit::RateLimiter::new(config.rate_limits());
+    state.cors_origins = config.cors_origins();
     let server = pm_server::serve(listener, state, stopped(stop_rx.clone()));
     let grace = config.shutdown_timeout;
     let deadline = async move {

@@ -3,6 +3,7 @@
 
 mod conventions;
 mod hostile;
+mod journey;
 mod openapi;
 mod resources;
 
