@@ -747,11 +747,14 @@ async fn write_task_sets(
     before: Option<&Task>,
 ) -> Result<()> {
     if before.is_none_or(|b| b.assignees != task.assignees) {
-        sqlx::query("DELETE FROM task_assignees WHERE task_id = $1")
-            .bind(task.id.0)
-            .execute(&mut *conn)
-            .await
-            .map_err(st)?;
+        // A new task has no rows to replace.
+        if before.is_some() {
+            sqlx::query("DELETE FROM task_assignees WHERE task_id = $1")
+                .bind(task.id.0)
+                .execute(&mut *conn)
+                .await
+                .map_err(st)?;
+        }
         if !task.assignees.is_empty() {
             let users: Vec<Uuid> = task.assignees.iter().map(|u| u.0).collect();
             sqlx::query("INSERT INTO task_assignees (task_id, user_id) SELECT $1, u FROM UNNEST($2::uuid[]) AS u")
@@ -763,11 +766,14 @@ async fn write_task_sets(
         }
     }
     if before.is_none_or(|b| b.labels != task.labels) {
-        sqlx::query("DELETE FROM task_labels WHERE task_id = $1")
-            .bind(task.id.0)
-            .execute(&mut *conn)
-            .await
-            .map_err(st)?;
+        // A new task has no rows to replace.
+        if before.is_some() {
+            sqlx::query("DELETE FROM task_labels WHERE task_id = $1")
+                .bind(task.id.0)
+                .execute(&mut *conn)
+                .await
+                .map_err(st)?;
+        }
         if !task.labels.is_empty() {
             let labels: Vec<Uuid> = task.labels.iter().map(|l| l.0).collect();
             sqlx::query("INSERT INTO task_labels (task_id, label_id) SELECT $1, l FROM UNNEST($2::uuid[]) AS l")
@@ -779,11 +785,14 @@ async fn write_task_sets(
         }
     }
     if before.is_none_or(|b| b.custom_fields != task.custom_fields) {
-        sqlx::query("DELETE FROM task_field_values WHERE task_id = $1")
-            .bind(task.id.0)
-            .execute(&mut *conn)
-            .await
-            .map_err(st)?;
+        // A new task has no rows to replace.
+        if before.is_some() {
+            sqlx::query("DELETE FROM task_field_values WHERE task_id = $1")
+                .bind(task.id.0)
+                .execute(&mut *conn)
+                .await
+                .map_err(st)?;
+        }
         if !task.custom_fields.is_empty() {
             let fields: Vec<Uuid> = task.custom_fields.keys().map(|f| f.0).collect();
             let values = task.custom_fields.values().map(json_text).collect::<Result<Vec<_>>>()?;

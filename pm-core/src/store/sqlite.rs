@@ -688,11 +688,14 @@ async fn write_task_sets(
 ) -> Result<()> {
     let id = id_text(task.id);
     if before.is_none_or(|b| b.assignees != task.assignees) {
-        sqlx::query("DELETE FROM task_assignees WHERE task_id = ?")
-            .bind(&id)
-            .execute(&mut *conn)
-            .await
-            .map_err(st)?;
+        // A new task has no rows to replace.
+        if before.is_some() {
+            sqlx::query("DELETE FROM task_assignees WHERE task_id = ?")
+                .bind(&id)
+                .execute(&mut *conn)
+                .await
+                .map_err(st)?;
+        }
         for u in &task.assignees {
             sqlx::query("INSERT INTO task_assignees (task_id, user_id) VALUES (?, ?)")
                 .bind(&id)
@@ -703,11 +706,14 @@ async fn write_task_sets(
         }
     }
     if before.is_none_or(|b| b.labels != task.labels) {
-        sqlx::query("DELETE FROM task_labels WHERE task_id = ?")
-            .bind(&id)
-            .execute(&mut *conn)
-            .await
-            .map_err(st)?;
+        // A new task has no rows to replace.
+        if before.is_some() {
+            sqlx::query("DELETE FROM task_labels WHERE task_id = ?")
+                .bind(&id)
+                .execute(&mut *conn)
+                .await
+                .map_err(st)?;
+        }
         for l in &task.labels {
             sqlx::query("INSERT INTO task_labels (task_id, label_id) VALUES (?, ?)")
                 .bind(&id)
@@ -718,11 +724,14 @@ async fn write_task_sets(
         }
     }
     if before.is_none_or(|b| b.custom_fields != task.custom_fields) {
-        sqlx::query("DELETE FROM task_field_values WHERE task_id = ?")
-            .bind(&id)
-            .execute(&mut *conn)
-            .await
-            .map_err(st)?;
+        // A new task has no rows to replace.
+        if before.is_some() {
+            sqlx::query("DELETE FROM task_field_values WHERE task_id = ?")
+                .bind(&id)
+                .execute(&mut *conn)
+                .await
+                .map_err(st)?;
+        }
         for (f, v) in &task.custom_fields {
             sqlx::query(
                 "INSERT INTO task_field_values (task_id, field_id, value) VALUES (?, ?, ?)",

@@ -171,3 +171,52 @@ async fn rate_limits_report_headers_and_answer_429() {
     let (_, other) = s.user("other@example.com").await;
     s.call(Method::GET, "/api/v1/orgs", Some(&other), None).await.ok(200);
 }
+
+#[tokio::test]
+async fn cors_and_compression_when_configured() {
+    let s = Server::start_with(|st| st.cors_origins = vec!["https://app.example.com".into()]).await;
+    let (_, token) = s.user("cors@example.com").await;
+    let pre = s
+        .http
+        .request(Method::OPTIONS, format!("{}/api/v1/orgs", s.base))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization,content-type,idempotency-key")
+        .send()
+        .await
+        .unwrap();
+    assert!(pre.status().is_success());
+    assert_eq!(pre.headers()["access-control-allow-origin"], "https://app.example.com");
+    let other = s
+        .http
+        .get(format!("{}/api/v1/orgs", s.base))
+        .header("origin", "https://evil.example.com")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    // Large JSON responses are compressed when the client asks.
+    let (_, project, _) = org_and_project(&s, &token, "gz", "GZ").await;
+    for i in 0..30 {
+        let body =
+            json!({"title": format!("compress me {i}"), "description": "lorem ipsum ".repeat(40)});
+        s.call(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/tasks"),
+            Some(&token),
+            Some(body),
+        )
+        .await
+        .ok(201);
+    }
+    let gz = s
+        .http
+        .get(format!("{}/api/v1/projects/{project}/tasks?limit=30", s.base))
+        .bearer_auth(&token)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+}
