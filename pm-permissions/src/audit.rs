@@ -49,6 +49,7 @@ pub fn record_hash(
 }
 
 /// The result of verifying the audit chain.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainReport {
     /// Whether every record checked out.

@@ -538,6 +538,7 @@ impl Index {
 // Explanations
 
 /// One link of an explanation chain.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
@@ -595,6 +596,7 @@ pub enum Step {
 }
 
 /// On a deny, the nearest change that would have allowed the request.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MissingGrant {
@@ -628,6 +630,7 @@ pub enum MissingGrant {
 }
 
 /// Why a request was allowed or denied.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Explanation {
     /// The decision.
@@ -650,6 +653,7 @@ pub struct Explanation {
 }
 
 /// A permission a user has at a scope, and where it comes from.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EffectivePermission {
     /// The permission (concrete actions; `manage` grants are expanded).

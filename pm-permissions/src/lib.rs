@@ -36,4 +36,4 @@ pub mod testing;
 
 pub use engine::{Engine, EngineConfig, Explanation, Snapshot};
 pub use error::{Error, Result};
-pub use service::{PermissionService, SeedReport, ServiceConfig};
+pub use service::{AuditPage, PermissionService, SeedReport, ServiceConfig};

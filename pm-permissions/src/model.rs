@@ -27,6 +27,7 @@ use crate::{Error, Result};
 macro_rules! typed_id {
     ($(#[$doc:meta] $name:ident),* $(,)?) => {$(
         #[$doc]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
         pub struct $name(pub Uuid);
@@ -126,6 +127,7 @@ fn action_index(a: Action) -> u8 {
 }
 
 /// A permission: an action on a kind of resource, written `resource.action` (`task.update`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Permission {
     /// The kind of resource.
@@ -188,6 +190,7 @@ impl fmt::Display for Permission {
 }
 
 /// A registered permission with its description (the catalogue `GET /permissions` lists).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PermissionDef {
     /// The permission.
@@ -198,6 +201,7 @@ pub struct PermissionDef {
 
 /// A condition that must hold for a conditional grant to apply: a built-in relation between the
 /// actor and the resource, or a CEL expression.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Condition {
@@ -234,6 +238,7 @@ impl fmt::Display for Condition {
 }
 
 /// One permission a role grants, unconditionally or under a condition.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Grant {
     /// The permission.
@@ -256,6 +261,7 @@ impl Grant {
 }
 
 /// A named set of grants and denies, optionally inheriting a parent's.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Role {
     /// Id.
@@ -345,6 +351,7 @@ mod double_option {
 }
 
 /// A blueprint for roles: applying it to an organization creates an org role with its grants.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoleTemplate {
     /// Name (unique); also the name of the roles made from it.
@@ -362,6 +369,7 @@ pub struct RoleTemplate {
 }
 
 /// Where an assignment applies.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Scope {
@@ -420,6 +428,7 @@ impl Scope {
 }
 
 /// A role given to a user at a scope, for a period.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
     /// Id.
@@ -487,6 +496,7 @@ pub struct AssignmentFilter {
 }
 
 /// One entry of the append-only, hash-chained audit log of changes to the permission model.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// Position in the log, from 1, without gaps. Also the store's revision after this change.

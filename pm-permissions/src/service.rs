@@ -45,6 +45,7 @@ pub struct ServiceConfig {
 }
 
 /// What [`PermissionService::seed_defaults`] created (empty lists on a second run).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct SeedReport {
     /// Permissions registered.
@@ -60,6 +61,23 @@ impl SeedReport {
     pub fn is_empty(&self) -> bool {
         self.permissions.is_empty() && self.templates.is_empty() && self.roles.is_empty()
     }
+}
+
+/// A page of an organization's audit records ([`PermissionService::list_org_audit`]).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditPage {
+    /// Matching records in `seq` order.
+    pub records: Vec<AuditRecord>,
+    /// Pass as `after` for the next page; absent when the log was read to its end.
+    pub next_after: Option<i64>,
+}
+
+/// The organization an audit record is about: a role's owner, or an assignment's scope.
+fn audit_org(r: &AuditRecord) -> Option<OrgId> {
+    let p = &r.payload;
+    let org = p.pointer("/role/org_id").or_else(|| p.pointer("/assignment/scope/org_id"))?;
+    serde_json::from_value(org.clone()).ok()
 }
 
 /// The store-backed permission service. Cheap to share (`Arc`).
@@ -450,6 +468,28 @@ impl PermissionService {
         self.stores.assignments.list_assignments(filter).await
     }
 
+    /// Assignments inside an organization — scoped to it or to one of its projects (only to
+    /// `project` when given) — optionally narrowed by `filter`'s user and role (its scope is
+    /// ignored). One's own always; others' need `role.read` in the organization (or the project).
+    pub async fn list_org_assignments(
+        &self,
+        actor: &Actor,
+        org: OrgId,
+        project: Option<ProjectId>,
+        filter: &AssignmentFilter,
+    ) -> Result<Vec<Assignment>> {
+        let own = filter.user_id.is_some() && filter.user_id == actor.user();
+        if !own {
+            self.authorize(actor, Action::Read, &role_resource(Some(org), project))?;
+        }
+        let filter = AssignmentFilter { scope: None, ..*filter };
+        let mut all = self.stores.assignments.list_assignments(&filter).await?;
+        all.retain(|a| {
+            a.scope.org_id() == Some(org) && project.is_none_or(|p| a.scope.project_id() == Some(p))
+        });
+        Ok(all)
+    }
+
     // -----------------------------------------------------------------------------------------
     // Decisions
 
@@ -503,9 +543,57 @@ impl PermissionService {
         self.stores.audit.list_audit(after, limit.min(1000)).await
     }
 
+    /// Audit records about one organization — changes to its roles and to assignments scoped
+    /// within it — after `after` (needs `role.manage` in the organization). Scans the log in
+    /// `seq` order until `limit` (at most 1000) records matched or the log ends; the page's
+    /// `next_after` continues the scan.
+    pub async fn list_org_audit(
+        &self,
+        actor: &Actor,
+        org: OrgId,
+        after: i64,
+        limit: u32,
+    ) -> Result<AuditPage> {
+        self.authorize(actor, Action::Manage, &role_resource(Some(org), None))?;
+        let limit = limit.clamp(1, 1000) as usize;
+        let mut records = Vec::new();
+        let mut cursor = after;
+        loop {
+            let page = self.stores.audit.list_audit(cursor, 1000).await?;
+            if page.is_empty() {
+                return Ok(AuditPage { records, next_after: None });
+            }
+            for r in page {
+                cursor = r.seq;
+                if audit_org(&r) == Some(org) {
+                    records.push(r);
+                    if records.len() == limit {
+                        return Ok(AuditPage { records, next_after: Some(cursor) });
+                    }
+                }
+            }
+        }
+    }
+
     /// Re-verifies the whole hash chain (needs `role.manage` globally).
     pub async fn verify_audit_chain(&self, actor: &Actor) -> Result<ChainReport> {
         self.authorize(actor, Action::Manage, &role_resource(None, None))?;
+        self.verify_chain().await
+    }
+
+    /// Re-verifies the whole hash chain for an organization's administrators (needs
+    /// `role.manage` in the organization). The chain is one log for every organization; the
+    /// report carries counts and hashes only, no other organization's content.
+    pub async fn verify_audit_chain_for_org(
+        &self,
+        actor: &Actor,
+        org: OrgId,
+    ) -> Result<ChainReport> {
+        self.authorize(actor, Action::Manage, &role_resource(Some(org), None))?;
+        self.verify_chain().await
+    }
+
+    async fn verify_chain(&self) -> Result<ChainReport> {
         let mut v = ChainVerifier::default();
         let mut after = 0;
         loop {

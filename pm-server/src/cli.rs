@@ -26,6 +26,10 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Apply pending migrations, then register the default permissions, role templates and
+    /// system roles (admin, project_manager, team_member, viewer) that are missing, and print
+    /// what was created. Idempotent: a second run creates nothing.
+    InitPermissions,
     /// Create a user who can log in with a password (works with any `PM_REGISTRATION`). For an
     /// existing user without a password, sets one.
     CreateUser(CreateUser),
@@ -69,6 +73,8 @@ mod tests {
         assert_eq!(cli.command_or_default(), Command::Serve);
         let cli = Cli::try_parse_from(["pm-server", "migrate"]).unwrap();
         assert_eq!(cli.command_or_default(), Command::Migrate);
+        let cli = Cli::try_parse_from(["pm-server", "init-permissions"]).unwrap();
+        assert_eq!(cli.command_or_default(), Command::InitPermissions);
     }
 
     #[test]

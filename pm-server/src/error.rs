@@ -235,6 +235,74 @@ impl From<pm_core::Error> for ApiError {
     }
 }
 
+impl From<pm_permissions::Error> for ApiError {
+    fn from(err: pm_permissions::Error) -> Self {
+        use pm_permissions::Error as E;
+        match err {
+            E::Invalid { field, message } => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "Invalid input",
+                format!("invalid {field}: {message}"),
+            )
+            .with("field", field),
+            E::NotFound { entity } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                format!("{entity} not found"),
+            )
+            .with("entity", entity),
+            E::Conflict(current) => {
+                let detail = format!(
+                    "version conflict: role is at version {}; reload and retry",
+                    current.version
+                );
+                let e = ApiError::new(StatusCode::CONFLICT, "conflict", "Version conflict", detail)
+                    .with("entity", "role");
+                match serde_json::to_value(*current) {
+                    Ok(v) => e.with("current", v),
+                    Err(ser) => ApiError::internal(ser),
+                }
+            }
+            E::AlreadyExists { entity, field } => ApiError::new(
+                StatusCode::CONFLICT,
+                "already-exists",
+                "Already exists",
+                format!("{entity} with this {field} already exists"),
+            )
+            .with("entity", entity)
+            .with("field", field),
+            E::InUse { entity, message } => ApiError::new(
+                StatusCode::CONFLICT,
+                "in-use",
+                "Still in use",
+                format!("{entity} is still in use: {message}"),
+            )
+            .with("entity", entity),
+            E::InheritanceCycle { path } => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "inheritance-cycle",
+                "Role inheritance cycle",
+                format!("role inheritance cycle: {}", path.join(" -> ")),
+            )
+            .with("field", "parent_id")
+            .with("path", path),
+            e @ E::InheritanceTooDeep { .. } => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "inheritance-too-deep",
+                "Role inheritance too deep",
+                e.to_string(),
+            )
+            .with("field", "parent_id"),
+            E::Forbidden(reason) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", reason)
+            }
+            E::Storage(cause) => ApiError::internal(cause),
+        }
+    }
+}
+
 /// The entity kind and serialized state carried by a conflict.
 fn current_json(current: pm_core::Current) -> (&'static str, serde_json::Result<Value>) {
     use pm_core::Current as C;

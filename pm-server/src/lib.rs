@@ -3,6 +3,8 @@
 //!
 //! - [`config`]: [`Config`](config::Config) from `PM_*` environment variables / flags;
 //! - [`auth`]: credentials, sessions, API tokens and the `Authenticated` extractor;
+//! - [`authz`]: pm-permissions' engine as pm-core's authorizer, membership → role grants, and
+//!   the [`require`](authz::require) guard for host routes;
 //! - [`error`]: [`ApiError`], the one RFC 9457 problem+json error type;
 //! - [`extract`]: `Json`/`Path`/`Query` extractors that reject with `ApiError`;
 //! - [`health`]: `/healthz` and `/readyz`.
@@ -24,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use pm_core::Pm;
 use pm_core::blob::{BlobStore, FsBlobStore};
 use pm_core::store::Stores;
+use pm_permissions::PermissionService;
 use std::sync::Arc;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -53,8 +56,11 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id"
 pub struct AppState {
     /// pm-core's stores, one backend behind trait objects.
     pub stores: Stores,
-    /// pm-core's services (validation + authorization + writes).
+    /// pm-core's services (validation + authorization + writes), authorized by
+    /// [`authz::ServerAuthorizer`] over `permissions`.
     pub pm: Pm,
+    /// pm-permissions: roles, assignments, the engine every check goes through, the audit log.
+    pub permissions: Arc<PermissionService>,
     /// Authentication.
     pub auth: Auth,
     /// Time limits.
@@ -68,32 +74,44 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State over `stores` with [`Auth::ephemeral`] (random JWT secret, in-memory credentials),
-    /// blobs in a fresh temporary directory, membership-based authorization and the default
-    /// [`Timeouts`]: for tests and quick embedding.
-    pub fn new(stores: Stores) -> Self {
-        Self::with_auth(stores, Auth::ephemeral(), temp_blobs())
+    /// State over `stores` and `permissions` (see [`authz::open_permissions`]) with
+    /// [`Auth::ephemeral`] (random JWT secret, in-memory credentials), blobs in a fresh temporary
+    /// directory and the default [`Timeouts`]: for tests and quick embedding.
+    pub fn new(stores: Stores, permissions: Arc<PermissionService>) -> Self {
+        Self::with_auth(stores, permissions, Auth::ephemeral(), temp_blobs())
     }
 
-    /// State over `stores` with the given JWT secret, in-memory credentials (see
-    /// [`auth::store::memory`]) and the given blob store.
-    pub fn with(stores: Stores, jwt_secret: &[u8], blobs: Arc<dyn BlobStore>) -> Self {
+    /// State over `stores` and `permissions` with the given JWT secret, in-memory credentials
+    /// (see [`auth::store::memory`]) and the given blob store.
+    pub fn with(
+        stores: Stores,
+        permissions: Arc<PermissionService>,
+        jwt_secret: &[u8],
+        blobs: Arc<dyn BlobStore>,
+    ) -> Self {
         let auth = Auth::new(
             jwt_secret,
             Arc::new(auth::store::memory::MemoryAuthStore::default()),
             auth::AuthSettings::default(),
         );
-        Self::with_auth(stores, auth, blobs)
+        Self::with_auth(stores, permissions, auth, blobs)
     }
 
-    /// State over `stores` with the given authentication and blob store: what the `pm-server`
-    /// binary builds, with the auth store over the same database as `stores`.
-    pub fn with_auth(stores: Stores, auth: Auth, blobs: Arc<dyn BlobStore>) -> Self {
-        let authz = Arc::new(authz::MembershipAuthorizer::new(stores.directory.clone()));
+    /// State over `stores` and `permissions` with the given authentication and blob store: what
+    /// the `pm-server` binary builds, with the auth store over the same database as `stores`.
+    /// Every pm-core call is authorized by `permissions`' engine ([`authz::ServerAuthorizer`]).
+    pub fn with_auth(
+        stores: Stores,
+        permissions: Arc<PermissionService>,
+        auth: Auth,
+        blobs: Arc<dyn BlobStore>,
+    ) -> Self {
+        let authz = Arc::new(authz::ServerAuthorizer::new(permissions.clone()));
         let pm = Pm::new(stores.clone(), authz, blobs);
         Self {
             stores,
             pm,
+            permissions,
             auth,
             timeouts: Timeouts::default(),
             limiter: ratelimit::RateLimiter::new(ratelimit::RateLimits::default()),

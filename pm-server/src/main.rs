@@ -1,8 +1,9 @@
 //! `pm-server`: runs the pm reference server (`serve`, the default), applies database
-//! migrations (`migrate`) or creates a user with a password (`create-user`). Configuration: see
-//! [`pm_server::config`].
+//! migrations (`migrate`), seeds the default permissions and roles (`init-permissions`) or
+//! creates a user with a password (`create-user`). Configuration: see [`pm_server::config`].
 //!
-//! Logs go to stderr; `migrate` and `create-user` report their result on stdout.
+//! Logs go to stderr; `migrate`, `init-permissions` and `create-user` report their result on
+//! stdout.
 
 use std::io::IsTerminal as _;
 use std::sync::Arc;
@@ -10,10 +11,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use pm_core::event::Origin;
+use pm_core::Pm;
+use pm_core::authz::AllowAll;
+use pm_core::event::{Actor, Origin};
 use pm_core::model::{Email, Name};
 use pm_core::service::NewUser;
 use pm_core::store::Stores;
+use pm_permissions::PermissionService;
+use pm_permissions::store::AuthzStores;
 use pm_server::AppState;
 use pm_server::auth::store::AuthStore;
 use pm_server::auth::{Auth, password, secret};
@@ -36,13 +41,22 @@ async fn main() -> anyhow::Result<()> {
     match cli.command_or_default() {
         Command::Serve => serve(&cli.config).await,
         Command::Migrate => migrate(&cli.config).await,
+        Command::InitPermissions => init_permissions(&cli.config).await,
         Command::CreateUser(args) => create_user(&cli.config, &args).await,
     }
 }
 
+/// The configured database with its schema up to date.
+struct Opened {
+    stores: Stores,
+    auth_store: Arc<dyn AuthStore>,
+    authz_stores: AuthzStores,
+}
+
 /// Opens the configured database and brings its schema up to date: pm-core's tables, then
-/// pm-server's authentication tables (which refer to pm-core's users).
-async fn open_and_migrate(config: &Config) -> anyhow::Result<(Stores, Arc<dyn AuthStore>)> {
+/// pm-server's authentication tables (which refer to pm-core's users), then pm-permissions'
+/// tables (each crate tracks its own migrations).
+async fn open_and_migrate(config: &Config) -> anyhow::Result<Opened> {
     let url = config.database_url_redacted();
     let stores = pm_core::store::open(&config.database_url)
         .await
@@ -56,16 +70,60 @@ async fn open_and_migrate(config: &Config) -> anyhow::Result<(Stores, Arc<dyn Au
         .await
         .with_context(|| format!("opening the auth tables of {url}"))?;
     auth_store.migrate().await.with_context(|| format!("migrating the auth tables of {url}"))?;
-    Ok((stores, auth_store))
+    let authz_stores = pm_permissions::store::open(&config.database_url)
+        .await
+        .with_context(|| format!("opening the permission tables of {url}"))?;
+    authz_stores
+        .admin
+        .migrate()
+        .await
+        .with_context(|| format!("migrating the permission tables of {url}"))?;
+    Ok(Opened { stores, auth_store, authz_stores })
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let (stores, _) = open_and_migrate(config).await?;
+    let Opened { stores, .. } = open_and_migrate(config).await?;
     println!(
-        "migrated {} database {}: all pm-core and pm-server migrations applied, schema is up to date",
+        "migrated {} database {}: all pm-core, pm-server and pm-permissions migrations applied, schema is up to date",
         stores.admin.backend(),
         config.database_url_redacted()
     );
+    Ok(())
+}
+
+/// `init-permissions`: seeds what is missing of the defaults and says what it created.
+async fn init_permissions(config: &Config) -> anyhow::Result<()> {
+    let Opened { authz_stores, .. } = open_and_migrate(config).await?;
+    let service = PermissionService::open(authz_stores, pm_server::authz::service_config())
+        .await
+        .context("loading the permission engine")?;
+    let report =
+        service.seed_defaults(&Actor::System).await.context("seeding the default permissions")?;
+    let db = config.database_url_redacted();
+    if report.is_empty() {
+        println!(
+            "nothing to create in {db}: the default permissions, templates and roles already exist"
+        );
+        return Ok(());
+    }
+    println!("initialized permissions in {db}:");
+    if !report.permissions.is_empty() {
+        println!(
+            "created {} permissions: {}",
+            report.permissions.len(),
+            report.permissions.join(", ")
+        );
+    }
+    if !report.templates.is_empty() {
+        println!(
+            "created {} role templates: {}",
+            report.templates.len(),
+            report.templates.join(", ")
+        );
+    }
+    if !report.roles.is_empty() {
+        println!("created {} roles: {}", report.roles.len(), report.roles.join(", "));
+    }
     Ok(())
 }
 
@@ -81,7 +139,7 @@ async fn create_user(config: &Config, args: &CreateUser) -> anyhow::Result<()> {
         (true, password::generate()?)
     };
     password::validate("password", &password).context("the password from stdin")?;
-    let (stores, auth_store) = open_and_migrate(config).await?;
+    let Opened { stores, auth_store, .. } = open_and_migrate(config).await?;
     let hash = password::hash(password.clone()).await?;
     let user = match stores.directory.find_user_by_email(&email).await? {
         // A user without a password (e.g. a registration whose credential write failed, or one
@@ -89,8 +147,9 @@ async fn create_user(config: &Config, args: &CreateUser) -> anyhow::Result<()> {
         Some(u) if auth_store.password_hash(u.id).await?.is_none() => u,
         Some(_) => anyhow::bail!("a user with e-mail {} already has a password", email.as_str()),
         None => {
-            let state = AppState::new(stores);
-            state.pm.create_user(&Origin::system(), NewUser { email, display_name }).await?
+            // The system origin is trusted; no permission engine is needed to ask.
+            let pm = Pm::new(stores, Arc::new(AllowAll), pm_server::temp_blobs());
+            pm.create_user(&Origin::system(), NewUser { email, display_name }).await?
         }
     };
     auth_store.create_credential(user.id, &hash, pm_core::model::now()).await?;
@@ -107,7 +166,10 @@ async fn create_user(config: &Config, args: &CreateUser) -> anyhow::Result<()> {
 }
 
 async fn serve(config: &Config) -> anyhow::Result<()> {
-    let (stores, auth_store) = open_and_migrate(config).await?;
+    let Opened { stores, auth_store, authz_stores } = open_and_migrate(config).await?;
+    let permissions = pm_server::authz::start_permissions(authz_stores)
+        .await
+        .context("loading the permission engine")?;
     let jwt_secret =
         secret::jwt_secret(config.jwt_secret.as_deref(), &config.database_url, &*auth_store)
             .await
@@ -127,7 +189,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     let blobs = Arc::new(pm_core::blob::FsBlobStore::new(config.blob_dir()));
-    let mut state = AppState::with_auth(stores, auth, blobs);
+    let mut state = AppState::with_auth(stores, permissions, auth, blobs);
     state.limiter = pm_server::ratelimit::RateLimiter::new(config.rate_limits());
     state.cors_origins = config.cors_origins();
     let server = pm_server::serve(listener, state, stopped(stop_rx.clone()));

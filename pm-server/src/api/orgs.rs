@@ -1,4 +1,6 @@
-//! Organizations and their members.
+//! Organizations and their members. Each membership change is mirrored into the member's
+//! grants ([`authz::sync_membership`]): the creator becomes the organization's `admin`, member
+//! roles map to default roles, and removal revokes the member's assignments in the organization.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,10 +15,10 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::common::{Problem, with_etag};
-use crate::AppState;
 use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
+use crate::{AppState, authz};
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -53,7 +55,7 @@ async fn list_orgs(
     Ok(Json(s.pm.list_orgs_for_user(who.user_id).await?))
 }
 
-/// Creates an organization; the caller becomes its owner.
+/// Creates an organization; the caller becomes its owner, with the `admin` role there.
 #[utoipa::path(post, path = "/orgs", tag = "orgs", operation_id = "create_org",
     request_body = CreateOrgBody,
     responses(
@@ -70,6 +72,15 @@ async fn create_org(
     Json(b): Json<CreateOrgBody>,
 ) -> Result<Response, ApiError> {
     let org = s.pm.create_org(&who.origin(), NewOrg { slug: b.slug, name: b.name }).await?;
+    // The creator is the owner (pm-core's member list) and so the org's admin (a grant).
+    authz::sync_membership(
+        &s.permissions,
+        org.id,
+        who.user_id,
+        Some(MemberRole::Owner),
+        who.user_id,
+    )
+    .await?;
     Ok(with_etag(StatusCode::CREATED, org.version, org))
 }
 
@@ -118,7 +129,9 @@ pub struct PutMemberBody {
     pub role: MemberRole,
 }
 
-/// Adds a user to an organization or changes their role (owners and admins only).
+/// Adds a user to an organization or changes their role (needs `member.manage`). The role maps
+/// to a default role granted in the organization: owner/admin → admin, member → team_member,
+/// guest → viewer.
 #[utoipa::path(put, path = "/orgs/{org_id}/members/{user_id}", tag = "orgs", operation_id = "put_member",
     params(("org_id" = Uuid, Path, description = "Organization id"), ("user_id" = Uuid, Path, description = "User id")),
     request_body = PutMemberBody,
@@ -136,7 +149,9 @@ async fn put_member(
     Path((org_id, user_id)): Path<(Uuid, Uuid)>,
     Json(b): Json<PutMemberBody>,
 ) -> Result<Json<Membership>, ApiError> {
-    Ok(Json(s.pm.put_member(&who.origin(), OrgId(org_id), UserId(user_id), b.role).await?))
+    let m = s.pm.put_member(&who.origin(), OrgId(org_id), UserId(user_id), b.role).await?;
+    authz::sync_membership(&s.permissions, m.org_id, m.user_id, Some(m.role), who.user_id).await?;
+    Ok(Json(m))
 }
 
 /// Removes a member (owners and admins only).
@@ -156,5 +171,7 @@ async fn remove_member(
     Path((org_id, user_id)): Path<(Uuid, Uuid)>,
 ) -> Result<Response, ApiError> {
     s.pm.remove_member(&who.origin(), OrgId(org_id), UserId(user_id)).await?;
+    authz::sync_membership(&s.permissions, OrgId(org_id), UserId(user_id), None, who.user_id)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

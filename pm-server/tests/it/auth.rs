@@ -24,7 +24,7 @@ use crate::{Reply, send};
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 const PASSWORD: &str = "correct horse battery";
 
-/// pm-core and auth tables in one migrated SQLite file.
+/// pm-core, auth and permission tables in one migrated SQLite file.
 async fn state_with(settings: AuthSettings) -> (TempDir, AppState) {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("pm.db").display());
@@ -37,8 +37,10 @@ async fn state_at(url: &str, settings: AuthSettings) -> AppState {
     stores.admin.migrate().await.expect("migrate pm-core");
     let auth_store = pm_server::auth::store::open(url).await.expect("open auth store");
     auth_store.migrate().await.expect("migrate auth");
+    let permissions =
+        pm_server::authz::open_permissions(url).await.expect("open permission tables");
     let auth = Auth::new(SECRET, auth_store, settings);
-    AppState::with_auth(stores, auth, temp_blobs())
+    AppState::with_auth(stores, permissions, auth, temp_blobs())
 }
 
 async fn state() -> (TempDir, AppState) {

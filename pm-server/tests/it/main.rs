@@ -23,13 +23,16 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tower::ServiceExt as _;
 
-/// A migrated SQLite database in a temp dir (kept alive by the returned guard).
+/// A migrated SQLite database (pm-core and pm-permissions tables, default roles seeded) in a
+/// temp dir (kept alive by the returned guard).
 pub async fn sqlite_state() -> (TempDir, AppState) {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("pm.db").display());
     let stores = pm_core::store::open(&url).await.expect("open sqlite store");
     stores.admin.migrate().await.expect("migrate");
-    (dir, AppState::new(stores))
+    let permissions =
+        pm_server::authz::open_permissions(&url).await.expect("open permission tables");
+    (dir, AppState::new(stores, permissions))
 }
 
 /// A response, its body parsed as JSON (`Value::Null` when empty).

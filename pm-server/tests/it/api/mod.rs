@@ -87,7 +87,9 @@ impl Server {
         let stores = pm_core::store::open(&url).await.unwrap();
         stores.admin.migrate().await.unwrap();
         let blobs = std::sync::Arc::new(pm_core::blob::FsBlobStore::new(dir.path().join("blobs")));
-        let mut state = AppState::with(stores, TEST_SECRET, blobs);
+        let permissions =
+            pm_server::authz::open_permissions(&url).await.expect("open permission tables");
+        let mut state = AppState::with(stores, permissions, TEST_SECRET, blobs);
         configure(&mut state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
