@@ -56,15 +56,22 @@ impl Authorizer for ServerAuthorizer {
         action: Action,
         resource: &Resource,
     ) -> pm_core::Result<Decision> {
-        if matches!(actor, Actor::User(_))
-            && resource.kind == ResourceKind::Org
-            && action == Action::Create
-            && resource.org_id.is_none()
-        {
+        if policy_allows(actor, action, resource) {
             return Ok(Decision::Allow);
         }
         self.permissions.check(actor, action, resource).await
     }
+}
+
+/// Why [`policy_allows`] allowed a request, for explanations.
+pub const POLICY_SUMMARY: &str = "org.create is allowed to every signed-in user by the server's policy (the creator becomes the organization's admin)";
+
+/// The server's rule outside the engine: any signed-in user may create an organization.
+pub fn policy_allows(actor: &Actor, action: Action, resource: &Resource) -> bool {
+    matches!(actor, Actor::User(_))
+        && resource.kind == ResourceKind::Org
+        && action == Action::Create
+        && resource.org_id.is_none()
 }
 
 /// Opens the permission tables in the database at `url` (the same URL as pm-core's), applies

@@ -265,6 +265,13 @@ async fn explain_shows_the_chain_and_check_agrees() {
     )
     .await
     .problem(403);
+    // Creating an organization is the server's policy, for everyone; check and explain agree.
+    let create_org = json!({"action": "create", "resource": {"kind": "org", "org_id": null, "project_id": null, "id": null, "owner": null, "assignees": []}});
+    let c =
+        w.call(Method::POST, "/api/v1/authz/check", &w.outsider, Some(create_org.clone())).await;
+    assert_eq!(c.ok(200)["allowed"], true);
+    let ex = w.call(Method::POST, "/api/v1/authz/explain", &w.outsider, Some(create_org)).await;
+    assert!(ex.ok(200)["summary"].as_str().unwrap().contains("policy"));
     // But about themselves, always: denied.
     let own = w
         .call(
@@ -605,4 +612,44 @@ async fn check_and_explain_reject_bad_bodies() {
         assert_eq!(res.status().as_u16(), 415);
         w.s.call(Method::POST, path, None, Some(json!({}))).await.problem(401);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_routes_are_guarded_by_require() {
+    use axum::extract::State;
+    use pm_core::authz::{Action, Resource, ResourceKind};
+    use pm_core::id::OrgId;
+    use pm_server::AppState;
+    use pm_server::auth::Authenticated;
+    use pm_server::authz::require;
+    use pm_server::error::ApiError;
+    use pm_server::extract::Path;
+
+    async fn export(
+        State(state): State<AppState>,
+        who: Authenticated,
+        Path(org): Path<uuid::Uuid>,
+    ) -> Result<axum::Json<&'static str>, ApiError> {
+        let resource = Resource::new(ResourceKind::Org, Some(OrgId(org)), None);
+        require(&state, &who, Action::Manage, &resource).await?;
+        Ok(axum::Json("exported"))
+    }
+
+    let w = World::new().await;
+    let host = axum::Router::new()
+        .route("/host/orgs/{org}/export", axum::routing::get(export))
+        .with_state(w.s.state.clone());
+    let router = pm_server::app(w.s.state.clone()).merge(host);
+    let get = |token: &str| {
+        axum::http::Request::get(format!("/host/orgs/{}/export", w.org))
+            .header("authorization", format!("Bearer {token}"))
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let ok = crate::send(router.clone(), get(&w.alice)).await;
+    assert_eq!(ok.status.as_u16(), 200);
+    assert_eq!(ok.body, "exported");
+    let denied = crate::send(router, get(&w.viewer.1)).await;
+    let body = denied.assert_problem(axum::http::StatusCode::FORBIDDEN);
+    assert!(body["detail"].as_str().unwrap().contains("org.manage"), "{body}");
 }
