@@ -201,7 +201,9 @@ impl PermissionService {
         }
     }
 
-    fn authorize(&self, actor: &Actor, action: Action, resource: &Resource) -> Result<()> {
+    /// `Ok` when the engine allows `actor` to do `action` on `resource`, else
+    /// [`Error::Forbidden`]: for hosts that guard their own steps around the service's calls.
+    pub fn authorize(&self, actor: &Actor, action: Action, resource: &Resource) -> Result<()> {
         match self.engine.check(actor, action, resource) {
             Decision::Allow => Ok(()),
             Decision::Deny(why) => Err(Error::Forbidden(why)),

@@ -56,15 +56,22 @@ impl Authorizer for ServerAuthorizer {
         action: Action,
         resource: &Resource,
     ) -> pm_core::Result<Decision> {
-        if matches!(actor, Actor::User(_))
-            && resource.kind == ResourceKind::Org
-            && action == Action::Create
-            && resource.org_id.is_none()
-        {
+        if policy_allows(actor, action, resource) {
             return Ok(Decision::Allow);
         }
         self.permissions.check(actor, action, resource).await
     }
+}
+
+/// Why [`policy_allows`] allowed a request, for explanations.
+pub const POLICY_SUMMARY: &str = "org.create is allowed to every signed-in user by the server's policy (the creator becomes the organization's admin)";
+
+/// The server's rule outside the engine: any signed-in user may create an organization.
+pub fn policy_allows(actor: &Actor, action: Action, resource: &Resource) -> bool {
+    matches!(actor, Actor::User(_))
+        && resource.kind == ResourceKind::Org
+        && action == Action::Create
+        && resource.org_id.is_none()
 }
 
 /// Opens the permission tables in the database at `url` (the same URL as pm-core's), applies
@@ -113,7 +120,8 @@ pub fn role_for_member(role: MemberRole) -> &'static str {
 const MEMBERSHIP_ROLES: [&str; 3] = ["admin", "team_member", "viewer"];
 
 /// Brings `user`'s grants in `org` in line with their membership: `Some(role)` leaves exactly one
-/// organization-scoped assignment among the membership roles, of `role_for_member(role)`;
+/// permanent organization-scoped assignment among the membership roles, of
+/// `role_for_member(role)` (grants with a validity window are left alone);
 /// `None` (no longer a member) revokes every assignment inside the organization. Changes are made
 /// by `Actor::System` (the caller was authorized by pm-core for the membership change) and their
 /// audit reason names `by`.
@@ -149,10 +157,14 @@ pub async fn sync_membership(
             r.id == id && r.org_id.is_none() && MEMBERSHIP_ROLES.contains(&r.name.as_str())
         })
     };
+    // Membership grants are the permanent org-scoped ones of the mapped roles; a grant with a
+    // validity window was given deliberately through the assignments API and is left alone.
     let mut have_target = false;
-    for a in held.iter().filter(|a| a.scope == Scope::Org { org_id: org }) {
-        let permanent = a.valid_from.is_none() && a.valid_until.is_none();
-        if a.role_id == target.id && permanent && !have_target {
+    let membership_grants = held.iter().filter(|a| {
+        a.scope == Scope::Org { org_id: org } && a.valid_from.is_none() && a.valid_until.is_none()
+    });
+    for a in membership_grants {
+        if a.role_id == target.id && !have_target {
             have_target = true;
         } else if is_membership_role(a.role_id) {
             let reason = format!("organization role set to {} by {by}", role.as_str());

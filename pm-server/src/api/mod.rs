@@ -15,6 +15,7 @@ use crate::AppState;
 
 pub mod activity;
 pub mod auth;
+pub mod authz;
 pub mod comments;
 pub mod common;
 pub mod orgs;
@@ -38,6 +39,7 @@ pub mod worklog;
         (name = "comments", description = "Comments on tasks"),
         (name = "worklog", description = "Time entries, attachments, check-ins"),
         (name = "activity", description = "Activity feeds from the event log"),
+        (name = "authz", description = "Roles, assignments, effective permissions, check/explain, audit log"),
     )
 )]
 pub struct ApiDoc;
@@ -113,7 +115,8 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
         .merge(task_links::router())
         .merge(comments::router())
         .merge(worklog::router())
-        .merge(activity::router());
+        .merge(activity::router())
+        .merge(authz::router());
     let mut router = OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1);
     // After the paths exist: the modifier walks every operation.
     CommonResponses.modify(router.get_openapi_mut());

@@ -87,3 +87,30 @@ fn binary_rejects_a_bad_bind_naming_the_variable() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("PM_BIND"), "{err}");
 }
+
+#[test]
+fn init_permissions_is_idempotent_and_reports_what_it_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("pm.db").display());
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_pm-server"))
+            .arg("init-permissions")
+            .env("PM_DATABASE_URL", &url)
+            .output()
+            .expect("run pm-server init-permissions");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    let first = run();
+    assert!(first.contains("created 21 permissions"), "{first}");
+    assert!(first.contains("task.update"), "{first}");
+    assert!(
+        first.contains("created 4 roles: viewer, team_member, project_manager, admin"),
+        "{first}"
+    );
+    assert!(first.contains("created 4 role templates"), "{first}");
+    let second = run();
+    assert!(second.starts_with("nothing to create"), "{second}");
+    assert!(!second.contains("created"), "{second}");
+}

@@ -1,6 +1,7 @@
 //! End-to-end API tests against a real server on 127.0.0.1:0, with responses validated against
 //! the server's own OpenAPI document.
 
+mod authz;
 mod conventions;
 mod hostile;
 mod journey;
