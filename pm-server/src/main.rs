@@ -6,6 +6,12 @@
 //! stdout.
 
 use std::io::IsTerminal as _;
+
+// The server allocates many small, short-lived objects per request (rows, JSON); mimalloc's
+// thread-local free lists cut the allocator's share of CPU time under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::Duration;
 
