@@ -53,6 +53,9 @@ impl SqliteStore {
             // An in-memory database lives as long as its one connection: pin it, and let readers
             // share it.
             let pool = SqlitePoolOptions::new()
+                // A local file needs no liveness probe; the probe is a round trip to the
+                // connection's thread on every acquire.
+                .test_before_acquire(false)
                 .max_connections(1)
                 .min_connections(1)
                 .idle_timeout(None)
@@ -64,6 +67,9 @@ impl SqliteStore {
         }
         let opts = opts.journal_mode(SqliteJournalMode::Wal);
         let writer = SqlitePoolOptions::new()
+            // A local file needs no liveness probe; the probe is a round trip to the
+            // connection's thread on every acquire.
+            .test_before_acquire(false)
             .max_connections(1)
             .connect_with(opts.clone())
             .await
@@ -73,6 +79,9 @@ impl SqliteStore {
         let readers =
             std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8) as u32;
         let reader = SqlitePoolOptions::new()
+            // A local file needs no liveness probe; the probe is a round trip to the
+            // connection's thread on every acquire.
+            .test_before_acquire(false)
             .max_connections(readers)
             .connect_with(opts.read_only(true))
             .await
