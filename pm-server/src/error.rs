@@ -79,6 +79,23 @@ impl ApiError {
         self
     }
 
+    /// 400 `invalid`, naming the offending field (shared by every crate error's `Invalid`).
+    pub fn invalid_field(field: String, message: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "Invalid input",
+            format!("invalid {field}: {message}"),
+        )
+        .with("field", field)
+    }
+
+    /// 404 `not-found` for a missing entity (shared by every crate error's `NotFound`).
+    pub fn entity_not_found(entity: &'static str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", format!("{entity} not found"))
+            .with("entity", entity)
+    }
+
     /// 400: the request is malformed or a field is invalid.
     pub fn bad_request(detail: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
@@ -194,20 +211,8 @@ impl From<pm_core::Error> for ApiError {
     fn from(err: pm_core::Error) -> Self {
         use pm_core::Error as E;
         match err {
-            E::Invalid { field, message } => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                "Invalid input",
-                format!("invalid {field}: {message}"),
-            )
-            .with("field", field),
-            E::NotFound { entity } => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                "Not found",
-                format!("{entity} not found"),
-            )
-            .with("entity", entity),
+            E::Invalid { field, message } => ApiError::invalid_field(field, message),
+            E::NotFound { entity } => ApiError::entity_not_found(entity),
             E::Conflict(current) => {
                 let detail = format!("version conflict: {current}; reload and retry");
                 let (entity, value) = current_json(*current);
@@ -239,20 +244,8 @@ impl From<pm_permissions::Error> for ApiError {
     fn from(err: pm_permissions::Error) -> Self {
         use pm_permissions::Error as E;
         match err {
-            E::Invalid { field, message } => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                "Invalid input",
-                format!("invalid {field}: {message}"),
-            )
-            .with("field", field),
-            E::NotFound { entity } => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                "Not found",
-                format!("{entity} not found"),
-            )
-            .with("entity", entity),
+            E::Invalid { field, message } => ApiError::invalid_field(field, message),
+            E::NotFound { entity } => ApiError::entity_not_found(entity),
             E::Conflict(current) => {
                 let detail = format!(
                     "version conflict: role is at version {}; reload and retry",
