@@ -128,3 +128,42 @@ fn paging_under_concurrent_inserts_sqlite() {
 fn paging_under_concurrent_inserts_postgres() {
     paging_cases("postgres");
 }
+
+/// SQLite's `create_task` numbers tasks from a per-project counter cached in the store. Two
+/// stores writing one database file (a server and a CLI, say) must still never hand out a number
+/// twice: the stale cache is caught by the unique index and the create retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_task_numbers_stay_unique_across_two_stores_on_one_file() {
+    let (a, dir) = sqlite().await;
+    let b = pm_core::store::open(&format!("sqlite://{}", dir.path().join("pm.db").display()))
+        .await
+        .unwrap();
+    let f = testing::fixture(&a).await;
+    let at = pm_core::model::now();
+    let mut numbers = Vec::new();
+    for (i, store) in [&a, &b, &a, &a, &b, &a].into_iter().enumerate() {
+        let t = store
+            .tasks
+            .create_task(&f.origin(), &f.new_task(&format!("task {i}")), at)
+            .await
+            .unwrap_or_else(|e| panic!("create {i}: {e}"));
+        numbers.push(t.number);
+    }
+    assert_eq!(numbers, vec![1, 2, 3, 4, 5, 6]);
+    // And each new task still sorts last by rank, whichever store created it.
+    let page = a
+        .tasks
+        .list_tasks(
+            f.org.id,
+            &pm_core::query::TaskFilter::default(),
+            &pm_core::query::PageRequest {
+                sort: TaskSort { key: TaskSortKey::Rank, descending: false },
+                limit: 10,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    let by_rank: Vec<i64> = page.items.iter().map(|t| t.number).collect();
+    assert_eq!(by_rank, vec![1, 2, 3, 4, 5, 6]);
+}
