@@ -39,14 +39,30 @@ pub struct SqliteStore {
     reader: SqlitePool,
     wakeup: Wakeup,
     counters: Arc<Mutex<HashMap<ProjectId, TaskCounter>>>,
+    creates: Arc<Mutex<Vec<QueuedCreate>>>,
+    creates_alone: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A `create_task` call waiting for a batch (see `SqliteStore::write_batch`).
+#[derive(Debug)]
+struct QueuedCreate {
+    input: Arc<CreateInput>,
+    reply: tokio::sync::oneshot::Sender<Result<Task>>,
+}
+
+#[derive(Debug)]
+struct CreateInput {
+    origin: Origin,
+    new: NewTask,
+    at: OffsetDateTime,
 }
 
 /// What `create_task` needs to know about a project before it can write a task: its next task
 /// number and the rank of its last task (plus the org and key a task row and reference need).
 ///
-/// Kept in memory so a create is three round trips to the writer's thread (begin, one batch of
-/// statements, commit) instead of six: under load those thread hops, not SQLite, bounded write
-/// throughput. Only touched while the single writer connection is held, so creates see it in
+/// Kept in memory so a create is one round trip to the writer's thread inside a batch (see
+/// `SqliteStore::write_batch`) instead of six: under load those thread hops, not SQLite, bounded
+/// write throughput. Only touched while the single writer connection is held, so creates see it in
 /// commit order. It is a cache, never the truth: a number another process took is caught by the
 /// `(project_id, number)` unique index and the create retried from the database; a rank that is
 /// no longer last only places the task slightly earlier.
@@ -109,7 +125,14 @@ impl SqliteStore {
     }
 
     fn from_pools(writer: SqlitePool, reader: SqlitePool) -> Self {
-        Self { writer, reader, wakeup: Wakeup::new(), counters: Arc::default() }
+        Self {
+            writer,
+            reader,
+            wakeup: Wakeup::new(),
+            counters: Arc::default(),
+            creates: Arc::default(),
+            creates_alone: Arc::default(),
+        }
     }
 
     fn counters(&self) -> std::sync::MutexGuard<'_, HashMap<ProjectId, TaskCounter>> {
@@ -118,15 +141,90 @@ impl SqliteStore {
         self.counters.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One attempt of `create_task`: begin, one batch of statements (plus one per non-empty set),
-    /// commit. See [`TaskCounter`].
-    async fn try_create_task(
+    /// How many task creates failed inside a batch and were retried alone (a health signal:
+    /// it stays at zero unless writes fail or another process writes the same file).
+    pub fn creates_retried_alone(&self) -> u64 {
+        self.creates_alone.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<QueuedCreate>> {
+        self.creates.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes queued creates in one transaction on the writer connection `conn`, then answers
+    /// each. Under load this is group commit: one `BEGIN`/`COMMIT` and one WAL append for many
+    /// tasks, and one round trip to the writer's thread per task. A task whose statements fail is
+    /// rolled back to its savepoint alone and retried by itself afterwards (see
+    /// `create_task_alone`).
+    async fn write_batch(
+        self,
+        mut conn: sqlx::pool::PoolConnection<Sqlite>,
+        batch: Vec<QueuedCreate>,
+    ) {
+        use sqlx::Connection;
+        let mut written = Vec::with_capacity(batch.len());
+        let mut alone = Vec::new();
+        let outcome: Result<()> = async {
+            let mut tx = conn.begin().await.map_err(st)?;
+            for queued in batch {
+                match self.write_queued(&mut tx, &queued.input).await {
+                    Ok(task) => written.push((queued, task)),
+                    Err((e, savepoint)) => {
+                        tracing::debug!(error = %e, "a batched task create failed; retrying it alone");
+                        if savepoint {
+                            sqlx::query("ROLLBACK TO pm_create; RELEASE pm_create")
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(st)?;
+                        }
+                        self.counters().remove(&queued.input.new.project_id);
+                        self.creates_alone.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        alone.push(queued);
+                    }
+                }
+            }
+            tx.commit().await.map_err(st)
+        }
+        .await;
+        drop(conn);
+        match outcome {
+            Ok(()) => {
+                if !written.is_empty() {
+                    self.wakeup.ping();
+                }
+                for (queued, task) in written {
+                    let _ = queued.reply.send(Ok(task));
+                }
+            }
+            Err(e) => {
+                // Nothing of this batch is stored; the counters may have advanced past it.
+                let message = e.to_string();
+                let mut counters = self.counters();
+                for (queued, _) in written {
+                    counters.remove(&queued.input.new.project_id);
+                    let _ = queued
+                        .reply
+                        .send(Err(Error::storage(std::io::Error::other(message.clone()))));
+                }
+            }
+        }
+        for queued in alone {
+            let i = &queued.input;
+            let result = self.create_task_alone(&i.origin, &i.new, i.at).await;
+            self.counters().remove(&i.new.project_id);
+            let _ = queued.reply.send(result);
+        }
+    }
+
+    /// One task's statements inside a batch, under the savepoint `pm_create`. An error says
+    /// whether the savepoint was opened (then it must be rolled back to).
+    async fn write_queued(
         &self,
-        origin: &Origin,
-        new: &NewTask,
-        at: OffsetDateTime,
-    ) -> Result<Task> {
-        let mut tx = self.begin().await?;
+        tx: &mut SqliteConnection,
+        input: &CreateInput,
+    ) -> std::result::Result<Task, (Error, bool)> {
+        let before = |e: Error| (e, false);
+        let (origin, new, at) = (&input.origin, &input.new, input.at);
         let cached = self.counters().get(&new.project_id).cloned();
         let counter = match cached {
             Some(c) => c,
@@ -138,12 +236,12 @@ impl SqliteStore {
                 .bind(id_text(new.project_id))
                 .fetch_optional(&mut *tx)
                 .await
-                .map_err(st)?;
+                .map_err(|e| before(st(e)))?;
                 let (org, key, next_number, last_rank) =
-                    row.ok_or_else(|| Error::not_found("project"))?;
+                    row.ok_or_else(|| before(Error::not_found("project")))?;
                 TaskCounter {
-                    org_id: parse_id(&org)?,
-                    key: ProjectKey::parse(&key).map_err(|e| corrupt("key", e))?,
+                    org_id: parse_id(&org).map_err(before)?,
+                    key: ProjectKey::parse(&key).map_err(|e| before(corrupt("key", e)))?,
                     next_number,
                     last_rank,
                 }
@@ -174,19 +272,144 @@ impl SqliteStore {
             created_at: at,
             updated_at: at,
         };
-        let event_id = EventId::new();
-        // One round trip: sqlx runs every statement of the string, binding `?NNN` by number
-        // across all of them. The counter only moves forward (`MAX`), so a stale cache can never
-        // hand out a number twice after a restart. The new task has no comments yet, so its
-        // search body is its title and description (the shape `index_search` writes).
-        let written = sqlx::query(
+        let assignees: Vec<String> = task.assignees.iter().map(|u| id_text(*u)).collect();
+        let labels: Vec<String> = task.labels.iter().map(|l| id_text(*l)).collect();
+        // Field values as `[field id, value as JSON text]` pairs: stored as JSON text, like
+        // `write_task_sets` does.
+        let fields: Vec<(String, String)> = task
+            .custom_fields
+            .iter()
+            .map(|(f, v)| Ok((id_text(*f), serde_json::to_string(v).map_err(Error::storage)?)))
+            .collect::<Result<_>>()
+            .map_err(before)?;
+        // One round trip: sqlx runs every statement of the string, binding the anonymous
+        // parameters in order across all of them (hence values bound more than once; numbered
+        // `?NNN` parameters with gaps are mis-bound across statements by sqlx 0.9). The counter
+        // only moves forward (`MAX`), so a stale cache can never hand out a number twice after a
+        // restart. The new task has no comments yet, so its search body is its title and
+        // description (the shape `index_search` writes).
+        let id = id_text(task.id);
+        let project = id_text(task.project_id);
+        let org = id_text(task.org_id);
+        sqlx::query(
+            "SAVEPOINT pm_create; \
+             INSERT INTO tasks (id, org_id, project_id, number, title, description, state_id, priority, reporter, \
+             start_date, due_date, estimate, parent_id, milestone_id, rank, archived, version, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?); \
+             INSERT INTO task_assignees (task_id, user_id) SELECT ?, value FROM json_each(?); \
+             INSERT INTO task_labels (task_id, label_id) SELECT ?, value FROM json_each(?); \
+             INSERT INTO task_field_values (task_id, field_id, value) SELECT ?, value ->> 0, value ->> 1 FROM json_each(?); \
+             UPDATE projects SET next_number = MAX(next_number, ? + 1) WHERE id = ?; \
+             INSERT INTO task_search (rowid, body) SELECT rid, title || ' ' || description || ' ' FROM tasks WHERE id = ?; \
+             INSERT INTO events (id, at, org_id, project_id, task_id, actor_type, actor_id, kind, subject, payload, \
+             cause_event_id, cause_depth) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?); \
+             RELEASE pm_create",
+        )
+        .bind(&id)
+        .bind(&org)
+        .bind(&project)
+        .bind(task.number)
+        .bind(task.title.as_str())
+        .bind(task.description.as_str())
+        .bind(id_text(task.state_id))
+        .bind(task.priority.as_i16())
+        .bind(id_text(task.reporter))
+        .bind(task.start_date.map(date_text))
+        .bind(task.due_date.map(date_text))
+        .bind(task.estimate.map(i64::from))
+        .bind(opt_id_text(task.parent_id))
+        .bind(opt_id_text(task.milestone_id))
+        .bind(&task.rank)
+        .bind(task.archived)
+        .bind(task.version)
+        .bind(ts(task.created_at))
+        .bind(ts(task.updated_at))
+        .bind(&id)
+        .bind(serde_json::to_string(&assignees).map_err(|e| before(Error::storage(e)))?)
+        .bind(&id)
+        .bind(serde_json::to_string(&labels).map_err(|e| before(Error::storage(e)))?)
+        .bind(&id)
+        .bind(serde_json::to_string(&fields).map_err(|e| before(Error::storage(e)))?)
+        .bind(task.number)
+        .bind(&project)
+        .bind(&id)
+        .bind(id_text(EventId::new()))
+        .bind(ts(now()))
+        .bind(&org)
+        .bind(&project)
+        .bind(&id)
+        .bind(origin.actor.kind())
+        .bind(opt_id_text(origin.actor.id()))
+        .bind(EventKind::TaskCreated.as_str())
+        .bind(&id)
+        .bind(entity_payload("task", &task).to_string())
+        .bind(opt_id_text(origin.cause.map(|c| c.event_id)))
+        .bind(origin.cause.map(|c| i64::from(c.depth)))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| (st(e), true))?;
+        self.counters().insert(
+            new.project_id,
+            TaskCounter {
+                next_number: task.number + 1,
+                last_rank: Some(task.rank.clone()),
+                ..counter
+            },
+        );
+        Ok(task)
+    }
+
+    /// `create_task` one statement at a time in its own transaction, reading the project's
+    /// counter from the database: the path for a task whose batched write failed, so its error
+    /// names the field at fault and a stale cached counter cannot fail it twice.
+    async fn create_task_alone(
+        &self,
+        origin: &Origin,
+        new: &NewTask,
+        at: OffsetDateTime,
+    ) -> Result<Task> {
+        let mut tx = self.begin().await?;
+        // Number and last rank in one statement: every statement is a round trip to the writer's
+        // thread, and under load those hops bound write throughput more than SQLite does.
+        let row: Option<(i64, String, String, Option<String>)> = sqlx::query_as(
+            "UPDATE projects SET next_number = next_number + 1 WHERE id = ?1 \
+             RETURNING next_number - 1, key, org_id, (SELECT MAX(rank) FROM tasks WHERE project_id = ?1)",
+        )
+        .bind(id_text(new.project_id))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(st)?;
+        let (number, key, org, last_rank) = row.ok_or_else(|| Error::not_found("project"))?;
+        let key = ProjectKey::parse(&key).map_err(|e| corrupt("key", e))?;
+        let task = Task {
+            id: TaskId::new(),
+            org_id: parse_id(&org)?,
+            project_id: new.project_id,
+            number,
+            reference: task_reference(&key, number),
+            title: new.title.clone(),
+            description: new.description.clone(),
+            state_id: new.state_id,
+            priority: new.priority,
+            assignees: new.assignees.clone(),
+            reporter: new.reporter,
+            labels: new.labels.clone(),
+            start_date: new.start_date,
+            due_date: new.due_date,
+            estimate: new.estimate,
+            parent_id: new.parent_id,
+            milestone_id: new.milestone_id,
+            rank: rank::after(last_rank.as_deref()),
+            archived: false,
+            custom_fields: new.custom_fields.clone(),
+            version: 1,
+            created_at: at,
+            updated_at: at,
+        };
+        sqlx::query(
             "INSERT INTO tasks (id, org_id, project_id, number, title, description, state_id, priority, reporter, \
              start_date, due_date, estimate, parent_id, milestone_id, rank, archived, version, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19); \
-             UPDATE projects SET next_number = MAX(next_number, ?4 + 1) WHERE id = ?3; \
-             INSERT INTO task_search (rowid, body) SELECT rid, title || ' ' || description || ' ' FROM tasks WHERE id = ?1; \
-             INSERT INTO events (id, at, org_id, project_id, task_id, actor_type, actor_id, kind, subject, payload, \
-             cause_event_id, cause_depth) VALUES (?20, ?21, ?2, ?3, ?1, ?22, ?23, ?24, ?1, ?25, ?26, ?27)",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id_text(task.id))
         .bind(id_text(task.org_id))
@@ -207,38 +430,25 @@ impl SqliteStore {
         .bind(task.version)
         .bind(ts(task.created_at))
         .bind(ts(task.updated_at))
-        .bind(id_text(event_id))
-        .bind(ts(now()))
-        .bind(origin.actor.kind())
-        .bind(opt_id_text(origin.actor.id()))
-        .bind(EventKind::TaskCreated.as_str())
-        .bind(entity_payload("task", &task).to_string())
-        .bind(opt_id_text(origin.cause.map(|c| c.event_id)))
-        .bind(origin.cause.map(|c| i64::from(c.depth)))
         .execute(&mut *tx)
-        .await;
-        let written = match written {
-            Ok(_) => write_task_sets(&mut tx, &task, None).await,
-            Err(e) => Err(db_err(e, "task", "number", "task")),
-        };
-        if let Err(e) = written {
-            // Whatever failed, the cached counter may be why (a number taken by another process,
-            // a project deleted): the next create reads the database again.
-            self.counters().remove(&new.project_id);
-            return Err(e);
-        }
-        self.counters().insert(
-            new.project_id,
-            TaskCounter {
-                next_number: task.number + 1,
-                last_rank: Some(task.rank.clone()),
-                ..counter
-            },
-        );
-        if let Err(e) = self.commit(tx).await {
-            self.counters().remove(&new.project_id);
-            return Err(e);
-        }
+        .await
+        .map_err(|e| db_err(e, "task", "number", "task"))?;
+        write_task_sets(&mut tx, &task, None).await?;
+        index_search(&mut tx, &id_text(task.id)).await?;
+        append(
+            &mut tx,
+            origin,
+            draft(
+                EventKind::TaskCreated,
+                Some(task.org_id),
+                Some(task.project_id),
+                Some(task.id),
+                task.id,
+                entity_payload("task", &task),
+            ),
+        )
+        .await?;
+        self.commit(tx).await?;
         Ok(task)
     }
 
@@ -1664,13 +1874,43 @@ impl TaskStore for SqliteStore {
         new: &NewTask,
         at: OffsetDateTime,
     ) -> Result<Task> {
-        match self.try_create_task(origin, new, at).await {
-            // Another writer of this database file took the number the counter cache offered:
-            // `try_create_task` dropped the stale entry, so the retry reads the database.
-            Err(Error::AlreadyExists { entity: "task", field: "number" }) => {
-                self.try_create_task(origin, new, at).await
+        let input = Arc::new(CreateInput { origin: *origin, new: new.clone(), at });
+        let (reply, mut done) = tokio::sync::oneshot::channel();
+        self.queue().push(QueuedCreate { input: input.clone(), reply });
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut done => {
+                    return result.unwrap_or_else(|_| {
+                        Err(Error::storage(std::io::Error::other("the batch writing this task failed")))
+                    });
+                }
+                conn = self.writer.acquire() => {
+                    let conn = match conn {
+                        Ok(conn) => conn,
+                        Err(e) => {
+                            // Withdraw the request unless a batch already took it (then its
+                            // outcome is on the way).
+                            let mut queue = self.queue();
+                            match queue.iter().position(|q| Arc::ptr_eq(&q.input, &input)) {
+                                Some(i) => {
+                                    queue.swap_remove(i);
+                                    return Err(st(e));
+                                }
+                                None => continue,
+                            }
+                        }
+                    };
+                    let batch = std::mem::take(&mut *self.queue());
+                    if batch.is_empty() {
+                        // Another request's batch took ours; its reply is on the way.
+                        continue;
+                    }
+                    // The batch runs in its own task so that a caller going away (a client
+                    // disconnecting) cannot cut it off between commit and replies.
+                    tokio::spawn(self.clone().write_batch(conn, batch));
+                }
             }
-            other => other,
         }
     }
 
