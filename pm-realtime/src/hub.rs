@@ -494,9 +494,10 @@ impl SessionHandle {
                 Some(channel),
             );
         }
-        if let Some(refusal) = self.inner.lock().can_subscribe(self.id, channel, &self.inner.config)
-        {
-            return self.error(refusal.0, refusal.1, None, Some(channel));
+        // Bound first: the lock guard must be released before answering.
+        let refusal = self.inner.lock().can_subscribe(self.id, channel, &self.inner.config);
+        if let Some((code, message)) = refusal {
+            return self.error(code, message, None, Some(channel));
         }
         match self.inner.authorize(&self.actor, channel).await {
             Ok(true) => {}

@@ -185,11 +185,12 @@ fn body_of<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, FrameError>
             .find_map(|p| message.strip_prefix(p))
             .and_then(|rest| rest.split('`').next())
             .map(str::to_owned);
+        // Unknown fields are reported at their own path, missing ones at their parent's.
         let field = match (path.as_str(), named) {
             ("." | "", Some(name)) => Some(name),
-            (".", None) | ("", None) => None,
-            (p, Some(name)) => Some(format!("{p}.{name}")),
-            (p, None) => Some(p.to_owned()),
+            ("." | "", None) => None,
+            (p, Some(name)) if !p.ends_with(name.as_str()) => Some(format!("{p}.{name}")),
+            (p, _) => Some(p.to_owned()),
         };
         FrameError { field, message }
     })
