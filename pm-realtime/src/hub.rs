@@ -555,16 +555,14 @@ impl SessionHandle {
             }
             let f = ServerFrame::Subscribed { channel, seq: deliver_after };
             st.push_to(self.id, Lane::Control, f.to_text().into(), &mut fx);
-            if let Some(user) = user {
-                st.set_local_presence(
-                    channel,
-                    self.id,
-                    user,
-                    Some(PresenceStatus::Online),
-                    &mut fx,
-                );
+            // Presence is about who looks at shared things; a user channel has one reader.
+            if channel.carries_events() {
+                if let Some(user) = user {
+                    let online = Some(PresenceStatus::Online);
+                    st.set_local_presence(channel, self.id, user, online, &mut fx);
+                }
+                st.send_presence_snapshot(channel, self.id);
             }
-            st.send_presence_snapshot(channel, self.id);
             let now = self.inner.clock.now();
             st.reap(now, &mut fx);
             replay_from.map(|from| (from, tail, subscription))
@@ -904,7 +902,13 @@ impl Inner {
                 if !self.still_subscribed(id, channel, subscription) {
                     return;
                 }
-                queue.push(Lane::Durable, frame);
+                if !queue.push(Lane::Durable, frame) {
+                    // Live frames of other channels filled the room meanwhile: cut off.
+                    let mut fx = Effects::default();
+                    self.lock().remove_sessions(vec![id], self.clock.now(), &mut fx);
+                    self.apply(fx);
+                    return;
+                }
             }
         }
         let mut fx = Effects::default();
@@ -922,10 +926,10 @@ impl Inner {
             sub.deliver_after = sub.deliver_after.max(until);
             if failed {
                 let f = ServerFrame::Resync { channel, latest_seq: until };
-                if let Some(s) = sessions.get(&id) {
-                    if !s.queue.push(Lane::Durable, f.to_text().into()) {
-                        fx.dead.push(id);
-                    }
+                if let Some(s) = sessions.get(&id)
+                    && !s.queue.push(Lane::Durable, f.to_text().into())
+                {
+                    fx.dead.push(id);
                 }
             }
             if let Some(s) = sessions.get(&id) {
@@ -977,10 +981,10 @@ impl Inner {
                         }
                         continue;
                     }
-                    if let Some(s) = sessions.get(id) {
-                        if !s.queue.push(Lane::Durable, frame.clone()) {
-                            fx.dead.push(*id);
-                        }
+                    if let Some(s) = sessions.get(id)
+                        && !s.queue.push(Lane::Durable, frame.clone())
+                    {
+                        fx.dead.push(*id);
                     }
                 }
             }
@@ -1122,10 +1126,10 @@ impl State {
     }
 
     fn push_to(&mut self, id: SessionId, lane: Lane, frame: Frame, fx: &mut Effects) {
-        if let Some(s) = self.sessions.get(&id) {
-            if !s.queue.push(lane, frame) {
-                fx.dead.push(id);
-            }
+        if let Some(s) = self.sessions.get(&id)
+            && !s.queue.push(lane, frame)
+        {
+            fx.dead.push(id);
         }
     }
 
@@ -1133,10 +1137,10 @@ impl State {
     fn deliver_durable(&mut self, channel: Channel, frame: &Frame, fx: &mut Effects) {
         let Some(cs) = self.channels.get(&channel) else { return };
         for id in cs.subscribers.keys() {
-            if let Some(s) = self.sessions.get(id) {
-                if !s.queue.push(Lane::Durable, frame.clone()) {
-                    fx.dead.push(*id);
-                }
+            if let Some(s) = self.sessions.get(id)
+                && !s.queue.push(Lane::Durable, frame.clone())
+            {
+                fx.dead.push(*id);
             }
         }
     }

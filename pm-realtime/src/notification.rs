@@ -238,10 +238,10 @@ impl NotificationConsumer {
                 if let Err(e) = self.process(&events).await {
                     break e;
                 }
-                if let Some(last) = events.last() {
-                    if let Err(e) = self.stores.events.save_cursor(CONSUMER, last.seq).await {
-                        break e.into();
-                    }
+                if let Some(last) = events.last()
+                    && let Err(e) = self.stores.events.save_cursor(CONSUMER, last.seq).await
+                {
+                    break e.into();
                 }
             };
             tracing::warn!(error = %failed, "pm-realtime: notification consumer failed; restarting");
@@ -424,10 +424,10 @@ impl NotificationConsumer {
                     _ => None, // unknown or ambiguous
                 }
             };
-            if let Some(id) = hit {
-                if !found.contains(&id) {
-                    found.push(id);
-                }
+            if let Some(id) = hit
+                && !found.contains(&id)
+            {
+                found.push(id);
             }
         }
         Ok(found)

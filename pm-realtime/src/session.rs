@@ -221,10 +221,8 @@ impl SessionQueue {
             o.queued_bytes -= f.len();
             f
         } else if let Some(key) = o.slot_order.pop_front() {
-            match o.slots.remove(&key) {
-                Some(f) => f,
-                None => return None,
-            }
+            // Keys and slots are inserted and removed together.
+            o.slots.remove(&key)?
         } else if let Some(f) = o.durable.pop_front() {
             o.queued_bytes -= f.len();
             f

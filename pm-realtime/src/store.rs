@@ -199,10 +199,12 @@ mod shared {
         Error::storage(e)
     }
 
+    #[cfg(feature = "sqlite")]
     pub(crate) fn micros(t: time::OffsetDateTime) -> i64 {
         pm_core::query::micros(t)
     }
 
+    #[cfg(feature = "sqlite")]
     pub(crate) fn from_micros(us: i64) -> crate::Result<time::OffsetDateTime> {
         pm_core::query::from_micros(us).map_err(|e| corrupt("timestamp", e))
     }

@@ -64,8 +64,8 @@ impl RedisBroker {
                 }
             }
         });
-        // Re-subscribes after every reconnect.
-        let _ = subscriber.manage_subscriptions();
+        // Re-subscribes after every reconnect; the task lives as long as the client (detached).
+        drop(subscriber.manage_subscriptions());
         subscriber.subscribe(CHANNEL).await.map_err(Error::broker)?;
         Ok(Self { id, publisher, subscriber, tx })
     }
