@@ -423,3 +423,34 @@ async fn dropping_the_hub_session_handle_ends_the_outbound_side() {
     hub.shutdown().await;
     assert_eq!(c.out.recv().await, Some(Outgoing::Close(CloseCode::GOING_AWAY)));
 }
+
+#[tokio::test]
+async fn a_replay_larger_than_the_queue_waits_for_the_reader_instead_of_cutting_it_off() {
+    let w = sqlite_world().await;
+    let hub = w
+        .hub()
+        .config(HubConfig { max_queue_bytes: 8 * 1024, ..fast_config() })
+        .start()
+        .await
+        .unwrap();
+    let channel = Channel::Task(w.task.id);
+    let mut first = Client::connect(&hub, Actor::User(w.bob.id));
+    first.subscribe(channel).await;
+    w.touch_task("Start").await;
+    let (_, last_seq, _) = first.next_event().await;
+    drop(first);
+    for i in 0..40 {
+        w.touch_task(&format!("Missed {i} {}", "y".repeat(300))).await;
+    }
+    let latest = w.stores.events.latest_seq().await.unwrap();
+    let mut again = Client::connect(&hub, Actor::User(w.bob.id));
+    again
+        .send(&format!(r#"{{"type":"subscribe","channel":"{channel}","last_seq":{last_seq}}}"#))
+        .await;
+    let mut got = Vec::new();
+    while got.last() != Some(&latest) {
+        got.push(again.next_event().await.1);
+    }
+    assert_eq!(got, ((last_seq + 1)..=latest).collect::<Vec<_>>());
+    assert_eq!(hub.stats().sessions, 1, "the reader was never cut off");
+}
