@@ -22,7 +22,8 @@
 //!
 //! - **One tailer per hub.** A single [`Tailer`] reads the event log and routes each event to
 //!   `org:`, `project:` and `task:` channels through a channel → subscribers index (no scan of
-//!   all sessions). The frame is serialized once per (event, channel) and shared.
+//!   all sessions). The event is serialized once; its frame is built once per channel and shared
+//!   by every session (`Arc<str>`).
 //! - **Gap-free, duplicate-free resumption.** A subscription records the tail position at the
 //!   moment it is registered (under the same lock the tailer dispatches under). Everything after
 //!   that position comes from the tailer; everything between the client's `last_seq` and that
@@ -880,7 +881,8 @@ impl Inner {
                 if !Channel::for_event(event).any(|c| c == channel) {
                     continue;
                 }
-                let Some(frame) = event_frame(channel, event) else { continue };
+                let Some(json) = event_json(event) else { continue };
+                let frame = event_frame(channel, event.seq, &json);
                 // Wait for the client to read rather than overflow: a replay is bounded by the
                 // window, but may well exceed the queue budget.
                 let mut waited = Duration::ZERO;
@@ -960,12 +962,14 @@ impl Inner {
         let budget = self.config.max_queue_bytes;
         for event in events {
             let State { channels, sessions, .. } = &mut *st;
+            let mut json: Option<Option<String>> = None;
             for channel in Channel::for_event(event) {
                 let Some(cs) = channels.get_mut(&channel) else { continue };
                 if cs.subscribers.is_empty() {
                     continue;
                 }
-                let Some(frame) = event_frame(channel, event) else { continue };
+                let Some(json) = json.get_or_insert_with(|| event_json(event)) else { continue };
+                let frame = event_frame(channel, event.seq, json);
                 for (id, sub) in cs.subscribers.iter_mut() {
                     if event.seq <= sub.deliver_after {
                         continue;
@@ -1083,22 +1087,19 @@ impl Inner {
     }
 }
 
-/// Builds an event frame by splicing the event's JSON into the envelope: the event is
-/// serialized once per channel, never per session.
-fn event_frame(channel: Channel, event: &Event) -> Option<Frame> {
-    match serde_json::to_string(event) {
-        Ok(json) => Some(
-            format!(
-                r#"{{"type":"event","channel":"{channel}","seq":{},"event":{json}}}"#,
-                event.seq
-            )
-            .into(),
-        ),
-        Err(e) => {
+/// Serializes an event once, for [`event_frame`] to splice into each channel's envelope.
+fn event_json(event: &Event) -> Option<String> {
+    serde_json::to_string(event)
+        .inspect_err(|e| {
             tracing::error!(error = %e, seq = event.seq, "pm-realtime: an event failed to serialize");
-            None
-        }
-    }
+        })
+        .ok()
+}
+
+/// Builds an event frame by splicing the event's JSON into the envelope: an event is serialized
+/// once, whatever the number of channels and sessions it fans out to.
+fn event_frame(channel: Channel, seq: i64, json: &str) -> Frame {
+    format!(r#"{{"type":"event","channel":"{channel}","seq":{seq},"event":{json}}}"#).into()
 }
 
 impl State {
