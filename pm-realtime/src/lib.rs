@@ -1,23 +1,51 @@
 //! Live collaboration, transport-agnostic: a hub of sessions and channels fed by pm-core's event
-//! log, plus ephemeral signals and collaborative documents. pm-server owns the WebSocket glue.
+//! log, ephemeral signals (presence, typing, cursors) shared across instances through a broker,
+//! and per-user notifications. pm-server owns the WebSocket glue; the wire protocol is described
+//! in `docs/realtime-protocol.md`.
 //!
-//! **Skeleton.** This crate reserves the name and its place in the crate graph; the
-//! implementation is tracked in the issue tracker. It will own:
+//! - [`protocol`]: the JSON frames (client and server), error codes and close codes;
+//!   [`ClientFrame::parse`](protocol::ClientFrame::parse) names the failing field.
+//! - [`channel`]: [`Channel`] — `org:{id}`, `project:{id}`, `task:{id}`, `user:{id}`.
+//! - [`hub`]: the [`Hub`] and its sessions — each subscribe authorized through pm-core's
+//!   `Authorizer`; one tailer per hub routes durable events by channel, each frame carrying its
+//!   `seq`; reconnecting with `last_seq` replays what was missed (or sends `resync` when too
+//!   old); presence with heartbeats and timeouts.
+//! - [`session`]: a session's bounded outbound queue — durable frames in a byte budget (a slow
+//!   consumer is closed with code 4008), ephemeral signals coalesced latest-wins and dropped
+//!   under pressure, never queued behind durable events.
+//! - [`broker`]: the [`Broker`](broker::Broker) trait for cross-instance fan-out:
+//!   [`InProcessBroker`](broker::InProcessBroker) (default), `PostgresBroker` (feature
+//!   `postgres`, `LISTEN/NOTIFY`), `RedisBroker` (feature `redis`).
+//! - [`notification`]: the [`NotificationConsumer`](notification::NotificationConsumer) deriving
+//!   per-user notifications from the log (durable cursor, idempotent by event), the
+//!   [`NotificationSink`](notification::NotificationSink) hook.
+//! - [`store`]: the store traits (presence last-seen, notifications), with adapters
+//!   `store::sqlite` and `store::postgres` behind the `sqlite` (default) and `postgres` features
+//!   and an in-memory one; tables prefixed `rt_`, migrations tracked in
+//!   `_pm_realtime_migrations`.
+//! - [`clock`]: the injectable clock for timeouts.
+//! - `testing` (feature `testing`): the store conformance suite.
 //!
-//! - `hub`: sessions and channels (`org:{id}`, `project:{id}`, `task:{id}`, `user:{id}`), each
-//!   subscribe authorized; durable events tailed from the log carry their `seq`, so a client
-//!   reconnecting with `last_seq` gets what it missed or a resync signal; bounded per-session
-//!   queues, slow consumers disconnected with a clear close code.
-//! - `presence`, `typing`, `cursor`: ephemeral signals with heartbeats and timeouts, coalesced
-//!   latest-wins and dropped under pressure, never queued behind durable events.
-//! - `broker`: the `Broker` trait for ephemeral fan-out across instances: in-process (default),
-//!   PostgreSQL, Redis.
-//! - `doc`: collaborative rich text on yrs speaking the Yjs sync + awareness protocol, one actor
-//!   per document, updates persisted as a log with periodic snapshot compaction.
-//! - `notification`: per-user notifications derived from the event log.
-//! - `store`: the store traits, with adapters `store::sqlite` and `store::postgres` behind the
-//!   `sqlite` (default) and `postgres` features; it owns its tables and migrations.
+//! Not yet built: `doc`, collaborative rich text on yrs speaking the Yjs sync + awareness
+//! protocol (its updates will travel on their own broker topics; its tables will come with
+//! migration 0002).
 //!
 //! Dependency rule (checked in CI by `.ci/deps.sh`): depends on pm-core only, never on another
 //! feature crate (pm-permissions, pm-integrations, pm-workflows); builds without sqlx under
 //! `--no-default-features`; knows no HTTP framework.
+
+pub mod broker;
+pub mod channel;
+pub mod clock;
+mod error;
+pub mod hub;
+pub mod notification;
+pub mod protocol;
+pub mod session;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use channel::Channel;
+pub use error::{Error, Result};
+pub use hub::{Hub, HubConfig, SessionHandle};

@@ -1,0 +1,263 @@
+//! SQLite adapter (feature `sqlite`): the embedded default.
+//!
+//! One writer connection plus a read pool over a WAL database — normally the same file as
+//! pm-core's store. Every write is a single statement, so no multi-statement transactions are
+//! needed; idempotency of notifications comes from the `UNIQUE (user_id, event_id)` constraint
+//! (`INSERT … ON CONFLICT DO NOTHING`).
+//!
+//! Storage conventions (see `migrations/sqlite`): ids are hyphenated UUID text, timestamps are
+//! integer microseconds. Row structs are private; conversion into domain types happens in
+//! `TryFrom` impls so corrupt rows surface as errors, not panics.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pm_core::event::Actor;
+use pm_core::id::UserId;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::shared::*;
+use crate::notification::{Notification, NotificationId, NotificationKind};
+use crate::store::*;
+use crate::{Error, Result};
+
+/// The SQLite realtime store. Cheap to clone (pools are reference-counted).
+#[derive(Debug, Clone)]
+pub struct SqliteRealtimeStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteRealtimeStore {
+    /// Opens (creating if missing) the database at `url` (`sqlite://path.db`, `sqlite::memory:`).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::invalid("database_url", e.to_string()))?
+            .create_if_missing(true)
+            .busy_timeout(Duration::from_secs(10))
+            .synchronous(SqliteSynchronous::Normal);
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            // An in-memory database lives as long as its one connection: pin it.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(opts)
+                .await
+                .map_err(st)?;
+            return Ok(Self::from_pools(pool.clone(), pool));
+        }
+        let opts = opts.journal_mode(SqliteJournalMode::Wal);
+        let writer = SqlitePoolOptions::new()
+            .test_before_acquire(false)
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await
+            .map_err(st)?;
+        let reader = SqlitePoolOptions::new()
+            .test_before_acquire(false)
+            .max_connections(2)
+            .connect_with(opts.read_only(true))
+            .await
+            .map_err(st)?;
+        Ok(Self::from_pools(writer, reader))
+    }
+
+    /// Wraps existing pools (a writer with one connection, and a reader pool; may be the same).
+    pub fn from_pools(writer: SqlitePool, reader: SqlitePool) -> Self {
+        Self { writer, reader }
+    }
+}
+
+fn id_text(id: impl Into<Uuid>) -> String {
+    id.into().hyphenated().to_string()
+}
+
+fn parse_id<T: From<Uuid>>(s: &str) -> Result<T> {
+    Uuid::parse_str(s).map(T::from).map_err(|e| corrupt("id", e))
+}
+
+fn parse_opt<T: From<Uuid>>(s: Option<&str>) -> Result<Option<T>> {
+    s.map(parse_id).transpose()
+}
+
+#[derive(sqlx::FromRow)]
+struct NotificationRow {
+    id: String,
+    user_id: String,
+    kind: String,
+    event_id: String,
+    seq: i64,
+    actor_type: String,
+    actor_id: Option<String>,
+    org_id: Option<String>,
+    project_id: Option<String>,
+    task_id: Option<String>,
+    summary: String,
+    created_at: i64,
+    read_at: Option<i64>,
+}
+
+impl TryFrom<NotificationRow> for Notification {
+    type Error = Error;
+    fn try_from(r: NotificationRow) -> Result<Self> {
+        let actor_id: Option<Uuid> = parse_opt(r.actor_id.as_deref())?;
+        Ok(Notification {
+            id: parse_id(&r.id)?,
+            user_id: parse_id(&r.user_id)?,
+            kind: NotificationKind::parse(&r.kind).map_err(|e| corrupt("kind", e))?,
+            event_id: parse_id(&r.event_id)?,
+            seq: r.seq,
+            actor: Actor::from_parts(&r.actor_type, actor_id).map_err(|e| corrupt("actor", e))?,
+            org_id: parse_opt(r.org_id.as_deref())?,
+            project_id: parse_opt(r.project_id.as_deref())?,
+            task_id: parse_opt(r.task_id.as_deref())?,
+            summary: r.summary,
+            created_at: from_micros(r.created_at)?,
+            read_at: r.read_at.map(from_micros).transpose()?,
+        })
+    }
+}
+
+#[async_trait]
+impl PresenceStore for SqliteRealtimeStore {
+    async fn touch_last_seen(&self, user: UserId, at: OffsetDateTime) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO rt_last_seen (user_id, last_seen) VALUES (?, ?) \
+             ON CONFLICT (user_id) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen)",
+        )
+        .bind(id_text(user))
+        .bind(micros(at))
+        .execute(&self.writer)
+        .await
+        .map_err(st)?;
+        Ok(())
+    }
+
+    async fn last_seen(&self, user: UserId) -> Result<Option<OffsetDateTime>> {
+        let us: Option<i64> =
+            sqlx::query_scalar("SELECT last_seen FROM rt_last_seen WHERE user_id = ?")
+                .bind(id_text(user))
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(st)?;
+        us.map(from_micros).transpose()
+    }
+}
+
+#[async_trait]
+impl NotificationStore for SqliteRealtimeStore {
+    async fn create_notification(&self, n: &Notification) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO rt_notifications (id, user_id, kind, event_id, seq, actor_type, actor_id, \
+             org_id, project_id, task_id, summary, created_at, read_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (user_id, event_id) DO NOTHING",
+        )
+        .bind(id_text(n.id))
+        .bind(id_text(n.user_id))
+        .bind(n.kind.as_str())
+        .bind(id_text(n.event_id))
+        .bind(n.seq)
+        .bind(n.actor.kind())
+        .bind(n.actor.id().map(id_text))
+        .bind(n.org_id.map(id_text))
+        .bind(n.project_id.map(id_text))
+        .bind(n.task_id.map(id_text))
+        .bind(&n.summary)
+        .bind(micros(n.created_at))
+        .bind(n.read_at.map(micros))
+        .execute(&self.writer)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.kind() == sqlx::error::ErrorKind::UniqueViolation => {
+                Error::invalid("id", "a notification with this id already exists")
+            }
+            _ => st(e),
+        })?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn list_notifications(
+        &self,
+        user: UserId,
+        q: &NotificationQuery,
+    ) -> Result<NotificationPage> {
+        q.validate()?;
+        let rows: Vec<NotificationRow> = sqlx::query_as(
+            "SELECT * FROM rt_notifications \
+             WHERE user_id = ? AND (? = 0 OR read_at IS NULL) AND (? IS NULL OR id < ?) \
+             ORDER BY id DESC LIMIT ?",
+        )
+        .bind(id_text(user))
+        .bind(q.unread_only)
+        .bind(q.before.map(id_text))
+        .bind(q.before.map(id_text))
+        .bind(i64::from(q.limit) + 1)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(st)?;
+        let rows = rows.into_iter().map(Notification::try_from).collect::<Result<Vec<_>>>()?;
+        Ok(NotificationPage::from_rows(rows, q.limit))
+    }
+
+    async fn set_read(
+        &self,
+        user: UserId,
+        id: NotificationId,
+        at: Option<OffsetDateTime>,
+    ) -> Result<Notification> {
+        let row: Option<NotificationRow> = sqlx::query_as(
+            "UPDATE rt_notifications SET read_at = ? WHERE id = ? AND user_id = ? RETURNING *",
+        )
+        .bind(at.map(micros))
+        .bind(id_text(id))
+        .bind(id_text(user))
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(st)?;
+        row.ok_or_else(|| Error::not_found("notification"))?.try_into()
+    }
+
+    async fn mark_all_read(&self, user: UserId, at: OffsetDateTime) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE rt_notifications SET read_at = ? WHERE user_id = ? AND read_at IS NULL",
+        )
+        .bind(micros(at))
+        .bind(id_text(user))
+        .execute(&self.writer)
+        .await
+        .map_err(st)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn unread_count(&self, user: UserId) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM rt_notifications WHERE user_id = ? AND read_at IS NULL",
+        )
+        .bind(id_text(user))
+        .fetch_one(&self.reader)
+        .await
+        .map_err(st)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+#[async_trait]
+impl RealtimeAdmin for SqliteRealtimeStore {
+    async fn migrate(&self) -> Result<()> {
+        let mut m = sqlx::migrate!("./migrations/sqlite");
+        m.dangerous_set_table_name("_pm_realtime_migrations");
+        m.run(&self.writer).await.map_err(Error::storage)
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}

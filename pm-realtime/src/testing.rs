@@ -1,0 +1,144 @@
+//! The store conformance suite (feature `testing`).
+//!
+//! One suite for every backend: the built-in SQLite and PostgreSQL adapters run it in their
+//! tests, and a host that writes its own adapter runs the same functions against theirs. Checks
+//! use fresh user ids, so they may share a database; give [`run_all`] a freshly migrated one.
+//! Checks panic with a message on failure, like any test.
+
+use pm_core::event::Actor;
+use pm_core::id::{EventId, OrgId, TaskId, UserId};
+use time::OffsetDateTime;
+
+use crate::Error;
+use crate::notification::{Notification, NotificationId, NotificationKind};
+use crate::store::{NotificationQuery, RealtimeStores};
+
+/// Runs every check against `stores`.
+pub async fn run_all(stores: &RealtimeStores) {
+    last_seen_only_moves_forward(stores).await;
+    notifications_are_idempotent_per_event(stores).await;
+    notifications_page_newest_first(stores).await;
+    read_state_and_unread_count(stores).await;
+    users_only_touch_their_own(stores).await;
+}
+
+fn at(secs: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_750_000_000 + secs).expect("valid timestamp")
+}
+
+fn notification(user: UserId, seq: i64) -> Notification {
+    Notification {
+        id: NotificationId::new(),
+        user_id: user,
+        kind: NotificationKind::Mentioned,
+        event_id: EventId::new(),
+        seq,
+        actor: Actor::User(UserId::new()),
+        org_id: Some(OrgId::new()),
+        project_id: None,
+        task_id: Some(TaskId::new()),
+        summary: format!("Ada mentioned you ({seq}) — «ünïcödé»"),
+        created_at: at(seq),
+        read_at: None,
+    }
+}
+
+/// Last-seen times are stored per user and never move backwards.
+pub async fn last_seen_only_moves_forward(s: &RealtimeStores) {
+    let user = UserId::new();
+    assert_eq!(s.presence.last_seen(user).await.unwrap(), None);
+    s.presence.touch_last_seen(user, at(10)).await.unwrap();
+    assert_eq!(s.presence.last_seen(user).await.unwrap(), Some(at(10)));
+    s.presence.touch_last_seen(user, at(5)).await.unwrap();
+    assert_eq!(s.presence.last_seen(user).await.unwrap(), Some(at(10)), "must not move back");
+    s.presence.touch_last_seen(user, at(20)).await.unwrap();
+    assert_eq!(s.presence.last_seen(user).await.unwrap(), Some(at(20)));
+}
+
+/// A second notification for the same user and event is not stored; the first round-trips
+/// exactly.
+pub async fn notifications_are_idempotent_per_event(s: &RealtimeStores) {
+    let user = UserId::new();
+    let n = notification(user, 1);
+    assert!(s.notifications.create_notification(&n).await.unwrap());
+    let again = Notification { id: NotificationId::new(), ..n.clone() };
+    assert!(!s.notifications.create_notification(&again).await.unwrap());
+    let other_user =
+        Notification { id: NotificationId::new(), user_id: UserId::new(), ..n.clone() };
+    assert!(s.notifications.create_notification(&other_user).await.unwrap());
+    let page =
+        s.notifications.list_notifications(user, &NotificationQuery::default()).await.unwrap();
+    assert_eq!(page.items, vec![n]);
+    assert_eq!(page.next_cursor, None);
+}
+
+/// Lists are newest first with a keyset cursor that neither repeats nor skips.
+pub async fn notifications_page_newest_first(s: &RealtimeStores) {
+    let user = UserId::new();
+    let mut made = Vec::new();
+    for seq in 0..7 {
+        let n = notification(user, seq);
+        s.notifications.create_notification(&n).await.unwrap();
+        made.push(n.id);
+    }
+    made.reverse();
+    let mut seen = Vec::new();
+    let mut q = NotificationQuery { limit: 3, ..NotificationQuery::default() };
+    loop {
+        let page = s.notifications.list_notifications(user, &q).await.unwrap();
+        assert!(page.items.len() <= 3);
+        seen.extend(page.items.iter().map(|n| n.id));
+        match page.next_cursor {
+            Some(c) => q.before = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, made);
+    let bad = NotificationQuery { limit: 0, ..NotificationQuery::default() };
+    assert!(matches!(
+        s.notifications.list_notifications(user, &bad).await,
+        Err(Error::Invalid { field, .. }) if field == "limit"
+    ));
+}
+
+/// Read/unread marking, `unread_only` listing and the unread count agree.
+pub async fn read_state_and_unread_count(s: &RealtimeStores) {
+    let user = UserId::new();
+    let a = notification(user, 1);
+    let b = notification(user, 2);
+    let c = notification(user, 3);
+    for n in [&a, &b, &c] {
+        s.notifications.create_notification(n).await.unwrap();
+    }
+    assert_eq!(s.notifications.unread_count(user).await.unwrap(), 3);
+    let read = s.notifications.set_read(user, b.id, Some(at(100))).await.unwrap();
+    assert_eq!(read.read_at, Some(at(100)));
+    assert_eq!(s.notifications.unread_count(user).await.unwrap(), 2);
+    let unread = NotificationQuery { unread_only: true, ..NotificationQuery::default() };
+    let page = s.notifications.list_notifications(user, &unread).await.unwrap();
+    assert_eq!(page.items.iter().map(|n| n.id).collect::<Vec<_>>(), vec![c.id, a.id]);
+    let again = s.notifications.set_read(user, b.id, None).await.unwrap();
+    assert_eq!(again.read_at, None);
+    assert_eq!(s.notifications.unread_count(user).await.unwrap(), 3);
+    assert_eq!(s.notifications.mark_all_read(user, at(200)).await.unwrap(), 3);
+    assert_eq!(s.notifications.unread_count(user).await.unwrap(), 0);
+    assert_eq!(s.notifications.mark_all_read(user, at(300)).await.unwrap(), 0);
+}
+
+/// Another user's notification is `NotFound`, and unknown ids too.
+pub async fn users_only_touch_their_own(s: &RealtimeStores) {
+    let owner = UserId::new();
+    let n = notification(owner, 1);
+    s.notifications.create_notification(&n).await.unwrap();
+    let intruder = UserId::new();
+    assert!(matches!(
+        s.notifications.set_read(intruder, n.id, Some(at(1))).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.notifications.set_read(owner, NotificationId::new(), Some(at(1))).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(s.notifications.unread_count(intruder).await.unwrap(), 0);
+    assert_eq!(s.notifications.unread_count(owner).await.unwrap(), 1);
+}
