@@ -106,9 +106,10 @@ impl Pm {
                 return Err(Error::invalid("reporter", "is required when the actor is not a user"));
             }
         };
-        let state_id = match input.state_id {
-            Some(s) => s,
-            None => self.default_state(project.id).await?,
+        // A default state comes from the project's own list, so it needs no second look-up.
+        let (state_id, state_known) = match input.state_id {
+            Some(s) => (s, false),
+            None => (self.default_state(project.id).await?, true),
         };
         let new = NewTask {
             project_id: project.id,
@@ -126,7 +127,8 @@ impl Pm {
             milestone_id: input.milestone_id,
             custom_fields: input.custom_fields,
         };
-        self.check_task_fields(&project, None, &TaskFieldsView::from_new(&new)).await?;
+        self.check_task_fields(&project, None, state_known, &TaskFieldsView::from_new(&new))
+            .await?;
         self.require_member(project.org_id, reporter, "reporter").await?;
         self.stores.tasks.create_task(origin, &new, now()).await
     }
@@ -175,7 +177,8 @@ impl Pm {
         let project = self.stores.projects.get_project(current.project_id).await?;
         let mut next = current.clone();
         patch.apply(&mut next);
-        self.check_task_fields(&project, Some(&current), &TaskFieldsView::from_task(&next)).await?;
+        self.check_task_fields(&project, Some(&current), false, &TaskFieldsView::from_task(&next))
+            .await?;
         if let Some(Some(parent)) = patch.parent_id {
             self.check_no_parent_cycle(id, parent).await?;
         }
@@ -389,11 +392,13 @@ impl Pm {
 
     /// Validates a task's references against its project: state, parent, milestone, labels,
     /// assignees, custom fields, dates and estimate. `before` is the stored task on update, so
-    /// unchanged references are not re-checked.
+    /// unchanged references are not re-checked; `state_known` says the state was picked from the
+    /// project's own list.
     async fn check_task_fields(
         &self,
         project: &Project,
         before: Option<&Task>,
+        state_known: bool,
         t: &TaskFieldsView<'_>,
     ) -> Result<()> {
         if let (Some(s), Some(d)) = (t.start_date, t.due_date)
@@ -410,7 +415,7 @@ impl Pm {
         if t.labels.len() > MAX_LABELS {
             return Err(Error::invalid("labels", format!("at most {MAX_LABELS} labels")));
         }
-        if before.is_none_or(|b| b.state_id != *t.state_id) {
+        if !state_known && before.is_none_or(|b| b.state_id != *t.state_id) {
             let s = self.stores.projects.get_state(*t.state_id).await;
             if !matches!(&s, Ok(s) if s.project_id == project.id) {
                 return Err(Error::invalid(

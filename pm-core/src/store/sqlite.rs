@@ -38,15 +38,24 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     wakeup: Wakeup,
-    counters: Arc<Mutex<HashMap<ProjectId, TaskCounter>>>,
-    creates: Arc<Mutex<Vec<QueuedCreate>>>,
+    counters: Counters,
+    /// Task creates waiting for the [`CreateBatcher`].
+    creates: tokio::sync::mpsc::UnboundedSender<QueuedCreate>,
     creates_alone: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// A `create_task` call waiting for a batch (see `SqliteStore::write_batch`).
+type Counters = Arc<Mutex<HashMap<ProjectId, TaskCounter>>>;
+
+fn lock_counters(c: &Counters) -> std::sync::MutexGuard<'_, HashMap<ProjectId, TaskCounter>> {
+    // The map holds plain values and is never left half-updated, so a poisoned lock is safe to
+    // reuse.
+    c.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A `create_task` call waiting for a batch (see [`CreateBatcher`]).
 #[derive(Debug)]
 struct QueuedCreate {
-    input: Arc<CreateInput>,
+    input: CreateInput,
     reply: tokio::sync::oneshot::Sender<Result<Task>>,
 }
 
@@ -125,20 +134,23 @@ impl SqliteStore {
     }
 
     fn from_pools(writer: SqlitePool, reader: SqlitePool) -> Self {
-        Self {
-            writer,
-            reader,
-            wakeup: Wakeup::new(),
-            counters: Arc::default(),
-            creates: Arc::default(),
-            creates_alone: Arc::default(),
-        }
+        let wakeup = Wakeup::new();
+        let counters = Counters::default();
+        let creates_alone = Arc::<std::sync::atomic::AtomicU64>::default();
+        let (creates, queue) = tokio::sync::mpsc::unbounded_channel();
+        let batcher = CreateBatcher {
+            writer: writer.clone(),
+            wakeup: wakeup.clone(),
+            counters: counters.clone(),
+            creates_alone: creates_alone.clone(),
+        };
+        // Ends when the last clone of this store is dropped (the queue closes).
+        tokio::spawn(batcher.run(queue));
+        Self { writer, reader, wakeup, counters, creates, creates_alone }
     }
 
     fn counters(&self) -> std::sync::MutexGuard<'_, HashMap<ProjectId, TaskCounter>> {
-        // The map holds plain values and is never left half-updated, so a poisoned lock is safe
-        // to reuse.
-        self.counters.lock().unwrap_or_else(PoisonError::into_inner)
+        lock_counters(&self.counters)
     }
 
     /// How many task creates failed inside a batch and were retried alone (a health signal:
@@ -147,8 +159,42 @@ impl SqliteStore {
         self.creates_alone.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<QueuedCreate>> {
-        self.creates.lock().unwrap_or_else(PoisonError::into_inner)
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
+        self.writer.begin().await.map_err(Error::storage)
+    }
+
+    async fn commit(&self, tx: sqlx::Transaction<'static, Sqlite>) -> Result<()> {
+        tx.commit().await.map_err(Error::storage)?;
+        self.wakeup.ping();
+        Ok(())
+    }
+}
+
+/// The one task that writes task creates (group commit): it takes whatever creates are queued,
+/// writes them in one transaction on the writer connection, and answers each. Requests never
+/// wait on the writer pool themselves, so a burst costs one wake-up per request instead of a
+/// chain of pool hand-offs.
+#[derive(Debug)]
+struct CreateBatcher {
+    writer: SqlitePool,
+    wakeup: Wakeup,
+    counters: Counters,
+    creates_alone: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CreateBatcher {
+    /// Upper bound on one batch, so a long queue still commits (and answers) in steps.
+    const MAX_BATCH: usize = 256;
+
+    async fn run(self, mut queue: tokio::sync::mpsc::UnboundedReceiver<QueuedCreate>) {
+        let mut batch = Vec::new();
+        while queue.recv_many(&mut batch, Self::MAX_BATCH).await > 0 {
+            self.write_batch(std::mem::take(&mut batch)).await;
+        }
+    }
+
+    fn counters(&self) -> std::sync::MutexGuard<'_, HashMap<ProjectId, TaskCounter>> {
+        lock_counters(&self.counters)
     }
 
     /// Writes queued creates in one transaction on the writer connection `conn`, then answers
@@ -156,16 +202,11 @@ impl SqliteStore {
     /// tasks, and one round trip to the writer's thread per task. A task whose statements fail is
     /// rolled back to its savepoint alone and retried by itself afterwards (see
     /// `create_task_alone`).
-    async fn write_batch(
-        self,
-        mut conn: sqlx::pool::PoolConnection<Sqlite>,
-        batch: Vec<QueuedCreate>,
-    ) {
-        use sqlx::Connection;
+    async fn write_batch(&self, batch: Vec<QueuedCreate>) {
         let mut written = Vec::with_capacity(batch.len());
         let mut alone = Vec::new();
         let outcome: Result<()> = async {
-            let mut tx = conn.begin().await.map_err(st)?;
+            let mut tx = self.writer.begin().await.map_err(st)?;
             for queued in batch {
                 match self.write_queued(&mut tx, &queued.input).await {
                     Ok(task) => written.push((queued, task)),
@@ -186,7 +227,6 @@ impl SqliteStore {
             tx.commit().await.map_err(st)
         }
         .await;
-        drop(conn);
         match outcome {
             Ok(()) => {
                 if !written.is_empty() {
@@ -368,7 +408,7 @@ impl SqliteStore {
         new: &NewTask,
         at: OffsetDateTime,
     ) -> Result<Task> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.writer.begin().await.map_err(Error::storage)?;
         // Number and last rank in one statement: every statement is a round trip to the writer's
         // thread, and under load those hops bound write throughput more than SQLite does.
         let row: Option<(i64, String, String, Option<String>)> = sqlx::query_as(
@@ -448,18 +488,9 @@ impl SqliteStore {
             ),
         )
         .await?;
-        self.commit(tx).await?;
-        Ok(task)
-    }
-
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
-        self.writer.begin().await.map_err(Error::storage)
-    }
-
-    async fn commit(&self, tx: sqlx::Transaction<'static, Sqlite>) -> Result<()> {
         tx.commit().await.map_err(Error::storage)?;
         self.wakeup.ping();
-        Ok(())
+        Ok(task)
     }
 }
 
@@ -1874,44 +1905,23 @@ impl TaskStore for SqliteStore {
         new: &NewTask,
         at: OffsetDateTime,
     ) -> Result<Task> {
-        let input = Arc::new(CreateInput { origin: *origin, new: new.clone(), at });
-        let (reply, mut done) = tokio::sync::oneshot::channel();
-        self.queue().push(QueuedCreate { input: input.clone(), reply });
-        loop {
-            tokio::select! {
-                biased;
-                result = &mut done => {
-                    return result.unwrap_or_else(|_| {
-                        Err(Error::storage(std::io::Error::other("the batch writing this task failed")))
-                    });
-                }
-                conn = self.writer.acquire() => {
-                    let conn = match conn {
-                        Ok(conn) => conn,
-                        Err(e) => {
-                            // Withdraw the request unless a batch already took it (then its
-                            // outcome is on the way).
-                            let mut queue = self.queue();
-                            match queue.iter().position(|q| Arc::ptr_eq(&q.input, &input)) {
-                                Some(i) => {
-                                    queue.swap_remove(i);
-                                    return Err(st(e));
-                                }
-                                None => continue,
-                            }
-                        }
-                    };
-                    let batch = std::mem::take(&mut *self.queue());
-                    if batch.is_empty() {
-                        // Another request's batch took ours; its reply is on the way.
-                        continue;
-                    }
-                    // The batch runs in its own task so that a caller going away (a client
-                    // disconnecting) cannot cut it off between commit and replies.
-                    tokio::spawn(self.clone().write_batch(conn, batch));
-                }
+        let input = CreateInput { origin: *origin, new: new.clone(), at };
+        let (reply, done) = tokio::sync::oneshot::channel();
+        if let Err(refused) = self.creates.send(QueuedCreate { input, reply }) {
+            // The batcher is gone (its runtime shut down): write this one directly.
+            let i = refused.0.input;
+            return CreateBatcher {
+                writer: self.writer.clone(),
+                wakeup: self.wakeup.clone(),
+                counters: self.counters.clone(),
+                creates_alone: self.creates_alone.clone(),
             }
+            .create_task_alone(&i.origin, &i.new, i.at)
+            .await;
         }
+        done.await.unwrap_or_else(|_| {
+            Err(Error::storage(std::io::Error::other("the batch writing this task was dropped")))
+        })
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Task> {
