@@ -88,6 +88,16 @@ pub trait ProjectStore: Send + Sync {
     async fn get_state(&self, id: StateId) -> Result<WorkflowState>;
     /// States of a project by position.
     async fn list_states(&self, project: ProjectId) -> Result<Vec<WorkflowState>>;
+    /// A project and its states by position in one read: what creating a task needs. The default
+    /// makes the two calls; adapters where a read is a round trip worth saving override it.
+    async fn get_project_with_states(
+        &self,
+        id: ProjectId,
+    ) -> Result<(Project, Vec<WorkflowState>)> {
+        let project = self.get_project(id).await?;
+        let states = self.list_states(id).await?;
+        Ok((project, states))
+    }
     /// Adds a label.
     async fn create_label(&self, origin: &Origin, label: &Label) -> Result<Label>;
     /// Labels of an organization by name.

@@ -191,6 +191,14 @@ pub async fn projects(stores: &Stores) {
     let p = &stores.projects;
     assert_eq!(p.get_project(f.project.id).await.unwrap(), f.project);
     assert_eq!(p.list_states(f.project.id).await.unwrap(), f.states);
+    assert_eq!(
+        p.get_project_with_states(f.project.id).await.unwrap(),
+        (f.project.clone(), f.states.clone())
+    );
+    assert!(matches!(
+        p.get_project_with_states(ProjectId::new()).await,
+        Err(Error::NotFound { .. })
+    ));
     let dup = Project { id: ProjectId::new(), ..f.project.clone() };
     assert!(matches!(
         p.create_project(&f.origin(), &dup, &[]).await,

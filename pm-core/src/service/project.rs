@@ -34,7 +34,7 @@ pub struct MilestonePatch {
     pub closed: Option<bool>,
 }
 
-fn project_resource(p: &Project) -> Resource {
+pub(crate) fn project_resource(p: &Project) -> Resource {
     Resource::new(ResourceKind::Project, Some(p.org_id), Some(p.id)).with_id(p.id)
 }
 

@@ -11,6 +11,7 @@ use crate::id::{
 };
 use crate::model::*;
 use crate::query::{Page, PageRequest, TaskFilter};
+use crate::service::project::project_resource;
 use crate::{Error, Pm, Result};
 
 /// Largest accepted estimate.
@@ -94,7 +95,9 @@ pub fn task_resource(t: &Task) -> Resource {
 impl Pm {
     /// Creates a task.
     pub async fn create_task(&self, origin: &Origin, input: CreateTask) -> Result<Task> {
-        let project = self.get_project(origin, input.project_id).await?;
+        let (project, states) =
+            self.stores.projects.get_project_with_states(input.project_id).await?;
+        self.authorize_read(origin, &project_resource(&project), "project").await?;
         let mut resource =
             Resource::new(ResourceKind::Task, Some(project.org_id), Some(project.id));
         resource.assignees = input.assignees.iter().copied().collect();
@@ -106,10 +109,17 @@ impl Pm {
                 return Err(Error::invalid("reporter", "is required when the actor is not a user"));
             }
         };
-        // A default state comes from the project's own list, so it needs no second look-up.
-        let (state_id, state_known) = match input.state_id {
-            Some(s) => (s, false),
-            None => (self.default_state(project.id).await?, true),
+        // The state is checked against the project's own list here, so `check_task_fields` needs
+        // no second look-up.
+        let state_id = match input.state_id {
+            Some(s) if states.iter().any(|st| st.id == s) => s,
+            Some(_) => {
+                return Err(Error::invalid(
+                    "state_id",
+                    "is not a workflow state of the task's project",
+                ));
+            }
+            None => default_state(&states)?,
         };
         let new = NewTask {
             project_id: project.id,
@@ -127,21 +137,9 @@ impl Pm {
             milestone_id: input.milestone_id,
             custom_fields: input.custom_fields,
         };
-        self.check_task_fields(&project, None, state_known, &TaskFieldsView::from_new(&new))
-            .await?;
+        self.check_task_fields(&project, None, true, &TaskFieldsView::from_new(&new)).await?;
         self.require_member(project.org_id, reporter, "reporter").await?;
         self.stores.tasks.create_task(origin, &new, now()).await
-    }
-
-    async fn default_state(&self, project: ProjectId) -> Result<StateId> {
-        let states = self.stores.projects.list_states(project).await?;
-        let pick = states
-            .iter()
-            .find(|s| s.category == StateCategory::Unstarted)
-            .or_else(|| states.iter().find(|s| s.category == StateCategory::Backlog))
-            .or(states.first());
-        pick.map(|s| s.id)
-            .ok_or_else(|| Error::invalid("state_id", "the project has no workflow states"))
     }
 
     /// Loads a task.
@@ -393,7 +391,7 @@ impl Pm {
     /// Validates a task's references against its project: state, parent, milestone, labels,
     /// assignees, custom fields, dates and estimate. `before` is the stored task on update, so
     /// unchanged references are not re-checked; `state_known` says the state was picked from the
-    /// project's own list.
+    /// project's own list already.
     async fn check_task_fields(
         &self,
         project: &Project,
@@ -539,4 +537,16 @@ impl<'a> TaskFieldsView<'a> {
             custom_fields: &t.custom_fields,
         }
     }
+}
+
+/// The state a new task starts in when none is given: the first unstarted one, else the first
+/// backlog one, else the first.
+fn default_state(states: &[WorkflowState]) -> Result<StateId> {
+    let pick = states
+        .iter()
+        .find(|s| s.category == StateCategory::Unstarted)
+        .or_else(|| states.iter().find(|s| s.category == StateCategory::Backlog))
+        .or(states.first());
+    pick.map(|s| s.id)
+        .ok_or_else(|| Error::invalid("state_id", "the project has no workflow states"))
 }

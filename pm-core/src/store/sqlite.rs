@@ -1680,6 +1680,32 @@ impl ProjectStore for SqliteStore {
         convert(rows)
     }
 
+    async fn get_project_with_states(
+        &self,
+        id: ProjectId,
+    ) -> Result<(Project, Vec<WorkflowState>)> {
+        use sqlx::{FromRow, Row};
+        // Both statements in one round trip to a reader's thread; `part` tells their rows apart.
+        let rows = sqlx::query(
+            "SELECT 0 AS part, * FROM projects WHERE id = ?1; \
+             SELECT 1 AS part, * FROM workflow_states WHERE project_id = ?1 ORDER BY position, id",
+        )
+        .bind(id_text(id))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(st)?;
+        let mut project = None;
+        let mut states = Vec::new();
+        for row in &rows {
+            if row.try_get::<i64, _>("part").map_err(st)? == 0 {
+                project = Some(Project::try_from(ProjectRow::from_row(row).map_err(st)?)?);
+            } else {
+                states.push(WorkflowState::try_from(StateRow::from_row(row).map_err(st)?)?);
+            }
+        }
+        Ok((project.ok_or_else(|| Error::not_found("project"))?, states))
+    }
+
     async fn create_label(&self, origin: &Origin, l: &Label) -> Result<Label> {
         let mut tx = self.begin().await?;
         sqlx::query("INSERT INTO labels (id, org_id, name, color) VALUES (?, ?, ?, ?)")
