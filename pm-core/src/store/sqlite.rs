@@ -170,6 +170,119 @@ impl SqliteStore {
     }
 }
 
+/// Chunk sizes `CreateBatcher` writes in one round trip, largest first.
+const CREATE_CHUNKS: [usize; 5] = [16, 8, 4, 2, 1];
+
+/// One create's statements (see [`bind_create`] for the parameters, bound in this order). sqlx
+/// runs every statement of a string in one call, binding anonymous parameters in order across
+/// all of them (numbered `?NNN` with gaps are mis-bound across statements by sqlx 0.9). The
+/// number only moves forward (`MAX`), so a stale cache never hands it out twice after a restart.
+/// A new task has no comments, so its search body is title and description (as `index_search`
+/// writes it).
+const CREATE_ONE: &str = "INSERT INTO tasks (id, org_id, project_id, number, title, description, state_id, priority, reporter, \
+     start_date, due_date, estimate, parent_id, milestone_id, rank, archived, version, created_at, updated_at) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?); \
+     INSERT INTO task_assignees (task_id, user_id) SELECT ?, value FROM json_each(?); \
+     INSERT INTO task_labels (task_id, label_id) SELECT ?, value FROM json_each(?); \
+     INSERT INTO task_field_values (task_id, field_id, value) SELECT ?, value ->> 0, value ->> 1 FROM json_each(?); \
+     UPDATE projects SET next_number = MAX(next_number, ? + 1) WHERE id = ?; \
+     INSERT INTO task_search (rowid, body) SELECT rid, title || ' ' || description || ' ' FROM tasks WHERE id = ?; \
+     INSERT INTO events (id, at, org_id, project_id, task_id, actor_type, actor_id, kind, subject, payload, \
+     cause_event_id, cause_depth) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);";
+
+/// The statement string for a chunk of `n` creates (one of [`CREATE_CHUNKS`]), built once.
+fn create_chunk_sql(n: usize) -> Option<&'static str> {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        CREATE_CHUNKS
+            .iter()
+            .map(|&n| format!("SAVEPOINT pm_chunk; {} RELEASE pm_chunk", CREATE_ONE.repeat(n)))
+            .collect()
+    });
+    let i = CREATE_CHUNKS.iter().position(|&size| size == n)?;
+    Some(all[i].as_str())
+}
+
+/// Binds one create's parameters in [`CREATE_ONE`]'s order.
+fn bind_create<'q>(
+    query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
+    origin: &Origin,
+    task: &Task,
+) -> Result<sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>> {
+    let id = id_text(task.id);
+    let project = id_text(task.project_id);
+    let org = id_text(task.org_id);
+    let assignees: Vec<String> = task.assignees.iter().map(|u| id_text(*u)).collect();
+    let labels: Vec<String> = task.labels.iter().map(|l| id_text(*l)).collect();
+    // Field values as `[field id, value as JSON text]` pairs: stored as JSON text, like
+    // `write_task_sets` does.
+    let fields: Vec<(String, String)> = task
+        .custom_fields
+        .iter()
+        .map(|(f, v)| Ok((id_text(*f), serde_json::to_string(v).map_err(Error::storage)?)))
+        .collect::<Result<_>>()?;
+    Ok(query
+        .bind(id.clone())
+        .bind(org.clone())
+        .bind(project.clone())
+        .bind(task.number)
+        .bind(task.title.as_str().to_owned())
+        .bind(task.description.as_str().to_owned())
+        .bind(id_text(task.state_id))
+        .bind(task.priority.as_i16())
+        .bind(id_text(task.reporter))
+        .bind(task.start_date.map(date_text))
+        .bind(task.due_date.map(date_text))
+        .bind(task.estimate.map(i64::from))
+        .bind(opt_id_text(task.parent_id))
+        .bind(opt_id_text(task.milestone_id))
+        .bind(task.rank.clone())
+        .bind(task.archived)
+        .bind(task.version)
+        .bind(ts(task.created_at))
+        .bind(ts(task.updated_at))
+        .bind(id.clone())
+        .bind(serde_json::to_string(&assignees).map_err(Error::storage)?)
+        .bind(id.clone())
+        .bind(serde_json::to_string(&labels).map_err(Error::storage)?)
+        .bind(id.clone())
+        .bind(serde_json::to_string(&fields).map_err(Error::storage)?)
+        .bind(task.number)
+        .bind(project.clone())
+        .bind(id.clone())
+        .bind(id_text(EventId::new()))
+        .bind(ts(now()))
+        .bind(org)
+        .bind(project)
+        .bind(id.clone())
+        .bind(origin.actor.kind())
+        .bind(opt_id_text(origin.actor.id()))
+        .bind(EventKind::TaskCreated.as_str())
+        .bind(id)
+        .bind(entity_payload("task", task).to_string())
+        .bind(opt_id_text(origin.cause.map(|c| c.event_id)))
+        .bind(origin.cause.map(|c| i64::from(c.depth))))
+}
+
+/// A project's task counter, read from the database.
+async fn load_counter(conn: &mut SqliteConnection, project: ProjectId) -> Result<TaskCounter> {
+    let row: Option<(String, String, i64, Option<String>)> = sqlx::query_as(
+        "SELECT org_id, key, next_number, (SELECT MAX(rank) FROM tasks WHERE project_id = ?1) \
+         FROM projects WHERE id = ?1",
+    )
+    .bind(id_text(project))
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(st)?;
+    let (org, key, next_number, last_rank) = row.ok_or_else(|| Error::not_found("project"))?;
+    Ok(TaskCounter {
+        org_id: parse_id(&org)?,
+        key: ProjectKey::parse(&key).map_err(|e| corrupt("key", e))?,
+        next_number,
+        last_rank,
+    })
+}
+
 /// The one task that writes task creates (group commit): it takes whatever creates are queued,
 /// writes them in one transaction on the writer connection, and answers each. Requests never
 /// wait on the writer pool themselves, so a burst costs one wake-up per request instead of a
@@ -207,21 +320,28 @@ impl CreateBatcher {
         let mut alone = Vec::new();
         let outcome: Result<()> = async {
             let mut tx = self.writer.begin().await.map_err(st)?;
-            for queued in batch {
-                match self.write_queued(&mut tx, &queued.input).await {
-                    Ok(task) => written.push((queued, task)),
-                    Err((e, savepoint)) => {
+            let mut pending: std::collections::VecDeque<QueuedCreate> = batch.into();
+            // Creates of a chunk that failed, to be written one by one to find the culprit.
+            let mut singles = std::collections::VecDeque::new();
+            loop {
+                let chunk: Vec<QueuedCreate> = if let Some(one) = singles.pop_front() {
+                    vec![one]
+                } else if pending.is_empty() {
+                    break;
+                } else {
+                    // Chunks of 16, 8, 4, 2 or 1: a few statement shapes for sqlx's cache.
+                    let size =
+                        CREATE_CHUNKS.iter().copied().find(|&n| n <= pending.len()).unwrap_or(1);
+                    pending.drain(..size).collect()
+                };
+                match self.write_chunk(&mut tx, &chunk).await {
+                    Ok(tasks) => written.extend(chunk.into_iter().zip(tasks)),
+                    Err(e) if chunk.len() == 1 => {
                         tracing::debug!(error = %e, "a batched task create failed; retrying it alone");
-                        if savepoint {
-                            sqlx::query("ROLLBACK TO pm_create; RELEASE pm_create")
-                                .execute(&mut *tx)
-                                .await
-                                .map_err(st)?;
-                        }
-                        self.counters().remove(&queued.input.new.project_id);
                         self.creates_alone.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        alone.push(queued);
+                        alone.extend(chunk);
                     }
+                    Err(_) => singles.extend(chunk),
                 }
             }
             tx.commit().await.map_err(st)
@@ -256,147 +376,96 @@ impl CreateBatcher {
         }
     }
 
-    /// One task's statements inside a batch, under the savepoint `pm_create`. An error says
-    /// whether the savepoint was opened (then it must be rolled back to).
-    async fn write_queued(
+    /// Writes `chunk` in one round trip under the savepoint `pm_chunk`. On error nothing of the
+    /// chunk remains and the counters of its projects are dropped (they will be re-read).
+    async fn write_chunk(
         &self,
         tx: &mut SqliteConnection,
-        input: &CreateInput,
-    ) -> std::result::Result<Task, (Error, bool)> {
-        let before = |e: Error| (e, false);
-        let (origin, new, at) = (&input.origin, &input.new, input.at);
-        let cached = self.counters().get(&new.project_id).cloned();
-        let counter = match cached {
-            Some(c) => c,
-            None => {
-                let row: Option<(String, String, i64, Option<String>)> = sqlx::query_as(
-                    "SELECT org_id, key, next_number, (SELECT MAX(rank) FROM tasks WHERE project_id = ?1) \
-                     FROM projects WHERE id = ?1",
-                )
-                .bind(id_text(new.project_id))
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| before(st(e)))?;
-                let (org, key, next_number, last_rank) =
-                    row.ok_or_else(|| before(Error::not_found("project")))?;
-                TaskCounter {
-                    org_id: parse_id(&org).map_err(before)?,
-                    key: ProjectKey::parse(&key).map_err(|e| before(corrupt("key", e)))?,
-                    next_number,
-                    last_rank,
-                }
+        chunk: &[QueuedCreate],
+    ) -> Result<Vec<Task>> {
+        let mut counters: HashMap<ProjectId, TaskCounter> = HashMap::new();
+        let result = self.try_write_chunk(tx, chunk, &mut counters).await;
+        match result {
+            Ok(tasks) => {
+                self.counters().extend(counters);
+                Ok(tasks)
             }
-        };
-        let task = Task {
-            id: TaskId::new(),
-            org_id: counter.org_id,
-            project_id: new.project_id,
-            number: counter.next_number,
-            reference: task_reference(&counter.key, counter.next_number),
-            title: new.title.clone(),
-            description: new.description.clone(),
-            state_id: new.state_id,
-            priority: new.priority,
-            assignees: new.assignees.clone(),
-            reporter: new.reporter,
-            labels: new.labels.clone(),
-            start_date: new.start_date,
-            due_date: new.due_date,
-            estimate: new.estimate,
-            parent_id: new.parent_id,
-            milestone_id: new.milestone_id,
-            rank: rank::after(counter.last_rank.as_deref()),
-            archived: false,
-            custom_fields: new.custom_fields.clone(),
-            version: 1,
-            created_at: at,
-            updated_at: at,
-        };
-        let assignees: Vec<String> = task.assignees.iter().map(|u| id_text(*u)).collect();
-        let labels: Vec<String> = task.labels.iter().map(|l| id_text(*l)).collect();
-        // Field values as `[field id, value as JSON text]` pairs: stored as JSON text, like
-        // `write_task_sets` does.
-        let fields: Vec<(String, String)> = task
-            .custom_fields
-            .iter()
-            .map(|(f, v)| Ok((id_text(*f), serde_json::to_string(v).map_err(Error::storage)?)))
-            .collect::<Result<_>>()
-            .map_err(before)?;
-        // One round trip: sqlx runs every statement of the string, binding the anonymous
-        // parameters in order across all of them (hence values bound more than once; numbered
-        // `?NNN` parameters with gaps are mis-bound across statements by sqlx 0.9). The counter
-        // only moves forward (`MAX`), so a stale cache can never hand out a number twice after a
-        // restart. The new task has no comments yet, so its search body is its title and
-        // description (the shape `index_search` writes).
-        let id = id_text(task.id);
-        let project = id_text(task.project_id);
-        let org = id_text(task.org_id);
-        sqlx::query(
-            "SAVEPOINT pm_create; \
-             INSERT INTO tasks (id, org_id, project_id, number, title, description, state_id, priority, reporter, \
-             start_date, due_date, estimate, parent_id, milestone_id, rank, archived, version, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?); \
-             INSERT INTO task_assignees (task_id, user_id) SELECT ?, value FROM json_each(?); \
-             INSERT INTO task_labels (task_id, label_id) SELECT ?, value FROM json_each(?); \
-             INSERT INTO task_field_values (task_id, field_id, value) SELECT ?, value ->> 0, value ->> 1 FROM json_each(?); \
-             UPDATE projects SET next_number = MAX(next_number, ? + 1) WHERE id = ?; \
-             INSERT INTO task_search (rowid, body) SELECT rid, title || ' ' || description || ' ' FROM tasks WHERE id = ?; \
-             INSERT INTO events (id, at, org_id, project_id, task_id, actor_type, actor_id, kind, subject, payload, \
-             cause_event_id, cause_depth) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?); \
-             RELEASE pm_create",
-        )
-        .bind(&id)
-        .bind(&org)
-        .bind(&project)
-        .bind(task.number)
-        .bind(task.title.as_str())
-        .bind(task.description.as_str())
-        .bind(id_text(task.state_id))
-        .bind(task.priority.as_i16())
-        .bind(id_text(task.reporter))
-        .bind(task.start_date.map(date_text))
-        .bind(task.due_date.map(date_text))
-        .bind(task.estimate.map(i64::from))
-        .bind(opt_id_text(task.parent_id))
-        .bind(opt_id_text(task.milestone_id))
-        .bind(&task.rank)
-        .bind(task.archived)
-        .bind(task.version)
-        .bind(ts(task.created_at))
-        .bind(ts(task.updated_at))
-        .bind(&id)
-        .bind(serde_json::to_string(&assignees).map_err(|e| before(Error::storage(e)))?)
-        .bind(&id)
-        .bind(serde_json::to_string(&labels).map_err(|e| before(Error::storage(e)))?)
-        .bind(&id)
-        .bind(serde_json::to_string(&fields).map_err(|e| before(Error::storage(e)))?)
-        .bind(task.number)
-        .bind(&project)
-        .bind(&id)
-        .bind(id_text(EventId::new()))
-        .bind(ts(now()))
-        .bind(&org)
-        .bind(&project)
-        .bind(&id)
-        .bind(origin.actor.kind())
-        .bind(opt_id_text(origin.actor.id()))
-        .bind(EventKind::TaskCreated.as_str())
-        .bind(&id)
-        .bind(entity_payload("task", &task).to_string())
-        .bind(opt_id_text(origin.cause.map(|c| c.event_id)))
-        .bind(origin.cause.map(|c| i64::from(c.depth)))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| (st(e), true))?;
-        self.counters().insert(
-            new.project_id,
-            TaskCounter {
-                next_number: task.number + 1,
-                last_rank: Some(task.rank.clone()),
-                ..counter
-            },
-        );
-        Ok(task)
+            Err((e, opened)) => {
+                {
+                    let mut cache = self.counters();
+                    for q in chunk {
+                        cache.remove(&q.input.new.project_id);
+                    }
+                }
+                if opened {
+                    sqlx::query("ROLLBACK TO pm_chunk; RELEASE pm_chunk")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(st)?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `write_chunk`'s work; an error says whether the savepoint was opened.
+    async fn try_write_chunk(
+        &self,
+        tx: &mut SqliteConnection,
+        chunk: &[QueuedCreate],
+        counters: &mut HashMap<ProjectId, TaskCounter>,
+    ) -> std::result::Result<Vec<Task>, (Error, bool)> {
+        let before = |e: Error| (e, false);
+        let sql = create_chunk_sql(chunk.len()).ok_or_else(|| {
+            before(Error::storage(std::io::Error::other("no statement for this chunk size")))
+        })?;
+        let mut tasks = Vec::with_capacity(chunk.len());
+        let mut query = sqlx::query(sql);
+        for queued in chunk {
+            let (origin, new, at) = (&queued.input.origin, &queued.input.new, queued.input.at);
+            let counter = match counters.entry(new.project_id) {
+                std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    let cached = self.counters().get(&new.project_id).cloned();
+                    let counter = match cached {
+                        Some(c) => c,
+                        None => load_counter(&mut *tx, new.project_id).await.map_err(before)?,
+                    };
+                    slot.insert(counter)
+                }
+            };
+            let task = Task {
+                id: TaskId::new(),
+                org_id: counter.org_id,
+                project_id: new.project_id,
+                number: counter.next_number,
+                reference: task_reference(&counter.key, counter.next_number),
+                title: new.title.clone(),
+                description: new.description.clone(),
+                state_id: new.state_id,
+                priority: new.priority,
+                assignees: new.assignees.clone(),
+                reporter: new.reporter,
+                labels: new.labels.clone(),
+                start_date: new.start_date,
+                due_date: new.due_date,
+                estimate: new.estimate,
+                parent_id: new.parent_id,
+                milestone_id: new.milestone_id,
+                rank: rank::after(counter.last_rank.as_deref()),
+                archived: false,
+                custom_fields: new.custom_fields.clone(),
+                version: 1,
+                created_at: at,
+                updated_at: at,
+            };
+            counter.next_number += 1;
+            counter.last_rank = Some(task.rank.clone());
+            query = bind_create(query, origin, &task).map_err(before)?;
+            tasks.push(task);
+        }
+        query.execute(&mut *tx).await.map_err(|e| (st(e), true))?;
+        Ok(tasks)
     }
 
     /// `create_task` one statement at a time in its own transaction, reading the project's

@@ -169,7 +169,8 @@ async fn sqlite_task_numbers_stay_unique_across_two_stores_on_one_file() {
 }
 
 /// Concurrent creates on SQLite are written in batches (group commit). Every task of a burst
-/// keeps its sets, gets its own number, and none needed the slow one-at-a-time path.
+/// keeps its sets and gets its own number; a bad create in the burst fails alone with the field
+/// at fault, and only it takes the slow one-at-a-time path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_batched_creates_keep_sets_and_numbers() {
     use pm_core::id::{FieldId, LabelId};
@@ -199,18 +200,29 @@ async fn sqlite_batched_creates_keep_sets_and_numbers() {
         field_type: FieldType::Text,
     };
     stores.projects.create_field(&f.origin(), &field).await.unwrap();
+    let missing_label = LabelId::new();
     let creates = (0..60).map(|i| {
         let stores = stores.clone();
         let mut new = f.new_task(&format!("burst {i}"));
         new.assignees = [f.user.id].into();
-        new.labels = [label.id].into();
+        // One create in the burst refers to a label that does not exist.
+        new.labels = if i == 30 { [missing_label].into() } else { [label.id].into() };
         new.custom_fields.insert(field.id, FieldValue::Text(format!("\"quoted\" {i}")));
         let origin = f.origin();
         tokio::spawn(async move { stores.tasks.create_task(&origin, &new, now()).await })
     });
     let mut numbers = Vec::new();
-    for handle in creates.collect::<Vec<_>>() {
-        let created = handle.await.unwrap().unwrap();
+    for (i, handle) in creates.collect::<Vec<_>>().into_iter().enumerate() {
+        let created = handle.await.unwrap();
+        if i == 30 {
+            // It fails alone, naming the field, and costs the others nothing.
+            match created {
+                Err(pm_core::Error::Invalid { field, .. }) => assert_eq!(field, "labels"),
+                other => panic!("expected an invalid label, got {other:?}"),
+            }
+            continue;
+        }
+        let created = created.unwrap();
         let stored = stores.tasks.get_task(created.id).await.unwrap();
         assert_eq!(stored, created);
         assert_eq!(stored.labels, [label.id].into());
@@ -220,8 +232,8 @@ async fn sqlite_batched_creates_keep_sets_and_numbers() {
         numbers.push(stored.number);
     }
     numbers.sort();
-    assert_eq!(numbers, (1..=60).collect::<Vec<i64>>());
-    assert_eq!(store.creates_retried_alone(), 0, "a burst create fell back");
+    assert_eq!(numbers, (1..=59).collect::<Vec<i64>>());
+    assert_eq!(store.creates_retried_alone(), 1, "only the bad create is written alone");
     // Each create appended its event.
     let events = stores.events.read_after(0, 10_000).await.unwrap();
     let created = events
@@ -229,5 +241,5 @@ async fn sqlite_batched_creates_keep_sets_and_numbers() {
         .filter(|e| e.kind == pm_core::event::EventKind::TaskCreated)
         .filter(|e| e.project_id == Some(f.project.id))
         .count();
-    assert_eq!(created, 60);
+    assert_eq!(created, 59);
 }
