@@ -367,3 +367,39 @@ async fn notification_pages_follow_the_cursor() {
     assert_ne!(items[0]["id"], first.body["items"][0]["id"]);
     assert_ne!(items[0]["id"], first.body["items"][1]["id"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_pings_keep_a_quiet_client_alive_and_shutdown_closes_with_1001() {
+    use std::time::Duration;
+    let s = Server::start_with(|state| {
+        with_hub_config(
+            state,
+            HubConfig {
+                heartbeat_timeout: Duration::from_millis(600),
+                idle_timeout: Duration::from_secs(1),
+                sweep_interval: Duration::from_millis(100),
+                ..HubConfig::default()
+            },
+        )
+    })
+    .await;
+    let (_, t) = s.user("quiet@example.com").await;
+    let mut ws = Ws::connect(&s.base, &t).await;
+    // Send nothing for well past the heartbeat timeout, only answering the server's pings
+    // (tungstenite does that while reading).
+    use futures_util::StreamExt as _;
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(2000);
+    while let Ok(msg) = tokio::time::timeout_at(until, ws.stream.next()).await {
+        match msg {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pings >= 3, "the server pings every heartbeat_timeout / 3 ({pings})");
+    ws.ping().await;
+
+    drop(s); // graceful shutdown
+    let close = ws.close_frame().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1001, "{close:?}");
+}
