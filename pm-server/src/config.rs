@@ -1,7 +1,7 @@
 //! Server configuration: one [`Config`] read from `PM_*` environment variables, each also
 //! settable as a command-line flag (`--database-url`, `--bind`, `--log`,
 //! `--shutdown-timeout-secs`, `--jwt-secret`, `--access-ttl-secs`, `--refresh-ttl-secs`,
-//! `--registration`); a flag wins over its variable.
+//! `--registration`, `--realtime-broker`, `--redis-url`, ...); a flag wins over its variable.
 //!
 //! Values are validated while parsing, so a `Config` that exists is usable; every validation
 //! error names the environment variable to fix.
@@ -109,6 +109,23 @@ pub struct Config {
         global = true
     )]
     pub cors_origins: String,
+
+    /// Broker sharing realtime presence/typing/cursors between instances: `memory` (a single
+    /// instance), `postgres` (`LISTEN/NOTIFY` on the database) or `redis` (needs
+    /// `PM_REDIS_URL`). Default: `postgres` on a PostgreSQL database, `memory` otherwise.
+    #[arg(long = "realtime-broker", value_name = "KIND", env = "PM_REALTIME_BROKER", global = true,
+          value_parser = parse_broker)]
+    pub realtime_broker: Option<crate::realtime::BrokerKind>,
+
+    /// Redis for `PM_REALTIME_BROKER=redis`, e.g. `redis://127.0.0.1:6379`.
+    #[arg(
+        long = "redis-url",
+        value_name = "URL",
+        env = "PM_REDIS_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
 }
 
 impl Config {
@@ -148,6 +165,12 @@ impl Config {
         }
     }
 
+    /// The realtime broker: `PM_REALTIME_BROKER`, or the default for the database.
+    pub fn realtime_broker(&self) -> crate::realtime::BrokerKind {
+        self.realtime_broker
+            .unwrap_or_else(|| crate::realtime::BrokerKind::default_for(&self.database_url))
+    }
+
     /// The database URL with any password replaced by `***`, for logs and messages.
     pub fn database_url_redacted(&self) -> String {
         redact_url(&self.database_url)
@@ -185,6 +208,8 @@ impl fmt::Debug for Config {
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
             .field("rate_limit_ip_per_minute", &self.rate_limit_ip_per_minute)
             .field("cors_origins", &self.cors_origins())
+            .field("realtime_broker", &self.realtime_broker())
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .finish()
     }
 }
@@ -198,6 +223,14 @@ fn parse_database_url(s: &str) -> Result<String, String> {
              e.g. sqlite://pm.db"
             .to_owned())
     }
+}
+
+fn parse_broker(s: &str) -> Result<crate::realtime::BrokerKind, String> {
+    crate::realtime::BrokerKind::parse(s).ok_or_else(|| {
+        format!(
+            "PM_REALTIME_BROKER (--realtime-broker) must be `memory`, `postgres` or `redis`, not {s:?}"
+        )
+    })
 }
 
 fn parse_bind(s: &str) -> Result<SocketAddr, String> {
@@ -299,6 +332,7 @@ mod tests {
         assert!(parse_access_ttl("0").unwrap_err().contains("PM_ACCESS_TTL_SECS"));
         assert!(parse_refresh_ttl("x").unwrap_err().contains("PM_REFRESH_TTL_SECS"));
         assert!(parse_registration("closed").unwrap_err().contains("PM_REGISTRATION"));
+        assert!(parse_broker("kafka").unwrap_err().contains("PM_REALTIME_BROKER"));
     }
 
     #[test]

@@ -240,6 +240,24 @@ impl From<pm_core::Error> for ApiError {
     }
 }
 
+/// pm-realtime errors reach HTTP only from the notification routes (a broker never answers a
+/// request), so broker failures are 503 and storage failures 500.
+impl From<pm_realtime::Error> for ApiError {
+    fn from(err: pm_realtime::Error) -> Self {
+        use pm_realtime::Error as E;
+        match err {
+            E::Invalid { field, message } => ApiError::invalid_field(field, message),
+            E::NotFound { entity } => ApiError::entity_not_found(entity),
+            E::Forbidden(reason) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", reason)
+            }
+            e @ E::PayloadTooLarge { .. } => ApiError::internal(e),
+            E::Broker(cause) => ApiError::unavailable("the realtime broker is unavailable", cause),
+            E::Storage(cause) => ApiError::internal(cause),
+        }
+    }
+}
+
 impl From<pm_permissions::Error> for ApiError {
     fn from(err: pm_permissions::Error) -> Self {
         use pm_permissions::Error as E;

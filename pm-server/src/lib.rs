@@ -7,7 +7,8 @@
 //!   the [`require`](authz::require) guard for host routes;
 //! - [`error`]: [`ApiError`], the one RFC 9457 problem+json error type;
 //! - [`extract`]: `Json`/`Path`/`Query` extractors that reject with `ApiError`;
-//! - [`health`]: `/healthz` and `/readyz`.
+//! - [`health`]: `/healthz` and `/readyz`;
+//! - [`realtime`]: pm-realtime's hub, broker and notification consumer behind `/api/v1/ws`.
 //!
 //! Invariants: every response this server produces for an error, including unknown routes,
 //! wrong methods and timeouts, is `application/problem+json`; every response carries an
@@ -43,6 +44,7 @@ pub mod extract;
 pub mod health;
 pub mod idempotency;
 pub mod ratelimit;
+pub mod realtime;
 
 use auth::Auth;
 use error::ApiError;
@@ -71,6 +73,9 @@ pub struct AppState {
     pub idempotency: idempotency::IdempotencyCache,
     /// Origins allowed by CORS (`*` for any); empty disables CORS.
     pub cors_origins: Vec<String>,
+    /// The realtime hub behind `/api/v1/ws`, and the notifications. The constructors give an
+    /// in-process one started on first use; the binary replaces it (see [`realtime`]).
+    pub realtime: realtime::Realtime,
 }
 
 impl AppState {
@@ -107,7 +112,9 @@ impl AppState {
         blobs: Arc<dyn BlobStore>,
     ) -> Self {
         let authz = Arc::new(authz::ServerAuthorizer::new(permissions.clone()));
-        let pm = Pm::new(stores.clone(), authz, blobs);
+        let pm = Pm::new(stores.clone(), authz.clone(), blobs);
+        let realtime =
+            realtime::Realtime::new(realtime::RealtimeSetup::in_process(stores.clone(), authz));
         Self {
             stores,
             pm,
@@ -117,6 +124,7 @@ impl AppState {
             limiter: ratelimit::RateLimiter::new(ratelimit::RateLimits::default()),
             idempotency: idempotency::IdempotencyCache::default(),
             cors_origins: Vec::new(),
+            realtime,
         }
     }
 }
@@ -220,11 +228,18 @@ fn cors_layer(origins: &[String]) -> tower::util::Either<CorsLayer, tower::layer
 /// waits for in-flight requests to finish (the caller bounds that wait if it needs to).
 ///
 /// Requests carry the peer address (`ConnectInfo<SocketAddr>`), which login throttling uses.
+/// On shutdown the realtime hub closes its WebSocket sessions first (upgraded connections are
+/// not in-flight requests, so nothing else would end them).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let realtime = state.realtime.clone();
+    let shutdown = async move {
+        shutdown.await;
+        realtime.shutdown().await;
+    };
     axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await

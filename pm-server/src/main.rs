@@ -57,11 +57,12 @@ struct Opened {
     stores: Stores,
     auth_store: Arc<dyn AuthStore>,
     authz_stores: AuthzStores,
+    realtime_stores: pm_realtime::store::RealtimeStores,
 }
 
 /// Opens the configured database and brings its schema up to date: pm-core's tables, then
 /// pm-server's authentication tables (which refer to pm-core's users), then pm-permissions'
-/// tables (each crate tracks its own migrations).
+/// tables, then pm-realtime's (each crate tracks its own migrations).
 async fn open_and_migrate(config: &Config) -> anyhow::Result<Opened> {
     let url = config.database_url_redacted();
     let stores = pm_core::store::open(&config.database_url)
@@ -84,13 +85,21 @@ async fn open_and_migrate(config: &Config) -> anyhow::Result<Opened> {
         .migrate()
         .await
         .with_context(|| format!("migrating the permission tables of {url}"))?;
-    Ok(Opened { stores, auth_store, authz_stores })
+    let realtime_stores = pm_realtime::store::open(&config.database_url)
+        .await
+        .with_context(|| format!("opening the realtime tables of {url}"))?;
+    realtime_stores
+        .admin
+        .migrate()
+        .await
+        .with_context(|| format!("migrating the realtime tables of {url}"))?;
+    Ok(Opened { stores, auth_store, authz_stores, realtime_stores })
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
     let Opened { stores, .. } = open_and_migrate(config).await?;
     println!(
-        "migrated {} database {}: all pm-core, pm-server and pm-permissions migrations applied, schema is up to date",
+        "migrated {} database {}: all pm-core, pm-server, pm-permissions and pm-realtime migrations applied, schema is up to date",
         stores.admin.backend(),
         config.database_url_redacted()
     );
@@ -172,7 +181,8 @@ async fn create_user(config: &Config, args: &CreateUser) -> anyhow::Result<()> {
 }
 
 async fn serve(config: &Config) -> anyhow::Result<()> {
-    let Opened { stores, auth_store, authz_stores } = open_and_migrate(config).await?;
+    let Opened { stores, auth_store, authz_stores, realtime_stores } =
+        open_and_migrate(config).await?;
     let permissions = pm_server::authz::start_permissions(authz_stores)
         .await
         .context("loading the permission engine")?;
@@ -198,6 +208,25 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let mut state = AppState::with_auth(stores, permissions, auth, blobs);
     state.limiter = pm_server::ratelimit::RateLimiter::new(config.rate_limits());
     state.cors_origins = config.cors_origins();
+    let broker_kind = config.realtime_broker();
+    let broker = pm_server::realtime::open_broker(
+        broker_kind,
+        &config.database_url,
+        config.redis_url.as_deref(),
+    )
+    .await
+    .with_context(|| {
+        format!("connecting the {} realtime broker (PM_REALTIME_BROKER)", broker_kind.as_str())
+    })?;
+    state.realtime = pm_server::realtime::Realtime::start(pm_server::realtime::RealtimeSetup {
+        stores: state.stores.clone(),
+        authz: Arc::new(pm_server::authz::ServerAuthorizer::new(state.permissions.clone())),
+        realtime_stores,
+        broker,
+        config: pm_realtime::HubConfig::default(),
+    })
+    .await
+    .context("starting the realtime hub")?;
     let server = pm_server::serve(listener, state, stopped(stop_rx.clone()));
     let grace = config.shutdown_timeout;
     let deadline = async move {

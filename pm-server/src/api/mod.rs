@@ -18,8 +18,10 @@ pub mod auth;
 pub mod authz;
 pub mod comments;
 pub mod common;
+pub mod notifications;
 pub mod orgs;
 pub mod projects;
+pub mod realtime;
 pub mod task_links;
 pub mod tasks;
 pub mod worklog;
@@ -40,6 +42,8 @@ pub mod worklog;
         (name = "worklog", description = "Time entries, attachments, check-ins"),
         (name = "activity", description = "Activity feeds from the event log"),
         (name = "authz", description = "Roles, assignments, effective permissions, check/explain, audit log"),
+        (name = "realtime", description = "The realtime WebSocket (protocol: pm-realtime/docs/realtime-protocol.md)"),
+        (name = "notifications", description = "The caller's notifications"),
     )
 )]
 pub struct ApiDoc;
@@ -116,7 +120,9 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
         .merge(comments::router())
         .merge(worklog::router())
         .merge(activity::router())
-        .merge(authz::router());
+        .merge(authz::router())
+        .merge(realtime::router())
+        .merge(notifications::router());
     let mut router = OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1);
     // After the paths exist: the modifier walks every operation.
     CommonResponses.modify(router.get_openapi_mut());

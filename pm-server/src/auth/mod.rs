@@ -245,6 +245,24 @@ impl Auth {
     }
 }
 
+impl Auth {
+    /// Authenticates a bearer token, an access JWT or a personal API token (`pmat_…`), however
+    /// it arrived (the `Authorization` header, or a WebSocket's subprotocol or query). The scope
+    /// rule is the caller's to apply.
+    pub async fn authenticate(&self, token: &str) -> Result<Authenticated, ApiError> {
+        if token.starts_with(token::API_TOKEN_PREFIX) {
+            api_token(self, token).await
+        } else {
+            let SessionClaims { claims, sid } = self.keys.verify_session(token)?;
+            Ok(Authenticated {
+                user_id: UserId(claims.sub),
+                scope: claims.scope,
+                via: Via::AccessToken { session: sid },
+            })
+        }
+    }
+}
+
 /// How a request authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
@@ -322,16 +340,7 @@ where
             .map(|(_, token)| token.trim())
             .filter(|token| !token.is_empty())
             .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
-        let who = if token.starts_with(token::API_TOKEN_PREFIX) {
-            api_token(&auth, token).await?
-        } else {
-            let SessionClaims { claims, sid } = auth.keys.verify_session(token)?;
-            Authenticated {
-                user_id: UserId(claims.sub),
-                scope: claims.scope,
-                via: Via::AccessToken { session: sid },
-            }
-        };
+        let who = auth.authenticate(token).await?;
         if who.scope == Scope::Read
             && !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
         {

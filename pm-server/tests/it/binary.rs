@@ -59,6 +59,9 @@ async fn binary_serves_and_exits_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(dir.path().join("pm.db").exists(), "database file created");
+    // The realtime endpoint is served and refuses an unauthenticated upgrade.
+    let (status, text) = raw_get(addr, "/api/v1/ws").await.unwrap();
+    assert_eq!(status, 401, "{text}");
 
     let killed = Command::new("kill").arg("-TERM").arg(child.0.id().to_string()).status().unwrap();
     assert!(killed.success());
@@ -75,6 +78,29 @@ async fn binary_serves_and_exits_on_sigterm() {
     assert!(status.success(), "exit {status}: {log}");
     assert!(log.contains("received SIGTERM"), "{log}");
     assert!(log.contains("backend=\"sqlite\"") || log.contains("backend=sqlite"), "{log}");
+    assert!(log.contains("realtime hub started"), "{log}");
+}
+
+#[test]
+fn binary_names_the_variable_a_realtime_broker_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pm-server"))
+        .env("PM_DATABASE_URL", format!("sqlite://{}", dir.path().join("pm.db").display()))
+        .env("PM_BIND", "127.0.0.1:0")
+        .env("PM_REALTIME_BROKER", "redis")
+        .env_remove("PM_REDIS_URL")
+        .output()
+        .expect("run pm-server");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("PM_REDIS_URL"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_pm-server"))
+        .env("PM_REALTIME_BROKER", "kafka")
+        .output()
+        .expect("run pm-server");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PM_REALTIME_BROKER"));
 }
 
 #[test]

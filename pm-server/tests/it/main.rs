@@ -9,6 +9,7 @@ mod auth;
 mod binary;
 mod http;
 mod readiness;
+mod realtime;
 mod serve;
 
 use std::net::SocketAddr;

@@ -92,6 +92,11 @@ impl Server {
             pm_server::authz::open_permissions(&url).await.expect("open permission tables");
         let mut state = AppState::with(stores, permissions, TEST_SECRET, blobs);
         configure(&mut state);
+        Self::serve_state(state, dir).await
+    }
+
+    /// Serves `state` (whose files live in `dir`) until dropped.
+    pub async fn serve_state(state: AppState, dir: TempDir) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
