@@ -356,18 +356,17 @@ impl Inner {
 
 impl Collab {
     /// Starts the registry: a broker listener routing `collab:` topics to open documents, and a
-    /// tailer of the event log noticing description changes made outside the documents. `pm`
-    /// performs write-backs (authorized as the editing user); `authz` checks connections.
-    pub async fn new(
+    /// tailer of the event log (from its end at start) noticing description changes made outside
+    /// the documents. `pm` performs write-backs (authorized as the editing user); `authz` checks
+    /// connections. Needs a Tokio runtime.
+    pub fn new(
         pm: Pm,
         authz: Arc<dyn Authorizer>,
         store: Arc<dyn DocStore>,
         broker: Arc<dyn Broker>,
         config: CollabConfig,
-    ) -> Result<Self> {
-        let start = pm.stores().events.latest_seq().await?;
+    ) -> Self {
         let broker_rx = broker.subscribe();
-        let tailer = Tailer::new(pm.stores().events.clone(), start);
         let inner = Arc::new(Inner {
             pm,
             authz,
@@ -380,9 +379,9 @@ impl Collab {
         });
         let tasks = vec![
             tokio::spawn(run_broker(Arc::downgrade(&inner), broker_rx)).abort_handle(),
-            tokio::spawn(run_tailer(Arc::downgrade(&inner), tailer)).abort_handle(),
+            tokio::spawn(run_tailer(Arc::downgrade(&inner))).abort_handle(),
         ];
-        Ok(Self { inner, _tasks: Arc::new(Tasks(tasks)) })
+        Self { inner, _tasks: Arc::new(Tasks(tasks)) }
     }
 
     /// The configuration.
@@ -403,7 +402,21 @@ impl Collab {
         actor: Actor,
         task: TaskId,
     ) -> Result<(DocConnection, DocOutbound)> {
-        let access = self.authorize(&actor, task).await?;
+        self.connect_as(actor, task, DocAccess::ReadWrite).await
+    }
+
+    /// Like [`Collab::connect`], with at most `limit` access whatever the authorizer allows
+    /// (e.g. read-only for a read-scoped credential).
+    pub async fn connect_as(
+        &self,
+        actor: Actor,
+        task: TaskId,
+        limit: DocAccess,
+    ) -> Result<(DocConnection, DocOutbound)> {
+        let access = match (self.authorize(&actor, task).await?, limit) {
+            (DocAccess::ReadWrite, DocAccess::ReadWrite) => DocAccess::ReadWrite,
+            _ => DocAccess::ReadOnly,
+        };
         let cfg = &self.inner.config;
         let (out_tx, out_rx) = mpsc::channel(cfg.outbound_queue.max(1));
         let (close_tx, close_rx) = oneshot::channel();
@@ -468,7 +481,10 @@ impl Collab {
         let _ = tokio::time::timeout(timeout, all).await;
     }
 
-    async fn authorize(&self, actor: &Actor, task: TaskId) -> Result<DocAccess> {
+    /// What `actor` may do with the task's document (without connecting): `NotFound` when the
+    /// task does not exist or the actor may not read it. Transports call it to refuse before
+    /// upgrading a connection.
+    pub async fn authorize(&self, actor: &Actor, task: TaskId) -> Result<DocAccess> {
         let stores = self.inner.pm.stores();
         let t = stores.tasks.get_task(task).await?;
         let watchers = stores.tasks.list_watchers(task).await?;
@@ -514,7 +530,19 @@ async fn run_broker(
 }
 
 /// Tails the event log for description changes of open documents.
-async fn run_tailer(inner: std::sync::Weak<Inner>, mut tailer: Tailer) {
+async fn run_tailer(inner: std::sync::Weak<Inner>) {
+    let mut tailer = loop {
+        let Some(strong) = inner.upgrade() else { return };
+        let log = strong.pm.stores().events.clone();
+        drop(strong);
+        match log.latest_seq().await {
+            Ok(start) => break Tailer::new(log, start),
+            Err(e) => {
+                tracing::warn!(error = %e, "pm-realtime: collab tailer cannot read the log's end");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
     loop {
         let batch = match tailer.next_batch(500).await {
             Ok(b) => b,

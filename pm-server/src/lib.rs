@@ -7,7 +7,9 @@
 //!   the [`require`](authz::require) guard for host routes;
 //! - [`error`]: [`ApiError`], the one RFC 9457 problem+json error type;
 //! - [`extract`]: `Json`/`Path`/`Query` extractors that reject with `ApiError`;
-//! - [`health`]: `/healthz` and `/readyz`.
+//! - [`health`]: `/healthz` and `/readyz`;
+//! - [`collab`]: `GET /api/v1/collab/{task_id}`, collaborative editing of task descriptions
+//!   (Yjs over WebSocket) on pm-realtime's document registry.
 //!
 //! Invariants: every response this server produces for an error, including unknown routes,
 //! wrong methods and timeouts, is `application/problem+json`; every response carries an
@@ -37,6 +39,7 @@ use tracing::Level;
 pub mod api;
 pub mod auth;
 pub mod authz;
+pub mod collab;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -71,6 +74,9 @@ pub struct AppState {
     pub idempotency: idempotency::IdempotencyCache,
     /// Origins allowed by CORS (`*` for any); empty disables CORS.
     pub cors_origins: Vec<String>,
+    /// Collaborative documents (see [`collab`]); in memory unless replaced with
+    /// [`AppState::with_collab`].
+    pub collab: pm_realtime::doc::Collab,
 }
 
 impl AppState {
@@ -107,7 +113,8 @@ impl AppState {
         blobs: Arc<dyn BlobStore>,
     ) -> Self {
         let authz = Arc::new(authz::ServerAuthorizer::new(permissions.clone()));
-        let pm = Pm::new(stores.clone(), authz, blobs);
+        let pm = Pm::new(stores.clone(), authz.clone(), blobs);
+        let collab = collab::default_registry(pm.clone(), authz);
         Self {
             stores,
             pm,
@@ -117,6 +124,7 @@ impl AppState {
             limiter: ratelimit::RateLimiter::new(ratelimit::RateLimits::default()),
             idempotency: idempotency::IdempotencyCache::default(),
             cors_origins: Vec::new(),
+            collab,
         }
     }
 }

@@ -366,7 +366,10 @@ impl DocActor {
                     return false;
                 }
                 let bytes = update.encode_v1();
-                self.broadcast(Some(conn), Message::Awareness(update).encode_v1().into());
+                // To the sender too, as y-websocket's server does: a client that hears nothing
+                // for 30 s reconnects, and its own awareness renewals are what it hears when
+                // alone.
+                self.broadcast(None, Message::Awareness(update).encode_v1().into());
                 self.publish(wire::awareness(&bytes), false).await;
                 true
             }

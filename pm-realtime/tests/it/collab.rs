@@ -147,7 +147,7 @@ async fn collab_with(
     authz: Arc<dyn Authorizer>,
     config: CollabConfig,
 ) -> Collab {
-    Collab::new(w.pm.clone(), authz, docs, broker, config).await.unwrap()
+    Collab::new(w.pm.clone(), authz, docs, broker, config)
 }
 
 /// Sets the world task's description through pm-core (as REST would).
