@@ -491,3 +491,30 @@ async fn large_updates_cross_postgres_through_the_store() {
     #[cfg(not(feature = "postgres"))]
     skip("large_updates_cross_postgres", "built without the `postgres` feature");
 }
+
+#[tokio::test]
+async fn a_slow_consumer_is_closed_and_others_continue() {
+    let w = sqlite_world().await;
+    let config = CollabConfig { outbound_queue: 4, ..test_config() };
+    let collab = open_collab(&w, memory_docs(), config).await;
+    let mut ada = YClient::connect(&collab, w.ada.id, w.task.id).await;
+    // Bob never reads: his queue fills up with Ada's updates.
+    let mut bob = YClient::connect(&collab, w.bob.id, w.task.id).await;
+    ada.settle().await;
+    for i in 0..10 {
+        ada.append(&format!("{i}")).await;
+    }
+    ada.settle().await;
+    // The close overtakes the backlog.
+    match bob.out.recv().await {
+        Some(DocOutgoing::Close(code)) => {
+            assert_eq!(code, pm_realtime::protocol::CloseCode::SLOW_CONSUMER)
+        }
+        other => panic!("expected the slow-consumer close first, got {other:?}"),
+    }
+    assert_eq!(bob.out.recv().await, None);
+    ada.append("!").await;
+    let mut carol = YClient::connect(&collab, w.bob.id, w.task.id).await;
+    carol.wait_for("everything", |t| t == "0123456789!").await;
+    assert_eq!(ada.closed, None);
+}
