@@ -209,6 +209,9 @@ pub(crate) type ConnId = u64;
 pub struct DocConnection {
     id: ConnId,
     task: TaskId,
+    /// The actor generation this connection joined (a later actor of the same task has its own
+    /// count of connections).
+    generation: u64,
     access: DocAccess,
     tx: mpsc::Sender<actor::Command>,
     inner: Arc<Inner>,
@@ -244,7 +247,7 @@ impl DocConnection {
 
 impl Drop for DocConnection {
     fn drop(&mut self) {
-        let last = self.inner.release(self.task);
+        let last = self.inner.release(self.task, self.generation);
         send_detached(&self.tx, actor::Command::Leave { conn: self.id, last });
     }
 }
@@ -328,9 +331,11 @@ impl Inner {
 
     /// Counts a connection out; `true` when it was the document's last (the slot is removed, so
     /// the next connection starts a new actor, which waits for this one to finish).
-    fn release(&self, task: TaskId) -> bool {
+    fn release(&self, task: TaskId, generation: u64) -> bool {
         let mut docs = self.lock();
-        let Some(slot) = docs.open.get_mut(&task) else { return false };
+        let Some(slot) = docs.open.get_mut(&task).filter(|s| s.generation == generation) else {
+            return false; // its actor already stopped (shutdown); nothing to count
+        };
         slot.connections -= 1;
         if slot.connections > 0 {
             return false;
@@ -421,11 +426,11 @@ impl Collab {
         let (out_tx, out_rx) = mpsc::channel(cfg.outbound_queue.max(1));
         let (close_tx, close_rx) = oneshot::channel();
         let id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
-        let tx = {
+        let (tx, generation) = {
             let mut docs = self.inner.lock();
             if let Some(slot) = docs.open.get_mut(&task) {
                 slot.connections += 1;
-                slot.tx.clone()
+                (slot.tx.clone(), slot.generation)
             } else {
                 let (tx, rx) = mpsc::channel(cfg.inbound_queue.max(1));
                 let (done_tx, done_rx) = watch::channel(());
@@ -437,11 +442,17 @@ impl Collab {
                 );
                 let doc = actor::DocActor::new(self.inner.clone(), task, generation);
                 tokio::spawn(doc.run(rx, previous, done_tx));
-                tx
+                (tx, generation)
             }
         };
-        let connection =
-            DocConnection { id, task, access, tx: tx.clone(), inner: self.inner.clone() };
+        let connection = DocConnection {
+            id,
+            task,
+            generation,
+            access,
+            tx: tx.clone(),
+            inner: self.inner.clone(),
+        };
         let join = actor::Command::Join {
             conn: id,
             user: actor.user(),

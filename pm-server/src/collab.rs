@@ -14,6 +14,7 @@
 //!   message size of [`CollabConfig::max_message_bytes`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, State};
@@ -41,6 +42,12 @@ use crate::extract::Path;
 const READ_BUFFER: usize = 8 * 1024;
 /// Socket write buffer before a flush.
 const WRITE_BUFFER: usize = 8 * 1024;
+/// How often the server pings (as y-websocket's server does); a connection that sends nothing,
+/// not even a pong, for [`IDLE_TIMEOUT`] is closed (half-open TCP connections would otherwise
+/// hold their document open forever).
+const PING_EVERY: Duration = Duration::from_secs(30);
+/// See [`PING_EVERY`].
+const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// The routes of this module (nested under `/api/v1`).
 pub fn router() -> OpenApiRouter<AppState> {
@@ -192,17 +199,32 @@ async fn collab_document(
 
 /// Pumps frames both ways until either side closes.
 async fn run(mut socket: WebSocket, connection: DocConnection, mut outbound: DocOutbound) {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut last_heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Binary(bytes))) => connection.receive(bytes).await,
-                Some(Ok(Message::Text(_))) => {
-                    close(socket, 1003, "binary y-protocol frames only").await;
+            incoming = socket.recv() => {
+                last_heard = tokio::time::Instant::now();
+                match incoming {
+                    Some(Ok(Message::Binary(bytes))) => connection.receive(bytes).await,
+                    Some(Ok(Message::Text(_))) => {
+                        close(socket, 1003, "binary y-protocol frames only").await;
+                        return;
+                    }
+                    // Pings are answered by the socket itself.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                }
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > IDLE_TIMEOUT {
+                    close(socket, 4000, "idle timeout").await;
                     return;
                 }
-                // Pings are answered by the socket itself.
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
             },
             out = outbound.recv() => match out {
                 Some(DocOutgoing::Message(bytes)) => {

@@ -106,6 +106,7 @@ impl AppState {
     /// State over `stores` and `permissions` with the given authentication and blob store: what
     /// the `pm-server` binary builds, with the auth store over the same database as `stores`.
     /// Every pm-core call is authorized by `permissions`' engine ([`authz::ServerAuthorizer`]).
+    /// Starts the collaborative-document registry, so it needs a Tokio runtime.
     pub fn with_auth(
         stores: Stores,
         permissions: Arc<PermissionService>,

@@ -518,3 +518,25 @@ async fn a_slow_consumer_is_closed_and_others_continue() {
     carol.wait_for("everything", |t| t == "0123456789!").await;
     assert_eq!(ada.closed, None);
 }
+
+#[tokio::test]
+async fn shutdown_closes_connections_and_flushes() {
+    let w = sqlite_world().await;
+    let docs = memory_docs();
+    let config = CollabConfig { write_back_debounce: Duration::from_secs(3600), ..test_config() };
+    let collab = open_collab(&w, docs.clone(), config).await;
+    let mut ada = YClient::connect(&collab, w.ada.id, w.task.id).await;
+    ada.settle().await;
+    ada.append("before shutdown").await;
+    ada.settle().await;
+    collab.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(collab.open_documents(), 0);
+    assert_eq!(description(&w).await, "before shutdown", "written back on shutdown");
+    assert!(docs.load_doc(w.task.id).await.unwrap().snapshot.is_some(), "compacted on shutdown");
+    ada.pump_once(Duration::from_secs(1)).await;
+    assert_eq!(ada.closed, Some(pm_realtime::protocol::CloseCode::GOING_AWAY.code));
+    // The stale handle is harmless; a new connection opens the document again.
+    drop(ada);
+    let mut bob = YClient::connect(&collab, w.bob.id, w.task.id).await;
+    bob.wait_for("the text", |t| t == "before shutdown").await;
+}
