@@ -43,6 +43,9 @@ fn yjs_dir(test: &str) -> Option<PathBuf> {
         skip(test, "node is not installed");
         return None;
     }
+    // Tests run in parallel: one `npm ci` at a time in this directory.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
     if !dir.join("node_modules/y-websocket").is_dir() {
         let installed = std::process::Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund", "--prefix"])
