@@ -403,9 +403,10 @@ async fn malformed_messages_close_only_their_connection() {
 /// both converge, and the description ends up holding the converged text.
 async fn two_instances(w: &World, docs: Arc<dyn DocStore>, a: Arc<dyn Broker>, b: Arc<dyn Broker>) {
     set_description(w, "base").await;
-    let config = test_config();
+    // Frequent compaction on both instances: neither may drop the other's logged updates.
+    let config = CollabConfig { compact_every: 3, ..test_config() };
     let one = collab_with(w, docs.clone(), a, Arc::new(AllowAll), config.clone()).await;
-    let two = collab_with(w, docs, b, Arc::new(AllowAll), config).await;
+    let two = collab_with(w, docs.clone(), b, Arc::new(AllowAll), config).await;
     let mut ada = YClient::connect(&one, w.ada.id, w.task.id).await;
     let mut bob = YClient::connect(&two, w.bob.id, w.task.id).await;
     ada.wait_for("the seed", |t| t == "base").await;
@@ -426,6 +427,10 @@ async fn two_instances(w: &World, docs: Arc<dyn DocStore>, a: Arc<dyn Broker>, b
     wait_closed(&one).await;
     wait_closed(&two).await;
     assert_eq!(description(w).await, converged);
+    // Everything survived the interleaved compactions: a fresh instance loads the same text.
+    let three = open_collab(w, docs, test_config()).await;
+    let mut carol = YClient::connect(&three, w.ada.id, w.task.id).await;
+    carol.wait_for("the converged text", |t| t == converged).await;
 }
 
 #[tokio::test]
