@@ -19,16 +19,19 @@
 //! - [`notification`]: the [`NotificationConsumer`](notification::NotificationConsumer) deriving
 //!   per-user notifications from the log (durable cursor, idempotent by event), the
 //!   [`NotificationSink`](notification::NotificationSink) hook.
-//! - [`store`]: the store traits (presence last-seen, notifications), with adapters
+//! - [`store`]: the store traits (presence last-seen, notifications, collaborative documents),
+//!   with adapters
 //!   `store::sqlite` and `store::postgres` behind the `sqlite` (default) and `postgres` features
 //!   and an in-memory one; tables prefixed `rt_`, migrations tracked in
 //!   `_pm_realtime_migrations`.
+//! - [`doc`]: collaborative editing of task descriptions — the [`Collab`](doc::Collab) registry
+//!   with one actor per open document, speaking the Yjs sync + awareness protocol (y-websocket's
+//!   binary messages) so unmodified Yjs clients work; the text is the root `YText` named
+//!   `"description"`. Updates are logged and compacted into snapshots ([`store::DocStore`]),
+//!   shared across instances on broker topics `collab:{task_id}`, and written back into the task
+//!   description (debounced) through pm-core's services.
 //! - [`clock`]: the injectable clock for timeouts.
 //! - `testing` (feature `testing`): the store conformance suite.
-//!
-//! Not yet built: `doc`, collaborative rich text on yrs speaking the Yjs sync + awareness
-//! protocol (its updates will travel on their own broker topics; its tables will come with
-//! migration 0002).
 //!
 //! Dependency rule (checked in CI by `.ci/deps.sh`): depends on pm-core only, never on another
 //! feature crate (pm-permissions, pm-integrations, pm-workflows); builds without sqlx under
@@ -37,6 +40,7 @@
 pub mod broker;
 pub mod channel;
 pub mod clock;
+pub mod doc;
 mod error;
 pub mod hub;
 pub mod notification;

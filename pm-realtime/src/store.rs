@@ -10,7 +10,13 @@
 //! - notifications list newest first with a keyset cursor (the notification id, a UUIDv7), so
 //!   concurrent inserts never cause duplicates or skips of older rows;
 //! - a user only ever sees and changes their own notifications (`NotFound` otherwise);
-//! - last-seen times only move forward.
+//! - last-seen times only move forward;
+//! - a collaborative document's update log is numbered per document without gaps, and an append
+//!   commits before any later-numbered one of the same document (the document's head row is
+//!   locked until commit), so a reader that sees `seq = n` sees every `seq < n` too — which is
+//!   what makes compaction (snapshot up to `n`, delete the covered updates) lose nothing;
+//! - a document is initialised at most once ([`DocStore::init_doc`]), and an external change
+//!   (a task version) is claimed by at most one caller ([`DocStore::claim_external_change`]).
 //!
 //! Built-in adapters: [`sqlite`] (feature `sqlite`) and [`postgres`] (feature `postgres`). Their
 //! tables live in the same database as pm-core's, prefixed `rt_`, with their own migrations table
@@ -19,7 +25,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pm_core::id::UserId;
+use pm_core::id::{TaskId, UserId};
 use time::OffsetDateTime;
 
 use crate::Result;
@@ -118,6 +124,71 @@ pub trait NotificationStore: Send + Sync {
     async fn unread_count(&self, user: UserId) -> Result<u64>;
 }
 
+/// A collaborative document as stored: the latest snapshot (if any) and the updates logged after
+/// it, in order. Applying the snapshot then every update (in any order: Yjs updates commute)
+/// rebuilds the document.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredDoc {
+    /// The compacted state (a Yjs v1 update of the whole document), if compacted yet.
+    pub snapshot: Option<Vec<u8>>,
+    /// The last update `seq` the snapshot covers (0 without a snapshot).
+    pub snapshot_seq: i64,
+    /// `(seq, update)` logged after the snapshot, ascending.
+    pub updates: Vec<(i64, Vec<u8>)>,
+}
+
+impl StoredDoc {
+    /// Whether nothing is stored for the document (it was never initialised).
+    pub fn is_empty(&self) -> bool {
+        self.snapshot.is_none() && self.updates.is_empty()
+    }
+
+    /// The highest `seq` this read covers.
+    pub fn last_seq(&self) -> i64 {
+        self.updates.last().map_or(self.snapshot_seq, |(seq, _)| *seq)
+    }
+}
+
+/// Collaborative documents (one per task description): an append-only update log per document
+/// with snapshot compaction, plus the bookkeeping that keeps several instances from duplicating
+/// content (initialisation and external changes are claimed once) and lets them recognise their
+/// own write-backs in the event log.
+#[async_trait]
+pub trait DocStore: Send + Sync {
+    /// Stores the first state of a document unless it already has one; returns whether this call
+    /// initialised it. Two instances opening a new document concurrently must not both seed it
+    /// (their seeds would be different Yjs items and the text would appear twice).
+    async fn init_doc(&self, task: TaskId, state: &[u8], at: OffsetDateTime) -> Result<bool>;
+    /// Appends an update to the document's log; returns its `seq` (per document, from 1).
+    async fn append_doc_update(
+        &self,
+        task: TaskId,
+        update: &[u8],
+        at: OffsetDateTime,
+    ) -> Result<i64>;
+    /// The latest snapshot and the updates after it.
+    async fn load_doc(&self, task: TaskId) -> Result<StoredDoc>;
+    /// Replaces the snapshot with `state` covering updates up to `upto` and deletes those
+    /// updates, in one transaction; a no-op (returning `false`) when the stored snapshot already
+    /// covers `upto`. `state` must include every update with `seq <= upto`.
+    async fn compact_doc(&self, task: TaskId, state: &[u8], upto: i64) -> Result<bool>;
+    /// Records that the text with this digest is being written back into the task description
+    /// (before the write), so any instance reading the resulting event recognises it; records
+    /// older than `before` are pruned.
+    async fn record_write_back(
+        &self,
+        task: TaskId,
+        digest: &str,
+        at: OffsetDateTime,
+        before: OffsetDateTime,
+    ) -> Result<()>;
+    /// Claims applying the task's description at `version` (changed outside the document, e.g.
+    /// through REST) into the document: `true` for exactly one caller per version, and never when
+    /// `digest` is a recorded write-back (that change came from the document itself).
+    async fn claim_external_change(&self, task: TaskId, version: i64, digest: &str)
+    -> Result<bool>;
+}
+
 /// Backend administration.
 #[async_trait]
 pub trait RealtimeAdmin: Send + Sync {
@@ -134,6 +205,8 @@ pub struct RealtimeStores {
     pub presence: Arc<dyn PresenceStore>,
     /// Notifications.
     pub notifications: Arc<dyn NotificationStore>,
+    /// Collaborative documents.
+    pub docs: Arc<dyn DocStore>,
     /// Administration.
     pub admin: Arc<dyn RealtimeAdmin>,
 }
@@ -142,9 +215,9 @@ impl RealtimeStores {
     /// Bundles one adapter that implements every trait.
     pub fn from_adapter<S>(s: Arc<S>) -> Self
     where
-        S: PresenceStore + NotificationStore + RealtimeAdmin + 'static,
+        S: PresenceStore + NotificationStore + DocStore + RealtimeAdmin + 'static,
     {
-        Self { presence: s.clone(), notifications: s.clone(), admin: s }
+        Self { presence: s.clone(), notifications: s.clone(), docs: s.clone(), admin: s }
     }
 }
 
@@ -222,6 +295,17 @@ pub mod memory {
     pub struct MemoryRealtimeStore {
         last_seen: Mutex<BTreeMap<UserId, OffsetDateTime>>,
         notifications: Mutex<BTreeMap<NotificationId, Notification>>,
+        docs: Mutex<BTreeMap<TaskId, MemoryDoc>>,
+    }
+
+    #[derive(Debug, Default)]
+    struct MemoryDoc {
+        last_seq: i64,
+        snapshot: Option<Vec<u8>>,
+        snapshot_seq: i64,
+        updates: BTreeMap<i64, Vec<u8>>,
+        external_version: i64,
+        write_backs: BTreeMap<String, OffsetDateTime>,
     }
 
     impl MemoryRealtimeStore {
@@ -309,6 +393,83 @@ pub mod memory {
         async fn unread_count(&self, user: UserId) -> Result<u64> {
             let m = lock(&self.notifications);
             Ok(m.values().filter(|n| n.user_id == user && n.read_at.is_none()).count() as u64)
+        }
+    }
+
+    #[async_trait]
+    impl DocStore for MemoryRealtimeStore {
+        async fn init_doc(&self, task: TaskId, state: &[u8], _at: OffsetDateTime) -> Result<bool> {
+            let mut m = lock(&self.docs);
+            let d = m.entry(task).or_default();
+            if d.last_seq > 0 || d.snapshot.is_some() {
+                return Ok(false);
+            }
+            d.last_seq = 1;
+            d.updates.insert(1, state.to_vec());
+            Ok(true)
+        }
+
+        async fn append_doc_update(
+            &self,
+            task: TaskId,
+            update: &[u8],
+            _at: OffsetDateTime,
+        ) -> Result<i64> {
+            let mut m = lock(&self.docs);
+            let d = m.entry(task).or_default();
+            d.last_seq += 1;
+            d.updates.insert(d.last_seq, update.to_vec());
+            Ok(d.last_seq)
+        }
+
+        async fn load_doc(&self, task: TaskId) -> Result<StoredDoc> {
+            let m = lock(&self.docs);
+            Ok(m.get(&task).map_or_else(StoredDoc::default, |d| StoredDoc {
+                snapshot: d.snapshot.clone(),
+                snapshot_seq: d.snapshot_seq,
+                updates: d.updates.iter().map(|(s, u)| (*s, u.clone())).collect(),
+            }))
+        }
+
+        async fn compact_doc(&self, task: TaskId, state: &[u8], upto: i64) -> Result<bool> {
+            let mut m = lock(&self.docs);
+            let d = m.entry(task).or_default();
+            if d.snapshot_seq >= upto || d.last_seq < upto {
+                return Ok(false);
+            }
+            d.snapshot = Some(state.to_vec());
+            d.snapshot_seq = upto;
+            d.updates.retain(|seq, _| *seq > upto);
+            Ok(true)
+        }
+
+        async fn record_write_back(
+            &self,
+            task: TaskId,
+            digest: &str,
+            at: OffsetDateTime,
+            before: OffsetDateTime,
+        ) -> Result<()> {
+            let mut m = lock(&self.docs);
+            let d = m.entry(task).or_default();
+            d.write_backs.retain(|_, t| *t >= before);
+            d.write_backs.insert(digest.to_owned(), at);
+            Ok(())
+        }
+
+        async fn claim_external_change(
+            &self,
+            task: TaskId,
+            version: i64,
+            digest: &str,
+        ) -> Result<bool> {
+            let mut m = lock(&self.docs);
+            let d = m.entry(task).or_default();
+            if d.write_backs.contains_key(digest) || d.external_version >= version {
+                return Ok(false);
+            }
+            d.external_version = version;
+            Ok(true)
         }
     }
 

@@ -7,6 +7,8 @@
 
 use pm_core::event::Actor;
 use pm_core::id::{EventId, OrgId, TaskId, UserId};
+
+use crate::store::StoredDoc;
 use time::OffsetDateTime;
 
 use crate::Error;
@@ -20,6 +22,8 @@ pub async fn run_all(stores: &RealtimeStores) {
     notifications_page_newest_first(stores).await;
     read_state_and_unread_count(stores).await;
     users_only_touch_their_own(stores).await;
+    doc_log_appends_loads_and_compacts(stores).await;
+    doc_init_and_claims_happen_once(stores).await;
 }
 
 fn at(secs: i64) -> OffsetDateTime {
@@ -141,4 +145,81 @@ pub async fn users_only_touch_their_own(s: &RealtimeStores) {
     ));
     assert_eq!(s.notifications.unread_count(intruder).await.unwrap(), 0);
     assert_eq!(s.notifications.unread_count(owner).await.unwrap(), 1);
+}
+
+/// A document's updates are numbered from 1 per document, load in order after the snapshot, and
+/// compaction replaces the covered updates by the snapshot (never moving backwards).
+pub async fn doc_log_appends_loads_and_compacts(s: &RealtimeStores) {
+    let task = TaskId::new();
+    let other = TaskId::new();
+    assert_eq!(s.docs.load_doc(task).await.unwrap(), StoredDoc::default());
+    assert!(s.docs.load_doc(task).await.unwrap().is_empty());
+    for (i, bytes) in [b"one".as_slice(), b"two", b"\x00three\xff"].into_iter().enumerate() {
+        let seq = s.docs.append_doc_update(task, bytes, at(i as i64)).await.unwrap();
+        assert_eq!(seq, i as i64 + 1);
+    }
+    assert_eq!(s.docs.append_doc_update(other, b"elsewhere", at(0)).await.unwrap(), 1);
+    let stored = s.docs.load_doc(task).await.unwrap();
+    assert_eq!(
+        stored,
+        StoredDoc {
+            snapshot: None,
+            snapshot_seq: 0,
+            updates: vec![
+                (1, b"one".to_vec()),
+                (2, b"two".to_vec()),
+                (3, b"\x00three\xff".to_vec())
+            ],
+        }
+    );
+    assert_eq!(stored.last_seq(), 3);
+
+    assert!(s.docs.compact_doc(task, b"snap-2", 2).await.unwrap());
+    let stored = s.docs.load_doc(task).await.unwrap();
+    assert_eq!(stored.snapshot.as_deref(), Some(b"snap-2".as_slice()));
+    assert_eq!(stored.snapshot_seq, 2);
+    assert_eq!(stored.updates, vec![(3, b"\x00three\xff".to_vec())]);
+    assert_eq!(stored.last_seq(), 3);
+    assert!(!stored.is_empty());
+
+    // An older or equal snapshot is refused; numbering continues after compaction.
+    assert!(!s.docs.compact_doc(task, b"stale", 2).await.unwrap());
+    assert!(!s.docs.compact_doc(task, b"stale", 1).await.unwrap());
+    assert_eq!(s.docs.append_doc_update(task, b"four", at(4)).await.unwrap(), 4);
+    assert!(s.docs.compact_doc(task, b"snap-4", 4).await.unwrap());
+    let stored = s.docs.load_doc(task).await.unwrap();
+    assert_eq!((stored.snapshot.as_deref(), stored.snapshot_seq), (Some(b"snap-4".as_slice()), 4));
+    assert!(stored.updates.is_empty());
+    assert_eq!(stored.last_seq(), 4);
+    // A snapshot cannot claim updates that do not exist.
+    assert!(!s.docs.compact_doc(task, b"future", 9).await.unwrap());
+    // Other documents are untouched.
+    assert_eq!(s.docs.load_doc(other).await.unwrap().updates, vec![(1, b"elsewhere".to_vec())]);
+}
+
+/// A document is initialised once; an external change is claimed once per version and never
+/// when it is a recorded write-back.
+pub async fn doc_init_and_claims_happen_once(s: &RealtimeStores) {
+    let task = TaskId::new();
+    // A claim may come before the document exists.
+    assert!(s.docs.claim_external_change(task, 3, "d3").await.unwrap());
+    assert!(!s.docs.claim_external_change(task, 3, "d3").await.unwrap(), "claimed twice");
+    assert!(!s.docs.claim_external_change(task, 2, "d2").await.unwrap(), "older version");
+    assert!(s.docs.init_doc(task, b"seed", at(0)).await.unwrap());
+    assert!(!s.docs.init_doc(task, b"again", at(1)).await.unwrap());
+    let stored = s.docs.load_doc(task).await.unwrap();
+    assert_eq!(stored.updates, vec![(1, b"seed".to_vec())]);
+    assert_eq!(s.docs.append_doc_update(task, b"next", at(2)).await.unwrap(), 2);
+
+    s.docs.record_write_back(task, "ours", at(10), at(0)).await.unwrap();
+    assert!(!s.docs.claim_external_change(task, 4, "ours").await.unwrap(), "a write-back");
+    assert!(s.docs.claim_external_change(task, 4, "theirs").await.unwrap());
+    // Old records are pruned by later ones.
+    s.docs.record_write_back(task, "newer", at(100), at(50)).await.unwrap();
+    assert!(s.docs.claim_external_change(task, 5, "ours").await.unwrap(), "pruned record");
+    assert!(!s.docs.claim_external_change(task, 6, "newer").await.unwrap());
+
+    let fresh = TaskId::new();
+    assert!(s.docs.init_doc(fresh, b"seed", at(0)).await.unwrap());
+    assert!(!s.docs.init_doc(fresh, b"seed", at(0)).await.unwrap());
 }

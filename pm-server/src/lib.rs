@@ -9,6 +9,8 @@
 //! - [`extract`]: `Json`/`Path`/`Query` extractors that reject with `ApiError`;
 //! - [`health`]: `/healthz` and `/readyz`;
 //! - [`realtime`]: pm-realtime's hub, broker and notification consumer behind `/api/v1/ws`.
+//! - [`collab`]: `GET /api/v1/collab/{task_id}`, collaborative editing of task descriptions
+//!   (Yjs over WebSocket) on pm-realtime's document registry.
 //!
 //! Invariants: every response this server produces for an error, including unknown routes,
 //! wrong methods and timeouts, is `application/problem+json`; every response carries an
@@ -38,6 +40,7 @@ use tracing::Level;
 pub mod api;
 pub mod auth;
 pub mod authz;
+pub mod collab;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -76,6 +79,9 @@ pub struct AppState {
     /// The realtime hub behind `/api/v1/ws`, and the notifications. The constructors give an
     /// in-process one started on first use; the binary replaces it (see [`realtime`]).
     pub realtime: realtime::Realtime,
+    /// Collaborative documents (see [`collab`]); in memory unless replaced with
+    /// [`AppState::with_collab`].
+    pub collab: pm_realtime::doc::Collab,
 }
 
 impl AppState {
@@ -105,6 +111,7 @@ impl AppState {
     /// State over `stores` and `permissions` with the given authentication and blob store: what
     /// the `pm-server` binary builds, with the auth store over the same database as `stores`.
     /// Every pm-core call is authorized by `permissions`' engine ([`authz::ServerAuthorizer`]).
+    /// Starts the collaborative-document registry, so it needs a Tokio runtime.
     pub fn with_auth(
         stores: Stores,
         permissions: Arc<PermissionService>,
@@ -113,8 +120,11 @@ impl AppState {
     ) -> Self {
         let authz = Arc::new(authz::ServerAuthorizer::new(permissions.clone()));
         let pm = Pm::new(stores.clone(), authz.clone(), blobs);
-        let realtime =
-            realtime::Realtime::new(realtime::RealtimeSetup::in_process(stores.clone(), authz));
+        let realtime = realtime::Realtime::new(realtime::RealtimeSetup::in_process(
+            stores.clone(),
+            authz.clone(),
+        ));
+        let collab = collab::default_registry(pm.clone(), authz);
         Self {
             stores,
             pm,
@@ -125,6 +135,7 @@ impl AppState {
             idempotency: idempotency::IdempotencyCache::default(),
             cors_origins: Vec::new(),
             realtime,
+            collab,
         }
     }
 }

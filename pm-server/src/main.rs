@@ -227,6 +227,11 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     })
     .await
     .context("starting the realtime hub")?;
+    let (doc_store, doc_broker) = pm_server::collab::open_registry_store(&config.database_url)
+        .await
+        .context("opening the collaborative-document tables")?;
+    let state = state.with_collab(doc_store, doc_broker, pm_realtime::doc::CollabConfig::default());
+    let collab = state.collab.clone();
     let server = pm_server::serve(listener, state, stopped(stop_rx.clone()));
     let grace = config.shutdown_timeout;
     let deadline = async move {
@@ -240,6 +245,8 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
             tracing::warn!("in-flight requests still running after {}; closing them", fmt_secs(grace));
         }
     }
+    // Open documents compact and write their text back before the process exits.
+    collab.shutdown(std::time::Duration::from_secs(5)).await;
     tracing::info!("pm-server stopped");
     Ok(())
 }

@@ -2,7 +2,8 @@
 //!
 //! Owns pm-realtime's tables (`migrations/postgres`, tracked in `_pm_realtime_migrations` so
 //! pm-core's and pm-permissions' migrators coexist in the same database) over one [`PgPool`].
-//! Every write is a single statement; idempotency of notifications comes from the
+//! Writes are single statements except a document's append, init and compaction (one transaction
+//! each; an append holds the document's head row lock until commit); idempotency of notifications comes from the
 //! `UNIQUE (user_id, event_id)` constraint (`INSERT … ON CONFLICT DO NOTHING`), so concurrent
 //! consumers on several instances store each notification once.
 //!
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pm_core::event::Actor;
-use pm_core::id::UserId;
+use pm_core::id::{TaskId, UserId};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -207,6 +208,170 @@ impl NotificationStore for PostgresRealtimeStore {
         .await
         .map_err(st)?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+#[async_trait]
+impl DocStore for PostgresRealtimeStore {
+    async fn init_doc(&self, task: TaskId, state: &[u8], at: OffsetDateTime) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(st)?;
+        // A head row may exist without content (an external change was claimed first).
+        let done = sqlx::query(
+            "INSERT INTO rt_docs (task_id, last_seq) VALUES ($1, 1) ON CONFLICT (task_id) \
+             DO UPDATE SET last_seq = 1 WHERE rt_docs.last_seq = 0 AND rt_docs.snapshot IS NULL",
+        )
+        .bind(task.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(st)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO rt_doc_updates (task_id, seq, update_bytes, at) VALUES ($1, 1, $2, $3)",
+        )
+        .bind(task.0)
+        .bind(state)
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        .map_err(st)?;
+        tx.commit().await.map_err(st)?;
+        Ok(true)
+    }
+
+    async fn append_doc_update(
+        &self,
+        task: TaskId,
+        update: &[u8],
+        at: OffsetDateTime,
+    ) -> Result<i64> {
+        let mut tx = self.pool.begin().await.map_err(st)?;
+        // The upsert locks the head row until commit: appends to one document commit in order.
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO rt_docs (task_id, last_seq) VALUES ($1, 1) \
+             ON CONFLICT (task_id) DO UPDATE SET last_seq = rt_docs.last_seq + 1 \
+             RETURNING last_seq",
+        )
+        .bind(task.0)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(st)?;
+        sqlx::query(
+            "INSERT INTO rt_doc_updates (task_id, seq, update_bytes, at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(task.0)
+        .bind(seq)
+        .bind(update)
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        .map_err(st)?;
+        tx.commit().await.map_err(st)?;
+        Ok(seq)
+    }
+
+    async fn load_doc(&self, task: TaskId) -> Result<StoredDoc> {
+        // REPEATABLE READ: the snapshot and the updates after it come from one state, even if a
+        // compaction commits between the two queries.
+        let mut tx = self.pool.begin().await.map_err(st)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(st)?;
+        let head: Option<(Option<Vec<u8>>, i64)> =
+            sqlx::query_as("SELECT snapshot, snapshot_seq FROM rt_docs WHERE task_id = $1")
+                .bind(task.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(st)?;
+        let (snapshot, snapshot_seq) = head.unwrap_or((None, 0));
+        let updates: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, update_bytes FROM rt_doc_updates WHERE task_id = $1 AND seq > $2 \
+             ORDER BY seq",
+        )
+        .bind(task.0)
+        .bind(snapshot_seq)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(st)?;
+        tx.commit().await.map_err(st)?;
+        Ok(StoredDoc { snapshot, snapshot_seq, updates })
+    }
+
+    async fn compact_doc(&self, task: TaskId, state: &[u8], upto: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(st)?;
+        let done = sqlx::query(
+            "UPDATE rt_docs SET snapshot = $1, snapshot_seq = $2 \
+             WHERE task_id = $3 AND snapshot_seq < $2 AND last_seq >= $2",
+        )
+        .bind(state)
+        .bind(upto)
+        .bind(task.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(st)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM rt_doc_updates WHERE task_id = $1 AND seq <= $2")
+            .bind(task.0)
+            .bind(upto)
+            .execute(&mut *tx)
+            .await
+            .map_err(st)?;
+        tx.commit().await.map_err(st)?;
+        Ok(true)
+    }
+
+    async fn record_write_back(
+        &self,
+        task: TaskId,
+        digest: &str,
+        at: OffsetDateTime,
+        before: OffsetDateTime,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(st)?;
+        sqlx::query("DELETE FROM rt_doc_write_backs WHERE task_id = $1 AND at < $2")
+            .bind(task.0)
+            .bind(before)
+            .execute(&mut *tx)
+            .await
+            .map_err(st)?;
+        sqlx::query(
+            "INSERT INTO rt_doc_write_backs (task_id, digest, at) VALUES ($1, $2, $3) \
+             ON CONFLICT (task_id, digest) DO UPDATE SET at = excluded.at",
+        )
+        .bind(task.0)
+        .bind(digest)
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        .map_err(st)?;
+        tx.commit().await.map_err(st)?;
+        Ok(())
+    }
+
+    async fn claim_external_change(
+        &self,
+        task: TaskId,
+        version: i64,
+        digest: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO rt_docs (task_id, external_version) \
+             SELECT $1, $2 WHERE NOT EXISTS \
+               (SELECT 1 FROM rt_doc_write_backs WHERE task_id = $1 AND digest = $3) \
+             ON CONFLICT (task_id) DO UPDATE SET external_version = excluded.external_version \
+             WHERE rt_docs.external_version < excluded.external_version",
+        )
+        .bind(task.0)
+        .bind(version)
+        .bind(digest)
+        .execute(&self.pool)
+        .await
+        .map_err(st)?;
+        Ok(done.rows_affected() == 1)
     }
 }
 

@@ -1,8 +1,8 @@
 //! SQLite adapter (feature `sqlite`): the embedded default.
 //!
 //! One writer connection plus a read pool over a WAL database — normally the same file as
-//! pm-core's store. Every write is a single statement, so no multi-statement transactions are
-//! needed; idempotency of notifications comes from the `UNIQUE (user_id, event_id)` constraint
+//! pm-core's store. Writes are single statements except a document's append, init and compaction,
+//! each one transaction on the writer; idempotency of notifications comes from the `UNIQUE (user_id, event_id)` constraint
 //! (`INSERT … ON CONFLICT DO NOTHING`).
 //!
 //! Storage conventions (see `migrations/sqlite`): ids are hyphenated UUID text, timestamps are
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pm_core::event::Actor;
-use pm_core::id::UserId;
+use pm_core::id::{TaskId, UserId};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -246,6 +246,165 @@ impl NotificationStore for SqliteRealtimeStore {
         .await
         .map_err(st)?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+#[async_trait]
+impl DocStore for SqliteRealtimeStore {
+    async fn init_doc(&self, task: TaskId, state: &[u8], at: OffsetDateTime) -> Result<bool> {
+        let mut tx = self.writer.begin().await.map_err(st)?;
+        // A head row may exist without content (an external change was claimed first).
+        let done = sqlx::query(
+            "INSERT INTO rt_docs (task_id, last_seq) VALUES (?, 1) ON CONFLICT (task_id) \
+             DO UPDATE SET last_seq = 1 WHERE rt_docs.last_seq = 0 AND rt_docs.snapshot IS NULL",
+        )
+        .bind(id_text(task))
+        .execute(&mut *tx)
+        .await
+        .map_err(st)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO rt_doc_updates (task_id, seq, update_bytes, at) VALUES (?, 1, ?, ?)",
+        )
+        .bind(id_text(task))
+        .bind(state)
+        .bind(micros(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(st)?;
+        tx.commit().await.map_err(st)?;
+        Ok(true)
+    }
+
+    async fn append_doc_update(
+        &self,
+        task: TaskId,
+        update: &[u8],
+        at: OffsetDateTime,
+    ) -> Result<i64> {
+        let mut tx = self.writer.begin().await.map_err(st)?;
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO rt_docs (task_id, last_seq) VALUES (?, 1) \
+             ON CONFLICT (task_id) DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
+        )
+        .bind(id_text(task))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(st)?;
+        sqlx::query(
+            "INSERT INTO rt_doc_updates (task_id, seq, update_bytes, at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(id_text(task))
+        .bind(seq)
+        .bind(update)
+        .bind(micros(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(st)?;
+        tx.commit().await.map_err(st)?;
+        Ok(seq)
+    }
+
+    async fn load_doc(&self, task: TaskId) -> Result<StoredDoc> {
+        // One read transaction: the snapshot and the updates after it come from the same state.
+        let mut tx = self.reader.begin().await.map_err(st)?;
+        let head: Option<(Option<Vec<u8>>, i64)> =
+            sqlx::query_as("SELECT snapshot, snapshot_seq FROM rt_docs WHERE task_id = ?")
+                .bind(id_text(task))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(st)?;
+        let (snapshot, snapshot_seq) = head.unwrap_or((None, 0));
+        let updates: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, update_bytes FROM rt_doc_updates WHERE task_id = ? AND seq > ? \
+             ORDER BY seq",
+        )
+        .bind(id_text(task))
+        .bind(snapshot_seq)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(st)?;
+        tx.commit().await.map_err(st)?;
+        Ok(StoredDoc { snapshot, snapshot_seq, updates })
+    }
+
+    async fn compact_doc(&self, task: TaskId, state: &[u8], upto: i64) -> Result<bool> {
+        let mut tx = self.writer.begin().await.map_err(st)?;
+        let done = sqlx::query(
+            "UPDATE rt_docs SET snapshot = ?, snapshot_seq = ? \
+             WHERE task_id = ? AND snapshot_seq < ? AND last_seq >= ?",
+        )
+        .bind(state)
+        .bind(upto)
+        .bind(id_text(task))
+        .bind(upto)
+        .bind(upto)
+        .execute(&mut *tx)
+        .await
+        .map_err(st)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM rt_doc_updates WHERE task_id = ? AND seq <= ?")
+            .bind(id_text(task))
+            .bind(upto)
+            .execute(&mut *tx)
+            .await
+            .map_err(st)?;
+        tx.commit().await.map_err(st)?;
+        Ok(true)
+    }
+
+    async fn record_write_back(
+        &self,
+        task: TaskId,
+        digest: &str,
+        at: OffsetDateTime,
+        before: OffsetDateTime,
+    ) -> Result<()> {
+        let mut tx = self.writer.begin().await.map_err(st)?;
+        sqlx::query("DELETE FROM rt_doc_write_backs WHERE task_id = ? AND at < ?")
+            .bind(id_text(task))
+            .bind(micros(before))
+            .execute(&mut *tx)
+            .await
+            .map_err(st)?;
+        sqlx::query(
+            "INSERT INTO rt_doc_write_backs (task_id, digest, at) VALUES (?, ?, ?) \
+             ON CONFLICT (task_id, digest) DO UPDATE SET at = excluded.at",
+        )
+        .bind(id_text(task))
+        .bind(digest)
+        .bind(micros(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(st)?;
+        tx.commit().await.map_err(st)?;
+        Ok(())
+    }
+
+    async fn claim_external_change(
+        &self,
+        task: TaskId,
+        version: i64,
+        digest: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO rt_docs (task_id, external_version) \
+             SELECT ?1, ?2 WHERE NOT EXISTS \
+               (SELECT 1 FROM rt_doc_write_backs WHERE task_id = ?1 AND digest = ?3) \
+             ON CONFLICT (task_id) DO UPDATE SET external_version = excluded.external_version \
+             WHERE rt_docs.external_version < excluded.external_version",
+        )
+        .bind(id_text(task))
+        .bind(version)
+        .bind(digest)
+        .execute(&self.writer)
+        .await
+        .map_err(st)?;
+        Ok(done.rows_affected() == 1)
     }
 }
 

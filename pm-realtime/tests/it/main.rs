@@ -2,9 +2,10 @@
 //! Redis when `PM_TEST_POSTGRES_URL` / `PM_TEST_REDIS_URL` are set — each PostgreSQL test creates
 //! its own database): the store conformance suite, the hub (authorization, live delivery,
 //! replay and resync, backpressure, malformed frames, presence, coalescing), brokers across two
-//! hubs, and notifications.
+//! hubs, notifications, and collaborative documents (yrs as the Yjs client).
 
 mod brokers;
+mod collab;
 mod hub;
 mod notifications;
 mod stores;

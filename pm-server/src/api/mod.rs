@@ -122,7 +122,8 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
         .merge(activity::router())
         .merge(authz::router())
         .merge(realtime::router())
-        .merge(notifications::router());
+        .merge(notifications::router())
+        .merge(crate::collab::router());
     let mut router = OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1);
     // After the paths exist: the modifier walks every operation.
     CommonResponses.modify(router.get_openapi_mut());

@@ -7,6 +7,7 @@
 mod api;
 mod auth;
 mod binary;
+mod collab;
 mod http;
 mod readiness;
 mod realtime;

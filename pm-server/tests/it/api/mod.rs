@@ -117,6 +117,13 @@ impl Server {
         }
     }
 
+    /// A handle on a server started elsewhere (e.g. one of several instances over a shared
+    /// database); stopping it is the caller's business.
+    pub fn attach(base: String, state: AppState) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        Server { base, http: reqwest::Client::new(), state, stop: None, _dir: dir }
+    }
+
     /// Creates a user and returns a write-scoped access token for them.
     pub async fn user(&self, email: &str) -> (pm_core::id::UserId, String) {
         let u = self
