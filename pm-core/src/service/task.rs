@@ -217,6 +217,23 @@ impl Pm {
         self.stores.tasks.list_tasks(org, filter, page).await
     }
 
+    /// A page of one project's tasks (`filter.project_ids` is replaced by `project`). NotFound
+    /// when the project does not exist or the caller may not read it.
+    pub async fn list_project_tasks(
+        &self,
+        origin: &Origin,
+        project: ProjectId,
+        filter: &TaskFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Task>> {
+        filter.validate()?;
+        let org = self.project_org(project).await?;
+        let r = Resource::new(ResourceKind::Task, Some(org), Some(project));
+        self.authorize_read(origin, &r, "project").await?;
+        let filter = TaskFilter { project_ids: vec![project], ..filter.clone() };
+        self.stores.tasks.list_tasks(org, &filter, page).await
+    }
+
     /// Relates two tasks of the same organization.
     pub async fn add_relation(
         &self,

@@ -252,4 +252,21 @@ async fn services_ask_the_authorizer() {
         "hidden, not forbidden"
     );
     assert!(matches!(pm.get_project(me, s.project.id).await, Err(Error::NotFound { .. })));
+    // A project-scoped list is held to the same rule (its project → org lookup is cached, the
+    // decision is not): hidden now, though the project was listed while readable.
+    *authz.secret.lock().unwrap() = None;
+    let filter = pm_core::query::TaskFilter::default();
+    let page = pm_core::query::PageRequest::default();
+    let listed = pm.list_project_tasks(me, s.project.id, &filter, &page).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    *authz.secret.lock().unwrap() = Some(s.project.id);
+    assert!(matches!(
+        pm.list_project_tasks(me, s.project.id, &filter, &page).await,
+        Err(Error::NotFound { entity: "project" })
+    ));
+    let missing = pm_core::id::ProjectId::new();
+    assert!(matches!(
+        pm.list_project_tasks(me, missing, &filter, &page).await,
+        Err(Error::NotFound { entity: "project" })
+    ));
 }

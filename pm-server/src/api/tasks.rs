@@ -227,10 +227,9 @@ async fn list_project_tasks(
     Query(q): Query<ListTasksQuery>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let project = s.pm.get_project(&who.origin(), ProjectId(project_id)).await?;
-    let (mut filter, page) = q.parse(who.user_id, false)?;
-    filter.project_ids = vec![project.id];
-    let result = s.pm.list_tasks(&who.origin(), project.org_id, &filter, &page).await?;
+    let (filter, page) = q.parse(who.user_id, false)?;
+    let result =
+        s.pm.list_project_tasks(&who.origin(), ProjectId(project_id), &filter, &page).await?;
     Ok(page_response(result, &uri))
 }
 
