@@ -725,6 +725,15 @@ async fn run() -> Result<bool> {
         };
         let permit = gate.clone().acquire_owned().await?;
         tokio::spawn(client(spec, shared.clone(), permit));
+        if index == 0 {
+            // The probe first, alone: its subscribe also brings the node's permission engine up
+            // to date (it looks for other nodes' grants at most once a second, and checks that
+            // race with that look are answered from the old state; see BENCHMARKS.md).
+            while shared.ready.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed) == 0
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
     }
     let open_deadline = Instant::now() + Duration::from_secs(120 + o.conns as u64 / 100);
     loop {
@@ -823,6 +832,15 @@ async fn run() -> Result<bool> {
         "| error frames, connections dropped by the server | {error_frames}, {dropped} | 0, 0 |"
     );
     println!("| harness RSS with all connections open | {client_rss_held} kB | — |");
+    for (i, node) in nodes.iter().enumerate() {
+        let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+        let warnings: Vec<&str> =
+            log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+        println!("| node {} warnings and errors logged | {} | — |", i + 1, warnings.len());
+        for w in warnings.iter().take(3) {
+            println!("note: node {}: {w}", i + 1);
+        }
+    }
     let notes = shared.notes.lock().unwrap_or_else(|p| p.into_inner()).clone();
     for n in &notes {
         println!("note: {n}");
