@@ -838,7 +838,8 @@ async fn run() -> Result<bool> {
             log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
         println!("| node {} warnings and errors logged | {} | — |", i + 1, warnings.len());
         for w in warnings.iter().take(3) {
-            println!("note: node {}: {w}", i + 1);
+            let short: String = w.chars().take(240).collect();
+            println!("note: node {}: {short}", i + 1);
         }
     }
     let notes = shared.notes.lock().unwrap_or_else(|p| p.into_inner()).clone();
