@@ -1073,12 +1073,15 @@ impl Inner {
                     }
                 }
             }
-            // 4. Last-seen of connected users.
+            // 4. Last-seen of connected users: one write per user, however many sessions.
+            let mut touched = HashSet::new();
             for s in st.sessions.values_mut() {
                 let Some(user) = s.actor.user() else { continue };
                 if s.last_seen_saved.is_none_or(|t| now - t >= cfg.last_seen_interval) {
                     s.last_seen_saved = Some(now);
-                    fx.effects.push(Effect::TouchLastSeen(user, now));
+                    if touched.insert(user) {
+                        fx.effects.push(Effect::TouchLastSeen(user, now));
+                    }
                 }
             }
             st.reap(now, &mut fx);
@@ -1305,6 +1308,7 @@ impl State {
     /// Removes sessions (already closed by the caller) with all their subscriptions; records
     /// their users' last-seen time.
     fn remove_sessions(&mut self, ids: Vec<SessionId>, now: OffsetDateTime, fx: &mut Effects) {
+        let mut touched = HashSet::new();
         for id in ids {
             let Some(s) = self.sessions.get(&id) else { continue };
             let channels: Vec<Channel> = s.channels.iter().copied().collect();
@@ -1313,7 +1317,9 @@ impl State {
                 self.drop_subscription(id, channel, fx);
             }
             self.sessions.remove(&id);
-            if let Some(user) = user {
+            if let Some(user) = user
+                && touched.insert(user)
+            {
                 fx.effects.push(Effect::TouchLastSeen(user, now));
             }
         }
