@@ -247,6 +247,11 @@ impl PermissionService {
                     "a role may only inherit from a system role or a role of its organization",
                 ));
             }
+            // The parent is in the store, but it may have been created by another instance
+            // since this engine last refreshed; the engine's check below would then call it
+            // unknown. (Seen when two instances start at once on an empty database: one seeds
+            // `viewer`, the other seeds `team_member` on top of it and failed to start.)
+            self.refresh_if_stale().await?;
         }
         self.engine.validate_role(role)
     }

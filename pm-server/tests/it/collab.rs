@@ -37,7 +37,7 @@ fn memory_docs() -> Arc<dyn DocStore> {
 
 /// The directory of the Node script, with its npm dependencies installed (`npm ci` when
 /// `node_modules` is missing); `None` when Node or npm is unavailable.
-fn yjs_dir(test: &str) -> Option<PathBuf> {
+pub(crate) fn yjs_dir(test: &str) -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/yjs");
     if std::process::Command::new("node").arg("--version").output().is_err() {
         skip(test, "node is not installed");
@@ -60,7 +60,7 @@ fn yjs_dir(test: &str) -> Option<PathBuf> {
 }
 
 /// Runs `collab.mjs` against two collab URLs; returns its JSON report.
-async fn run_yjs_clients(
+pub(crate) async fn run_yjs_clients(
     dir: PathBuf,
     url_a: String,
     url_b: String,
@@ -100,7 +100,7 @@ async fn rest_description_becomes(s: &Server, token: &str, task: &str, expected:
     }
 }
 
-fn collab_url(base: &str) -> String {
+pub(crate) fn collab_url(base: &str) -> String {
     format!("{}/api/v1/collab", base.replacen("http://", "ws://", 1))
 }
 
