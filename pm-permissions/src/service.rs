@@ -163,7 +163,7 @@ impl PermissionService {
         if stored <= self.engine.store_revision() {
             return Ok(false);
         }
-        self.reload().await?;
+        self.reload_to(stored).await?;
         Ok(true)
     }
 
@@ -181,7 +181,16 @@ impl PermissionService {
     }
 
     async fn reload(&self) -> Result<()> {
+        self.reload_to(i64::MAX).await
+    }
+
+    /// Reloads unless the engine already reflects `revision` by the time this caller's turn
+    /// comes (concurrent callers that saw the same change load the snapshot once, not each).
+    async fn reload_to(&self, revision: i64) -> Result<()> {
         let _guard = self.reload.lock().await;
+        if self.engine.store_revision() >= revision {
+            return Ok(());
+        }
         let snapshot = self.stores.admin.load_snapshot().await?;
         if snapshot.revision > self.engine.store_revision() {
             self.engine.replace_if_newer(snapshot)?;
@@ -697,13 +706,22 @@ impl Authorizer for PermissionService {
         action: Action,
         resource: &Resource,
     ) -> pm_core::Result<Decision> {
-        if let Some(every) = self.config.refresh_every {
-            let due =
-                self.last_refresh.lock().unwrap_or_else(PoisonError::into_inner).elapsed() >= every;
-            if due {
-                self.refresh_if_stale().await?;
-            }
+        let Some(every) = self.config.refresh_every else {
+            return Ok(self.engine.check(actor, action, resource));
+        };
+        let due =
+            self.last_refresh.lock().unwrap_or_else(PoisonError::into_inner).elapsed() >= every;
+        if due {
+            self.refresh_if_stale().await?;
         }
-        Ok(self.engine.check(actor, action, resource))
+        let decision = self.engine.check(actor, action, resource);
+        // A grant made on another instance since the last look must not be refused here: before
+        // answering "no", look once more (one revision query; a reload only if something
+        // changed). So a grant is honoured everywhere at once, and only a revoke can lag, by at
+        // most `refresh_every`.
+        if matches!(decision, Decision::Deny(_)) && self.refresh_if_stale().await? {
+            return Ok(self.engine.check(actor, action, resource));
+        }
+        Ok(decision)
     }
 }

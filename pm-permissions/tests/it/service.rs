@@ -294,6 +294,44 @@ async fn two_instances(url: &str) {
     assert!(a.engine().is_allowed(user, Action::Read, &r));
 }
 
+/// Through the `Authorizer` with a long refresh interval: a grant made on A is honoured by B's very
+/// next check (a refusal looks for newer state first); a revoke may lag by the interval.
+async fn grants_cross_instances_at_once(url: &str) {
+    use pm_core::authz::{Authorizer, Decision};
+    let a_stores = store::open(url).await.unwrap();
+    a_stores.admin.migrate().await.unwrap();
+    let a = seeded(a_stores).await;
+    let config = ServiceConfig {
+        refresh_every: Some(std::time::Duration::from_secs(3600)),
+        ..ServiceConfig::default()
+    };
+    let b = PermissionService::open(store::open(url).await.unwrap(), config).await.unwrap();
+    let (user, org) = (UserId::new(), OrgId::new());
+    let actor = Actor::User(user);
+    let r = Resource::new(ResourceKind::Task, Some(org), None);
+    assert!(matches!(b.check(&actor, Action::Read, &r).await.unwrap(), Decision::Deny(_)));
+    let g = grant(&a, user, "viewer", Scope::Org { org_id: org }).await;
+    assert_eq!(b.check(&actor, Action::Read, &r).await.unwrap(), Decision::Allow);
+    a.revoke(&Actor::System, g.id, "bye").await.unwrap();
+    // The revoke is seen at B's next periodic look (an hour here), or on demand.
+    assert_eq!(b.check(&actor, Action::Read, &r).await.unwrap(), Decision::Allow);
+    b.ensure_revision(&a.revision_token()).await.unwrap();
+    assert!(matches!(b.check(&actor, Action::Read, &r).await.unwrap(), Decision::Deny(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_cross_instances_at_once_sqlite() {
+    let (_s, _dir, url) = sqlite().await;
+    grants_cross_instances_at_once(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_cross_instances_at_once_postgres() {
+    if let Some(url) = postgres_url("grants_cross_instances_at_once_postgres").await {
+        grants_cross_instances_at_once(&url).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_a_store_sqlite() {
     let (_s, _dir, url) = sqlite().await;
