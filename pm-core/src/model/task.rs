@@ -152,6 +152,45 @@ pub struct NewTask {
     pub custom_fields: BTreeMap<FieldId, FieldValue>,
 }
 
+impl NewTask {
+    /// The task a store writes for this input: a fresh id, `number` in its project (reference
+    /// `KEY-number`), ranked after the project's last task `last_rank`, version 1, created `at`.
+    pub fn to_task(
+        &self,
+        org_id: OrgId,
+        key: &ProjectKey,
+        number: i64,
+        last_rank: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Task {
+        Task {
+            id: TaskId::new(),
+            org_id,
+            project_id: self.project_id,
+            number,
+            reference: task_reference(key, number),
+            title: self.title.clone(),
+            description: self.description.clone(),
+            state_id: self.state_id,
+            priority: self.priority,
+            assignees: self.assignees.clone(),
+            reporter: self.reporter,
+            labels: self.labels.clone(),
+            start_date: self.start_date,
+            due_date: self.due_date,
+            estimate: self.estimate,
+            parent_id: self.parent_id,
+            milestone_id: self.milestone_id,
+            rank: super::rank::after(last_rank),
+            archived: false,
+            custom_fields: self.custom_fields.clone(),
+            version: 1,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+}
+
 /// Changes to a task; `None` leaves a field unchanged, `Some(None)` clears an optional field.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskPatch {

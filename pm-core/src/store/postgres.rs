@@ -1503,31 +1503,7 @@ impl TaskStore for PostgresStore {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(st)?;
-        let task = Task {
-            id: TaskId::new(),
-            org_id: org.into(),
-            project_id: new.project_id,
-            number,
-            reference: task_reference(&key, number),
-            title: new.title.clone(),
-            description: new.description.clone(),
-            state_id: new.state_id,
-            priority: new.priority,
-            assignees: new.assignees.clone(),
-            reporter: new.reporter,
-            labels: new.labels.clone(),
-            start_date: new.start_date,
-            due_date: new.due_date,
-            estimate: new.estimate,
-            parent_id: new.parent_id,
-            milestone_id: new.milestone_id,
-            rank: rank::after(last_rank.as_deref()),
-            archived: false,
-            custom_fields: new.custom_fields.clone(),
-            version: 1,
-            created_at: at,
-            updated_at: at,
-        };
+        let task = new.to_task(org.into(), &key, number, last_rank.as_deref(), at);
         sqlx::query(
             "INSERT INTO tasks (id, org_id, project_id, number, title, description, state_id, priority, reporter, \
              start_date, due_date, estimate, parent_id, milestone_id, rank, archived, version, created_at, updated_at) \

@@ -134,19 +134,28 @@ impl SqliteStore {
     }
 
     fn from_pools(writer: SqlitePool, reader: SqlitePool) -> Self {
-        let wakeup = Wakeup::new();
-        let counters = Counters::default();
-        let creates_alone = Arc::<std::sync::atomic::AtomicU64>::default();
         let (creates, queue) = tokio::sync::mpsc::unbounded_channel();
-        let batcher = CreateBatcher {
-            writer: writer.clone(),
-            wakeup: wakeup.clone(),
-            counters: counters.clone(),
-            creates_alone: creates_alone.clone(),
+        let store = Self {
+            writer,
+            reader,
+            wakeup: Wakeup::new(),
+            counters: Counters::default(),
+            creates,
+            creates_alone: Arc::default(),
         };
         // Ends when the last clone of this store is dropped (the queue closes).
-        tokio::spawn(batcher.run(queue));
-        Self { writer, reader, wakeup, counters, creates, creates_alone }
+        tokio::spawn(store.batcher().run(queue));
+        store
+    }
+
+    /// A [`CreateBatcher`] over this store's writer, counters and wake-up.
+    fn batcher(&self) -> CreateBatcher {
+        CreateBatcher {
+            writer: self.writer.clone(),
+            wakeup: self.wakeup.clone(),
+            counters: self.counters.clone(),
+            creates_alone: self.creates_alone.clone(),
+        }
     }
 
     fn counters(&self) -> std::sync::MutexGuard<'_, HashMap<ProjectId, TaskCounter>> {
@@ -434,31 +443,13 @@ impl CreateBatcher {
                     slot.insert(counter)
                 }
             };
-            let task = Task {
-                id: TaskId::new(),
-                org_id: counter.org_id,
-                project_id: new.project_id,
-                number: counter.next_number,
-                reference: task_reference(&counter.key, counter.next_number),
-                title: new.title.clone(),
-                description: new.description.clone(),
-                state_id: new.state_id,
-                priority: new.priority,
-                assignees: new.assignees.clone(),
-                reporter: new.reporter,
-                labels: new.labels.clone(),
-                start_date: new.start_date,
-                due_date: new.due_date,
-                estimate: new.estimate,
-                parent_id: new.parent_id,
-                milestone_id: new.milestone_id,
-                rank: rank::after(counter.last_rank.as_deref()),
-                archived: false,
-                custom_fields: new.custom_fields.clone(),
-                version: 1,
-                created_at: at,
-                updated_at: at,
-            };
+            let task = new.to_task(
+                counter.org_id,
+                &counter.key,
+                counter.next_number,
+                counter.last_rank.as_deref(),
+                at,
+            );
             counter.next_number += 1;
             counter.last_rank = Some(task.rank.clone());
             query = bind_create(query, origin, &task).map_err(before)?;
@@ -490,31 +481,7 @@ impl CreateBatcher {
         .map_err(st)?;
         let (number, key, org, last_rank) = row.ok_or_else(|| Error::not_found("project"))?;
         let key = ProjectKey::parse(&key).map_err(|e| corrupt("key", e))?;
-        let task = Task {
-            id: TaskId::new(),
-            org_id: parse_id(&org)?,
-            project_id: new.project_id,
-            number,
-            reference: task_reference(&key, number),
-            title: new.title.clone(),
-            description: new.description.clone(),
-            state_id: new.state_id,
-            priority: new.priority,
-            assignees: new.assignees.clone(),
-            reporter: new.reporter,
-            labels: new.labels.clone(),
-            start_date: new.start_date,
-            due_date: new.due_date,
-            estimate: new.estimate,
-            parent_id: new.parent_id,
-            milestone_id: new.milestone_id,
-            rank: rank::after(last_rank.as_deref()),
-            archived: false,
-            custom_fields: new.custom_fields.clone(),
-            version: 1,
-            created_at: at,
-            updated_at: at,
-        };
+        let task = new.to_task(parse_id(&org)?, &key, number, last_rank.as_deref(), at);
         sqlx::query(
             "INSERT INTO tasks (id, org_id, project_id, number, title, description, state_id, priority, reporter, \
              start_date, due_date, estimate, parent_id, milestone_id, rank, archived, version, created_at, updated_at) \
@@ -2005,14 +1972,7 @@ impl TaskStore for SqliteStore {
         if let Err(refused) = self.creates.send(QueuedCreate { input, reply }) {
             // The batcher is gone (its runtime shut down): write this one directly.
             let i = refused.0.input;
-            return CreateBatcher {
-                writer: self.writer.clone(),
-                wakeup: self.wakeup.clone(),
-                counters: self.counters.clone(),
-                creates_alone: self.creates_alone.clone(),
-            }
-            .create_task_alone(&i.origin, &i.new, i.at)
-            .await;
+            return self.batcher().create_task_alone(&i.origin, &i.new, i.at).await;
         }
         done.await.unwrap_or_else(|_| {
             Err(Error::storage(std::io::Error::other("the batch writing this task was dropped")))
