@@ -168,6 +168,29 @@ async fn sqlite_task_numbers_stay_unique_across_two_stores_on_one_file() {
     assert_eq!(by_rank, vec![1, 2, 3, 4, 5, 6]);
 }
 
+/// The SQLite writer never checkpoints inside a commit (that stalled every queued write); a
+/// background checkpointer copies the WAL back instead. Without it the WAL would grow with every
+/// write; with it the WAL restarts from its beginning and its file stays the size of a few
+/// rounds of writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_wal_is_checkpointed_in_the_background() {
+    let (stores, dir) = sqlite().await;
+    let wal = dir.path().join("pm.db-wal");
+    let f = testing::fixture(&stores).await;
+    let mut sizes = Vec::new();
+    for round in 0..12 {
+        for i in 0..25 {
+            let new = f.new_task(&format!("round {round} task {i} {}", "x".repeat(400)));
+            stores.tasks.create_task(&f.origin(), &new, pm_core::model::now()).await.unwrap();
+        }
+        // Longer than the checkpointer's coalescing delay.
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        sizes.push(std::fs::metadata(&wal).unwrap().len());
+    }
+    let (early, last) = (sizes[2], sizes[11]);
+    assert!(last <= early * 2, "the WAL kept growing ({sizes:?}): nothing checkpoints it");
+}
+
 /// Concurrent creates on SQLite are written in batches (group commit). Every task of a burst
 /// keeps its sets and gets its own number; a bad create in the burst fails alone with the field
 /// at fault, and only it takes the slow one-at-a-time path.
