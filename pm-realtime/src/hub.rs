@@ -37,17 +37,31 @@
 //! - **Presence** is per channel and aggregated over this instance's sessions and other
 //!   instances' reports (through the [`Broker`]); other instances' reports expire after the
 //!   heartbeat timeout unless refreshed, so a crashed instance's users leave within it.
+//! - **Access is re-checked on open sessions.** A subscription is authorized when it is made,
+//!   and again when access may have been lost: at once and [`HubConfig::reauthorize_delay`]
+//!   later when the log says the user was removed from an organization (`member.removed`; the
+//!   second look catches grant revocations that commit or reach this instance's authorizer
+//!   after the membership change), when the host calls [`Hub::reauthorize_user`] (pm-server does
+//!   after revoking grants), and for every subscription every [`HubConfig::reauthorize_every`].
+//!   A subscription no longer allowed is dropped with `unsubscribed` and reason `forbidden`; the
+//!   session stays open.
+//! - **Credentials expire.** A session opened with [`SessionOptions::expires_at`] is closed with
+//!   [`CloseCode::TOKEN_EXPIRED`] once that time passes (at its next inbound frame or the next
+//!   sweep, whichever comes first); the client re-authenticates and resumes with `last_seq`. A
+//!   [`SessionOptions::read_only`] session may subscribe and receive but sends no presence,
+//!   typing or cursors (`error` with code `read_only`) and is not shown as present.
 //! - The hub never awaits I/O while holding its lock; broker publishes and last-seen writes are
-//!   queued to a single background worker, which keeps their order.
+//!   queued to a single background worker, which keeps their order; last-seen times are written
+//!   in batches (one statement per sweep, however many users).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use pm_core::authz::{Action, Authorizer, Decision, Resource, ResourceKind};
-use pm_core::event::{Actor, Event, Tailer};
+use pm_core::event::{Actor, Event, EventKind, Tailer};
 use pm_core::id::UserId;
 use pm_core::service::task_resource;
 use pm_core::store::Stores;
@@ -62,6 +76,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::notification::Notification;
 use crate::protocol::{
     ClientFrame, CloseCode, ErrorCode, PresenceEntry, PresenceStatus, ServerFrame, Subscribe,
+    UnsubscribeReason,
 };
 use crate::session::{
     Frame, Lane, Outbound, QueueLimits, SessionId, SessionQueue, SignalKind, SlotKey,
@@ -99,6 +114,13 @@ pub struct HubConfig {
     pub sweep_interval: Duration,
     /// How often a connected user's last-seen time is written.
     pub last_seen_interval: Duration,
+    /// After a `member.removed` event, the removed user's subscriptions are re-checked at once
+    /// and again after this delay (grants are revoked after the membership row, and another
+    /// instance's authorizer may learn of the revocation a moment later).
+    pub reauthorize_delay: Duration,
+    /// Every subscription is re-checked this often (`None`: never), which catches access lost
+    /// without an event in the log (a role changed, a grant expired or revoked elsewhere).
+    pub reauthorize_every: Option<Duration>,
 }
 
 impl Default for HubConfig {
@@ -114,6 +136,8 @@ impl Default for HubConfig {
             idle_timeout: Duration::from_secs(60),
             sweep_interval: Duration::from_secs(5),
             last_seen_interval: Duration::from_secs(60),
+            reauthorize_delay: Duration::from_secs(2),
+            reauthorize_every: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -127,6 +151,17 @@ pub struct HubStats {
     pub channels: usize,
     /// The last event `seq` dispatched by the tailer.
     pub tail_seq: i64,
+}
+
+/// What the transport knows about a session's credential (see [`Hub::connect_with`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// When the credential expires; the session is closed with [`CloseCode::TOKEN_EXPIRED`]
+    /// then. `None`: it does not expire.
+    pub expires_at: Option<OffsetDateTime>,
+    /// A read-only credential: the session may subscribe and receive, but may not send
+    /// presence, typing or cursors, and is not shown as present.
+    pub read_only: bool,
 }
 
 /// Builds a [`Hub`].
@@ -186,6 +221,7 @@ impl HubBuilder {
             }),
             next_session: AtomicU64::new(1),
             next_subscription: AtomicU64::new(1),
+            reauthorizing: AtomicBool::new(false),
             effects,
         });
         let broker_rx = broker.subscribe();
@@ -237,9 +273,14 @@ impl Hub {
         }
     }
 
-    /// Opens a session for an authenticated actor: the handle to feed inbound frames to, and the
-    /// outbound side to send from.
+    /// Opens a session for an authenticated actor whose credential neither expires nor is
+    /// read-only: the handle to feed inbound frames to, and the outbound side to send from.
     pub fn connect(&self, actor: Actor) -> (SessionHandle, Outbound) {
+        self.connect_with(actor, SessionOptions::default())
+    }
+
+    /// Opens a session for an authenticated actor, with what is known about its credential.
+    pub fn connect_with(&self, actor: Actor, options: SessionOptions) -> (SessionHandle, Outbound) {
         let id = SessionId(self.inner.next_session.fetch_add(1, Ordering::Relaxed));
         let queue = SessionQueue::new(QueueLimits {
             max_bytes: self.inner.config.max_queue_bytes,
@@ -254,6 +295,7 @@ impl Hub {
                 channels: HashSet::new(),
                 last_inbound: now,
                 last_seen_saved: None,
+                options,
             },
         );
         let handle = SessionHandle { inner: self.inner.clone(), id, actor };
@@ -298,7 +340,21 @@ impl Hub {
         self.inner.apply(fx);
     }
 
-    /// Runs one sweep now: closes sessions silent past the heartbeat timeout, expires other
+    /// Re-checks `user`'s subscriptions on this instance now, dropping those the user may no
+    /// longer read (`unsubscribed`, reason `forbidden`). Hosts call it after revoking access;
+    /// returns how many subscriptions were dropped.
+    pub async fn reauthorize_user(&self, user: UserId) -> usize {
+        self.inner.reauthorize(Recheck::User(user)).await
+    }
+
+    /// Re-checks every subscription on this instance now (the hub also does this every
+    /// [`HubConfig::reauthorize_every`]); returns how many were dropped.
+    pub async fn reauthorize_all(&self) -> usize {
+        self.inner.reauthorize(Recheck::All).await
+    }
+
+    /// Runs one sweep now: closes sessions silent past the heartbeat timeout (and those whose
+    /// credential expired), expires other
     /// instances' stale presence, refreshes this instance's presence for them, writes last-seen
     /// times. The hub runs it every [`HubConfig::sweep_interval`]; tests with a manual clock call
     /// it directly.
@@ -400,6 +456,11 @@ impl SessionHandle {
         let now = self.inner.clock.now();
         let mut st = self.inner.lock();
         match st.sessions.get_mut(&self.id) {
+            Some(s) if s.expired(now) => {
+                // Dropping the handle (the transport does once it sees the close) removes it.
+                s.queue.close(CloseCode::TOKEN_EXPIRED);
+                false
+            }
             Some(s) if !s.queue.is_closed() => {
                 s.last_inbound = now;
                 true
@@ -446,6 +507,18 @@ impl SessionHandle {
             );
             return false;
         };
+        let read_only =
+            self.inner.lock().sessions.get(&self.id).is_some_and(|s| s.options.read_only);
+        if read_only {
+            self.error(
+                ErrorCode::ReadOnly,
+                "this session's credential is read-only (scope `read`): presence, typing and \
+                 cursors need a write-scoped token",
+                None,
+                Some(channel),
+            );
+            return false;
+        }
         let mut fx = Effects::default();
         let subscribed = {
             let mut st = self.inner.lock();
@@ -538,7 +611,9 @@ impl SessionHandle {
                 Some(last) => (last, Some(last), false),
             };
             let subscription = self.inner.next_subscription.fetch_add(1, Ordering::Relaxed);
-            let user = self.actor.user();
+            // A read-only session watches without being shown as present.
+            let read_only = st.sessions.get(&self.id).is_some_and(|s| s.options.read_only);
+            let user = self.actor.user().filter(|_| !read_only);
             st.channels.entry(channel).or_default().subscribers.insert(
                 self.id,
                 Subscriber {
@@ -585,7 +660,7 @@ impl SessionHandle {
             let now = self.inner.clock.now();
             let was = st.drop_subscription(self.id, channel, &mut fx);
             if was {
-                let f = ServerFrame::Unsubscribed { channel };
+                let f = ServerFrame::Unsubscribed { channel, reason: None };
                 st.push_to(self.id, Lane::Control, f.to_text().into(), &mut fx);
             }
             st.reap(now, &mut fx);
@@ -639,6 +714,8 @@ struct Inner {
     state: Mutex<State>,
     next_session: AtomicU64,
     next_subscription: AtomicU64,
+    /// Set while a periodic re-authorization pass runs (passes never overlap).
+    reauthorizing: AtomicBool,
     effects: mpsc::Sender<Effect>,
 }
 
@@ -662,6 +739,22 @@ struct SessionEntry {
     channels: HashSet<Channel>,
     last_inbound: OffsetDateTime,
     last_seen_saved: Option<OffsetDateTime>,
+    options: SessionOptions,
+}
+
+impl SessionEntry {
+    fn expired(&self, now: OffsetDateTime) -> bool {
+        self.options.expires_at.is_some_and(|at| now >= at)
+    }
+}
+
+/// Which subscriptions a re-authorization pass looks at.
+#[derive(Debug, Clone, Copy)]
+enum Recheck {
+    /// Those of one user's sessions.
+    User(UserId),
+    /// All of them.
+    All,
 }
 
 #[derive(Default)]
@@ -768,7 +861,8 @@ impl EphemeralKind {
 
 enum Effect {
     Publish(Bytes),
-    TouchLastSeen(UserId, OffsetDateTime),
+    /// Last-seen times, written with one store call.
+    TouchLastSeen(Vec<(UserId, OffsetDateTime)>),
     Done(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -779,6 +873,8 @@ struct Effects {
     /// Sessions whose queue overflowed; removed by [`State::reap`].
     dead: Vec<SessionId>,
     presence: Vec<PresenceUpdate>,
+    /// Last-seen times to record, as one batch.
+    last_seen: Vec<(UserId, OffsetDateTime)>,
 }
 
 impl Effects {
@@ -797,6 +893,9 @@ impl Inner {
 
     /// Hands effects to the background worker, in order.
     fn apply(&self, mut fx: Effects) {
+        if !fx.last_seen.is_empty() {
+            fx.effects.push(Effect::TouchLastSeen(std::mem::take(&mut fx.last_seen)));
+        }
         for chunk in std::mem::take(&mut fx.presence).chunks(PRESENCE_CHUNK) {
             let updates = chunk
                 .iter()
@@ -955,8 +1054,88 @@ impl Inner {
             .is_some_and(|s| s.subscription == subscription)
     }
 
-    /// Routes a batch of events from the log to their channels' subscribers.
-    fn dispatch(&self, events: &[Event]) {
+    /// Re-checks the subscriptions `which` selects, dropping those no longer allowed with
+    /// `unsubscribed` (reason `forbidden`); returns how many were dropped. Decisions are made
+    /// outside the lock, once per (actor, channel); a subscription replaced meanwhile is left
+    /// alone, and one whose check fails (store unavailable) is kept: an outage must not cut
+    /// everyone off.
+    async fn reauthorize(&self, which: Recheck) -> usize {
+        let subscriptions: Vec<(SessionId, Actor, Channel, u64)> = {
+            let st = self.lock();
+            let mut v = Vec::new();
+            for (id, s) in &st.sessions {
+                if let Recheck::User(user) = which
+                    && s.actor.user() != Some(user)
+                {
+                    continue;
+                }
+                for channel in &s.channels {
+                    if matches!(channel, Channel::User(_)) {
+                        continue; // by identity, which cannot change
+                    }
+                    if let Some(sub) = st.channels.get(channel).and_then(|c| c.subscribers.get(id))
+                    {
+                        v.push((*id, s.actor, *channel, sub.subscription));
+                    }
+                }
+            }
+            v
+        };
+        let mut decisions: HashMap<(Actor, Channel), bool> = HashMap::new();
+        let mut denied = Vec::new();
+        for (id, actor, channel, subscription) in subscriptions {
+            let allowed = match decisions.get(&(actor, channel)) {
+                Some(allowed) => *allowed,
+                None => {
+                    let allowed = self.authorize(&actor, channel).await.unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, %channel, "pm-realtime: re-checking a subscription failed; kept");
+                        true
+                    });
+                    decisions.insert((actor, channel), allowed);
+                    allowed
+                }
+            };
+            if !allowed {
+                denied.push((id, channel, subscription));
+            }
+        }
+        if denied.is_empty() {
+            return 0;
+        }
+        let mut dropped = 0;
+        let mut fx = Effects::default();
+        {
+            let mut st = self.lock();
+            for (id, channel, subscription) in denied {
+                let current = st
+                    .channels
+                    .get(&channel)
+                    .and_then(|c| c.subscribers.get(&id))
+                    .is_some_and(|s| s.subscription == subscription);
+                if current && st.drop_subscription(id, channel, &mut fx) {
+                    dropped += 1;
+                    let reason = Some(UnsubscribeReason::Forbidden);
+                    let f = ServerFrame::Unsubscribed { channel, reason };
+                    st.push_to(id, Lane::Control, f.to_text().into(), &mut fx);
+                }
+            }
+            st.reap(self.clock.now(), &mut fx);
+        }
+        self.apply(fx);
+        if dropped > 0 {
+            tracing::debug!(
+                dropped,
+                ?which,
+                "pm-realtime: subscriptions dropped after access was lost"
+            );
+        }
+        dropped
+    }
+
+    /// Routes a batch of events from the log to their channels' subscribers. Returns the users
+    /// with sessions here whom an event may have cost access (removed from an organization).
+    fn dispatch(&self, events: &[Event]) -> Vec<UserId> {
+        let mut recheck = Vec::new();
         let mut fx = Effects::default();
         let mut st = self.lock();
         let budget = self.config.max_queue_bytes;
@@ -993,10 +1172,19 @@ impl Inner {
                 }
             }
             st.tail_seq = st.tail_seq.max(event.seq);
+            if event.kind == EventKind::MemberRemoved {
+                let user = UserId(event.subject);
+                if !recheck.contains(&user)
+                    && st.sessions.values().any(|s| s.actor.user() == Some(user))
+                {
+                    recheck.push(user);
+                }
+            }
         }
         st.reap(self.clock.now(), &mut fx);
         drop(st);
         self.apply(fx);
+        recheck
     }
 
     /// Handles a message from another instance.
@@ -1055,6 +1243,15 @@ impl Inner {
                 }
             }
             st.remove_sessions(timed_out, now, &mut fx);
+            // 1b. Sessions whose credential expired: the client re-authenticates.
+            let expired: Vec<SessionId> =
+                st.sessions.iter().filter(|(_, s)| s.expired(now)).map(|(id, _)| *id).collect();
+            for id in &expired {
+                if let Some(s) = st.sessions.get(id) {
+                    s.queue.close(CloseCode::TOKEN_EXPIRED);
+                }
+            }
+            st.remove_sessions(expired, now, &mut fx);
             // 2. Other instances' reports that were not refreshed expire.
             st.expire_remote_presence(now);
             // 3. Refresh this instance's presence for the others, well within their expiry.
@@ -1080,7 +1277,7 @@ impl Inner {
                 if s.last_seen_saved.is_none_or(|t| now - t >= cfg.last_seen_interval) {
                     s.last_seen_saved = Some(now);
                     if touched.insert(user) {
-                        fx.effects.push(Effect::TouchLastSeen(user, now));
+                        fx.last_seen.push((user, now));
                     }
                 }
             }
@@ -1320,7 +1517,7 @@ impl State {
             if let Some(user) = user
                 && touched.insert(user)
             {
-                fx.effects.push(Effect::TouchLastSeen(user, now));
+                fx.last_seen.push((user, now));
             }
         }
     }
@@ -1352,7 +1549,11 @@ async fn run_tailer(inner: Weak<Inner>, start: i64) {
     loop {
         match tailer.next_batch(batch).await {
             Ok(events) => match inner.upgrade() {
-                Some(i) => i.dispatch(&events),
+                Some(i) => {
+                    for user in i.dispatch(&events) {
+                        tokio::spawn(recheck_removed_member(inner.clone(), user));
+                    }
+                }
                 None => return,
             },
             Err(e) => {
@@ -1379,16 +1580,42 @@ async fn run_broker(inner: Weak<Inner>, mut rx: tokio::sync::broadcast::Receiver
     }
 }
 
+/// Re-checks a removed member's subscriptions now and once more after the configured delay.
+async fn recheck_removed_member(inner: Weak<Inner>, user: UserId) {
+    let Some(delay) = inner.upgrade().map(|i| i.config.reauthorize_delay) else { return };
+    if let Some(i) = inner.upgrade() {
+        i.reauthorize(Recheck::User(user)).await;
+    }
+    tokio::time::sleep(delay).await;
+    if let Some(i) = inner.upgrade() {
+        i.reauthorize(Recheck::User(user)).await;
+    }
+}
+
 async fn run_sweeper(inner: Weak<Inner>) {
+    let mut last_pass = tokio::time::Instant::now();
     loop {
-        let every = match inner.upgrade() {
-            Some(i) => i.config.sweep_interval,
+        let (every, reauthorize_every) = match inner.upgrade() {
+            Some(i) => (i.config.sweep_interval, i.config.reauthorize_every),
             None => return,
         };
         tokio::time::sleep(every).await;
         match inner.upgrade() {
             Some(i) => i.sweep(),
             None => return,
+        }
+        if reauthorize_every.is_some_and(|e| last_pass.elapsed() >= e) {
+            last_pass = tokio::time::Instant::now();
+            // In its own task: a pass awaits the authorizer and must not delay sweeps.
+            let weak = inner.clone();
+            tokio::spawn(async move {
+                let Some(i) = weak.upgrade() else { return };
+                if i.reauthorizing.swap(true, Ordering::AcqRel) {
+                    return; // the previous pass is still running
+                }
+                i.reauthorize(Recheck::All).await;
+                i.reauthorizing.store(false, Ordering::Release);
+            });
         }
     }
 }
@@ -1398,15 +1625,35 @@ async fn run_effects(
     broker: Arc<dyn Broker>,
     store: Arc<dyn PresenceStore>,
 ) {
-    while let Some(effect) = rx.recv().await {
+    // An effect taken from the queue while gathering last-seen batches, handled next.
+    let mut next: Option<Effect> = None;
+    loop {
+        let effect = match next.take() {
+            Some(e) => e,
+            None => match rx.recv().await {
+                Some(e) => e,
+                None => return,
+            },
+        };
         match effect {
             Effect::Publish(payload) => {
                 if let Err(e) = broker.publish(SIGNAL_TOPIC, payload).await {
                     tracing::warn!(error = %e, "pm-realtime: publishing a signal failed");
                 }
             }
-            Effect::TouchLastSeen(user, at) => {
-                if let Err(e) = store.touch_last_seen(user, at).await {
+            Effect::TouchLastSeen(mut seen) => {
+                // Sessions ending one by one (a mass disconnect) queue one batch each: merge
+                // what is already waiting into one write.
+                while let Ok(e) = rx.try_recv() {
+                    match e {
+                        Effect::TouchLastSeen(more) => seen.extend(more),
+                        other => {
+                            next = Some(other);
+                            break;
+                        }
+                    }
+                }
+                if let Err(e) = store.touch_last_seen_many(&seen).await {
                     tracing::warn!(error = %e, "pm-realtime: recording last-seen failed");
                 }
             }

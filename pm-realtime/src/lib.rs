@@ -1,7 +1,7 @@
 //! Live collaboration, transport-agnostic: a hub of sessions and channels fed by pm-core's event
 //! log, ephemeral signals (presence, typing, cursors) shared across instances through a broker,
 //! and per-user notifications. pm-server owns the WebSocket glue; the wire protocol is described
-//! in `docs/realtime-protocol.md`.
+//! in the repository's `docs/realtime-protocol.md`.
 //!
 //! - [`protocol`]: the JSON frames (client and server), error codes and close codes;
 //!   [`ClientFrame::parse`](protocol::ClientFrame::parse) names the failing field.

@@ -1,6 +1,6 @@
 //! The JSON wire protocol between a client and a session: client frames, server frames, error
-//! codes and close codes. `docs/realtime-protocol.md` is the prose version of this module; keep
-//! them in step.
+//! codes and close codes. The repository's `docs/realtime-protocol.md` is the prose version of
+//! this module; keep them in step.
 //!
 //! Every frame is one JSON object tagged by `type` (snake_case). Client frames are parsed with
 //! [`ClientFrame::parse`], which rejects unknown types and unknown fields and names the failing
@@ -208,10 +208,14 @@ pub enum ServerFrame {
         /// The position the subscription starts after.
         seq: i64,
     },
-    /// The subscription ended (answer to `unsubscribe`).
+    /// The subscription ended: the answer to `unsubscribe` (no `reason`), or the server ended it
+    /// (`reason` says why, e.g. `forbidden` when the user lost access to the channel).
     Unsubscribed {
         /// The channel.
         channel: Channel,
+        /// Why the server ended the subscription; absent when the client asked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<UnsubscribeReason>,
     },
     /// A durable event from the log.
     Event {
@@ -308,6 +312,15 @@ pub struct PresenceEntry {
     pub status: PresenceStatus,
 }
 
+/// Why the server ended a subscription the client did not ask to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnsubscribeReason {
+    /// The user may no longer read the channel (removed from the organization, a grant revoked,
+    /// the resource deleted). Subscribing again is refused with the error `forbidden`.
+    Forbidden,
+}
+
 /// Why a client frame was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -327,6 +340,9 @@ pub enum ErrorCode {
     TooManySubscriptions,
     /// Presence, typing and cursors need a user behind the session.
     UserRequired,
+    /// The session's credential is read-only (an API token with scope `read`): it may subscribe
+    /// and receive, but not send presence, typing or cursors.
+    ReadOnly,
     /// The server failed (store unavailable, ...); retrying later may succeed.
     Internal,
 }
@@ -348,6 +364,9 @@ impl CloseCode {
     pub const HEARTBEAT_TIMEOUT: CloseCode = CloseCode { code: 4000, reason: "heartbeat timeout" };
     /// The hub is shutting down (WebSocket "going away"); reconnect to another instance.
     pub const GOING_AWAY: CloseCode = CloseCode { code: 1001, reason: "server shutting down" };
+    /// The credential the session was opened with has expired: obtain a fresh one (refresh the
+    /// access token) and reconnect, resuming with `last_seq`.
+    pub const TOKEN_EXPIRED: CloseCode = CloseCode { code: 4001, reason: "token expired" };
 }
 
 #[cfg(test)]

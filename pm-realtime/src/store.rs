@@ -22,6 +22,7 @@
 //! tables live in the same database as pm-core's, prefixed `rt_`, with their own migrations table
 //! `_pm_realtime_migrations` (migrations in `pm-realtime/migrations/{sqlite,postgres}`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -48,6 +49,26 @@ pub trait PresenceStore: Send + Sync {
     async fn touch_last_seen(&self, user: UserId, at: OffsetDateTime) -> Result<()>;
     /// When `user` was last seen, if ever.
     async fn last_seen(&self, user: UserId) -> Result<Option<OffsetDateTime>>;
+    /// Records several users at once, with [`PresenceStore::touch_last_seen`]'s rule for each
+    /// (a user may appear more than once; the latest time counts). The hub calls this once per
+    /// sweep; the built-in adapters write the batch with one statement. The default calls
+    /// `touch_last_seen` per user.
+    async fn touch_last_seen_many(&self, seen: &[(UserId, OffsetDateTime)]) -> Result<()> {
+        for (user, at) in latest_per_user(seen) {
+            self.touch_last_seen(user, at).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The latest time of each user in `seen`, ordered by user (a batch upsert may not touch a row
+/// twice).
+pub fn latest_per_user(seen: &[(UserId, OffsetDateTime)]) -> Vec<(UserId, OffsetDateTime)> {
+    let mut latest: BTreeMap<UserId, OffsetDateTime> = BTreeMap::new();
+    for (user, at) in seen {
+        latest.entry(*user).and_modify(|t| *t = (*t).max(*at)).or_insert(*at);
+    }
+    latest.into_iter().collect()
 }
 
 /// Which notifications to list.

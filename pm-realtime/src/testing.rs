@@ -18,6 +18,7 @@ use crate::store::{NotificationQuery, RealtimeStores};
 /// Runs every check against `stores`.
 pub async fn run_all(stores: &RealtimeStores) {
     last_seen_only_moves_forward(stores).await;
+    last_seen_batches_follow_the_same_rule(stores).await;
     notifications_are_idempotent_per_event(stores).await;
     notifications_page_newest_first(stores).await;
     read_state_and_unread_count(stores).await;
@@ -57,6 +58,24 @@ pub async fn last_seen_only_moves_forward(s: &RealtimeStores) {
     assert_eq!(s.presence.last_seen(user).await.unwrap(), Some(at(10)), "must not move back");
     s.presence.touch_last_seen(user, at(20)).await.unwrap();
     assert_eq!(s.presence.last_seen(user).await.unwrap(), Some(at(20)));
+}
+
+/// A batch of last-seen times (with a user twice, and one already seen later) follows the
+/// per-user rule: the latest time wins, nothing moves backwards; an empty batch is fine.
+pub async fn last_seen_batches_follow_the_same_rule(s: &RealtimeStores) {
+    let (a, b, c) = (UserId::new(), UserId::new(), UserId::new());
+    s.presence.touch_last_seen(c, at(50)).await.unwrap();
+    s.presence.touch_last_seen_many(&[]).await.unwrap();
+    s.presence
+        .touch_last_seen_many(&[(a, at(10)), (b, at(7)), (a, at(30)), (a, at(20)), (c, at(40))])
+        .await
+        .unwrap();
+    assert_eq!(s.presence.last_seen(a).await.unwrap(), Some(at(30)), "the latest of the batch");
+    assert_eq!(s.presence.last_seen(b).await.unwrap(), Some(at(7)));
+    assert_eq!(s.presence.last_seen(c).await.unwrap(), Some(at(50)), "must not move back");
+    s.presence.touch_last_seen_many(&[(b, at(60)), (c, at(70))]).await.unwrap();
+    assert_eq!(s.presence.last_seen(b).await.unwrap(), Some(at(60)));
+    assert_eq!(s.presence.last_seen(c).await.unwrap(), Some(at(70)));
 }
 
 /// A second notification for the same user and event is not stored; the first round-trips

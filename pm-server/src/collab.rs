@@ -80,20 +80,15 @@ impl AppState {
     }
 }
 
-/// Opens pm-realtime's tables in the database at `url` (migrating them) and, for PostgreSQL, a
-/// `LISTEN/NOTIFY` broker on it, so several instances over one database share documents; SQLite
-/// (one process) uses the in-process broker.
-pub async fn open_registry_store(
-    url: &str,
-) -> pm_realtime::Result<(Arc<dyn DocStore>, Arc<dyn Broker>)> {
+/// Opens pm-realtime's document tables in the database at `url` (migrating them). Instances
+/// over one database share documents through these tables plus the broker the caller passes to
+/// [`AppState::with_collab`]: the binary passes the realtime hub's, the one `PM_REALTIME_BROKER`
+/// chose (see [`crate::realtime::open_broker`]), so documents travel over Redis when that is
+/// configured, not PostgreSQL `NOTIFY`.
+pub async fn open_registry_store(url: &str) -> pm_realtime::Result<Arc<dyn DocStore>> {
     let stores = pm_realtime::store::open(url).await?;
     stores.admin.migrate().await?;
-    #[cfg(feature = "postgres")]
-    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        let broker = pm_realtime::broker::postgres::PostgresBroker::connect(url).await?;
-        return Ok((stores.docs, Arc::new(broker)));
-    }
-    Ok((stores.docs, Arc::new(InProcessBroker::new())))
+    Ok(stores.docs)
 }
 
 /// The caller, authenticated from `Authorization: Bearer` or, failing that, `?access_token=`.

@@ -208,6 +208,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let mut state = AppState::with_auth(stores, permissions, auth, blobs);
     state.limiter = pm_server::ratelimit::RateLimiter::new(config.rate_limits());
     state.cors_origins = config.cors_origins();
+    // One broker for everything that crosses instances: the hub's signals and the documents.
     let broker_kind = config.realtime_broker();
     let broker = pm_server::realtime::open_broker(
         broker_kind,
@@ -222,15 +223,15 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         stores: state.stores.clone(),
         authz: Arc::new(pm_server::authz::ServerAuthorizer::new(state.permissions.clone())),
         realtime_stores,
-        broker,
+        broker: broker.clone(),
         config: pm_realtime::HubConfig::default(),
     })
     .await
     .context("starting the realtime hub")?;
-    let (doc_store, doc_broker) = pm_server::collab::open_registry_store(&config.database_url)
+    let doc_store = pm_server::collab::open_registry_store(&config.database_url)
         .await
         .context("opening the collaborative-document tables")?;
-    let state = state.with_collab(doc_store, doc_broker, pm_realtime::doc::CollabConfig::default());
+    let state = state.with_collab(doc_store, broker, pm_realtime::doc::CollabConfig::default());
     let collab = state.collab.clone();
     let server = pm_server::serve(listener, state, stopped(stop_rx.clone()));
     let grace = config.shutdown_timeout;

@@ -218,6 +218,14 @@ impl Realtime {
             .await
     }
 
+    /// Re-checks `user`'s WebSocket subscriptions on this instance after their access changed
+    /// (see [`Hub::reauthorize_user`]); nothing to do when the hub has not started.
+    pub async fn reauthorize_user(&self, user: pm_core::id::UserId) {
+        if let Some(hub) = self.inner.hub.get() {
+            hub.reauthorize_user(user).await;
+        }
+    }
+
     /// The notification store, once the consumer that fills it runs (it starts with the hub).
     pub async fn notifications(&self) -> pm_realtime::Result<&Arc<dyn NotificationStore>> {
         self.hub().await?;

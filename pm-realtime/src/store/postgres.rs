@@ -104,6 +104,27 @@ impl PresenceStore for PostgresRealtimeStore {
         Ok(())
     }
 
+    async fn touch_last_seen_many(&self, seen: &[(UserId, OffsetDateTime)]) -> Result<()> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        // One statement for the batch; one row per user (an upsert may not touch a row twice).
+        let (users, times): (Vec<Uuid>, Vec<OffsetDateTime>) =
+            latest_per_user(seen).into_iter().map(|(u, at)| (u.0, at)).unzip();
+        sqlx::query(
+            "INSERT INTO rt_last_seen (user_id, last_seen) \
+             SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[]) \
+             ON CONFLICT (user_id) DO UPDATE \
+             SET last_seen = GREATEST(rt_last_seen.last_seen, excluded.last_seen)",
+        )
+        .bind(users)
+        .bind(times)
+        .execute(&self.pool)
+        .await
+        .map_err(st)?;
+        Ok(())
+    }
+
     async fn last_seen(&self, user: UserId) -> Result<Option<OffsetDateTime>> {
         sqlx::query_scalar("SELECT last_seen FROM rt_last_seen WHERE user_id = $1")
             .bind(user.0)

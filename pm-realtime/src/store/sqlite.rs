@@ -140,6 +140,28 @@ impl PresenceStore for SqliteRealtimeStore {
         Ok(())
     }
 
+    async fn touch_last_seen_many(&self, seen: &[(UserId, OffsetDateTime)]) -> Result<()> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        // One statement for the whole batch: the rows travel as one JSON array of
+        // `[user_id, micros]` pairs (no bound-parameter limit, one prepared statement).
+        let rows: Vec<(String, i64)> =
+            latest_per_user(seen).into_iter().map(|(u, at)| (id_text(u), micros(at))).collect();
+        let json = serde_json::to_string(&rows).map_err(Error::storage)?;
+        sqlx::query(
+            "INSERT INTO rt_last_seen (user_id, last_seen) \
+             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?) \
+             WHERE true \
+             ON CONFLICT (user_id) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen)",
+        )
+        .bind(json)
+        .execute(&self.writer)
+        .await
+        .map_err(st)?;
+        Ok(())
+    }
+
     async fn last_seen(&self, user: UserId) -> Result<Option<OffsetDateTime>> {
         let us: Option<i64> =
             sqlx::query_scalar("SELECT last_seen FROM rt_last_seen WHERE user_id = ?")

@@ -2,8 +2,10 @@
 //! Redis when `PM_TEST_POSTGRES_URL` / `PM_TEST_REDIS_URL` are set — each PostgreSQL test creates
 //! its own database): the store conformance suite, the hub (authorization, live delivery,
 //! replay and resync, backpressure, malformed frames, presence, coalescing), brokers across two
-//! hubs, notifications, and collaborative documents (yrs as the Yjs client).
+//! hubs, notifications, collaborative documents (yrs as the Yjs client), and access on open
+//! sessions (re-authorization, expiring and read-only credentials, batched last-seen).
 
+mod access;
 mod brokers;
 mod collab;
 mod hub;

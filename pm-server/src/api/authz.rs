@@ -532,7 +532,11 @@ async fn revoke(
     }
     let id = AssignmentId(assignment_id);
     match s.permissions.revoke(&actor(&who), id, &reason).await {
-        Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(revoked) => {
+            // Open WebSockets of that user lose the channels the grant let them read.
+            s.realtime.reauthorize_user(revoked.user_id).await;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
         // Someone who may not even read roles there learns nothing about the assignment.
         Err(AuthzError::Forbidden(m)) => {
             let a = s.permissions.stores().assignments.get_assignment(id).await?;

@@ -173,5 +173,8 @@ async fn remove_member(
     s.pm.remove_member(&who.origin(), OrgId(org_id), UserId(user_id)).await?;
     authz::sync_membership(&s.permissions, OrgId(org_id), UserId(user_id), None, who.user_id)
         .await?;
+    // The grants are gone now: the member's open WebSockets here lose the organization's
+    // channels at once (other instances react to the `member.removed` event).
+    s.realtime.reauthorize_user(UserId(user_id)).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

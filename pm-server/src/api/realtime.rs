@@ -1,4 +1,4 @@
-//! `GET /api/v1/ws`: pm-realtime's protocol (`pm-realtime/docs/realtime-protocol.md`) over a
+//! `GET /api/v1/ws`: pm-realtime's protocol (`docs/realtime-protocol.md`) over a
 //! WebSocket, one JSON text message per frame.
 //!
 //! **Authentication happens before the upgrade**: a missing or invalid credential is a 401
@@ -10,8 +10,13 @@
 //!    answers with `Sec-WebSocket-Protocol: pm.v1` only — the credential is never echoed;
 //! 3. the query: `?access_token=<token>` (kept out of logs: request spans record the path only).
 //!
-//! The credential is checked once, at the upgrade; the session lives on after the token expires
-//! (each subscription is authorized when it is made).
+//! The credential is checked at the upgrade and bounds the session's life: when it expires (an
+//! access token's `exp`, an API token's `expires_at`) the connection is **closed with 4001**
+//! (`token expired`) and the client reconnects with a fresh token, resuming with `last_seq`.
+//! A read-scoped API token may subscribe and receive, but its `presence`, `typing` and `cursor`
+//! frames are answered with an `error` frame (`read_only`). Each subscription is authorized when
+//! it is made and re-checked when access may have been lost (see `pm_realtime::hub`): a channel
+//! the user may no longer read ends with `unsubscribed`, reason `forbidden`.
 //!
 //! The transport around a hub session ([`drive`]):
 //!
@@ -23,8 +28,8 @@
 //! - WebSocket pings and pongs count as heartbeats; the server pings every
 //!   `heartbeat_timeout / 3`, so a client that answers pings (every browser does) stays alive
 //!   without sending `ping` frames; a connection silent for `idle_timeout` is closed with 4000;
-//! - the hub's `Close(code)` (4008 slow consumer, 4000 heartbeat timeout, 1001 shutdown) becomes a
-//!   close frame with that code and reason;
+//! - the hub's `Close(code)` (4008 slow consumer, 4000 heartbeat timeout, 4001 token expired,
+//!   1001 shutdown) becomes a close frame with that code and reason;
 //! - buffers are small (`BUFFER_BYTES` instead of tungstenite's 128 KiB each way) because the
 //!   hub's per-session queue already bounds what waits for a slow client.
 
@@ -40,6 +45,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use pm_core::event::Actor;
 use pm_realtime::protocol::{ErrorCode, ServerFrame};
 use pm_realtime::session::{Frame, Outgoing};
+use pm_realtime::hub::SessionOptions;
 use pm_realtime::{Hub, SessionHandle};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -48,7 +54,7 @@ use utoipa_axum::routes;
 
 use super::common::Problem;
 use crate::AppState;
-use crate::auth::unauthorized;
+use crate::auth::{Scope, unauthorized};
 use crate::error::ApiError;
 use crate::extract::Query;
 
@@ -79,7 +85,7 @@ pub struct WsQuery {
 }
 
 /// Opens a realtime session (WebSocket). The protocol is described in
-/// `pm-realtime/docs/realtime-protocol.md`: subscribe to `org:`, `project:`, `task:` and
+/// `docs/realtime-protocol.md`: subscribe to `org:`, `project:`, `task:` and
 /// `user:` channels, receive every durable event with its `seq` (resume with `last_seq`),
 /// presence, typing, cursors and live notifications.
 ///
@@ -128,7 +134,9 @@ async fn websocket(
         upgrade = upgrade.protocols([PROTOCOL]);
     }
     let actor = Actor::User(who.user_id);
-    Ok(upgrade.on_upgrade(move |socket| drive(socket, hub, actor)))
+    let options =
+        SessionOptions { expires_at: who.expires_at, read_only: who.scope == Scope::Read };
+    Ok(upgrade.on_upgrade(move |socket| drive(socket, hub, actor, options)))
 }
 
 /// Every subprotocol the client offered (`Sec-WebSocket-Protocol` may repeat and holds a
@@ -194,8 +202,8 @@ enum ReadEnd {
 
 /// Runs one connection: a hub session fed by the reader half and drained by the writer half;
 /// whichever ends first ends both, and dropping the session handle leaves every channel.
-pub async fn drive(socket: WebSocket, hub: Hub, actor: Actor) {
-    let (handle, mut outbound) = hub.connect(actor);
+pub async fn drive(socket: WebSocket, hub: Hub, actor: Actor, options: SessionOptions) {
+    let (handle, mut outbound) = hub.connect_with(actor, options);
     let config = hub.config();
     let idle = config.idle_timeout;
     let ping_every = (config.heartbeat_timeout / 3).max(Duration::from_millis(100));

@@ -258,6 +258,9 @@ impl Auth {
                 user_id: UserId(claims.sub),
                 scope: claims.scope,
                 via: Via::AccessToken { session: sid },
+                expires_at: i64::try_from(claims.exp)
+                    .ok()
+                    .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok()),
             })
         }
     }
@@ -287,6 +290,9 @@ pub struct Authenticated {
     pub scope: Scope,
     /// The credential.
     pub via: Via,
+    /// When the credential expires (`None`: an API token without expiry). Long-lived uses of
+    /// one authentication, such as a WebSocket, end then.
+    pub expires_at: Option<time::OffsetDateTime>,
 }
 
 impl Authenticated {
@@ -373,7 +379,12 @@ async fn api_token(auth: &Auth, presented: &str) -> Result<Authenticated, ApiErr
             tracing::warn!(error = %e, "could not record API token use");
         }
     }
-    Ok(Authenticated { user_id: t.user_id, scope: t.scope, via: Via::ApiToken { id: t.id } })
+    Ok(Authenticated {
+        user_id: t.user_id,
+        scope: t.scope,
+        via: Via::ApiToken { id: t.id },
+        expires_at: t.expires_at,
+    })
 }
 
 /// The client's IP address, from the connection (`axum::serve` with

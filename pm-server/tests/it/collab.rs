@@ -172,8 +172,11 @@ async fn postgres_instance(url: &str) -> (SocketAddr, AppState, tokio::sync::one
     stores.admin.migrate().await.unwrap();
     let permissions = pm_server::authz::open_permissions(url).await.unwrap();
     let blobs = pm_server::temp_blobs();
-    let (docs, broker): (Arc<dyn DocStore>, Arc<dyn Broker>) =
-        pm_server::collab::open_registry_store(url).await.unwrap();
+    let docs: Arc<dyn DocStore> = pm_server::collab::open_registry_store(url).await.unwrap();
+    let broker: Arc<dyn Broker> =
+        pm_server::realtime::open_broker(pm_server::realtime::BrokerKind::Postgres, url, None)
+            .await
+            .unwrap();
     let state = AppState::with(stores, permissions, TEST_SECRET, blobs).with_collab(
         docs,
         broker,

@@ -1,9 +1,11 @@
 //! The realtime WebSocket (`/api/v1/ws`) and the notification routes against real servers on
 //! 127.0.0.1:0, with a real WebSocket client (tokio-tungstenite): live events from REST
 //! changes, authentication before the upgrade, resuming with `last_seq`, slow consumers,
-//! malformed and oversize frames, notifications, and two instances sharing PostgreSQL — in one
+//! malformed and oversize frames, notifications, access lost on open sockets (removed members,
+//! expired and read-only tokens), and two instances sharing PostgreSQL — in one
 //! test process (`multi`) and as two `pm-server` child processes (`processes`).
 
+mod access;
 mod multi;
 mod processes;
 mod ws;

@@ -7,7 +7,10 @@
 //!   saw (the shared event log);
 //! - presence from a socket on A (join, status change, leave) is seen on B (the broker);
 //! - concurrent Yjs edits through A and B (`tests/yjs/collab.mjs`) converge, and REST on both
-//!   instances then returns the converged text (the debounced write-back).
+//!   instances then returns the converged text (the debounced write-back);
+//! - with `PM_REALTIME_BROKER=redis`, the document updates between A and B travel over Redis
+//!   (a third broker instance on the same Redis sees them on the document's topic), not over
+//!   PostgreSQL `NOTIFY`.
 //!
 //! Unlike [`super::multi`] (two `AppState`s in one test process, sharing nothing but the
 //! database and broker either), nothing here can leak between the instances through process
@@ -307,14 +310,14 @@ async fn two_processes(test: &str, broker: Broker<'_>) {
         let mut b = Instance::spawn("B", &url, broker);
         a.ready().await;
         b.ready().await;
-        exercise(test, &a, &b).await;
+        exercise(test, &a, &b, broker).await;
     } // Both children killed and reaped here, also when `exercise` panicked (unwinding).
     drop_database(&base, &db).await;
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "{test}: {:.1} s", started.elapsed().as_secs_f64());
 }
 
-async fn exercise(test: &str, a: &Instance, b: &Instance) {
+async fn exercise(test: &str, a: &Instance, b: &Instance, broker: Broker<'_>) {
     let rest = Rest::new();
 
     // Accounts, org, project and task, all through A.
@@ -407,6 +410,12 @@ async fn exercise(test: &str, a: &Instance, b: &Instance) {
 
     // Concurrent Yjs edits through A and B converge; REST on both returns the converged text.
     let Some(dir) = yjs_dir(test) else { return };
+    // With Redis configured, the documents must use it too: listen there as a third instance.
+    let doc_topic = pm_realtime::doc::topic(pm_core::id::TaskId(task_id.parse().unwrap()));
+    let redis_tap = match broker {
+        Broker::Redis(url) => Some(RedisTap::start(url, doc_topic.clone()).await),
+        Broker::Postgres => None,
+    };
     let report = tokio::time::timeout(Duration::from_secs(30), async {
         run_yjs_clients(dir, collab_url(&a.base), collab_url(&b.base), &task_id, &owner).await
     })
@@ -420,6 +429,47 @@ async fn exercise(test: &str, a: &Instance, b: &Instance) {
             status == 200 && body["description"] == text.as_str()
         })
         .await;
+    }
+    if let Some(tap) = redis_tap {
+        let seen = tap.seen();
+        assert!(
+            seen > 0,
+            "no message on {doc_topic} went through Redis (PM_REALTIME_BROKER=redis)"
+        );
+    }
+}
+
+/// A third instance on the Redis broker, counting the messages A and B publish on one topic.
+struct RedisTap {
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RedisTap {
+    async fn start(url: &str, topic: String) -> RedisTap {
+        use pm_realtime::broker::Broker as _;
+        let observer = pm_realtime::broker::redis::RedisBroker::connect(url).await.unwrap();
+        let mut rx = observer.subscribe();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = count.clone();
+        let task = tokio::spawn(async move {
+            let _observer = observer; // keeps the subscription open
+            loop {
+                match rx.recv().await {
+                    Ok(m) if m.topic == topic => {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        RedisTap { count, task }
+    }
+
+    fn seen(&self) -> usize {
+        self.task.abort();
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
