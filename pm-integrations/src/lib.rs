@@ -14,7 +14,12 @@
 //!   addresses only, unless allow-listed.
 //! - [`sync`]: per-field three-way merge with policies (authoritative side, set union for
 //!   labels, latest edit), recorded conflicts, and fingerprints for echo suppression.
+//! - [`model`]: what is persisted (integrations, inbound deliveries, credentials, mappings,
+//!   conflicts, logs, outbound subscriptions and deliveries); [`store`]: the store traits with
+//!   adapters `store::sqlite` and `store::postgres` behind the `sqlite` (default) and `postgres`
+//!   features — tables prefixed `int_`, migrations tracked in `_pm_integrations_migrations`.
 //! - [`clock`]: the injectable clock.
+//! - `testing` (feature `testing`): the store conformance suite.
 //!
 //! Dependency rule (checked in CI by `.ci/deps.sh`): depends on pm-core only, never on another
 //! feature crate (pm-permissions, pm-workflows, pm-realtime); builds without sqlx under
@@ -23,10 +28,14 @@
 pub mod clock;
 pub mod crypto;
 mod error;
+pub mod model;
 pub mod provider;
 pub mod providers;
 pub mod ssrf;
+pub mod store;
 pub mod sync;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod webhook;
 
 pub use error::{Error, Result};

@@ -1,4 +1,5 @@
 //! pm-integrations integration tests: the published webhook signature vectors (and their
 //! one-byte mutations), and the store conformance suite on SQLite and PostgreSQL.
 
+mod stores;
 mod vectors;
