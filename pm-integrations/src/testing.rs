@@ -271,7 +271,8 @@ pub async fn mappings_are_idempotent_and_syncs_atomic(stores: &IntegrationStores
         at: at(3),
     };
     let c1 = conflict("title");
-    let after = stores.mappings.commit_sync(m.id, 1, &synced, std::slice::from_ref(&c1)).await.unwrap();
+    let after =
+        stores.mappings.commit_sync(m.id, 1, &synced, std::slice::from_ref(&c1)).await.unwrap();
     assert_eq!((after.version, &after.base), (2, &base));
     assert_eq!(after.pushed_fingerprint.as_deref(), Some("fp"));
 
