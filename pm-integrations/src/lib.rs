@@ -18,6 +18,8 @@
 //!   conflicts, logs, outbound subscriptions and deliveries); [`store`]: the store traits with
 //!   adapters `store::sqlite` and `store::postgres` behind the `sqlite` (default) and `postgres`
 //!   features — tables prefixed `int_`, migrations tracked in `_pm_integrations_migrations`.
+//! - [`http`]: the thin JSON client providers share (base URL, bearer token, rate limits with
+//!   `Retry-After`).
 //! - [`clock`]: the injectable clock.
 //! - `testing` (feature `testing`): the store conformance suite.
 //!
@@ -28,6 +30,7 @@
 pub mod clock;
 pub mod crypto;
 mod error;
+pub mod http;
 pub mod model;
 pub mod provider;
 pub mod providers;

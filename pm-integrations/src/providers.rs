@@ -108,7 +108,137 @@ impl GitHub {
     }
 }
 
+impl GitHub {
+    /// `owner/repo` from the integration config (`repository`).
+    fn repository(ctx: &ProviderContext) -> Result<&str> {
+        let repo = ctx.config["repository"].as_str().unwrap_or_default();
+        let ok = repo.split('/').count() == 2
+            && repo.split('/').all(|p| {
+                !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            });
+        if !ok {
+            return Err(Error::invalid("config.repository", "must be owner/repo"));
+        }
+        Ok(repo)
+    }
+
+    fn item(repo: &str, issue: &Value) -> Option<ExternalItem> {
+        Some(ExternalItem {
+            external_id: format!("{repo}#{}", issue["number"].as_i64()?),
+            url: issue["html_url"].as_str().map(str::to_owned),
+            fields: Self::issue_fields(issue),
+            updated_at: time_field(&issue["updated_at"]),
+        })
+    }
+
+    /// Adds a comment to an issue (`owner/repo#n`); returns the comment's id.
+    pub async fn comment(
+        &self,
+        ctx: &ProviderContext,
+        external_id: &str,
+        body: &str,
+    ) -> Result<i64> {
+        let repo = Self::repository(ctx)?;
+        let number = Self::number(repo, external_id)?;
+        let client = crate::http::ApiClient::new("github", &ctx.base_url)?;
+        let res = client
+            .json(
+                reqwest::Method::POST,
+                &format!("/repos/{repo}/issues/{number}/comments"),
+                ctx.access_token.as_ref(),
+                Some(&json!({ "body": body })),
+            )
+            .await?;
+        res["id"].as_i64().ok_or_else(|| Error::Provider {
+            provider: "github".into(),
+            message: "comment response has no id".into(),
+            retry_after: None,
+        })
+    }
+
+    fn number(repo: &str, external_id: &str) -> Result<u64> {
+        external_id
+            .strip_prefix(repo)
+            .and_then(|r| r.strip_prefix('#'))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Error::invalid("external_id", format!("not an issue of {repo}")))
+    }
+}
+
+#[async_trait::async_trait]
 impl Provider for GitHub {
+    /// Issues (not pull requests) of the configured repository changed since `since`, all
+    /// pages.
+    async fn pull(
+        &self,
+        ctx: &ProviderContext,
+        since: Option<OffsetDateTime>,
+    ) -> Result<Vec<ExternalItem>> {
+        let repo = Self::repository(ctx)?;
+        let client = crate::http::ApiClient::new("github", &ctx.base_url)?;
+        let since = since
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .map(|t| {
+                format!(
+                    "&since={}",
+                    url::form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>()
+                )
+            })
+            .unwrap_or_default();
+        let mut items = Vec::new();
+        for page in 1..=100 {
+            let path = format!("/repos/{repo}/issues?state=all&per_page=100&page={page}{since}");
+            let res =
+                client.json(reqwest::Method::GET, &path, ctx.access_token.as_ref(), None).await?;
+            let issues = res.as_array().cloned().unwrap_or_default();
+            let n = issues.len();
+            items.extend(
+                issues
+                    .iter()
+                    .filter(|i| i.get("pull_request").is_none())
+                    .filter_map(|i| Self::item(repo, i)),
+            );
+            if n < 100 {
+                break;
+            }
+        }
+        Ok(items)
+    }
+
+    /// Creates an issue or updates `owner/repo#n` with `title`, `description` (→ `body`),
+    /// `state` (`open`/`closed`) and `labels`.
+    async fn push(
+        &self,
+        ctx: &ProviderContext,
+        external_id: Option<&str>,
+        fields: &Snapshot,
+    ) -> Result<ExternalItem> {
+        let repo = Self::repository(ctx)?;
+        let client = crate::http::ApiClient::new("github", &ctx.base_url)?;
+        let mut body = serde_json::Map::new();
+        for (ours, theirs) in
+            [("title", "title"), ("description", "body"), ("state", "state"), ("labels", "labels")]
+        {
+            if let Some(v) = fields.get(ours) {
+                body.insert(theirs.into(), v.clone());
+            }
+        }
+        let body = Value::Object(body);
+        let (method, path) = match external_id {
+            None => (reqwest::Method::POST, format!("/repos/{repo}/issues")),
+            Some(id) => (
+                reqwest::Method::PATCH,
+                format!("/repos/{repo}/issues/{}", Self::number(repo, id)?),
+            ),
+        };
+        let res = client.json(method, &path, ctx.access_token.as_ref(), Some(&body)).await?;
+        Self::item(repo, &res).ok_or_else(|| Error::Provider {
+            provider: "github".into(),
+            message: "issue response has no number".into(),
+            retry_after: None,
+        })
+    }
+
     fn info(&self) -> ProviderInfo {
         ProviderInfo {
             key: key("github"),
@@ -181,6 +311,7 @@ impl Provider for GitHub {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Jira;
 
+#[async_trait::async_trait]
 impl Provider for Jira {
     fn info(&self) -> ProviderInfo {
         ProviderInfo {
@@ -282,6 +413,7 @@ impl Slack {
     }
 }
 
+#[async_trait::async_trait]
 impl Provider for Slack {
     fn info(&self) -> ProviderInfo {
         ProviderInfo {
@@ -371,6 +503,7 @@ impl Provider for Slack {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GoogleCalendar;
 
+#[async_trait::async_trait]
 impl Provider for GoogleCalendar {
     fn info(&self) -> ProviderInfo {
         ProviderInfo {
@@ -435,6 +568,7 @@ impl Provider for GoogleCalendar {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Outlook;
 
+#[async_trait::async_trait]
 impl Provider for Outlook {
     fn info(&self) -> ProviderInfo {
         ProviderInfo {
