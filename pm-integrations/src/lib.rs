@@ -1,23 +1,44 @@
-//! Connections to external tools: the `Provider` trait for integration authors, the built-in
-//! providers, inbound and outbound webhooks, OAuth and two-way sync.
+//! Connections to external tools: the [`Provider`](provider::Provider) trait for integration
+//! authors, the built-in providers, signed inbound and outbound webhooks, secrets encrypted at
+//! rest, the SSRF guard for outbound targets, and the sync engine's three-way merge.
 //!
-//! **Skeleton.** This crate reserves the name and its place in the crate graph; the
-//! implementation is tracked in the issue tracker. It will own:
-//!
-//! - `provider`: the `Provider` trait (identity, OAuth config, webhook verification and parsing,
-//!   pull/push of items, field mapping) and the built-ins `github`, `slack`, `jira`,
-//!   `google_calendar` and `outlook` (Microsoft Graph); HTTP clients take a base URL for tests.
-//! - `webhook::inbound`: constant-time signature verification on raw bytes, dedupe by delivery
-//!   id, persist, acknowledge fast, process from a queue.
-//! - `webhook::outbound`: Standard Webhooks signing, retries with backoff, auto-disable and
-//!   manual redelivery, fed from pm-core's event log.
-//! - `oauth`: authorization code + PKCE, single-flight refresh per credential, tokens encrypted at
-//!   rest with an AEAD and a key id for rotation.
-//! - `sync`: external mappings with a per-field base snapshot, three-way merge with per-field
-//!   policy, recorded conflicts, echo suppression, per-provider rate limits and `Retry-After`.
-//! - `store`: the store traits, with adapters `store::sqlite` and `store::postgres` behind the
-//!   `sqlite` (default) and `postgres` features; it owns its tables and migrations.
+//! - [`webhook`]: constant-time verification of inbound webhooks on raw bytes
+//!   ([`webhook::inbound`]: GitHub, Jira, Slack v0, Microsoft Graph, Google) and Standard
+//!   Webhooks signing/verification for what pm sends ([`webhook::outbound`]).
+//! - [`provider`]: the `Provider` trait (identity, OAuth config, webhook verify + parse, pull/push
+//!   of items, field and state mappings) and its types; [`providers`]: GitHub, Jira, Slack,
+//!   Google Calendar, Outlook and the [`Registry`](providers::Registry).
+//! - [`crypto`]: the [`Keyring`](crypto::Keyring) sealing tokens and secrets with
+//!   ChaCha20-Poly1305 under a key id (rotation without a flag day).
+//! - [`ssrf`]: [`TargetPolicy`](ssrf::TargetPolicy) — outbound targets must resolve to public
+//!   addresses only, unless allow-listed.
+//! - [`sync`]: per-field three-way merge with policies (authoritative side, set union for
+//!   labels, latest edit), recorded conflicts, and fingerprints for echo suppression.
+//! - [`model`]: what is persisted (integrations, inbound deliveries, credentials, mappings,
+//!   conflicts, logs, outbound subscriptions and deliveries); [`store`]: the store traits with
+//!   adapters `store::sqlite` and `store::postgres` behind the `sqlite` (default) and `postgres`
+//!   features — tables prefixed `int_`, migrations tracked in `_pm_integrations_migrations`.
+//! - [`http`]: the thin JSON client providers share (base URL, bearer token, rate limits with
+//!   `Retry-After`).
+//! - [`clock`]: the injectable clock.
+//! - `testing` (feature `testing`): the store conformance suite.
 //!
 //! Dependency rule (checked in CI by `.ci/deps.sh`): depends on pm-core only, never on another
 //! feature crate (pm-permissions, pm-workflows, pm-realtime); builds without sqlx under
 //! `--no-default-features`; knows no HTTP server framework.
+
+pub mod clock;
+pub mod crypto;
+mod error;
+pub mod http;
+pub mod model;
+pub mod provider;
+pub mod providers;
+pub mod ssrf;
+pub mod store;
+pub mod sync;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod webhook;
+
+pub use error::{Error, Result};

@@ -30,6 +30,10 @@ pub enum Command {
     /// system roles (admin, project_manager, team_member, viewer) that are missing, and print
     /// what was created. Idempotent: a second run creates nothing.
     InitPermissions,
+    /// Apply pending migrations, then register the built-in integration providers (GitHub,
+    /// Jira, Slack, Google Calendar, Outlook) that are missing, and print what was created.
+    /// Idempotent: a second run creates nothing.
+    InitIntegrations,
     /// Create a user who can log in with a password (works with any `PM_REGISTRATION`). For an
     /// existing user without a password, sets one.
     CreateUser(CreateUser),

@@ -126,6 +126,21 @@ pub struct Config {
         hide_env_values = true
     )]
     pub redis_url: Option<String>,
+
+    /// Keys sealing integration tokens and webhook secrets at rest: comma-separated
+    /// `key_id:base64` entries of 32-byte keys (`openssl rand -base64 32`), the first current,
+    /// the others kept to open older secrets; a bare base64 key is named `k1`. When unset,
+    /// integrations that hold secrets cannot be created.
+    #[arg(long = "encryption-key", value_name = "KEYS", env = "PM_ENCRYPTION_KEY", global = true,
+          value_parser = parse_encryption_key, hide_env_values = true)]
+    pub encryption_key: Option<String>,
+
+    /// Networks outbound webhooks may reach although they are not public (CIDRs or addresses,
+    /// comma-separated), e.g. `10.1.0.0/16`. Loopback, private and link-local targets are
+    /// refused otherwise.
+    #[arg(long = "webhook-allow", value_name = "CIDRS", env = "PM_WEBHOOK_ALLOW", default_value = "",
+          global = true, value_parser = parse_webhook_allow)]
+    pub webhook_allow: String,
 }
 
 impl Config {
@@ -171,6 +186,17 @@ impl Config {
             .unwrap_or_else(|| crate::realtime::BrokerKind::default_for(&self.database_url))
     }
 
+    /// The keyring of `PM_ENCRYPTION_KEY`, if set. Cannot fail: validated on parse.
+    pub fn keyring(&self) -> Option<pm_integrations::crypto::Keyring> {
+        self.encryption_key.as_deref().and_then(|k| crate::integrations::parse_keyring(k).ok())
+    }
+
+    /// The outbound target policy of `PM_WEBHOOK_ALLOW`. Cannot fail: validated on parse.
+    pub fn target_policy(&self) -> pm_integrations::ssrf::TargetPolicy {
+        pm_integrations::ssrf::TargetPolicy::parse_allow_list(&self.webhook_allow)
+            .unwrap_or_default()
+    }
+
     /// The database URL with any password replaced by `***`, for logs and messages.
     pub fn database_url_redacted(&self) -> String {
         redact_url(&self.database_url)
@@ -210,6 +236,8 @@ impl fmt::Debug for Config {
             .field("cors_origins", &self.cors_origins())
             .field("realtime_broker", &self.realtime_broker())
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("encryption_key", &self.keyring())
+            .field("webhook_allow", &self.webhook_allow)
             .finish()
     }
 }
@@ -230,6 +258,21 @@ fn parse_broker(s: &str) -> Result<crate::realtime::BrokerKind, String> {
         format!(
             "PM_REALTIME_BROKER (--realtime-broker) must be `memory`, `postgres` or `redis`, not {s:?}"
         )
+    })
+}
+
+fn parse_encryption_key(s: &str) -> Result<String, String> {
+    crate::integrations::parse_keyring(s).map(|_| s.to_owned()).map_err(|e| {
+        format!(
+            "PM_ENCRYPTION_KEY (--encryption-key) must be `key_id:base64` entries of 32-byte keys, \
+             comma-separated, e.g. k1:$(openssl rand -base64 32) ({e})"
+        )
+    })
+}
+
+fn parse_webhook_allow(s: &str) -> Result<String, String> {
+    pm_integrations::ssrf::TargetPolicy::parse_allow_list(s).map(|_| s.to_owned()).map_err(|e| {
+        format!("PM_WEBHOOK_ALLOW (--webhook-allow) must be comma-separated CIDRs ({e})")
     })
 }
 

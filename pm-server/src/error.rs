@@ -258,6 +258,56 @@ impl From<pm_realtime::Error> for ApiError {
     }
 }
 
+/// pm-integrations errors: a rejected webhook signature is 401 (the reason is safe to tell: it
+/// never contains the expected value), a refused outbound target is 400 naming `url`, an
+/// unopenable secret is a server fault (500), a provider failure is 502 (with its `Retry-After`).
+impl From<pm_integrations::Error> for ApiError {
+    fn from(err: pm_integrations::Error) -> Self {
+        use pm_integrations::Error as E;
+        match err {
+            E::Invalid { field, message } => ApiError::invalid_field(field, message),
+            E::NotFound { entity } => ApiError::entity_not_found(entity),
+            E::AlreadyExists { entity } => ApiError::new(
+                StatusCode::CONFLICT,
+                "already-exists",
+                "Already exists",
+                format!("{entity} already exists"),
+            )
+            .with("entity", entity),
+            E::Conflict { entity, current } => ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "Version conflict",
+                format!("{entity} is at version {current}; reload and retry"),
+            )
+            .with("entity", entity)
+            .with("current", json!({ "version": current })),
+            E::Unauthenticated(reason) => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid-signature",
+                "Unauthenticated webhook",
+                reason.to_string(),
+            ),
+            E::TargetRefused(reason) => ApiError::invalid_field("url".into(), reason),
+            e @ E::Crypto(_) => ApiError::internal(e),
+            E::Provider { provider, message, retry_after } => {
+                let e = ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "provider-failed",
+                    "Provider failed",
+                    format!("{provider} failed: {message}"),
+                )
+                .with("provider", provider);
+                match retry_after {
+                    Some(secs) => e.with_header("retry-after", secs.to_string()),
+                    None => e,
+                }
+            }
+            E::Storage(cause) => ApiError::internal(cause),
+        }
+    }
+}
+
 impl From<pm_permissions::Error> for ApiError {
     fn from(err: pm_permissions::Error) -> Self {
         use pm_permissions::Error as E;

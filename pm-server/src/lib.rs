@@ -9,6 +9,8 @@
 //! - [`extract`]: `Json`/`Path`/`Query` extractors that reject with `ApiError`;
 //! - [`health`]: `/healthz` and `/readyz`;
 //! - [`realtime`]: pm-realtime's hub, broker and notification consumer behind `/api/v1/ws`.
+//! - [`integrations`]: pm-integrations' stores, keyring, SSRF policy and background workers
+//!   (inbound processing, outbound webhook fan-out and delivery) behind the integration routes.
 //! - [`collab`]: `GET /api/v1/collab/{task_id}`, collaborative editing of task descriptions
 //!   (Yjs over WebSocket) on pm-realtime's document registry.
 //!
@@ -46,6 +48,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod idempotency;
+pub mod integrations;
 pub mod ratelimit;
 pub mod realtime;
 
@@ -82,6 +85,10 @@ pub struct AppState {
     /// Collaborative documents (see [`collab`]); in memory unless replaced with
     /// [`AppState::with_collab`].
     pub collab: pm_realtime::doc::Collab,
+    /// pm-integrations (integrations, inbound webhooks, outbound subscriptions); `None` until
+    /// set with [`AppState::with_integrations`] (the binary always sets it), and then the
+    /// integration routes answer 404.
+    pub integrations: Option<integrations::Integrations>,
 }
 
 impl AppState {
@@ -136,7 +143,15 @@ impl AppState {
             cors_origins: Vec::new(),
             realtime,
             collab,
+            integrations: None,
         }
+    }
+
+    /// Enables the integration routes over `integrations` (start its workers with
+    /// [`integrations::Integrations::start`]).
+    pub fn with_integrations(mut self, integrations: integrations::Integrations) -> Self {
+        self.integrations = Some(integrations);
+        self
     }
 }
 

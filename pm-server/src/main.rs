@@ -48,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => serve(&cli.config).await,
         Command::Migrate => migrate(&cli.config).await,
         Command::InitPermissions => init_permissions(&cli.config).await,
+        Command::InitIntegrations => init_integrations(&cli.config).await,
         Command::CreateUser(args) => create_user(&cli.config, &args).await,
     }
 }
@@ -58,11 +59,12 @@ struct Opened {
     auth_store: Arc<dyn AuthStore>,
     authz_stores: AuthzStores,
     realtime_stores: pm_realtime::store::RealtimeStores,
+    integration_stores: pm_integrations::store::IntegrationStores,
 }
 
 /// Opens the configured database and brings its schema up to date: pm-core's tables, then
 /// pm-server's authentication tables (which refer to pm-core's users), then pm-permissions'
-/// tables, then pm-realtime's (each crate tracks its own migrations).
+/// tables, then pm-realtime's, then pm-integrations' (each crate tracks its own migrations).
 async fn open_and_migrate(config: &Config) -> anyhow::Result<Opened> {
     let url = config.database_url_redacted();
     let stores = pm_core::store::open(&config.database_url)
@@ -93,13 +95,21 @@ async fn open_and_migrate(config: &Config) -> anyhow::Result<Opened> {
         .migrate()
         .await
         .with_context(|| format!("migrating the realtime tables of {url}"))?;
-    Ok(Opened { stores, auth_store, authz_stores, realtime_stores })
+    let integration_stores = pm_integrations::store::open(&config.database_url)
+        .await
+        .with_context(|| format!("opening the integration tables of {url}"))?;
+    integration_stores
+        .admin
+        .migrate()
+        .await
+        .with_context(|| format!("migrating the integration tables of {url}"))?;
+    Ok(Opened { stores, auth_store, authz_stores, realtime_stores, integration_stores })
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
     let Opened { stores, .. } = open_and_migrate(config).await?;
     println!(
-        "migrated {} database {}: all pm-core, pm-server, pm-permissions and pm-realtime migrations applied, schema is up to date",
+        "migrated {} database {}: all pm-core, pm-server, pm-permissions, pm-realtime and pm-integrations migrations applied, schema is up to date",
         stores.admin.backend(),
         config.database_url_redacted()
     );
@@ -138,6 +148,26 @@ async fn init_permissions(config: &Config) -> anyhow::Result<()> {
     }
     if !report.roles.is_empty() {
         println!("created {} roles: {}", report.roles.len(), report.roles.join(", "));
+    }
+    Ok(())
+}
+
+/// `init-integrations`: registers the missing built-in providers and says which.
+async fn init_integrations(config: &Config) -> anyhow::Result<()> {
+    let Opened { integration_stores, .. } = open_and_migrate(config).await?;
+    let registry = pm_integrations::providers::Registry::default();
+    let created = pm_server::integrations::seed_providers(
+        &integration_stores,
+        &registry,
+        pm_core::model::now(),
+    )
+    .await
+    .context("seeding the integration providers")?;
+    let db = config.database_url_redacted();
+    if created.is_empty() {
+        println!("nothing to create in {db}: the built-in integration providers already exist");
+    } else {
+        println!("created {} integration providers in {db}: {}", created.len(), created.join(", "));
     }
     Ok(())
 }
@@ -181,7 +211,7 @@ async fn create_user(config: &Config, args: &CreateUser) -> anyhow::Result<()> {
 }
 
 async fn serve(config: &Config) -> anyhow::Result<()> {
-    let Opened { stores, auth_store, authz_stores, realtime_stores } =
+    let Opened { stores, auth_store, authz_stores, realtime_stores, integration_stores } =
         open_and_migrate(config).await?;
     let permissions = pm_server::authz::start_permissions(authz_stores)
         .await
@@ -232,6 +262,30 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         .await
         .context("opening the collaborative-document tables")?;
     let state = state.with_collab(doc_store, broker, pm_realtime::doc::CollabConfig::default());
+    let keyring = config.keyring();
+    if keyring.is_none() {
+        tracing::warn!(
+            "PM_ENCRYPTION_KEY is not set: integrations and webhook subscriptions (which hold \
+             secrets) cannot be created"
+        );
+    }
+    let integrations = pm_server::integrations::Integrations::new(
+        integration_stores,
+        keyring,
+        config.target_policy(),
+    );
+    let seeded = pm_server::integrations::seed_providers(
+        &integrations.stores,
+        &integrations.registry,
+        pm_core::model::now(),
+    )
+    .await
+    .context("seeding the integration providers")?;
+    if !seeded.is_empty() {
+        tracing::info!(providers = %seeded.join(", "), "registered integration providers");
+    }
+    let _integration_workers = integrations.start(state.stores.events.clone());
+    let state = state.with_integrations(integrations);
     let collab = state.collab.clone();
     let server = pm_server::serve(listener, state, stopped(stop_rx.clone()));
     let grace = config.shutdown_timeout;

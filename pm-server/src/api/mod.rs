@@ -6,7 +6,7 @@
 
 use axum::Router;
 use axum::routing::get;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
@@ -18,6 +18,7 @@ pub mod auth;
 pub mod authz;
 pub mod comments;
 pub mod common;
+pub mod integrations;
 pub mod notifications;
 pub mod orgs;
 pub mod projects;
@@ -44,6 +45,7 @@ pub mod worklog;
         (name = "authz", description = "Roles, assignments, effective permissions, check/explain, audit log"),
         (name = "realtime", description = "The realtime WebSocket (protocol: pm-realtime/docs/realtime-protocol.md)"),
         (name = "notifications", description = "The caller's notifications"),
+        (name = "integrations", description = "Provider integrations, inbound webhooks, outbound webhook subscriptions"),
     )
 )]
 pub struct ApiDoc;
@@ -61,6 +63,18 @@ impl Modify for BearerAuth {
                     .bearer_format("JWT or personal API token")
                     .build(),
             ),
+        );
+        // Inbound provider webhooks carry no bearer token: they are authenticated by the
+        // provider's signature over the raw body (GitHub's header shown; Jira, Slack, Graph and
+        // Google use their own, see the operation).
+        components.add_security_scheme(
+            "webhook_signature",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Hub-Signature-256",
+                "The provider's signature of the raw body: GitHub `X-Hub-Signature-256`, Jira \
+                 `X-Hub-Signature`, Slack `X-Slack-Signature` + `X-Slack-Request-Timestamp`, \
+                 Microsoft Graph `clientState` in the body, Google `X-Goog-Channel-Token`",
+            ))),
         );
     }
 }
@@ -123,6 +137,7 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
         .merge(authz::router())
         .merge(realtime::router())
         .merge(notifications::router())
+        .merge(integrations::router())
         .merge(crate::collab::router());
     let mut router = OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1);
     // After the paths exist: the modifier walks every operation.

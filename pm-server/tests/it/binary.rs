@@ -140,3 +140,37 @@ fn init_permissions_is_idempotent_and_reports_what_it_created() {
     assert!(second.starts_with("nothing to create"), "{second}");
     assert!(!second.contains("created"), "{second}");
 }
+
+#[test]
+fn init_integrations_is_idempotent_and_reports_what_it_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("pm.db").display());
+    let run = |key: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pm-server"))
+            .arg("init-integrations")
+            .env("PM_DATABASE_URL", &url)
+            .env("PM_ENCRYPTION_KEY", key)
+            .output()
+            .expect("run pm-server init-integrations");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), stdout, stderr)
+    };
+    let key = format!("k1:{}", pm_integrations::crypto::EncryptionKey::generate().to_base64());
+    let (ok, first, err) = run(&key);
+    assert!(ok, "{first}\n{err}");
+    assert!(
+        first.contains("created 5 integration providers")
+            && ["github", "jira", "slack", "google_calendar", "outlook"]
+                .iter()
+                .all(|p| first.contains(p)),
+        "{first}"
+    );
+    let (ok, second, err) = run(&key);
+    assert!(ok, "{second}\n{err}");
+    assert!(second.starts_with("nothing to create"), "{second}");
+    // A malformed key is refused up front, naming the variable.
+    let (ok, _, err) = run("k1:short");
+    assert!(!ok);
+    assert!(err.contains("PM_ENCRYPTION_KEY"), "{err}");
+}

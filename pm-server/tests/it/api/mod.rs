@@ -4,6 +4,7 @@
 mod authz;
 mod conventions;
 mod hostile;
+mod integrations;
 mod journey;
 mod openapi;
 mod resources;

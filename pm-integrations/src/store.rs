@@ -1,0 +1,410 @@
+//! Store traits: what pm-integrations persists, one trait per aggregate or role.
+//!
+//! Traits are object-safe (`#[async_trait]`) so hosts hold `Arc<dyn InboundStore>` and can plug
+//! their own adapter; the `pm_integrations::testing` suite (feature `testing`) tells an adapter
+//! author whether theirs behaves. Rules every adapter follows:
+//!
+//! - an inbound delivery is unique per (provider, delivery id): ingesting it twice stores it
+//!   once and reports the second as [`Ingested::Duplicate`] — the replay protection;
+//! - queues ([`InboundStore::claim_inbound`], [`WebhookStore::claim_outbound`]) hand out due
+//!   items oldest first and lease them (`available_at` moves to the lease end), so a worker that
+//!   dies mid-way leaves them to be claimed again after the lease — at-least-once;
+//! - credentials are stored sealed only ([`Sealed`]); a replacement happens only at the version
+//!   the caller read (single-flight refresh across instances);
+//! - a mapping is unique per (integration, external id) and per (integration, task); creating
+//!   the same link twice returns the existing one (idempotent creates); a sync commits the new
+//!   base and its conflicts in one transaction, at the expected version;
+//! - enqueueing outbound deliveries advances the consumer's cursor in the same transaction and
+//!   is idempotent per (subscription, event);
+//! - a failed outbound attempt increments the subscription's failure streak and disables it at
+//!   the threshold, in the same transaction; a success resets the streak;
+//! - lists are newest first with a keyset cursor (the row's UUIDv7 id).
+//!
+//! Built-in adapters: [`sqlite`] (feature `sqlite`) and [`postgres`] (feature `postgres`). Their
+//! tables are prefixed `int_` and tracked in their own migrations table
+//! `_pm_integrations_migrations` (migrations in `pm-integrations/migrations/{sqlite,postgres}`).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pm_core::id::{IntegrationId, OrgId, TaskId};
+use time::OffsetDateTime;
+
+use crate::Result;
+use crate::crypto::Sealed;
+use crate::model::*;
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+/// Known providers.
+#[async_trait]
+pub trait ProviderStore: Send + Sync {
+    /// Inserts a provider unless its key exists; `true` when inserted (seeding is idempotent).
+    async fn ensure_provider(&self, p: &ProviderRecord) -> Result<bool>;
+    /// Every provider, by key.
+    async fn list_providers(&self) -> Result<Vec<ProviderRecord>>;
+}
+
+/// Project integrations.
+#[async_trait]
+pub trait IntegrationStore: Send + Sync {
+    /// Stores a new integration.
+    async fn create_integration(&self, i: &Integration) -> Result<()>;
+    /// One integration.
+    async fn get_integration(&self, id: IntegrationId) -> Result<Integration>;
+    /// An organization's integrations, oldest first.
+    async fn list_integrations(&self, org: OrgId) -> Result<Vec<Integration>>;
+    /// Applies `patch` at `expected_version` (else `Conflict`).
+    async fn update_integration(
+        &self,
+        id: IntegrationId,
+        expected_version: i64,
+        patch: &IntegrationPatch,
+        at: OffsetDateTime,
+    ) -> Result<Integration>;
+    /// Deletes it with its credentials, mappings, conflicts and deliveries.
+    async fn delete_integration(&self, id: IntegrationId) -> Result<()>;
+}
+
+/// Sealed credentials.
+#[async_trait]
+pub trait CredentialStore: Send + Sync {
+    /// Stores (or overwrites) the integration's credential of `kind`; the version increments.
+    async fn put_credential(
+        &self,
+        integration: IntegrationId,
+        kind: CredentialKind,
+        sealed: &Sealed,
+        expires_at: Option<OffsetDateTime>,
+        at: OffsetDateTime,
+    ) -> Result<Credential>;
+    /// The integration's credential of `kind`, if any.
+    async fn get_credential(
+        &self,
+        integration: IntegrationId,
+        kind: CredentialKind,
+    ) -> Result<Option<Credential>>;
+    /// Replaces a credential only if it is still at `expected_version` (`Conflict` otherwise).
+    async fn replace_credential(
+        &self,
+        id: CredentialId,
+        expected_version: i64,
+        sealed: &Sealed,
+        expires_at: Option<OffsetDateTime>,
+        at: OffsetDateTime,
+    ) -> Result<Credential>;
+    /// Deletes every credential of the integration; returns how many.
+    async fn delete_credentials(&self, integration: IntegrationId) -> Result<u64>;
+}
+
+/// The inbound delivery queue.
+#[async_trait]
+pub trait InboundStore: Send + Sync {
+    /// Persists a verified delivery unless (provider, delivery id) is known.
+    async fn ingest(&self, d: &InboundDelivery) -> Result<Ingested>;
+    /// One delivery.
+    async fn get_inbound(&self, id: DeliveryId) -> Result<InboundDelivery>;
+    /// Leases up to `limit` pending deliveries due at `now`, oldest first, until `lease_until`;
+    /// increments their attempt counts.
+    async fn claim_inbound(
+        &self,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<InboundDelivery>>;
+    /// Records the outcome of an attempt.
+    async fn finish_inbound(&self, id: DeliveryId, outcome: &Attempt) -> Result<()>;
+}
+
+/// External mappings and sync conflicts.
+#[async_trait]
+pub trait MappingStore: Send + Sync {
+    /// Creates a mapping; if (integration, external id) is mapped already, returns that one and
+    /// `false`. `AlreadyExists` if the task is mapped to another item of the integration.
+    async fn create_mapping(&self, m: &ExternalMapping) -> Result<(ExternalMapping, bool)>;
+    /// The mapping of an external item.
+    async fn mapping_by_external(
+        &self,
+        integration: IntegrationId,
+        external_id: &str,
+    ) -> Result<Option<ExternalMapping>>;
+    /// The mapping of a task.
+    async fn mapping_by_task(
+        &self,
+        integration: IntegrationId,
+        task: TaskId,
+    ) -> Result<Option<ExternalMapping>>;
+    /// An integration's mappings, newest first.
+    async fn list_mappings(
+        &self,
+        integration: IntegrationId,
+        limit: u32,
+        before: Option<MappingId>,
+    ) -> Result<Page<ExternalMapping>>;
+    /// Stores a sync's new base and its conflicts in one transaction, at `expected_version`.
+    async fn commit_sync(
+        &self,
+        id: MappingId,
+        expected_version: i64,
+        base: &SyncedBase,
+        conflicts: &[SyncConflict],
+    ) -> Result<ExternalMapping>;
+    /// An integration's conflicts, newest first.
+    async fn list_conflicts(
+        &self,
+        integration: IntegrationId,
+        unresolved_only: bool,
+        limit: u32,
+        before: Option<ConflictId>,
+    ) -> Result<Page<SyncConflict>>;
+    /// Marks a conflict acknowledged.
+    async fn resolve_conflict(&self, id: ConflictId, at: OffsetDateTime) -> Result<SyncConflict>;
+}
+
+/// The exchange log.
+#[async_trait]
+pub trait LogStore: Send + Sync {
+    /// Appends an entry.
+    async fn append_log(&self, e: &LogEntry) -> Result<()>;
+    /// Entries (of one integration, or all), newest first.
+    async fn list_logs(
+        &self,
+        integration: Option<IntegrationId>,
+        limit: u32,
+        before: Option<LogId>,
+    ) -> Result<Page<LogEntry>>;
+}
+
+/// Outbound webhook subscriptions and deliveries.
+#[async_trait]
+pub trait WebhookStore: Send + Sync {
+    /// Stores a new subscription.
+    async fn create_subscription(&self, s: &Subscription) -> Result<()>;
+    /// One subscription.
+    async fn get_subscription(&self, id: SubscriptionId) -> Result<Subscription>;
+    /// An organization's subscriptions, oldest first.
+    async fn list_subscriptions(&self, org: OrgId) -> Result<Vec<Subscription>>;
+    /// Every enabled subscription (the delivery worker's fan-out set).
+    async fn enabled_subscriptions(&self) -> Result<Vec<Subscription>>;
+    /// Applies `patch` at `expected_version`; enabling clears the failure streak and reason.
+    async fn update_subscription(
+        &self,
+        id: SubscriptionId,
+        expected_version: i64,
+        patch: &SubscriptionPatch,
+        at: OffsetDateTime,
+    ) -> Result<Subscription>;
+    /// Deletes it and its deliveries.
+    async fn delete_subscription(&self, id: SubscriptionId) -> Result<()>;
+    /// The event-log position consumer `name` has enqueued up to (0 if never).
+    async fn cursor(&self, name: &str) -> Result<i64>;
+    /// Inserts deliveries (skipping any (subscription, event) already present) and moves the
+    /// cursor to `upto` in one transaction; returns how many were inserted.
+    async fn enqueue_outbound(
+        &self,
+        consumer: &str,
+        upto: i64,
+        deliveries: &[OutboundDelivery],
+    ) -> Result<u64>;
+    /// Leases up to `limit` pending deliveries due at `now` (oldest first) until `lease_until`.
+    async fn claim_outbound(
+        &self,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<OutboundDelivery>>;
+    /// Records an attempt on the delivery and the subscription's failure streak (disabling it
+    /// at `attempt.disable_after`), in one transaction.
+    async fn finish_outbound(
+        &self,
+        id: OutboundId,
+        attempt: &OutboundAttempt,
+    ) -> Result<(OutboundDelivery, Subscription)>;
+    /// One delivery.
+    async fn get_outbound(&self, id: OutboundId) -> Result<OutboundDelivery>;
+    /// A subscription's deliveries, newest first.
+    async fn list_outbound(
+        &self,
+        subscription: SubscriptionId,
+        limit: u32,
+        before: Option<OutboundId>,
+    ) -> Result<Page<OutboundDelivery>>;
+    /// Makes a delivery pending again, due at `at` (manual redelivery).
+    async fn redeliver(&self, id: OutboundId, at: OffsetDateTime) -> Result<OutboundDelivery>;
+}
+
+/// Backend administration.
+#[async_trait]
+pub trait IntegrationAdmin: Send + Sync {
+    /// Applies pending migrations of this crate's tables.
+    async fn migrate(&self) -> Result<()>;
+    /// `sqlite` or `postgres` (or a host adapter's name).
+    fn backend(&self) -> &'static str;
+}
+
+/// Every integration store, as trait objects. Cheap to clone.
+#[derive(Clone)]
+pub struct IntegrationStores {
+    /// Providers.
+    pub providers: Arc<dyn ProviderStore>,
+    /// Integrations.
+    pub integrations: Arc<dyn IntegrationStore>,
+    /// Credentials.
+    pub credentials: Arc<dyn CredentialStore>,
+    /// Inbound queue.
+    pub inbound: Arc<dyn InboundStore>,
+    /// Mappings and conflicts.
+    pub mappings: Arc<dyn MappingStore>,
+    /// Logs.
+    pub logs: Arc<dyn LogStore>,
+    /// Outbound webhooks.
+    pub webhooks: Arc<dyn WebhookStore>,
+    /// Administration.
+    pub admin: Arc<dyn IntegrationAdmin>,
+}
+
+impl IntegrationStores {
+    /// Bundles one adapter that implements every trait.
+    pub fn from_adapter<S>(s: Arc<S>) -> Self
+    where
+        S: ProviderStore
+            + IntegrationStore
+            + CredentialStore
+            + InboundStore
+            + MappingStore
+            + LogStore
+            + WebhookStore
+            + IntegrationAdmin
+            + 'static,
+    {
+        Self {
+            providers: s.clone(),
+            integrations: s.clone(),
+            credentials: s.clone(),
+            inbound: s.clone(),
+            mappings: s.clone(),
+            logs: s.clone(),
+            webhooks: s.clone(),
+            admin: s,
+        }
+    }
+}
+
+impl std::fmt::Debug for IntegrationStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntegrationStores")
+            .field("backend", &self.admin.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the built-in adapter named by a URL (`sqlite://…` or `postgres://…`), the same URL as
+/// pm-core's store. Does not migrate; call `stores.admin.migrate()`.
+pub async fn open(url: &str) -> Result<IntegrationStores> {
+    if url.starts_with("sqlite:") {
+        #[cfg(feature = "sqlite")]
+        {
+            let s = sqlite::SqliteIntegrationStore::connect(url).await?;
+            return Ok(IntegrationStores::from_adapter(Arc::new(s)));
+        }
+        #[cfg(not(feature = "sqlite"))]
+        return Err(crate::Error::invalid(
+            "database_url",
+            "pm-integrations was built without the `sqlite` feature",
+        ));
+    }
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        #[cfg(feature = "postgres")]
+        {
+            let s = postgres::PostgresIntegrationStore::connect(url).await?;
+            return Ok(IntegrationStores::from_adapter(Arc::new(s)));
+        }
+        #[cfg(not(feature = "postgres"))]
+        return Err(crate::Error::invalid(
+            "database_url",
+            "pm-integrations was built without the `postgres` feature",
+        ));
+    }
+    Err(crate::Error::invalid("database_url", "must start with sqlite: or postgres:"))
+}
+
+/// Adapter plumbing shared by the built-in stores.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod shared {
+    use crate::Error;
+
+    pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
+        Error::Storage(format!("stored {what} is invalid: {e}").into())
+    }
+
+    pub(crate) fn st(e: sqlx::Error) -> Error {
+        Error::storage(e)
+    }
+
+    pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
+        serde_json::to_string(v).expect("domain values serialise to JSON")
+    }
+
+    pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
+        what: &str,
+        s: &str,
+    ) -> crate::Result<T> {
+        serde_json::from_str(s).map_err(|e| corrupt(what, e))
+    }
+
+    /// Whether a sqlx error is a unique-constraint violation.
+    pub(crate) fn is_unique(e: &sqlx::Error) -> bool {
+        matches!(e, sqlx::Error::Database(d) if d.kind() == sqlx::error::ErrorKind::UniqueViolation)
+    }
+
+    use crate::model::{OutboundAttempt, QueueStatus, Subscription, SubscriptionPatch};
+
+    /// The delivery state after an attempt.
+    pub(crate) fn outbound_status(a: &OutboundAttempt) -> QueueStatus {
+        match (a.succeeded(), a.retry_at) {
+            (true, _) => QueueStatus::Done,
+            (false, Some(_)) => QueueStatus::Pending,
+            (false, None) => QueueStatus::Failed,
+        }
+    }
+
+    /// Why a subscription was switched off by the worker.
+    pub(crate) fn auto_disabled_reason(after: i32) -> String {
+        format!("disabled automatically after {after} consecutive failed attempts")
+    }
+
+    /// Applies a patch in memory (the adapters write the result at the next version).
+    pub(crate) fn apply_subscription_patch(
+        cur: &mut Subscription,
+        patch: &SubscriptionPatch,
+        at: time::OffsetDateTime,
+    ) {
+        if let Some(u) = &patch.url {
+            cur.url = u.clone();
+        }
+        if let Some(e) = &patch.events {
+            cur.events = e.clone();
+        }
+        if let Some(d) = &patch.description {
+            cur.description = d.clone();
+        }
+        if let Some(s) = &patch.secrets {
+            cur.secrets = s.clone();
+        }
+        match patch.enabled {
+            Some(true) => {
+                // Re-enabling is a fresh start: the streak that disabled it is forgiven.
+                cur.enabled = true;
+                cur.disabled_reason = None;
+                cur.consecutive_failures = 0;
+            }
+            Some(false) => cur.enabled = false,
+            None => {}
+        }
+        cur.version += 1;
+        cur.updated_at = at;
+    }
+}

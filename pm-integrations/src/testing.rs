@@ -1,0 +1,492 @@
+//! The store conformance suite (feature `testing`).
+//!
+//! One suite for every backend: the built-in SQLite and PostgreSQL adapters run it in their
+//! tests, and a host that writes its own adapter runs the same functions against theirs. Checks
+//! use fresh ids, so they may share a database; give [`run_all`] a freshly migrated one. Checks
+//! panic with a message on failure, like any test.
+
+use pm_core::event::{Actor, Event, EventKind};
+use pm_core::id::{EventId, IntegrationId, OrgId, ProjectId, TaskId};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::Error;
+use crate::crypto::{EncryptionKey, Keyring, Sealed};
+use crate::model::*;
+use crate::provider::{Capability, Mappings, ProviderKey};
+use crate::store::IntegrationStores;
+use crate::sync::{FieldPolicy, Side, Snapshot};
+
+/// Runs every check against `stores`.
+pub async fn run_all(stores: &IntegrationStores) {
+    providers_seed_idempotently(stores).await;
+    integrations_are_versioned_and_deleted_with_dependents(stores).await;
+    credentials_are_sealed_and_replaced_at_their_version(stores).await;
+    inbound_deliveries_dedupe_and_queue(stores).await;
+    mappings_are_idempotent_and_syncs_atomic(stores).await;
+    logs_page_newest_first_and_stay_redacted(stores).await;
+    subscriptions_are_versioned(stores).await;
+    outbound_deliveries_enqueue_retry_and_disable(stores).await;
+}
+
+fn at(secs: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_750_000_000 + secs).expect("valid timestamp")
+}
+
+fn github() -> ProviderKey {
+    ProviderKey::parse("github").expect("valid key")
+}
+
+/// A stored integration to hang other rows on.
+pub async fn integration(stores: &IntegrationStores) -> Integration {
+    let i = Integration {
+        id: IntegrationId::new(),
+        org_id: OrgId::new(),
+        project_id: ProjectId::new(),
+        provider: github(),
+        name: "octo/repo".into(),
+        config: json!({"repository": "octo/repo"}),
+        mappings: Mappings::default(),
+        enabled: true,
+        version: 1,
+        created_at: at(0),
+        updated_at: at(0),
+    };
+    stores.integrations.create_integration(&i).await.expect("create integration");
+    i
+}
+
+/// Providers are inserted once; a second seed changes nothing.
+pub async fn providers_seed_idempotently(stores: &IntegrationStores) {
+    let key = ProviderKey::parse(&format!("p{}", &uuid::Uuid::now_v7().simple().to_string()[20..]))
+        .expect("valid key");
+    let p = ProviderRecord {
+        key: key.clone(),
+        name: "Test".into(),
+        capabilities: vec![Capability::Webhooks, Capability::OAuth],
+        enabled: true,
+        created_at: at(0),
+    };
+    assert!(stores.providers.ensure_provider(&p).await.unwrap(), "first seed inserts");
+    let renamed = ProviderRecord { name: "Other".into(), ..p.clone() };
+    assert!(!stores.providers.ensure_provider(&renamed).await.unwrap(), "second seed is a no-op");
+    let all = stores.providers.list_providers().await.unwrap();
+    let found = all.iter().find(|x| x.key == key).expect("listed");
+    assert_eq!(found, &p, "the first record stays");
+}
+
+/// Updates need the current version; deleting removes credentials and mappings too.
+pub async fn integrations_are_versioned_and_deleted_with_dependents(stores: &IntegrationStores) {
+    let i = integration(stores).await;
+    assert_eq!(stores.integrations.get_integration(i.id).await.unwrap(), i);
+    assert_eq!(stores.integrations.list_integrations(i.org_id).await.unwrap(), vec![i.clone()]);
+
+    let patch = IntegrationPatch { enabled: Some(false), ..Default::default() };
+    let updated = stores.integrations.update_integration(i.id, 1, &patch, at(5)).await.unwrap();
+    assert_eq!((updated.version, updated.enabled, updated.updated_at), (2, false, at(5)));
+    assert_eq!(updated.name, i.name);
+    let stale = stores.integrations.update_integration(i.id, 1, &patch, at(6)).await;
+    assert!(matches!(stale, Err(Error::Conflict { current: 2, .. })), "{stale:?}");
+
+    let sealed = Sealed::from_stored("v1.k.x");
+    stores
+        .credentials
+        .put_credential(i.id, CredentialKind::ApiToken, &sealed, None, at(1))
+        .await
+        .unwrap();
+    stores.mappings.create_mapping(&mapping(i.id, TaskId::new(), "octo/repo#1")).await.unwrap();
+    stores.integrations.delete_integration(i.id).await.unwrap();
+    assert!(matches!(
+        stores.integrations.get_integration(i.id).await,
+        Err(Error::NotFound { entity: "integration" })
+    ));
+    assert!(
+        stores.credentials.get_credential(i.id, CredentialKind::ApiToken).await.unwrap().is_none()
+    );
+    assert!(stores.mappings.mapping_by_external(i.id, "octo/repo#1").await.unwrap().is_none());
+    assert!(matches!(
+        stores.integrations.delete_integration(i.id).await,
+        Err(Error::NotFound { .. })
+    ));
+}
+
+/// What is stored is the sealed form; replacing needs the version read (single-flight refresh).
+pub async fn credentials_are_sealed_and_replaced_at_their_version(stores: &IntegrationStores) {
+    let i = integration(stores).await;
+    let ring = Keyring::new("k1", &EncryptionKey::generate()).unwrap();
+    let ctx = CredentialKind::OAuthRefresh.context(i.id);
+    let sealed = ring.seal(b"refresh-1", &ctx);
+    let c = stores
+        .credentials
+        .put_credential(i.id, CredentialKind::OAuthRefresh, &sealed, Some(at(60)), at(0))
+        .await
+        .unwrap();
+    assert_eq!((c.version, c.expires_at), (1, Some(at(60))));
+    let read = stores
+        .credentials
+        .get_credential(i.id, CredentialKind::OAuthRefresh)
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(read.sealed, sealed);
+    assert_eq!(ring.open(&read.sealed, &ctx).unwrap(), b"refresh-1");
+
+    // Two refreshers read version 1; only the first replacement wins.
+    let next = ring.seal(b"refresh-2", &ctx);
+    let won = stores.credentials.replace_credential(c.id, 1, &next, None, at(1)).await.unwrap();
+    assert_eq!(won.version, 2);
+    let loser = ring.seal(b"x", &ctx);
+    let lost = stores.credentials.replace_credential(c.id, 1, &loser, None, at(1)).await;
+    assert!(matches!(lost, Err(Error::Conflict { current: 2, .. })), "{lost:?}");
+    assert!(matches!(
+        stores.credentials.replace_credential(CredentialId::new(), 1, &next, None, at(1)).await,
+        Err(Error::NotFound { .. })
+    ));
+
+    // Putting again overwrites (a reconnect) and bumps the version.
+    let again = stores
+        .credentials
+        .put_credential(i.id, CredentialKind::OAuthRefresh, &sealed, None, at(2))
+        .await
+        .unwrap();
+    assert_eq!((again.id, again.version), (c.id, 3));
+    assert!(matches!(
+        stores
+            .credentials
+            .put_credential(IntegrationId::new(), CredentialKind::ApiToken, &sealed, None, at(0))
+            .await,
+        Err(Error::NotFound { entity: "integration" })
+    ));
+    assert_eq!(stores.credentials.delete_credentials(i.id).await.unwrap(), 1);
+}
+
+fn inbound(i: &Integration, delivery_id: &str, t: i64) -> InboundDelivery {
+    InboundDelivery::new(
+        i.provider.clone(),
+        i.id,
+        delivery_id.into(),
+        vec![("X-GitHub-Event".into(), "issues".into())],
+        br#"{"action":"opened"}"#.to_vec(),
+        at(t),
+    )
+}
+
+/// A delivery id is stored once; the queue hands out due items oldest first, leases them, and
+/// takes back failed ones at their retry time.
+pub async fn inbound_deliveries_dedupe_and_queue(stores: &IntegrationStores) {
+    let i = integration(stores).await;
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let d1 = inbound(&i, &format!("{tag}-1"), 0);
+    assert_eq!(stores.inbound.ingest(&d1).await.unwrap(), Ingested::New(d1.id));
+    let replay = inbound(&i, &format!("{tag}-1"), 1);
+    assert_eq!(stores.inbound.ingest(&replay).await.unwrap(), Ingested::Duplicate(d1.id));
+    assert!(matches!(stores.inbound.get_inbound(replay.id).await, Err(Error::NotFound { .. })));
+    let d2 = inbound(&i, &format!("{tag}-2"), 2);
+    assert_eq!(stores.inbound.ingest(&d2).await.unwrap(), Ingested::New(d2.id));
+    let stored = stores.inbound.get_inbound(d1.id).await.unwrap();
+    assert_eq!(stored, d1, "stored as given, body bytes intact");
+
+    // Other suites' deliveries share the table: only look at ours.
+    let ours = |v: Vec<InboundDelivery>| -> Vec<DeliveryId> {
+        v.into_iter().filter(|d| d.integration_id == i.id).map(|d| d.id).collect()
+    };
+    let claimed = ours(stores.inbound.claim_inbound(at(10), at(40), 100).await.unwrap());
+    assert_eq!(claimed, vec![d1.id, d2.id], "oldest first");
+    assert!(ours(stores.inbound.claim_inbound(at(20), at(50), 100).await.unwrap()).is_empty());
+    assert_eq!(stores.inbound.get_inbound(d1.id).await.unwrap().attempts, 1);
+
+    stores.inbound.finish_inbound(d1.id, &Attempt::Succeeded).await.unwrap();
+    let retry = Attempt::Failed { error: "provider down".into(), retry_at: Some(at(45)) };
+    stores.inbound.finish_inbound(d2.id, &retry).await.unwrap();
+    assert!(ours(stores.inbound.claim_inbound(at(44), at(60), 100).await.unwrap()).is_empty());
+    let again = ours(stores.inbound.claim_inbound(at(45), at(60), 100).await.unwrap());
+    assert_eq!(again, vec![d2.id], "retried at its time; the done one never again");
+    let give_up = Attempt::Failed { error: "bad payload".into(), retry_at: None };
+    stores.inbound.finish_inbound(d2.id, &give_up).await.unwrap();
+    let d2 = stores.inbound.get_inbound(d2.id).await.unwrap();
+    assert_eq!((d2.status, d2.attempts), (QueueStatus::Failed, 2));
+    assert_eq!(d2.last_error.as_deref(), Some("bad payload"));
+    assert!(ours(stores.inbound.claim_inbound(at(1000), at(1100), 100).await.unwrap()).is_empty());
+    assert!(matches!(
+        stores.inbound.finish_inbound(DeliveryId::new(), &Attempt::Succeeded).await,
+        Err(Error::NotFound { .. })
+    ));
+}
+
+fn mapping(integration: IntegrationId, task: TaskId, external: &str) -> ExternalMapping {
+    let mut base = Snapshot::new();
+    base.insert("title".into(), json!("a"));
+    ExternalMapping {
+        id: MappingId::new(),
+        integration_id: integration,
+        task_id: task,
+        external_id: external.into(),
+        external_url: Some(format!("https://example.test/{external}")),
+        base,
+        remote_updated_at: Some(at(0)),
+        pushed_fingerprint: None,
+        version: 1,
+        created_at: at(0),
+        updated_at: at(0),
+    }
+}
+
+/// Creating a link twice returns the first; a sync's base and conflicts commit together.
+pub async fn mappings_are_idempotent_and_syncs_atomic(stores: &IntegrationStores) {
+    let i = integration(stores).await;
+    let task = TaskId::new();
+    let m = mapping(i.id, task, "octo/repo#7");
+    let (created, new) = stores.mappings.create_mapping(&m).await.unwrap();
+    assert!(new);
+    assert_eq!(created, m);
+    let (again, new) =
+        stores.mappings.create_mapping(&mapping(i.id, task, "octo/repo#7")).await.unwrap();
+    assert!(!new, "idempotent create");
+    assert_eq!(again.id, m.id);
+    let other_item = stores.mappings.create_mapping(&mapping(i.id, task, "octo/repo#8")).await;
+    assert!(matches!(other_item, Err(Error::AlreadyExists { .. })), "{other_item:?}");
+    assert_eq!(stores.mappings.mapping_by_task(i.id, task).await.unwrap().unwrap().id, m.id);
+
+    let conflict = |field: &str| SyncConflict {
+        id: ConflictId::new(),
+        integration_id: i.id,
+        mapping_id: m.id,
+        task_id: task,
+        field: field.into(),
+        base: json!("a"),
+        local: json!("ours"),
+        remote: json!("theirs"),
+        resolved: json!("theirs"),
+        winner: Side::Remote,
+        policy: FieldPolicy::Latest,
+        detected_at: at(3),
+        resolved_at: None,
+    };
+    let mut base = Snapshot::new();
+    base.insert("title".into(), json!("theirs"));
+    let synced = SyncedBase {
+        base: base.clone(),
+        remote_updated_at: Some(at(2)),
+        pushed_fingerprint: Some("fp".into()),
+        at: at(3),
+    };
+    let c1 = conflict("title");
+    let after =
+        stores.mappings.commit_sync(m.id, 1, &synced, std::slice::from_ref(&c1)).await.unwrap();
+    assert_eq!((after.version, &after.base), (2, &base));
+    assert_eq!(after.pushed_fingerprint.as_deref(), Some("fp"));
+
+    // A stale sync writes neither the base nor its conflicts.
+    let stale = stores.mappings.commit_sync(m.id, 1, &synced, &[conflict("due")]).await;
+    assert!(matches!(stale, Err(Error::Conflict { current: 2, .. })), "{stale:?}");
+    let listed = stores.mappings.list_conflicts(i.id, true, 10, None).await.unwrap();
+    assert_eq!(listed.items, vec![c1.clone()]);
+
+    let resolved = stores.mappings.resolve_conflict(c1.id, at(9)).await.unwrap();
+    assert_eq!(resolved.resolved_at, Some(at(9)));
+    assert!(stores.mappings.list_conflicts(i.id, true, 10, None).await.unwrap().items.is_empty());
+    assert_eq!(stores.mappings.list_conflicts(i.id, false, 10, None).await.unwrap().items.len(), 1);
+
+    for n in 0..3 {
+        let extra = mapping(i.id, TaskId::new(), &format!("octo/repo#{}", 100 + n));
+        stores.mappings.create_mapping(&extra).await.unwrap();
+    }
+    let p1 = stores.mappings.list_mappings(i.id, 3, None).await.unwrap();
+    assert_eq!(p1.items.len(), 3);
+    let p2 = stores.mappings.list_mappings(i.id, 3, p1.next.map(Into::into)).await.unwrap();
+    assert_eq!(p2.items.len(), 1);
+    assert_eq!(p2.items[0].id, m.id, "newest first, the oldest last");
+    assert!(p2.next.is_none());
+    assert!(matches!(
+        stores.mappings.list_mappings(i.id, 0, None).await,
+        Err(Error::Invalid { field, .. }) if field == "limit"
+    ));
+}
+
+/// Logs list newest first, per integration or all, and what comes back is redacted.
+pub async fn logs_page_newest_first_and_stay_redacted(stores: &IntegrationStores) {
+    let i = integration(stores).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let e = LogEntry {
+            id: LogId::new(),
+            integration_id: Some(i.id),
+            provider: "github".into(),
+            direction: Direction::Outbound,
+            operation: "issue.update".into(),
+            ok: n != 1,
+            detail: Redacted::new(json!({"n": n, "access_token": "gho_secret"})),
+            at: at(n),
+        };
+        stores.logs.append_log(&e).await.unwrap();
+        ids.push(e.id);
+    }
+    let page = stores.logs.list_logs(Some(i.id), 2, None).await.unwrap();
+    assert_eq!(page.items.iter().map(|e| e.id).collect::<Vec<_>>(), vec![ids[2], ids[1]]);
+    assert!(!page.items[1].ok);
+    let rest = stores.logs.list_logs(Some(i.id), 2, page.next.map(Into::into)).await.unwrap();
+    assert_eq!(rest.items.iter().map(|e| e.id).collect::<Vec<_>>(), vec![ids[0]]);
+    assert!(!rest.items[0].detail.as_value().to_string().contains("gho_secret"));
+    assert!(!stores.logs.list_logs(None, 100, None).await.unwrap().items.is_empty());
+}
+
+fn subscription(org: OrgId) -> Subscription {
+    Subscription {
+        id: SubscriptionId::new(),
+        org_id: org,
+        project_id: None,
+        url: "https://hooks.example.test/pm".into(),
+        events: EventFilter::parse(vec!["task.*".into()]).unwrap(),
+        description: "CI".into(),
+        secrets: Sealed::from_stored("v1.k.secrets"),
+        enabled: true,
+        disabled_reason: None,
+        consecutive_failures: 0,
+        version: 1,
+        created_at: at(0),
+        updated_at: at(0),
+    }
+}
+
+/// Subscriptions: CRUD at versions; enabling forgives a failure streak.
+pub async fn subscriptions_are_versioned(stores: &IntegrationStores) {
+    let org = OrgId::new();
+    let s = subscription(org);
+    stores.webhooks.create_subscription(&s).await.unwrap();
+    assert_eq!(stores.webhooks.get_subscription(s.id).await.unwrap(), s);
+    assert_eq!(stores.webhooks.list_subscriptions(org).await.unwrap(), vec![s.clone()]);
+    assert!(stores.webhooks.enabled_subscriptions().await.unwrap().iter().any(|x| x.id == s.id));
+
+    let patch = SubscriptionPatch {
+        events: Some(EventFilter::parse(vec!["*".into()]).unwrap()),
+        enabled: Some(false),
+        ..Default::default()
+    };
+    let u = stores.webhooks.update_subscription(s.id, 1, &patch, at(1)).await.unwrap();
+    assert_eq!((u.version, u.enabled), (2, false));
+    assert!(u.events.matches("comment.created"));
+    assert!(!stores.webhooks.enabled_subscriptions().await.unwrap().iter().any(|x| x.id == s.id));
+    assert!(matches!(
+        stores.webhooks.update_subscription(s.id, 1, &patch, at(2)).await,
+        Err(Error::Conflict { current: 2, .. })
+    ));
+    stores.webhooks.delete_subscription(s.id).await.unwrap();
+    assert!(matches!(stores.webhooks.get_subscription(s.id).await, Err(Error::NotFound { .. })));
+}
+
+fn event(seq: i64, org: OrgId) -> Event {
+    Event {
+        seq,
+        id: EventId::new(),
+        at: at(seq),
+        org_id: Some(org),
+        project_id: None,
+        task_id: None,
+        actor: Actor::System,
+        kind: EventKind::TaskCreated,
+        subject: uuid::Uuid::now_v7(),
+        payload: json!({"n": seq}),
+        cause: None,
+    }
+}
+
+/// Enqueue is idempotent and moves the cursor; attempts retry, then disable the subscription at
+/// the threshold; a success resets the streak; redelivery makes a delivery due again.
+pub async fn outbound_deliveries_enqueue_retry_and_disable(stores: &IntegrationStores) {
+    let org = OrgId::new();
+    let s = subscription(org);
+    stores.webhooks.create_subscription(&s).await.unwrap();
+    let consumer = format!("test-{}", uuid::Uuid::now_v7().simple());
+    assert_eq!(stores.webhooks.cursor(&consumer).await.unwrap(), 0);
+
+    let (e1, e2) = (event(1, org), event(2, org));
+    let batch =
+        vec![OutboundDelivery::new(s.id, &e1, at(0)), OutboundDelivery::new(s.id, &e2, at(0))];
+    assert_eq!(stores.webhooks.enqueue_outbound(&consumer, 2, &batch).await.unwrap(), 2);
+    assert_eq!(stores.webhooks.cursor(&consumer).await.unwrap(), 2);
+    // Re-enqueueing the same events (a crash before the cursor moved elsewhere) adds nothing,
+    // and the cursor never moves back.
+    let dup = vec![OutboundDelivery::new(s.id, &e1, at(0))];
+    assert_eq!(stores.webhooks.enqueue_outbound(&consumer, 1, &dup).await.unwrap(), 0);
+    assert_eq!(stores.webhooks.cursor(&consumer).await.unwrap(), 2);
+    let orphan = vec![OutboundDelivery::new(SubscriptionId::new(), &e1, at(0))];
+    assert!(matches!(
+        stores.webhooks.enqueue_outbound(&consumer, 3, &orphan).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(stores.webhooks.cursor(&consumer).await.unwrap(), 2, "failed enqueue moved nothing");
+
+    let ours = |v: Vec<OutboundDelivery>| -> Vec<OutboundDelivery> {
+        v.into_iter().filter(|d| d.subscription_id == s.id).collect()
+    };
+    let claimed = ours(stores.webhooks.claim_outbound(at(1), at(31), 100).await.unwrap());
+    assert_eq!(claimed.iter().map(|d| d.event_id).collect::<Vec<_>>(), vec![e1.id, e2.id]);
+    assert!(ours(stores.webhooks.claim_outbound(at(2), at(32), 100).await.unwrap()).is_empty());
+
+    let fail = |t: i64, retry: Option<i64>| OutboundAttempt {
+        status: Some(500),
+        error: Some("HTTP 500".into()),
+        retry_at: retry.map(at),
+        at: at(t),
+        disable_after: 3,
+    };
+    let (d, sub) =
+        stores.webhooks.finish_outbound(claimed[0].id, &fail(2, Some(10))).await.unwrap();
+    assert_eq!((d.status, d.attempts, d.last_status), (QueueStatus::Pending, 1, Some(500)));
+    assert_eq!((sub.consecutive_failures, sub.enabled), (1, true));
+    let ok = OutboundAttempt {
+        status: Some(204),
+        error: None,
+        retry_at: None,
+        at: at(3),
+        disable_after: 3,
+    };
+    let (d2, sub) = stores.webhooks.finish_outbound(claimed[1].id, &ok).await.unwrap();
+    assert_eq!(d2.status, QueueStatus::Done);
+    assert_eq!(sub.consecutive_failures, 0, "a success resets the streak");
+
+    // Three failures in a row disable it, once, with a reason.
+    let mut last = None;
+    for n in 0..3 {
+        let due = ours(
+            stores
+                .webhooks
+                .claim_outbound(at(100 + n * 100), at(130 + n * 100), 100)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(due.len(), 1, "retry {n} is due");
+        let retry = if n < 2 { Some(150 + n * 100) } else { None };
+        last = Some(
+            stores.webhooks.finish_outbound(due[0].id, &fail(101 + n * 100, retry)).await.unwrap(),
+        );
+    }
+    let (dead, sub) = last.unwrap();
+    assert_eq!((dead.status, dead.attempts), (QueueStatus::Failed, 4));
+    assert_eq!((sub.enabled, sub.consecutive_failures), (false, 3));
+    assert!(sub.disabled_reason.is_some());
+    assert_eq!(sub.version, 2, "disabling is a change of the subscription");
+
+    let again = stores.webhooks.redeliver(dead.id, at(1000)).await.unwrap();
+    assert_eq!(
+        (again.status, again.attempts, again.available_at),
+        (QueueStatus::Pending, 0, at(1000))
+    );
+    assert_eq!(
+        ours(stores.webhooks.claim_outbound(at(1000), at(1030), 100).await.unwrap()).len(),
+        1
+    );
+
+    let page = stores.webhooks.list_outbound(s.id, 1, None).await.unwrap();
+    assert_eq!(page.items[0].event_id, e2.id, "newest first");
+    let rest = stores.webhooks.list_outbound(s.id, 1, page.next.map(Into::into)).await.unwrap();
+    assert_eq!(rest.items[0].event_id, e1.id);
+    assert_eq!(stores.webhooks.get_outbound(dead.id).await.unwrap().id, dead.id);
+
+    // Enabling again forgives the streak.
+    let enable = SubscriptionPatch { enabled: Some(true), ..Default::default() };
+    let back = stores.webhooks.update_subscription(s.id, 2, &enable, at(2000)).await.unwrap();
+    assert_eq!((back.enabled, back.consecutive_failures, back.disabled_reason), (true, 0, None));
+    stores.webhooks.delete_subscription(s.id).await.unwrap();
+    assert!(matches!(stores.webhooks.get_outbound(dead.id).await, Err(Error::NotFound { .. })));
+}

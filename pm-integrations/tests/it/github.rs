@@ -1,0 +1,147 @@
+//! The GitHub provider against a wiremock server shaped like GitHub's REST API: pulling issues
+//! (pull requests skipped, all pages), creating and updating issues, comments, and rate limits
+//! (a 429 with `Retry-After` is waited out; a long one is handed back to the caller).
+
+use std::time::{Duration, Instant};
+
+use pm_integrations::Error;
+use pm_integrations::crypto::Secret;
+use pm_integrations::provider::{Provider, ProviderContext};
+use pm_integrations::providers::GitHub;
+use pm_integrations::sync::Snapshot;
+use serde_json::json;
+use wiremock::matchers::{body_json, header, method, path, query_param};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+fn ctx(server: &MockServer) -> ProviderContext {
+    ProviderContext {
+        base_url: server.uri(),
+        access_token: Some(Secret::new("gho_test")),
+        config: json!({"repository": "octo/repo"}),
+    }
+}
+
+fn issue(n: i64, title: &str) -> serde_json::Value {
+    json!({"number": n, "title": title, "body": "b", "state": "open",
+           "labels": [{"name": "bug"}], "updated_at": "2025-01-02T03:04:05Z",
+           "html_url": format!("https://github.com/octo/repo/issues/{n}")})
+}
+
+#[tokio::test]
+async fn pulls_issues_and_skips_pull_requests() {
+    let server = MockServer::start().await;
+    let mut pr = issue(3, "a PR");
+    pr["pull_request"] = json!({"url": "x"});
+    Mock::given(method("GET"))
+        .and(path("/repos/octo/repo/issues"))
+        .and(query_param("state", "all"))
+        .and(header("authorization", "Bearer gho_test"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([
+            issue(1, "One"),
+            issue(2, "Two"),
+            pr
+        ])))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let items = GitHub.pull(&ctx(&server), None).await.unwrap();
+    assert_eq!(
+        items.iter().map(|i| i.external_id.as_str()).collect::<Vec<_>>(),
+        ["octo/repo#1", "octo/repo#2"]
+    );
+    assert_eq!(items[0].fields["labels"], json!(["bug"]));
+    assert_eq!(items[0].fields["title"], "One");
+    assert!(items[0].updated_at.is_some());
+}
+
+#[tokio::test]
+async fn creates_updates_and_comments() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/repos/octo/repo/issues"))
+        .and(body_json(json!({"title": "New", "body": "text", "labels": ["bug"]})))
+        .respond_with(ResponseTemplate::new(201).set_body_json(issue(9, "New")))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path("/repos/octo/repo/issues/9"))
+        .and(body_json(json!({"state": "closed"})))
+        .respond_with(ResponseTemplate::new(200).set_body_json({
+            let mut i = issue(9, "New");
+            i["state"] = json!("closed");
+            i
+        }))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/repos/octo/repo/issues/9/comments"))
+        .and(body_json(json!({"body": "from pm"})))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 77})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let c = ctx(&server);
+    let mut fields = Snapshot::new();
+    fields.insert("title".into(), json!("New"));
+    fields.insert("description".into(), json!("text"));
+    fields.insert("labels".into(), json!(["bug"]));
+    let created = GitHub.push(&c, None, &fields).await.unwrap();
+    assert_eq!(created.external_id, "octo/repo#9");
+    let mut close = Snapshot::new();
+    close.insert("state".into(), json!("closed"));
+    let updated = GitHub.push(&c, Some("octo/repo#9"), &close).await.unwrap();
+    assert_eq!(updated.fields["state"], "closed");
+    assert_eq!(GitHub.comment(&c, "octo/repo#9", "from pm").await.unwrap(), 77);
+    assert!(matches!(
+        GitHub.push(&c, Some("other/repo#9"), &close).await,
+        Err(Error::Invalid { field, .. }) if field == "external_id"
+    ));
+    let bad = ProviderContext { config: json!({"repository": "nope"}), ..c };
+    assert!(
+        matches!(GitHub.pull(&bad, None).await, Err(Error::Invalid { field, .. }) if field == "config.repository")
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_honour_retry_after() {
+    let server = MockServer::start().await;
+    // First answer: a secondary rate limit (403 + Retry-After: 1); then success.
+    Mock::given(method("GET"))
+        .and(path("/repos/octo/repo/issues"))
+        .respond_with(ResponseTemplate::new(403).insert_header("retry-after", "1"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/octo/repo/issues"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([issue(1, "One")])))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let started = Instant::now();
+    let items = GitHub.pull(&ctx(&server), None).await.unwrap();
+    assert_eq!(items.len(), 1);
+    assert!(started.elapsed() >= Duration::from_secs(1), "waited for Retry-After");
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+
+    // A wait longer than the client may hold a worker: handed back with `retry_after`.
+    let slow = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "3600"))
+        .mount(&slow)
+        .await;
+    match GitHub.pull(&ctx(&slow), None).await {
+        Err(Error::Provider { retry_after: Some(3600), .. }) => {}
+        other => panic!("expected a provider error with retry_after, got {other:?}"),
+    }
+    // An ordinary failure is not a rate limit.
+    let broken = MockServer::start().await;
+    Mock::given(method("GET")).respond_with(ResponseTemplate::new(500)).mount(&broken).await;
+    assert!(matches!(
+        GitHub.pull(&ctx(&broken), None).await,
+        Err(Error::Provider { retry_after: None, .. })
+    ));
+}

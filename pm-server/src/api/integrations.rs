@@ -1,0 +1,1097 @@
+//! Integrations over HTTP: the inbound webhook endpoint per provider, project integrations
+//! (CRUD, logs), and outbound webhook subscriptions (CRUD with event filters, secret rotation,
+//! delivery log, manual redelivery).
+//!
+//! Invariants: an inbound request is verified on its raw bytes before anything else looks at
+//! it — a bad signature is a 401 problem, logged, and nothing is stored or processed; a replayed
+//! delivery id is a 200 no-op; an accepted delivery is persisted (the queue) and acknowledged at
+//! once, processing happens in the background. Managing integrations and subscriptions needs
+//! `(integration, manage)` in the organization; an integration or subscription the caller may
+//! not manage is 404. Secrets are returned once, when created, and stored sealed. When the
+//! server runs without integrations ([`AppState::integrations`] is `None`) every route is 404.
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use pm_core::authz::{Action, Resource, ResourceKind};
+use pm_core::id::{IntegrationId, OrgId, ProjectId};
+use pm_integrations::model::*;
+use pm_integrations::provider::{Mappings, ProviderKey};
+use pm_integrations::webhook::InboundRequest;
+use pm_integrations::webhook::outbound::WebhookSecret;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::common::{PageBody, Problem, page_response, with_etag};
+use crate::AppState;
+use crate::auth::Authenticated;
+use crate::error::ApiError;
+use crate::extract::{Json, Path, Query};
+use crate::integrations::{Integrations, entry, open_secrets, seal_secrets};
+
+/// Routes of this module.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(receive_webhook))
+        .routes(routes!(list_providers))
+        .routes(routes!(create_integration))
+        .routes(routes!(list_integrations))
+        .routes(routes!(get_integration, update_integration, delete_integration))
+        .routes(routes!(list_integration_logs))
+        .routes(routes!(list_subscriptions, create_subscription))
+        .routes(routes!(get_subscription, update_subscription, delete_subscription))
+        .routes(routes!(rotate_subscription_secret))
+        .routes(routes!(list_subscription_deliveries))
+        .routes(routes!(redeliver))
+}
+
+fn integrations(s: &AppState) -> Result<&Integrations, ApiError> {
+    s.integrations.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            "integrations are not enabled on this server",
+        )
+    })
+}
+
+fn now(i: &Integrations) -> OffsetDateTime {
+    i.clock.now()
+}
+
+/// Requires `(integration, manage)` in `org` (and `project`); `hide` turns a denial into a 404
+/// of `entity`, for reads of a specific row the caller may not see.
+async fn require_manage(
+    s: &AppState,
+    who: &Authenticated,
+    org: OrgId,
+    project: Option<ProjectId>,
+    hide: Option<&'static str>,
+) -> Result<(), ApiError> {
+    let resource = Resource::new(ResourceKind::Integration, Some(org), project);
+    match crate::authz::require(s, who, Action::Manage, &resource).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.status() == StatusCode::FORBIDDEN => match hide {
+            Some(entity) => Err(ApiError::entity_not_found(entity)),
+            None => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+// --- inbound -----------------------------------------------------------------------------------
+
+/// The acknowledgement of an inbound delivery.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InboundAck {
+    /// `queued` (stored, will be processed) or `duplicate` (seen before; nothing done).
+    pub status: String,
+    /// Our id of the stored delivery.
+    pub delivery_id: Uuid,
+}
+
+/// Headers worth keeping with a delivery (what parsing needs); signatures and tokens are not.
+fn keep_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    let secret = ["signature", "token", "authorization", "cookie"].iter().any(|w| n.contains(w));
+    !secret
+        && (n == "content-type"
+            || n.starts_with("x-github-")
+            || n.starts_with("x-atlassian-")
+            || n.starts_with("x-goog-")
+            || n.starts_with("x-slack-"))
+}
+
+/// Receives a provider's webhook for one integration. Verified on the raw body (GitHub
+/// `X-Hub-Signature-256`, Jira `X-Hub-Signature`, Slack v0 signing, Graph `clientState`,
+/// Google channel token) with the integration's secret; deduplicated by the provider's delivery
+/// id; persisted, then processed in the background. Microsoft Graph's validation handshake
+/// (`?validationToken=`) and Slack's `url_verification` are answered in `text/plain`.
+#[utoipa::path(post, path = "/hooks/{provider}/{integration_id}", tag = "integrations", operation_id = "receive_webhook",
+    params(
+        ("provider" = String, Path, description = "Provider key, e.g. `github`"),
+        ("integration_id" = Uuid, Path, description = "Integration id"),
+    ),
+    request_body(content = String, description = "The provider's payload, verified byte for byte", content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "A replayed delivery (no-op), or a handshake answer in text/plain", body = InboundAck),
+        (status = 202, description = "Stored; processing follows", body = InboundAck),
+        (status = 400, description = "Malformed path or a signed request without a delivery id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Signature, timestamp or token rejected; nothing was stored", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such integration for this provider", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("webhook_signature" = [])))]
+async fn receive_webhook(
+    State(s): State<AppState>,
+    Path((provider, integration_id)): Path<(String, Uuid)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let ints = integrations(&s)?;
+    let key = ProviderKey::parse(&provider)?;
+    let p = ints.registry.get(&key).ok_or_else(|| ApiError::entity_not_found("provider"))?;
+    let integration =
+        match ints.stores.integrations.get_integration(IntegrationId(integration_id)).await {
+            Ok(i) if i.provider == key && i.enabled => i,
+            Ok(_) | Err(pm_integrations::Error::NotFound { .. }) => {
+                return Err(ApiError::entity_not_found("integration"));
+            }
+            Err(e) => return Err(e.into()),
+        };
+    let req = InboundRequest {
+        headers: headers
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        query,
+        body: body.to_vec(),
+    };
+    let at = now(ints);
+    let reject = |reason: String| {
+        let entry = entry(
+            Some(integration.id),
+            key.as_str(),
+            Direction::Inbound,
+            "webhook.rejected",
+            false,
+            json!({"reason": reason, "bytes": req.body.len()}),
+            at,
+        );
+        async move {
+            ints.log(entry).await;
+        }
+    };
+    if let Some(reply) = p.handshake(&req).map_err(pm_integrations::Error::from)? {
+        return Ok(([(header::CONTENT_TYPE, reply.content_type)], reply.body).into_response());
+    }
+    let secret = ints
+        .stores
+        .credentials
+        .get_credential(integration.id, CredentialKind::WebhookSecret)
+        .await?;
+    let Some(secret) = secret else {
+        reject("the integration has no webhook secret".into()).await;
+        return Err(unauthenticated("the integration has no webhook secret configured"));
+    };
+    let secret = ints
+        .keyring()?
+        .open_secret(&secret.sealed, &CredentialKind::WebhookSecret.context(integration.id))?;
+    if let Err(e) = p.verify(secret.expose().as_bytes(), &req, at) {
+        reject(e.to_string()).await;
+        return Err(pm_integrations::Error::from(e).into());
+    }
+    if let Some(reply) = p.immediate_reply(&req) {
+        return Ok(([(header::CONTENT_TYPE, reply.content_type)], reply.body).into_response());
+    }
+    let delivery_id = p
+        .delivery_id(&req)
+        .map_err(|e| ApiError::invalid_field("delivery_id".into(), e.to_string()))?;
+    let kept = req.headers.iter().filter(|(n, _)| keep_header(n)).cloned().collect();
+    let delivery =
+        InboundDelivery::new(key.clone(), integration.id, delivery_id.clone(), kept, req.body, at);
+    match ints.stores.inbound.ingest(&delivery).await? {
+        Ingested::New(id) => {
+            ints.log(entry(
+                Some(integration.id),
+                key.as_str(),
+                Direction::Inbound,
+                "webhook.received",
+                true,
+                json!({"delivery_id": delivery_id}),
+                at,
+            ))
+            .await;
+            ints.wake_inbound();
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(InboundAck { status: "queued".into(), delivery_id: id.0 }),
+            )
+                .into_response())
+        }
+        Ingested::Duplicate(id) => {
+            Ok((StatusCode::OK, Json(InboundAck { status: "duplicate".into(), delivery_id: id.0 }))
+                .into_response())
+        }
+    }
+}
+
+fn unauthenticated(detail: &'static str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "invalid-signature", "Unauthenticated webhook", detail)
+}
+
+// --- providers ---------------------------------------------------------------------------------
+
+/// A provider pm can connect to.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderBody {
+    /// Stable key, used in paths.
+    pub key: String,
+    /// Display name.
+    pub name: String,
+    /// What it can do (`webhooks`, `pull`, `push`, `messages`, `o_auth`).
+    #[schema(value_type = Vec<String>)]
+    pub capabilities: Value,
+    /// OAuth endpoints and scopes, for providers connected with OAuth 2.
+    #[schema(value_type = Option<Object>)]
+    pub oauth: Option<Value>,
+}
+
+/// Lists the providers this server knows.
+#[utoipa::path(get, path = "/integration-providers", tag = "integrations", operation_id = "list_integration_providers",
+    responses(
+        (status = 200, description = "Providers by key", body = Vec<ProviderBody>),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Integrations are not enabled", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn list_providers(
+    State(s): State<AppState>,
+    _who: Authenticated,
+) -> Result<Json<Vec<ProviderBody>>, ApiError> {
+    let ints = integrations(&s)?;
+    Ok(Json(
+        ints.registry
+            .all()
+            .map(|p| {
+                let info = p.info();
+                ProviderBody {
+                    key: info.key.to_string(),
+                    name: info.name,
+                    capabilities: json!(info.capabilities),
+                    oauth: p.oauth().map(|o| json!(o)),
+                }
+            })
+            .collect(),
+    ))
+}
+
+// --- integrations ------------------------------------------------------------------------------
+
+/// A project's integration.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IntegrationBody {
+    /// Id (also the actor of changes it makes).
+    pub id: Uuid,
+    /// Organization.
+    pub org_id: Uuid,
+    /// Project.
+    pub project_id: Uuid,
+    /// Provider key.
+    pub provider: String,
+    /// Name.
+    pub name: String,
+    /// Provider-specific settings.
+    #[schema(value_type = Object)]
+    pub config: Value,
+    /// Field/state mappings and merge policies.
+    #[schema(value_type = Object)]
+    pub mappings: Value,
+    /// Whether it is active.
+    pub enabled: bool,
+    /// Version (for `If-Match` / `version`).
+    pub version: i64,
+    /// Where the provider must send webhooks (path on this server).
+    pub webhook_path: String,
+    /// Created.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    /// Last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<Integration> for IntegrationBody {
+    fn from(i: Integration) -> Self {
+        Self {
+            webhook_path: format!("/api/v1/hooks/{}/{}", i.provider, i.id),
+            id: i.id.0,
+            org_id: i.org_id.0,
+            project_id: i.project_id.0,
+            provider: i.provider.to_string(),
+            name: i.name,
+            config: i.config,
+            mappings: json!(i.mappings),
+            enabled: i.enabled,
+            version: i.version,
+            created_at: i.created_at,
+            updated_at: i.updated_at,
+        }
+    }
+}
+
+/// A new integration.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateIntegrationBody {
+    /// Provider key (see `GET /integration-providers`).
+    pub provider: String,
+    /// Name, 1-200 characters.
+    pub name: String,
+    /// Provider-specific settings (an object).
+    #[schema(value_type = Option<Object>)]
+    pub config: Option<Value>,
+    /// Mappings; the provider's defaults when absent.
+    #[schema(value_type = Option<Object>)]
+    pub mappings: Option<Value>,
+    /// The secret webhooks are verified with: Slack's signing secret must be given; for the
+    /// others one is generated when absent (and returned once).
+    pub webhook_secret: Option<String>,
+}
+
+/// A created integration and its webhook secret (shown only now).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedIntegration {
+    /// The integration.
+    pub integration: IntegrationBody,
+    /// Configure this at the provider (GitHub/Jira webhook secret, Graph `clientState`, Google
+    /// channel token). Not retrievable later.
+    pub webhook_secret: String,
+}
+
+fn parse_config(field: &str, v: Option<Value>) -> Result<Value, ApiError> {
+    match v {
+        None => Ok(json!({})),
+        Some(v @ Value::Object(_)) if v.to_string().len() <= 16 * 1024 => Ok(v),
+        Some(Value::Object(_)) => Err(ApiError::invalid_field(field.into(), "larger than 16 KiB")),
+        Some(_) => Err(ApiError::invalid_field(field.into(), "must be an object")),
+    }
+}
+
+fn parse_mappings(v: Value) -> Result<Mappings, ApiError> {
+    serde_json::from_value(v).map_err(|e| ApiError::invalid_field("mappings".into(), e.to_string()))
+}
+
+fn parse_secret(s: &str) -> Result<String, ApiError> {
+    if s.len() < 16 || s.len() > 256 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::invalid_field(
+            "webhook_secret".into(),
+            "16-256 visible ASCII characters",
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+fn random_secret() -> String {
+    let mut b = [0u8; 24];
+    getrandom::fill(&mut b).expect("the OS random source is available");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Connects a project to a provider.
+#[utoipa::path(post, path = "/projects/{project_id}/integrations", tag = "integrations", operation_id = "create_integration",
+    params(("project_id" = Uuid, Path, description = "Project id")),
+    request_body = CreateIntegrationBody,
+    responses(
+        (status = 201, description = "The integration and its webhook secret", body = CreatedIntegration),
+        (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed to manage integrations", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such project, or integrations are not enabled", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn create_integration(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(project_id): Path<Uuid>,
+    Json(b): Json<CreateIntegrationBody>,
+) -> Result<Response, ApiError> {
+    let ints = integrations(&s)?;
+    let project = s.pm.get_project(&who.origin(), ProjectId(project_id)).await?;
+    require_manage(&s, &who, project.org_id, Some(project.id), None).await?;
+    let key = ProviderKey::parse(&b.provider)?;
+    let provider = ints.registry.get(&key).ok_or_else(|| {
+        ApiError::invalid_field("provider".into(), format!("unknown provider {key}"))
+    })?;
+    let name = parse_name("name", &b.name)?;
+    let config = parse_config("config", b.config)?;
+    let mappings = match b.mappings {
+        Some(m) => parse_mappings(m)?,
+        None => provider.default_mappings(),
+    };
+    let secret = match (&b.webhook_secret, key.as_str()) {
+        (Some(s), _) => parse_secret(s)?,
+        (None, "slack") => {
+            return Err(ApiError::invalid_field(
+                "webhook_secret".into(),
+                "Slack's signing secret is required (from the Slack app's Basic Information)",
+            ));
+        }
+        (None, _) => random_secret(),
+    };
+    let keyring = ints.keyring()?;
+    let at = now(ints);
+    let integration = Integration {
+        id: IntegrationId::new(),
+        org_id: project.org_id,
+        project_id: project.id,
+        provider: key,
+        name,
+        config,
+        mappings,
+        enabled: true,
+        version: 1,
+        created_at: at,
+        updated_at: at,
+    };
+    ints.stores.integrations.create_integration(&integration).await?;
+    let sealed =
+        keyring.seal(secret.as_bytes(), &CredentialKind::WebhookSecret.context(integration.id));
+    if let Err(e) = ints
+        .stores
+        .credentials
+        .put_credential(integration.id, CredentialKind::WebhookSecret, &sealed, None, at)
+        .await
+    {
+        // No half-made integration without its secret.
+        let _ = ints.stores.integrations.delete_integration(integration.id).await;
+        return Err(e.into());
+    }
+    let body = CreatedIntegration { integration: integration.into(), webhook_secret: secret };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Lists an organization's integrations.
+#[utoipa::path(get, path = "/orgs/{org_id}/integrations", tag = "integrations", operation_id = "list_integrations",
+    params(("org_id" = Uuid, Path, description = "Organization id")),
+    responses(
+        (status = 200, description = "Integrations, oldest first", body = Vec<IntegrationBody>),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed to manage integrations", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Integrations are not enabled", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn list_integrations(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(org_id): Path<Uuid>,
+) -> Result<Json<Vec<IntegrationBody>>, ApiError> {
+    let ints = integrations(&s)?;
+    require_manage(&s, &who, OrgId(org_id), None, None).await?;
+    let list = ints.stores.integrations.list_integrations(OrgId(org_id)).await?;
+    Ok(Json(list.into_iter().map(Into::into).collect()))
+}
+
+async fn load_integration(
+    s: &AppState,
+    who: &Authenticated,
+    id: Uuid,
+) -> Result<Integration, ApiError> {
+    let ints = integrations(s)?;
+    let i = ints.stores.integrations.get_integration(IntegrationId(id)).await?;
+    require_manage(s, who, i.org_id, Some(i.project_id), Some("integration")).await?;
+    Ok(i)
+}
+
+/// Reads an integration.
+#[utoipa::path(get, path = "/integrations/{integration_id}", tag = "integrations", operation_id = "get_integration",
+    params(("integration_id" = Uuid, Path, description = "Integration id")),
+    responses(
+        (status = 200, description = "The integration", body = IntegrationBody),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such integration", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn get_integration(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<Response, ApiError> {
+    let i = load_integration(&s, &who, id).await?;
+    Ok(with_etag(StatusCode::OK, i.version, IntegrationBody::from(i)))
+}
+
+/// Changes to an integration.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateIntegrationBody {
+    /// The version read.
+    pub version: i64,
+    /// New name.
+    pub name: Option<String>,
+    /// New settings (an object).
+    #[schema(value_type = Option<Object>)]
+    pub config: Option<Value>,
+    /// New mappings.
+    #[schema(value_type = Option<Object>)]
+    pub mappings: Option<Value>,
+    /// Enable or disable.
+    pub enabled: Option<bool>,
+}
+
+/// Changes an integration (at the version read).
+#[utoipa::path(patch, path = "/integrations/{integration_id}", tag = "integrations", operation_id = "update_integration",
+    params(("integration_id" = Uuid, Path, description = "Integration id")),
+    request_body = UpdateIntegrationBody,
+    responses(
+        (status = 200, description = "The integration", body = IntegrationBody),
+        (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such integration", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Changed meanwhile", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn update_integration(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+    Json(b): Json<UpdateIntegrationBody>,
+) -> Result<Response, ApiError> {
+    let i = load_integration(&s, &who, id).await?;
+    let ints = integrations(&s)?;
+    let patch = IntegrationPatch {
+        name: b.name.as_deref().map(|n| parse_name("name", n)).transpose()?,
+        config: b.config.map(|c| parse_config("config", Some(c))).transpose()?,
+        mappings: b.mappings.map(parse_mappings).transpose()?,
+        enabled: b.enabled,
+    };
+    let i = ints.stores.integrations.update_integration(i.id, b.version, &patch, now(ints)).await?;
+    Ok(with_etag(StatusCode::OK, i.version, IntegrationBody::from(i)))
+}
+
+/// Deletes an integration with its credentials, mappings and queued deliveries.
+#[utoipa::path(delete, path = "/integrations/{integration_id}", tag = "integrations", operation_id = "delete_integration",
+    params(("integration_id" = Uuid, Path, description = "Integration id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such integration", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn delete_integration(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let i = load_integration(&s, &who, id).await?;
+    integrations(&s)?.stores.integrations.delete_integration(i.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Paging of logs and delivery lists.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1-100 (default 25).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl PageQuery {
+    fn parse(&self) -> Result<(u32, Option<Uuid>), ApiError> {
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        check_limit(limit)?;
+        let before = match self.cursor.as_deref() {
+            None => None,
+            Some(c) => Some(Uuid::parse_str(c).map_err(|_| {
+                ApiError::invalid_field("cursor".into(), "not a cursor returned by this API")
+            })?),
+        };
+        Ok((limit, before))
+    }
+}
+
+fn page<T, B: Serialize>(p: Page<T>, f: impl Fn(T) -> B, uri: &Uri) -> Response {
+    page_response(
+        pm_core::query::Page {
+            items: p.items.into_iter().map(f).collect::<Vec<_>>(),
+            next_cursor: p.next.map(|u| u.to_string()),
+        },
+        uri,
+    )
+}
+
+/// One logged exchange (secrets redacted).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogBody {
+    /// Id.
+    pub id: Uuid,
+    /// Integration, if any.
+    pub integration_id: Option<Uuid>,
+    /// Provider key (`webhooks` for outbound subscriptions).
+    pub provider: String,
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    /// What happened, e.g. `webhook.rejected`.
+    pub operation: String,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Details.
+    #[schema(value_type = Object)]
+    pub detail: Value,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
+}
+
+impl From<LogEntry> for LogBody {
+    fn from(e: LogEntry) -> Self {
+        Self {
+            id: e.id.0,
+            integration_id: e.integration_id.map(|i| i.0),
+            provider: e.provider,
+            direction: e.direction.as_str().to_owned(),
+            operation: e.operation,
+            ok: e.ok,
+            detail: e.detail.as_value().clone(),
+            at: e.at,
+        }
+    }
+}
+
+/// Lists an integration's exchange log, newest first.
+#[utoipa::path(get, path = "/integrations/{integration_id}/logs", tag = "integrations", operation_id = "list_integration_logs",
+    params(("integration_id" = Uuid, Path, description = "Integration id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of log entries", body = PageBody<LogBody>),
+        (status = 400, description = "Bad id, limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such integration", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn list_integration_logs(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+    Query(q): Query<PageQuery>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let (limit, before) = q.parse()?;
+    let i = load_integration(&s, &who, id).await?;
+    let p = integrations(&s)?.stores.logs.list_logs(Some(i.id), limit, before.map(LogId)).await?;
+    Ok(page(p, LogBody::from, &uri))
+}
+
+// --- outbound subscriptions ----------------------------------------------------------------------
+
+/// An outbound webhook subscription.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionBody {
+    /// Id.
+    pub id: Uuid,
+    /// Organization whose events are sent.
+    pub org_id: Uuid,
+    /// Only this project's events, when set.
+    pub project_id: Option<Uuid>,
+    /// Target URL.
+    pub url: String,
+    /// Event patterns (`*`, `task.*`, `comment.created`, ...).
+    pub events: Vec<String>,
+    /// Description.
+    pub description: String,
+    /// Whether deliveries are made.
+    pub enabled: bool,
+    /// Why it was disabled automatically.
+    pub disabled_reason: Option<String>,
+    /// Failed attempts in a row.
+    pub consecutive_failures: i32,
+    /// Version.
+    pub version: i64,
+    /// Created.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    /// Last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<Subscription> for SubscriptionBody {
+    fn from(s: Subscription) -> Self {
+        Self {
+            id: s.id.0,
+            org_id: s.org_id.0,
+            project_id: s.project_id.map(|p| p.0),
+            url: s.url,
+            events: s.events.patterns().to_vec(),
+            description: s.description,
+            enabled: s.enabled,
+            disabled_reason: s.disabled_reason,
+            consecutive_failures: s.consecutive_failures,
+            version: s.version,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        }
+    }
+}
+
+/// A new subscription.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSubscriptionBody {
+    /// Target URL (http/https; private, loopback and link-local addresses are refused unless
+    /// allow-listed by the operator).
+    pub url: String,
+    /// Event patterns: `*`, an event kind (`task.created`) or `entity.*`.
+    pub events: Vec<String>,
+    /// Only this project's events.
+    pub project_id: Option<Uuid>,
+    /// Description.
+    pub description: Option<String>,
+}
+
+/// A subscription with its signing secret (shown only now).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionWithSecret {
+    /// The subscription.
+    pub subscription: SubscriptionBody,
+    /// The Standard Webhooks secret (`whsec_…`) to verify `webhook-signature` with.
+    pub secret: String,
+}
+
+async fn check_target(ints: &Integrations, raw: &str) -> Result<String, ApiError> {
+    if raw.len() > 2048 {
+        return Err(ApiError::invalid_field("url".into(), "longer than 2048 characters"));
+    }
+    let url = ints.targets.parse_url("url", raw)?;
+    ints.targets
+        .resolve(&url)
+        .await
+        .map_err(|e| ApiError::invalid_field("url".into(), e.to_string()))?;
+    Ok(url.to_string())
+}
+
+fn parse_description(d: Option<String>) -> Result<String, ApiError> {
+    let d = d.unwrap_or_default();
+    if d.chars().count() > 500 {
+        return Err(ApiError::invalid_field("description".into(), "at most 500 characters"));
+    }
+    Ok(d)
+}
+
+/// Subscribes a URL to an organization's events.
+#[utoipa::path(post, path = "/orgs/{org_id}/webhooks", tag = "integrations", operation_id = "create_webhook_subscription",
+    params(("org_id" = Uuid, Path, description = "Organization id")),
+    request_body = CreateSubscriptionBody,
+    responses(
+        (status = 201, description = "The subscription and its secret", body = SubscriptionWithSecret),
+        (status = 400, description = "Invalid body (the field is named; refused targets name `url`)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed to manage integrations", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Integrations are not enabled", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn create_subscription(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(org_id): Path<Uuid>,
+    Json(b): Json<CreateSubscriptionBody>,
+) -> Result<Response, ApiError> {
+    let ints = integrations(&s)?;
+    let org = OrgId(org_id);
+    let project = b.project_id.map(ProjectId);
+    require_manage(&s, &who, org, project, None).await?;
+    if let Some(p) = project {
+        let p = s.pm.get_project(&who.origin(), p).await?;
+        if p.org_id != org {
+            return Err(ApiError::invalid_field(
+                "project_id".into(),
+                "not a project of this organization",
+            ));
+        }
+    }
+    let events = EventFilter::parse(b.events)?;
+    let description = parse_description(b.description)?;
+    let url = check_target(ints, &b.url).await?;
+    let keyring = ints.keyring()?;
+    let secret = WebhookSecret::generate();
+    let id = SubscriptionId::new();
+    let at = now(ints);
+    let sub = Subscription {
+        id,
+        org_id: org,
+        project_id: project,
+        url,
+        events,
+        description,
+        secrets: seal_secrets(keyring, id, std::slice::from_ref(&secret)),
+        enabled: true,
+        disabled_reason: None,
+        consecutive_failures: 0,
+        version: 1,
+        created_at: at,
+        updated_at: at,
+    };
+    ints.stores.webhooks.create_subscription(&sub).await?;
+    let body = SubscriptionWithSecret { subscription: sub.into(), secret: secret.expose() };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Lists an organization's subscriptions.
+#[utoipa::path(get, path = "/orgs/{org_id}/webhooks", tag = "integrations", operation_id = "list_webhook_subscriptions",
+    params(("org_id" = Uuid, Path, description = "Organization id")),
+    responses(
+        (status = 200, description = "Subscriptions, oldest first", body = Vec<SubscriptionBody>),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed to manage integrations", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Integrations are not enabled", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn list_subscriptions(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(org_id): Path<Uuid>,
+) -> Result<Json<Vec<SubscriptionBody>>, ApiError> {
+    let ints = integrations(&s)?;
+    require_manage(&s, &who, OrgId(org_id), None, None).await?;
+    let list = ints.stores.webhooks.list_subscriptions(OrgId(org_id)).await?;
+    Ok(Json(list.into_iter().map(Into::into).collect()))
+}
+
+async fn load_subscription(
+    s: &AppState,
+    who: &Authenticated,
+    id: Uuid,
+) -> Result<Subscription, ApiError> {
+    let ints = integrations(s)?;
+    let sub = ints.stores.webhooks.get_subscription(SubscriptionId(id)).await?;
+    require_manage(s, who, sub.org_id, sub.project_id, Some("subscription")).await?;
+    Ok(sub)
+}
+
+/// Reads a subscription.
+#[utoipa::path(get, path = "/webhooks/{subscription_id}", tag = "integrations", operation_id = "get_webhook_subscription",
+    params(("subscription_id" = Uuid, Path, description = "Subscription id")),
+    responses(
+        (status = 200, description = "The subscription", body = SubscriptionBody),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such subscription", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn get_subscription(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<Response, ApiError> {
+    let sub = load_subscription(&s, &who, id).await?;
+    Ok(with_etag(StatusCode::OK, sub.version, SubscriptionBody::from(sub)))
+}
+
+/// Changes to a subscription.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSubscriptionBody {
+    /// The version read.
+    pub version: i64,
+    /// New URL.
+    pub url: Option<String>,
+    /// New event patterns.
+    pub events: Option<Vec<String>>,
+    /// New description.
+    pub description: Option<String>,
+    /// Enable (also forgives past failures) or disable.
+    pub enabled: Option<bool>,
+}
+
+/// Changes a subscription (at the version read).
+#[utoipa::path(patch, path = "/webhooks/{subscription_id}", tag = "integrations", operation_id = "update_webhook_subscription",
+    params(("subscription_id" = Uuid, Path, description = "Subscription id")),
+    request_body = UpdateSubscriptionBody,
+    responses(
+        (status = 200, description = "The subscription", body = SubscriptionBody),
+        (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such subscription", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Changed meanwhile", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn update_subscription(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+    Json(b): Json<UpdateSubscriptionBody>,
+) -> Result<Response, ApiError> {
+    let sub = load_subscription(&s, &who, id).await?;
+    let ints = integrations(&s)?;
+    let url = match b.url {
+        Some(u) => Some(check_target(ints, &u).await?),
+        None => None,
+    };
+    let patch = SubscriptionPatch {
+        url,
+        events: b.events.map(EventFilter::parse).transpose()?,
+        description: b.description.map(|d| parse_description(Some(d))).transpose()?,
+        secrets: None,
+        enabled: b.enabled,
+    };
+    let sub =
+        ints.stores.webhooks.update_subscription(sub.id, b.version, &patch, now(ints)).await?;
+    Ok(with_etag(StatusCode::OK, sub.version, SubscriptionBody::from(sub)))
+}
+
+/// Deletes a subscription and its delivery log.
+#[utoipa::path(delete, path = "/webhooks/{subscription_id}", tag = "integrations", operation_id = "delete_webhook_subscription",
+    params(("subscription_id" = Uuid, Path, description = "Subscription id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such subscription", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn delete_subscription(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let sub = load_subscription(&s, &who, id).await?;
+    integrations(&s)?.stores.webhooks.delete_subscription(sub.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Starts a secret rotation: a new secret signs every delivery from now on, next to the current
+/// one (receivers holding either verify); a second rotation drops the oldest.
+#[utoipa::path(post, path = "/webhooks/{subscription_id}/rotate-secret", tag = "integrations", operation_id = "rotate_webhook_secret",
+    params(("subscription_id" = Uuid, Path, description = "Subscription id")),
+    responses(
+        (status = 200, description = "The subscription and its new secret", body = SubscriptionWithSecret),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such subscription", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Changed meanwhile; retry", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn rotate_subscription_secret(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<Json<SubscriptionWithSecret>, ApiError> {
+    let sub = load_subscription(&s, &who, id).await?;
+    let ints = integrations(&s)?;
+    let keyring = ints.keyring()?;
+    let mut secrets = open_secrets(keyring, &sub)?;
+    let new = WebhookSecret::generate();
+    secrets.truncate(1);
+    secrets.insert(0, new.clone());
+    let patch = SubscriptionPatch {
+        secrets: Some(seal_secrets(keyring, sub.id, &secrets)),
+        ..Default::default()
+    };
+    let sub =
+        ints.stores.webhooks.update_subscription(sub.id, sub.version, &patch, now(ints)).await?;
+    Ok(Json(SubscriptionWithSecret { subscription: sub.into(), secret: new.expose() }))
+}
+
+/// One event sent (or to send) to a subscription.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryBody {
+    /// Id; also the `webhook-id` header (`msg_<id without dashes>`).
+    pub id: Uuid,
+    /// Subscription.
+    pub subscription_id: Uuid,
+    /// Event.
+    pub event_id: Uuid,
+    /// Event kind.
+    pub event_kind: String,
+    /// `pending`, `done` or `failed`.
+    pub status: String,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// HTTP status of the last attempt.
+    pub last_status: Option<i32>,
+    /// Last error.
+    pub last_error: Option<String>,
+    /// Next attempt (pending) or last change.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub available_at: OffsetDateTime,
+    /// Created.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+}
+
+impl From<OutboundDelivery> for DeliveryBody {
+    fn from(d: OutboundDelivery) -> Self {
+        Self {
+            id: d.id.0,
+            subscription_id: d.subscription_id.0,
+            event_id: d.event_id.0,
+            event_kind: d.event_kind,
+            status: d.status.as_str().to_owned(),
+            attempts: d.attempts,
+            last_status: d.last_status,
+            last_error: d.last_error,
+            available_at: d.available_at,
+            created_at: d.created_at,
+        }
+    }
+}
+
+/// Lists a subscription's deliveries, newest first.
+#[utoipa::path(get, path = "/webhooks/{subscription_id}/deliveries", tag = "integrations", operation_id = "list_webhook_deliveries",
+    params(("subscription_id" = Uuid, Path, description = "Subscription id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of deliveries", body = PageBody<DeliveryBody>),
+        (status = 400, description = "Bad id, limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such subscription", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn list_subscription_deliveries(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+    Query(q): Query<PageQuery>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let (limit, before) = q.parse()?;
+    let sub = load_subscription(&s, &who, id).await?;
+    let p = integrations(&s)?
+        .stores
+        .webhooks
+        .list_outbound(sub.id, limit, before.map(OutboundId))
+        .await?;
+    Ok(page(p, DeliveryBody::from, &uri))
+}
+
+/// Sends a delivery again now (with a fresh retry budget).
+#[utoipa::path(post, path = "/webhooks/{subscription_id}/deliveries/{delivery_id}/redeliver", tag = "integrations", operation_id = "redeliver_webhook",
+    params(
+        ("subscription_id" = Uuid, Path, description = "Subscription id"),
+        ("delivery_id" = Uuid, Path, description = "Delivery id"),
+    ),
+    responses(
+        (status = 202, description = "Queued again", body = DeliveryBody),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such subscription or delivery", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn redeliver(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path((id, delivery_id)): Path<(Uuid, Uuid)>,
+) -> Result<Response, ApiError> {
+    let sub = load_subscription(&s, &who, id).await?;
+    let ints = integrations(&s)?;
+    let d = ints.stores.webhooks.get_outbound(OutboundId(delivery_id)).await?;
+    if d.subscription_id != sub.id {
+        return Err(ApiError::entity_not_found("delivery"));
+    }
+    let d = ints.stores.webhooks.redeliver(d.id, now(ints)).await?;
+    ints.wake_outbound();
+    Ok((StatusCode::ACCEPTED, Json(DeliveryBody::from(d))).into_response())
+}

@@ -1,0 +1,530 @@
+//! Integrations end to end against a real server: inbound webhooks (verified, deduplicated,
+//! persisted, processed from the queue; bad signatures 401 + logged + nothing stored; the Graph
+//! handshake), integration CRUD with authorization, and outbound webhook subscriptions
+//! delivering signed events to a real receiver on loopback (SSRF guard, retries with backoff,
+//! auto-disable, manual redelivery, secret rotation). The raw database row of a stored secret is
+//! read to prove no plaintext is kept.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use pm_integrations::crypto::{EncryptionKey, Keyring};
+use pm_integrations::ssrf::TargetPolicy;
+use pm_integrations::webhook::inbound::{
+    GITHUB_DELIVERY, GITHUB_EVENT, GITHUB_SIGNATURE, hub_signature,
+};
+use pm_integrations::webhook::outbound::{self, WebhookSecret};
+use pm_server::integrations::{Integrations, WorkerConfig};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::{Server, org_and_project, to_res};
+
+/// A server with integrations over their own SQLite file (with an allow-list when `allow`).
+async fn server(allow: Option<&str>) -> (Server, Integrations, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("int.db").display());
+    let keyring = Keyring::new("test", &EncryptionKey::generate()).unwrap();
+    let policy = match allow {
+        Some(a) => TargetPolicy::parse_allow_list(a).unwrap(),
+        None => TargetPolicy::public_only(),
+    };
+    let mut ints = Integrations::open(&url, Some(keyring), policy).await.unwrap();
+    ints.worker = WorkerConfig {
+        backoff: vec![Duration::from_millis(50), Duration::from_millis(50)],
+        disable_after: 3,
+        lease: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(5),
+        batch: 50,
+        poll: Duration::from_millis(50),
+    };
+    let for_state = ints.clone();
+    let s =
+        Server::start_with(move |state| *state = state.clone().with_integrations(for_state)).await;
+    (s, ints, dir)
+}
+
+async fn github_integration(s: &Server, token: &str, project: &str) -> (String, String) {
+    let created = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/integrations"),
+            Some(token),
+            Some(json!({"provider": "github", "name": "octo/repo", "config": {"repository": "octo/repo"}})),
+        )
+        .await;
+    let body = created.ok(201);
+    assert_eq!(
+        body["integration"]["webhook_path"],
+        format!("/api/v1/hooks/github/{}", body["integration"]["id"].as_str().unwrap())
+    );
+    (
+        body["integration"]["id"].as_str().unwrap().to_owned(),
+        body["webhook_secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn post_hook(s: &Server, path: &str, body: &[u8], headers: &[(&str, String)]) -> super::Res {
+    let mut req = s.http.post(format!("{}{path}", s.base)).body(body.to_vec());
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let res = to_res(req.send().await.unwrap()).await;
+    super::openapi::validate(&Method::POST, path, &res);
+    res
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_webhooks_are_verified_deduplicated_persisted_and_processed() {
+    let (s, ints, _dir) = server(None).await;
+    let (_, token) = s.user("hooks@example.com").await;
+    let (_, project, _) = org_and_project(&s, &token, "hooks", "HK").await;
+    let (id, secret) = github_integration(&s, &token, &project).await;
+    let path = format!("/api/v1/hooks/github/{id}");
+    let payload = json!({
+        "action": "edited",
+        "issue": {"number": 12, "title": "Fix login", "body": "b", "state": "open", "labels": [],
+                  "updated_at": "2025-01-02T03:04:05Z"},
+        "repository": {"full_name": "octo/repo"}
+    })
+    .to_string();
+    let signed = |body: &str, delivery: &str| {
+        vec![
+            (GITHUB_SIGNATURE, hub_signature(secret.as_bytes(), body.as_bytes())),
+            (GITHUB_DELIVERY, delivery.to_owned()),
+            (GITHUB_EVENT, "issues".to_owned()),
+        ]
+    };
+
+    let first = post_hook(&s, &path, payload.as_bytes(), &signed(&payload, "d-1")).await;
+    assert_eq!(first.ok(202)["status"], "queued");
+    let replay = post_hook(&s, &path, payload.as_bytes(), &signed(&payload, "d-1")).await;
+    assert_eq!(replay.ok(200)["status"], "duplicate");
+    assert_eq!(replay.body["delivery_id"], first.body["delivery_id"]);
+
+    // One byte changed, a missing prefix, a missing header: 401 problem, nothing stored.
+    let mut tampered = payload.clone().into_bytes();
+    tampered[10] ^= 1;
+    let bad = post_hook(&s, &path, &tampered, &signed(&payload, "d-2")).await;
+    assert_eq!(bad.problem(401)["type"], "/problems/invalid-signature");
+    let mut no_prefix = signed(&payload, "d-3");
+    no_prefix[0].1 = no_prefix[0].1.trim_start_matches("sha256=").to_owned();
+    post_hook(&s, &path, payload.as_bytes(), &no_prefix).await.problem(401);
+    post_hook(&s, &path, payload.as_bytes(), &signed(&payload, "d-4")[1..]).await.problem(401);
+    // Signed but without a delivery id: 400 naming it.
+    let no_id = signed(&payload, "x");
+    let r = post_hook(&s, &path, payload.as_bytes(), &[no_id[0].clone(), no_id[2].clone()]).await;
+    assert_eq!(r.problem(400)["field"], "delivery_id");
+    // Unknown integration or provider mismatch: 404.
+    post_hook(&s, &format!("/api/v1/hooks/jira/{id}"), b"{}", &[]).await.problem(404);
+    post_hook(&s, &format!("/api/v1/hooks/github/{}", uuid::Uuid::now_v7()), b"{}", &[])
+        .await
+        .problem(404);
+
+    // Exactly one delivery is queued; processing it logs what it meant.
+    assert_eq!(ints.process_inbound_once().await.unwrap(), 1);
+    assert_eq!(ints.process_inbound_once().await.unwrap(), 0);
+    let logs = s
+        .call(Method::GET, &format!("/api/v1/integrations/{id}/logs?limit=100"), Some(&token), None)
+        .await;
+    let ops: Vec<&str> = logs.ok(200)["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops.iter().filter(|o| **o == "webhook.rejected").count(), 3, "{ops:?}");
+    assert_eq!(ops.iter().filter(|o| **o == "webhook.received").count(), 1, "{ops:?}");
+    let processed = logs.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["operation"] == "webhook.processed")
+        .expect("processed");
+    assert_eq!(processed["detail"]["events"][0]["kind"], "issues.edited");
+    assert_eq!(processed["detail"]["events"][0]["external_id"], "octo/repo#12");
+    assert!(!logs.body.to_string().contains(&secret), "no secret in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_handshake_and_slack_window() {
+    let (s, _ints, _dir) = server(None).await;
+    let (_, token) = s.user("graph@example.com").await;
+    let (_, project, _) = org_and_project(&s, &token, "graph", "GR").await;
+    let created = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/integrations"),
+            Some(&token),
+            Some(json!({"provider": "outlook", "name": "Calendar"})),
+        )
+        .await;
+    let id = created.ok(201)["integration"]["id"].as_str().unwrap().to_owned();
+    let client_state = created.body["webhook_secret"].as_str().unwrap().to_owned();
+    let res = s
+        .http
+        .post(format!(
+            "{}/api/v1/hooks/outlook/{id}?validationToken=Validation%3A%20Testing",
+            s.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/plain");
+    assert_eq!(res.text().await.unwrap(), "Validation: Testing");
+    let note = |cs: &str| {
+        json!({"value": [{"subscriptionId": "s", "clientState": cs, "changeType": "updated", "resourceData": {"id": "AAMk"}}]}).to_string()
+    };
+    let ok =
+        post_hook(&s, &format!("/api/v1/hooks/outlook/{id}"), note(&client_state).as_bytes(), &[])
+            .await;
+    ok.ok(202);
+    post_hook(&s, &format!("/api/v1/hooks/outlook/{id}"), note("forged").as_bytes(), &[])
+        .await
+        .problem(401);
+
+    // Slack: the signing secret must be given; a stale timestamp is refused.
+    let missing = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/integrations"),
+            Some(&token),
+            Some(json!({"provider": "slack", "name": "Slack"})),
+        )
+        .await;
+    assert_eq!(missing.problem(400)["field"], "webhook_secret");
+    let slack_secret = "8f742231b10e8888abcd99yyyzzz85a5";
+    let created = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/integrations"),
+            Some(&token),
+            Some(json!({"provider": "slack", "name": "Slack", "webhook_secret": slack_secret})),
+        )
+        .await;
+    let sid = created.ok(201)["integration"]["id"].as_str().unwrap().to_owned();
+    let body = "command=%2Fpm&text=list";
+    let ts = time::OffsetDateTime::now_utc().unix_timestamp();
+    let sign = |ts: i64| {
+        vec![
+            ("X-Slack-Request-Timestamp", ts.to_string()),
+            (
+                "X-Slack-Signature",
+                pm_integrations::webhook::inbound::slack_signature(
+                    slack_secret.as_bytes(),
+                    ts,
+                    body.as_bytes(),
+                ),
+            ),
+        ]
+    };
+    post_hook(&s, &format!("/api/v1/hooks/slack/{sid}"), body.as_bytes(), &sign(ts)).await.ok(202);
+    let stale =
+        post_hook(&s, &format!("/api/v1/hooks/slack/{sid}"), body.as_bytes(), &sign(ts - 301))
+            .await;
+    assert!(stale.problem(401)["detail"].as_str().unwrap().contains("old"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrations_crud_is_authorized_and_versioned_and_secrets_are_sealed() {
+    let (s, ints, dir) = server(None).await;
+    let (_, token) = s.user("owner@example.com").await;
+    let (_, stranger) = s.user("stranger@example.com").await;
+    let (org, project, _) = org_and_project(&s, &token, "crud", "CR").await;
+    let (id, secret) = github_integration(&s, &token, &project).await;
+
+    let got = s.call(Method::GET, &format!("/api/v1/integrations/{id}"), Some(&token), None).await;
+    assert_eq!(got.ok(200)["version"], 1);
+    let list =
+        s.call(Method::GET, &format!("/api/v1/orgs/{org}/integrations"), Some(&token), None).await;
+    assert_eq!(list.ok(200).as_array().unwrap().len(), 1);
+    // A stranger sees nothing and may do nothing.
+    s.call(Method::GET, &format!("/api/v1/integrations/{id}"), Some(&stranger), None)
+        .await
+        .problem(404);
+    s.call(Method::GET, &format!("/api/v1/orgs/{org}/integrations"), Some(&stranger), None)
+        .await
+        .problem(403);
+
+    let patched = s
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/integrations/{id}"),
+            Some(&token),
+            Some(json!({"version": 1, "enabled": false})),
+        )
+        .await;
+    assert_eq!(patched.ok(200)["enabled"], false);
+    let stale = s
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/integrations/{id}"),
+            Some(&token),
+            Some(json!({"version": 1, "name": "x"})),
+        )
+        .await;
+    assert_eq!(stale.problem(409)["current"]["version"], 2);
+    let bad = s
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/integrations/{id}"),
+            Some(&token),
+            Some(json!({"version": 2, "config": []})),
+        )
+        .await;
+    assert_eq!(bad.problem(400)["field"], "config");
+    let providers = s.call(Method::GET, "/api/v1/integration-providers", Some(&token), None).await;
+    assert_eq!(providers.ok(200).as_array().unwrap().len(), 5);
+
+    // The raw row holds a sealed value, never the secret.
+    let url = format!("sqlite://{}", dir.path().join("int.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT sealed FROM int_credentials").fetch_all(&pool).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].0.starts_with("v1.test."), "{}", rows[0].0);
+    assert!(!rows[0].0.contains(&secret));
+    let dump: Vec<(String,)> =
+        sqlx::query_as("SELECT quote(sealed) || detail FROM int_credentials, int_logs")
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+    assert!(dump.iter().all(|(r,)| !r.contains(&secret)));
+
+    s.call(Method::DELETE, &format!("/api/v1/integrations/{id}"), Some(&token), None).await.ok(204);
+    s.call(Method::GET, &format!("/api/v1/integrations/{id}"), Some(&token), None)
+        .await
+        .problem(404);
+    assert!(
+        ints.stores
+            .credentials
+            .get_credential(
+                id.parse::<uuid::Uuid>().unwrap().into(),
+                pm_integrations::model::CredentialKind::WebhookSecret
+            )
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// A webhook receiver on loopback answering with a settable status.
+struct Receiver {
+    url: String,
+    got: Arc<Mutex<Vec<(HeaderMap, Bytes)>>>,
+    status: Arc<AtomicU16>,
+}
+
+async fn receiver() -> Receiver {
+    let got: Arc<Mutex<Vec<(HeaderMap, Bytes)>>> = Arc::default();
+    let status = Arc::new(AtomicU16::new(204));
+    let (g, st) = (got.clone(), status.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let (g, st) = (g.clone(), st.clone());
+            async move {
+                g.lock().unwrap().push((headers, body));
+                axum::http::StatusCode::from_u16(st.load(Ordering::SeqCst)).unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Receiver { url: format!("http://{addr}/hook"), got, status }
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn verify(
+    secret: &str,
+    h: &HeaderMap,
+    body: &[u8],
+) -> Result<(), pm_integrations::webhook::SignatureError> {
+    let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    outbound::verify(
+        &[WebhookSecret::parse(secret).unwrap()],
+        &get("webhook-id"),
+        &get("webhook-timestamp"),
+        &get("webhook-signature"),
+        body,
+        time::OffsetDateTime::now_utc(),
+        outbound::DEFAULT_TOLERANCE_SECS,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_webhooks_are_signed_retried_disabled_and_redelivered() {
+    let (s, ints, _dir) = server(Some("127.0.0.0/8")).await;
+    let (_, token) = s.user("subs@example.com").await;
+    let (org, project, _) = org_and_project(&s, &token, "subs", "SB").await;
+    let rx = receiver().await;
+    let _workers = ints.start(s.state.stores.events.clone());
+
+    let bad = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/orgs/{org}/webhooks"),
+            Some(&token),
+            Some(json!({"url": rx.url, "events": ["nope.*"]})),
+        )
+        .await;
+    assert_eq!(bad.problem(400)["field"], "events[0]");
+    let created = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/orgs/{org}/webhooks"),
+            Some(&token),
+            Some(json!({"url": rx.url, "events": ["task.created"]})),
+        )
+        .await;
+    let sub = created.ok(201)["subscription"]["id"].as_str().unwrap().to_owned();
+    let secret = created.body["secret"].as_str().unwrap().to_owned();
+
+    let task = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/tasks"),
+            Some(&token),
+            Some(json!({"title": "Hello"})),
+        )
+        .await;
+    let task_id = task.ok(201)["id"].as_str().unwrap().to_owned();
+    wait_for("the first delivery", || rx.got.lock().unwrap().len() == 1).await;
+    let (headers, body) = rx.got.lock().unwrap()[0].clone();
+    verify(&secret, &headers, &body).expect("signature verifies with the subscription's secret");
+    let payload: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(payload["type"], "task.created");
+    assert_eq!(payload["data"]["subject"], task_id);
+    assert!(verify(&WebhookSecret::generate().expose(), &headers, &body).is_err());
+
+    // Rotation: both the old and the new secret verify what is sent next.
+    let rotated = s
+        .call(Method::POST, &format!("/api/v1/webhooks/{sub}/rotate-secret"), Some(&token), None)
+        .await;
+    let new_secret = rotated.ok(200)["secret"].as_str().unwrap().to_owned();
+
+    // The receiver fails: one try plus two retries, then the delivery fails and, at the third
+    // failure in a row, the subscription is disabled.
+    rx.status.store(500, Ordering::SeqCst);
+    s.call(
+        Method::POST,
+        &format!("/api/v1/projects/{project}/tasks"),
+        Some(&token),
+        Some(json!({"title": "Second"})),
+    )
+    .await
+    .ok(201);
+    wait_for("three attempts", || rx.got.lock().unwrap().len() == 4).await;
+    let (h, b) = rx.got.lock().unwrap()[1].clone();
+    verify(&secret, &h, &b).expect("old secret still verifies");
+    verify(&new_secret, &h, &b).expect("new secret verifies");
+    let mut disabled = Value::Null;
+    for _ in 0..200 {
+        disabled =
+            s.call(Method::GET, &format!("/api/v1/webhooks/{sub}"), Some(&token), None).await.body;
+        if disabled["enabled"] == false {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(disabled["enabled"], false, "{disabled}");
+    assert!(disabled["disabled_reason"].as_str().unwrap().contains("3"));
+    let deliveries = s
+        .call(Method::GET, &format!("/api/v1/webhooks/{sub}/deliveries"), Some(&token), None)
+        .await;
+    let items = deliveries.ok(200)["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 2);
+    assert_eq!(
+        (items[0]["status"].as_str(), items[0]["attempts"].as_i64()),
+        (Some("failed"), Some(3))
+    );
+    assert_eq!(items[0]["last_status"], 500);
+    assert_eq!(items[1]["status"], "done");
+
+    // Fixed receiver: re-enable, redeliver by hand.
+    rx.status.store(200, Ordering::SeqCst);
+    let version = disabled["version"].as_i64().unwrap();
+    s.call(
+        Method::PATCH,
+        &format!("/api/v1/webhooks/{sub}"),
+        Some(&token),
+        Some(json!({"version": version, "enabled": true})),
+    )
+    .await
+    .ok(200);
+    let failed_id = items[0]["id"].as_str().unwrap();
+    let again = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/webhooks/{sub}/deliveries/{failed_id}/redeliver"),
+            Some(&token),
+            None,
+        )
+        .await;
+    again.ok(202);
+    wait_for("the redelivery", || rx.got.lock().unwrap().len() == 5).await;
+    let (h5, _) = rx.got.lock().unwrap()[4].clone();
+    assert_eq!(h5["webhook-id"], h["webhook-id"], "the message id is stable across redeliveries");
+    let mut status = Value::Null;
+    for _ in 0..200 {
+        status = s
+            .call(Method::GET, &format!("/api/v1/webhooks/{sub}/deliveries"), Some(&token), None)
+            .await
+            .body;
+        if status["items"][0]["status"] == "done" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status["items"][0]["status"], "done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_targets_are_refused_unless_allow_listed() {
+    let (s, _ints, _dir) = server(None).await;
+    let (_, token) = s.user("ssrf@example.com").await;
+    let (org, _, _) = org_and_project(&s, &token, "ssrf", "SS").await;
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://localhost:9/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/x",
+        "http://10.0.0.1/x",
+        "ftp://example.com/x",
+        "http://user:pw@example.com/x",
+    ] {
+        let r = s
+            .call(
+                Method::POST,
+                &format!("/api/v1/orgs/{org}/webhooks"),
+                Some(&token),
+                Some(json!({"url": url, "events": ["*"]})),
+            )
+            .await;
+        assert_eq!(r.problem(400)["field"], "url", "{url}");
+    }
+}
+
+#[tokio::test]
+async fn without_integrations_the_routes_are_404() {
+    let s = Server::start().await;
+    let (_, token) = s.user("none@example.com").await;
+    s.call(Method::GET, "/api/v1/integration-providers", Some(&token), None).await.problem(404);
+    post_hook(&s, &format!("/api/v1/hooks/github/{}", uuid::Uuid::now_v7()), b"{}", &[])
+        .await
+        .problem(404);
+}
