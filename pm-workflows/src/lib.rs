@@ -24,10 +24,15 @@
 pub mod compiled;
 pub mod condition;
 pub mod definition;
+pub mod engine;
 mod error;
+pub mod ports;
 pub mod schedule;
 pub mod script;
+pub mod store;
 pub mod template;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use definition::{Definition, Limits};
 pub use error::{Error, Result};

@@ -2,4 +2,6 @@
 //! published JSON Schema against the types, and the rhai sandbox's limits.
 
 mod definitions;
+mod engine;
 mod scripts;
+mod stores;
