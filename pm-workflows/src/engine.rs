@@ -301,6 +301,9 @@ impl Engine {
                     continue;
                 }
             };
+            if let Trigger::Schedule(s) = &w.definition.trigger {
+                self.arm_schedule(&w, s, pm_core::model::now()).await?;
+            }
             index
                 .by_org
                 .entry(w.org_id)
@@ -308,6 +311,144 @@ impl Engine {
                 .push(Arc::new(Entry { workflow: w, compiled }));
         }
         *self.inner.index.write().expect("index lock") = Arc::new(index);
+        self.inner.wake_timers.notify_one();
+        Ok(())
+    }
+
+    /// Arms the next fire of a schedule after `after` (idempotent: the key holds the time).
+    async fn arm_schedule(&self, w: &Workflow, s: &Schedule, after: OffsetDateTime) -> Result<()> {
+        let cron = crate::schedule::CronSchedule::parse(&s.cron, &s.timezone)?;
+        let Some(at) = cron.next_after(after) else { return Ok(()) };
+        self.inner
+            .stores
+            .timers
+            .arm_timer(&Timer {
+                id: TimerId::new(),
+                key: format!("schedule:{}:{}:{}", w.id, w.definition_version, at.unix_timestamp()),
+                execution_id: None,
+                workflow_id: w.id,
+                fire_at: at,
+                payload: json!({
+                    "kind": "start",
+                    "workflow": w.id,
+                    "version": w.definition_version,
+                    "trigger_key": format!("schedule:{}", at.unix_timestamp()),
+                    "schedule": true,
+                }),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Arms the durable timer of a relative-time trigger (due date, time in state) when an
+    /// event sets one up. Checks at fire time make a stale timer harmless.
+    async fn arm_relative(&self, w: &Workflow, event: &Event) -> Result<()> {
+        let Some(task_id) = event.task_id else { return Ok(()) };
+        let is_task_event = matches!(event.kind, EventKind::TaskCreated | EventKind::TaskUpdated);
+        if !is_task_event {
+            return Ok(());
+        }
+        let task = event.payload.get("task");
+        let changed = |field: &str| {
+            event.kind == EventKind::TaskCreated
+                || event.payload.get("changes").and_then(|c| c.get(field)).is_some()
+        };
+        let timer = match &w.definition.trigger {
+            Trigger::DueDateReached(d) if changed("due_date") => {
+                let Some(due) = task.and_then(|t| t.get("due_date")).and_then(Value::as_str) else {
+                    return Ok(());
+                };
+                let Ok(date) = time::Date::parse(due, DATE) else { return Ok(()) };
+                let at = date.midnight().assume_utc() + time::Duration::minutes(d.offset_minutes);
+                Some((
+                    format!("due:{}:{}:{task_id}:{due}", w.id, w.definition_version),
+                    at,
+                    json!({"due_date": due}),
+                    format!("due:{task_id}:{due}:{}", d.offset_minutes),
+                ))
+            }
+            Trigger::InStateFor(s) if changed("state_id") => {
+                let state = task.and_then(|t| t.get("state_id")).and_then(Value::as_str);
+                if state != Some(&s.state.to_string()) {
+                    return Ok(());
+                }
+                Some((
+                    format!("sla:{}:{}:{task_id}:{}", w.id, w.definition_version, event.id),
+                    event.at + time::Duration::minutes(s.minutes as i64),
+                    json!({"state_id": s.state, "since_event": event.id}),
+                    format!("sla:{task_id}:{}", event.id),
+                ))
+            }
+            _ => None,
+        };
+        if let Some((key, fire_at, check, trigger_key)) = timer {
+            self.inner
+                .stores
+                .timers
+                .arm_timer(&Timer {
+                    id: TimerId::new(),
+                    key,
+                    execution_id: None,
+                    workflow_id: w.id,
+                    fire_at,
+                    payload: json!({
+                        "kind": "start",
+                        "workflow": w.id,
+                        "version": w.definition_version,
+                        "trigger_key": trigger_key,
+                        "task": task_id,
+                        "check": check,
+                    }),
+                })
+                .await?;
+            self.inner.wake_timers.notify_one();
+        }
+        Ok(())
+    }
+
+    /// A `start` timer fired: re-check it still applies, start the execution, re-arm schedules.
+    async fn fire_start(&self, t: &Timer) -> Result<()> {
+        let p = &t.payload;
+        let w = match self.inner.stores.workflows.get_workflow(t.workflow_id).await {
+            Ok(w) => w,
+            Err(Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if !w.enabled || p["version"].as_i64() != Some(w.definition_version) {
+            return Ok(()); // disabled or changed since: the new version armed its own timers
+        }
+        let task_id = p["task"].as_str().and_then(|s| s.parse().ok()).map(TaskId);
+        if let Some(id) = task_id {
+            let task = match self.inner.pm.stores().tasks.get_task(id).await {
+                Ok(t) => t,
+                Err(pm_core::Error::NotFound { .. }) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            let check = &p["check"];
+            if let Some(due) = check["due_date"].as_str()
+                && task.due_date.map(|d| d.to_string()).as_deref() != Some(due)
+            {
+                return Ok(()); // the due date moved: its own timer fires
+            }
+            // Known limit: a task that left the state and came back within the window is judged
+            // by its current state only, so the first timer may fire early for the second stay.
+            if let Some(state) = check["state_id"].as_str()
+                && task.state_id.to_string() != state
+            {
+                return Ok(()); // left the state in time
+            }
+        }
+        let key = p["trigger_key"].as_str().unwrap_or_default().to_string();
+        let input = json!({"timer": t.key, "fire_at": t.fire_at.unix_timestamp()});
+        match self.start(w.id, StartRequest { key, actor: Actor::System, task_id, input }).await {
+            Ok(_) | Err(Error::Conflict(_)) => {}
+            Err(e) => return Err(e),
+        }
+        if p["schedule"].as_bool() == Some(true)
+            && let Trigger::Schedule(s) = &w.definition.trigger
+        {
+            self.arm_schedule(&w, s, t.fire_at).await?;
+        }
         Ok(())
     }
 
@@ -463,6 +604,10 @@ impl Engine {
                 continue;
             }
             if automated && !w.definition.options.allow_automation_events {
+                continue;
+            }
+            if matches!(w.definition.trigger, Trigger::DueDateReached(_) | Trigger::InStateFor(_)) {
+                self.arm_relative(w, event).await?;
                 continue;
             }
             if !trigger_matches(&w.definition.trigger, event) {
@@ -775,6 +920,7 @@ impl Engine {
                         self.wake(exec).await?;
                     }
                 }
+                Some("start") => self.fire_start(&t).await?,
                 other => {
                     tracing::warn!(timer = %t.key, kind = ?other, "pm-workflows: unknown timer kind; dropped");
                 }
@@ -1018,6 +1164,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+const DATE: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]");
 
 fn approval_timer_key(id: ApprovalId) -> String {
     format!("approval:{id}")

@@ -677,3 +677,71 @@ async fn webhooks_need_the_secret_and_start_once_per_delivery() {
     ));
     let _ = w.url.len();
 }
+
+#[tokio::test]
+async fn schedules_and_relative_times_fire_as_durable_timers() {
+    let w = World::new().await;
+    let engine = w.engine();
+    let comment =
+        |body: &str| json!([{"type": "action", "action": {"type": "comment", "body": body}}]);
+    w.workflow(
+        &engine,
+        json!({"schema_version": 1, "name": "Every minute", "trigger": {"type": "schedule", "cron": "* * * * *", "timezone": "Europe/Paris"},
+               "steps": [{"type": "action", "action": {"type": "script", "source": "42"}}]}),
+    )
+    .await;
+    w.workflow(
+        &engine,
+        json!({"schema_version": 1, "name": "Two days before due", "trigger": {"type": "due_date_reached", "offset_minutes": -2880},
+               "steps": comment("due in two days")}),
+    )
+    .await;
+    w.workflow(
+        &engine,
+        json!({"schema_version": 1, "name": "Stuck in review", "trigger": {"type": "in_state_for", "state": w.review.id, "minutes": 2880},
+               "steps": comment("48 h in review")}),
+    )
+    .await;
+    let now = pm_core::model::now();
+    let due = (now + time::Duration::days(10)).date();
+    let t = w.task_now().await;
+    let patch = TaskPatch { due_date: Some(Some(due)), ..TaskPatch::default() };
+    w.pm.update_task(&Origin::user(w.ada.id), t.id, t.version, patch).await.unwrap();
+    w.move_task(&w.review).await;
+    w.settle(&engine).await;
+    assert!(w.executions().await.is_empty(), "nothing is due yet");
+
+    // A minute later: the schedule fires once, and is re-armed for the minute after.
+    engine.fire_due_timers_at(now + time::Duration::seconds(61)).await.unwrap();
+    engine.wait_idle().await;
+    assert_eq!(w.executions().await.len(), 1);
+    engine.fire_due_timers_at(now + time::Duration::seconds(121)).await.unwrap();
+    engine.wait_idle().await;
+    assert_eq!(w.executions().await.len(), 2);
+
+    // 49 hours later: the SLA fires (still in review); 8 days later: due in two days.
+    engine.fire_due_timers_at(now + time::Duration::hours(49)).await.unwrap();
+    engine.wait_idle().await;
+    let bodies = |comments: Vec<Comment>| {
+        comments.into_iter().map(|c| c.body.as_str().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        bodies(w.pm.stores().comments.list_comments(w.task.id).await.unwrap()),
+        vec!["48 h in review"]
+    );
+    engine
+        .fire_due_timers_at(
+            due.midnight().assume_utc() - time::Duration::days(2) + time::Duration::seconds(1),
+        )
+        .await
+        .unwrap();
+    engine.wait_idle().await;
+    assert_eq!(
+        bodies(w.pm.stores().comments.list_comments(w.task.id).await.unwrap()),
+        vec!["48 h in review", "due in two days"]
+    );
+    // Each fired once, whatever the schedule did meanwhile.
+    let execs = w.executions().await;
+    assert_eq!(execs.iter().filter(|e| e.trigger_key.starts_with("due:")).count(), 1);
+    assert_eq!(execs.iter().filter(|e| e.trigger_key.starts_with("sla:")).count(), 1);
+}
