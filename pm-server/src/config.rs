@@ -126,6 +126,19 @@ pub struct Config {
         hide_env_values = true
     )]
     pub redis_url: Option<String>,
+    /// SMTP relay for workflow e-mail, e.g. `smtp://127.0.0.1:25` (plain SMTP; no e-mail is sent
+    /// without it: the e-mail action fails with a clear error).
+    #[arg(long = "smtp-url", value_name = "URL", env = "PM_SMTP_URL", global = true)]
+    pub smtp_url: Option<String>,
+    /// Sender of workflow e-mail.
+    #[arg(
+        long = "smtp-from",
+        value_name = "ADDRESS",
+        env = "PM_SMTP_FROM",
+        global = true,
+        default_value = "pm <pm@localhost>"
+    )]
+    pub smtp_from: String,
 }
 
 impl Config {
@@ -210,6 +223,7 @@ impl fmt::Debug for Config {
             .field("cors_origins", &self.cors_origins())
             .field("realtime_broker", &self.realtime_broker())
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("smtp_url", &self.smtp_url.as_deref().map(redact_url))
             .finish()
     }
 }

@@ -11,6 +11,8 @@
 //! - [`realtime`]: pm-realtime's hub, broker and notification consumer behind `/api/v1/ws`.
 //! - [`collab`]: `GET /api/v1/collab/{task_id}`, collaborative editing of task descriptions
 //!   (Yjs over WebSocket) on pm-realtime's document registry.
+//! - [`workflows`]: pm-workflows' engine and the server's adapters for its ports (approver
+//!   rights from pm-permissions, SMTP, HTTP); routes in `api::workflows`.
 //!
 //! Invariants: every response this server produces for an error, including unknown routes,
 //! wrong methods and timeouts, is `application/problem+json`; every response carries an
@@ -48,6 +50,7 @@ pub mod health;
 pub mod idempotency;
 pub mod ratelimit;
 pub mod realtime;
+pub mod workflows;
 
 use auth::Auth;
 use error::ApiError;
@@ -82,6 +85,9 @@ pub struct AppState {
     /// Collaborative documents (see [`collab`]); in memory unless replaced with
     /// [`AppState::with_collab`].
     pub collab: pm_realtime::doc::Collab,
+    /// The workflow engine (see [`workflows`]); `None` unless set with
+    /// [`AppState::with_workflows`] (the binary does), and the workflow routes answer 404.
+    pub workflows: Option<pm_workflows::engine::Engine>,
 }
 
 impl AppState {
@@ -136,7 +142,15 @@ impl AppState {
             cors_origins: Vec::new(),
             realtime,
             collab,
+            workflows: None,
         }
+    }
+
+    /// The same state with the workflow engine behind the workflow routes (see
+    /// [`workflows::open_engine`]); the caller starts it (`Engine::spawn`).
+    pub fn with_workflows(mut self, engine: pm_workflows::engine::Engine) -> Self {
+        self.workflows = Some(engine);
+        self
     }
 }
 

@@ -1268,3 +1268,10 @@ pub fn json_schema() -> Value {
     let schema = schemars::schema_for!(Definition);
     serde_json::to_value(schema).expect("a schema serializes")
 }
+
+/// Built-in templates: `(name, definition document)`, from `pm-workflows/templates/` (each
+/// checked against the schema and the parser by the tests).
+pub const TEMPLATES: &[(&str, &str)] = &[
+    ("escalate-stale-urgent", include_str!("../templates/escalate-stale-urgent.json")),
+    ("weekly-digest", include_str!("../templates/weekly-digest.json")),
+];

@@ -89,7 +89,79 @@ struct Entry {
 
 #[derive(Default)]
 struct Index {
-    by_org: HashMap<OrgId, Vec<Arc<Entry>>>,
+    by_org: HashMap<OrgId, OrgIndex>,
+}
+
+/// One organization's enabled workflows, indexed so that an event is only offered to the
+/// workflows that could match it: by event kind, and for task updates by changed field and by
+/// target state. Most events match nothing and cost a few hash look-ups.
+#[derive(Default)]
+struct OrgIndex {
+    /// Candidates for every event of a kind (`task_created`, `task_updated`, `assigned`,
+    /// `commented`, relative-time triggers, `state_changed` without `to`).
+    by_kind: HashMap<EventKind, Vec<Arc<Entry>>>,
+    /// `field_changed` by field name (`custom_fields.<id>` under `custom_fields`).
+    by_field: HashMap<String, Vec<Arc<Entry>>>,
+    /// `state_changed` with a `to` state, by that state.
+    by_state: HashMap<StateId, Vec<Arc<Entry>>>,
+}
+
+impl OrgIndex {
+    fn add(&mut self, e: Arc<Entry>) {
+        let mut kind =
+            |k: EventKind, e: &Arc<Entry>| self.by_kind.entry(k).or_default().push(e.clone());
+        match &e.workflow.definition.trigger {
+            Trigger::TaskCreated(_) => kind(EventKind::TaskCreated, &e),
+            Trigger::TaskUpdated(_) => kind(EventKind::TaskUpdated, &e),
+            Trigger::Assigned(_) | Trigger::DueDateReached(_) | Trigger::InStateFor(_) => {
+                kind(EventKind::TaskCreated, &e);
+                kind(EventKind::TaskUpdated, &e);
+            }
+            Trigger::Commented(_) => kind(EventKind::CommentCreated, &e),
+            Trigger::StateChanged(sc) => match sc.to {
+                Some(to) => self.by_state.entry(to).or_default().push(e.clone()),
+                None => kind(EventKind::TaskUpdated, &e),
+            },
+            Trigger::FieldChanged(f) => {
+                let field = match definition::custom_field(&f.field) {
+                    Some(_) => "custom_fields".to_string(),
+                    None => f.field.clone(),
+                };
+                self.by_field.entry(field).or_default().push(e.clone());
+            }
+            Trigger::Schedule(_) | Trigger::Webhook(_) | Trigger::Manual(_) => {}
+        }
+    }
+
+    /// The workflows that could match `event`, each once, in creation order.
+    fn candidates(&self, event: &Event) -> Vec<Arc<Entry>> {
+        let mut out: Vec<Arc<Entry>> =
+            self.by_kind.get(&event.kind).map(|v| v.to_vec()).unwrap_or_default();
+        if event.kind == EventKind::TaskUpdated
+            && let Some(Value::Object(changes)) = event.payload.get("changes")
+        {
+            for field in changes.keys() {
+                if let Some(v) = self.by_field.get(field) {
+                    out.extend(v.iter().cloned());
+                }
+            }
+            if let Some(to) = changes
+                .get("state_id")
+                .and_then(|c| c.get("to"))
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse::<uuid::Uuid>().ok())
+                .map(StateId)
+                && let Some(v) = self.by_state.get(&to)
+            {
+                out.extend(v.iter().cloned());
+            }
+        }
+        if out.len() > 1 {
+            out.sort_by_key(|e| e.workflow.id);
+            out.dedup_by_key(|e| e.workflow.id);
+        }
+        out
+    }
 }
 
 struct Inner {
@@ -308,7 +380,7 @@ impl Engine {
                 .by_org
                 .entry(w.org_id)
                 .or_default()
-                .push(Arc::new(Entry { workflow: w, compiled }));
+                .add(Arc::new(Entry { workflow: w, compiled }));
         }
         *self.inner.index.write().expect("index lock") = Arc::new(index);
         self.inner.wake_timers.notify_one();
@@ -585,10 +657,13 @@ impl Engine {
         let entries = {
             let index = self.inner.index.read().expect("index lock").clone();
             match index.by_org.get(&org) {
-                Some(e) => e.clone(),
+                Some(o) => o.candidates(event),
                 None => return Ok(0),
             }
         };
+        if entries.is_empty() {
+            return Ok(0);
+        }
         let automated = !matches!(event.actor, Actor::User(_));
         let depth = event.cause.map_or(0, |c| c.depth) + 1;
         let mut scope: Option<(Scope, Value)> = None;
