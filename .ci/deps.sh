@@ -6,7 +6,10 @@
 #   (a) pm-core, the feature crates and the facade build without sqlx under --no-default-features;
 #   (b) pm-core depends on no other workspace crate;
 #   (c) a feature crate depends on pm-core only: no other feature crate, nor pm-server / pm;
-#   (d) no workspace crate except pm-server depends on axum.
+#   (d) no workspace crate except pm-server depends on axum;
+#   (e) rhai's `unchecked` feature never enters the build: it compiles out every sandbox limit
+#       of pm-workflows' scripts (operations, call depth, sizes, the wall-clock budget), and a
+#       dependency can switch it on silently (casbin does).
 #
 # Trees use `-e normal,build` (dev-dependencies may legitimately pull in anything: tests and
 # examples are allowed to know HTTP frameworks) and `--target all`, so a dependency hidden behind
@@ -87,8 +90,23 @@ for pkg in "${MEMBERS[@]}"; do
     [[ -z $offenders ]] || fail d "$pkg" --all-features $offenders
 done
 
+# (e) rhai's sandbox limits stay compiled in. Features are unified across the whole build, so
+# look at the workspace with every feature on, every target, dev-dependencies included.
+if rhai_features=$(cargo tree --quiet --workspace --all-features --target all -e features -i rhai \
+    --prefix none 2>/dev/null); then
+    if grep -qE '^rhai feature "unchecked"' <<<"$rhai_features"; then
+        echo "FAIL rule (e): rhai's \`unchecked\` feature is enabled; it removes the script sandbox's limits. Pulled in by:" >&2
+        cargo tree --quiet --workspace --all-features --target all -e features -i rhai \
+            2>/dev/null | grep -A8 'rhai feature "unchecked"' >&2 || true
+        failures=$((failures + 1))
+    fi
+else
+    # `-i rhai` fails when rhai is not in the graph at all, which is fine.
+    :
+fi
+
 if ((failures > 0)); then
     echo "dependency-direction check: $failures violation(s) of DESIGN.md §1" >&2
     exit 1
 fi
-echo "dependency-direction check: ok (rules a-d, ${#MEMBERS[@]} crates)"
+echo "dependency-direction check: ok (rules a-e, ${#MEMBERS[@]} crates)"

@@ -141,6 +141,20 @@ pub struct Config {
     #[arg(long = "webhook-allow", value_name = "CIDRS", env = "PM_WEBHOOK_ALLOW", default_value = "",
           global = true, value_parser = parse_webhook_allow)]
     pub webhook_allow: String,
+
+    /// SMTP relay for workflow e-mail, e.g. `smtp://127.0.0.1:25` (plain SMTP; no e-mail is sent
+    /// without it: the e-mail action fails with a clear error).
+    #[arg(long = "smtp-url", value_name = "URL", env = "PM_SMTP_URL", global = true)]
+    pub smtp_url: Option<String>,
+    /// Sender of workflow e-mail.
+    #[arg(
+        long = "smtp-from",
+        value_name = "ADDRESS",
+        env = "PM_SMTP_FROM",
+        global = true,
+        default_value = "pm <pm@localhost>"
+    )]
+    pub smtp_from: String,
 }
 
 impl Config {
@@ -238,6 +252,7 @@ impl fmt::Debug for Config {
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("encryption_key", &self.keyring())
             .field("webhook_allow", &self.webhook_allow)
+            .field("smtp_url", &self.smtp_url.as_deref().map(redact_url))
             .finish()
     }
 }

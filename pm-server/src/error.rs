@@ -308,6 +308,36 @@ impl From<pm_integrations::Error> for ApiError {
     }
 }
 
+/// pm-workflows errors: definition errors name their JSON path (`field`), limits are 400
+/// `limit-exceeded` naming the limit; a failing side effect (mail server, endpoint) is 503.
+impl From<pm_workflows::Error> for ApiError {
+    fn from(err: pm_workflows::Error) -> Self {
+        use pm_workflows::Error as E;
+        match err {
+            E::Invalid { field, message } => ApiError::invalid_field(field, message),
+            E::LimitExceeded { limit, detail } => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "limit-exceeded",
+                "Limit exceeded",
+                format!("limit exceeded: {limit} ({detail})"),
+            )
+            .with("limit", limit),
+            E::NotFound { entity } => ApiError::entity_not_found(entity),
+            E::Conflict(detail) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
+            }
+            E::Forbidden(reason) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", reason)
+            }
+            E::Script(detail) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "script-error", "Script error", detail)
+            }
+            e @ E::Action(_) => ApiError::unavailable("a workflow action failed", e),
+            E::Storage(cause) => ApiError::internal(cause),
+        }
+    }
+}
+
 impl From<pm_permissions::Error> for ApiError {
     fn from(err: pm_permissions::Error) -> Self {
         use pm_permissions::Error as E;

@@ -13,6 +13,8 @@
 //!   (inbound processing, outbound webhook fan-out and delivery) behind the integration routes.
 //! - [`collab`]: `GET /api/v1/collab/{task_id}`, collaborative editing of task descriptions
 //!   (Yjs over WebSocket) on pm-realtime's document registry.
+//! - [`workflows`]: pm-workflows' engine and the server's adapters for its ports (approver
+//!   rights from pm-permissions, SMTP, HTTP); routes in `api::workflows`.
 //!
 //! Invariants: every response this server produces for an error, including unknown routes,
 //! wrong methods and timeouts, is `application/problem+json`; every response carries an
@@ -51,6 +53,7 @@ pub mod idempotency;
 pub mod integrations;
 pub mod ratelimit;
 pub mod realtime;
+pub mod workflows;
 
 use auth::Auth;
 use error::ApiError;
@@ -89,6 +92,9 @@ pub struct AppState {
     /// set with [`AppState::with_integrations`] (the binary always sets it), and then the
     /// integration routes answer 404.
     pub integrations: Option<integrations::Integrations>,
+    /// The workflow engine (see [`workflows`]); `None` unless set with
+    /// [`AppState::with_workflows`] (the binary does), and the workflow routes answer 404.
+    pub workflows: Option<pm_workflows::engine::Engine>,
 }
 
 impl AppState {
@@ -144,6 +150,7 @@ impl AppState {
             realtime,
             collab,
             integrations: None,
+            workflows: None,
         }
     }
 
@@ -151,6 +158,13 @@ impl AppState {
     /// [`integrations::Integrations::start`]).
     pub fn with_integrations(mut self, integrations: integrations::Integrations) -> Self {
         self.integrations = Some(integrations);
+        self
+    }
+
+    /// The same state with the workflow engine behind the workflow routes (see
+    /// [`workflows::open_engine`]); the caller starts it (`Engine::spawn`).
+    pub fn with_workflows(mut self, engine: pm_workflows::engine::Engine) -> Self {
+        self.workflows = Some(engine);
         self
     }
 }

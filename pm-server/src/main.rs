@@ -286,6 +286,22 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     }
     let _integration_workers = integrations.start(state.stores.events.clone());
     let state = state.with_integrations(integrations);
+    // The workflow engine: consumes the event log from its durable cursor, resumes executions a
+    // crash interrupted, fires timers.
+    let smtp = config
+        .smtp_url
+        .clone()
+        .map(|url| pm_server::workflows::SmtpSettings { url, from: config.smtp_from.clone() });
+    let engine = pm_server::workflows::open_engine(
+        &config.database_url,
+        state.pm.clone(),
+        state.permissions.clone(),
+        smtp,
+    )
+    .await
+    .context("starting the workflow engine (PM_SMTP_URL?)")?;
+    let workflows = engine.clone().spawn();
+    let state = state.with_workflows(engine);
     let collab = state.collab.clone();
     let server = pm_server::serve(listener, state, stopped(stop_rx.clone()));
     let grace = config.shutdown_timeout;
@@ -302,6 +318,8 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     }
     // Open documents compact and write their text back before the process exits.
     collab.shutdown(std::time::Duration::from_secs(5)).await;
+    // Executions are durable: stopping mid-step only means the next start resumes them.
+    workflows.abort();
     tracing::info!("pm-server stopped");
     Ok(())
 }

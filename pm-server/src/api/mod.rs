@@ -25,6 +25,7 @@ pub mod projects;
 pub mod realtime;
 pub mod task_links;
 pub mod tasks;
+pub mod workflows;
 pub mod worklog;
 
 /// Top-level document metadata; paths come from the resource routers.
@@ -46,6 +47,7 @@ pub mod worklog;
         (name = "realtime", description = "The realtime WebSocket (protocol: pm-realtime/docs/realtime-protocol.md)"),
         (name = "notifications", description = "The caller's notifications"),
         (name = "integrations", description = "Provider integrations, inbound webhooks, outbound webhook subscriptions"),
+        (name = "workflows", description = "Automation: workflows, executions, approvals, templates, webhooks"),
     )
 )]
 pub struct ApiDoc;
@@ -138,6 +140,7 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
         .merge(realtime::router())
         .merge(notifications::router())
         .merge(integrations::router())
+        .merge(workflows::router())
         .merge(crate::collab::router());
     let mut router = OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1);
     // After the paths exist: the modifier walks every operation.

@@ -12,6 +12,7 @@ mod http;
 mod readiness;
 mod realtime;
 mod serve;
+mod workflows;
 
 use std::net::SocketAddr;
 

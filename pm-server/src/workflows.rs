@@ -1,0 +1,218 @@
+//! pm-workflows in the server: the engine over the same database, and the adapters for its
+//! ports — approver rights from pm-permissions ([`ServerApprovers`]), e-mail over SMTP with
+//! lettre ([`SmtpMailer`]), signed HTTP requests with reqwest ([`ReqwestHttp`]).
+//!
+//! The engine is started by `serve` (it consumes the event log from its durable cursor, resumes
+//! interrupted executions and fires timers); the REST routes are in [`crate::api::workflows`].
+//! Provider messages (Slack) and in-app notifications are not wired yet: those actions fail with
+//! a clear "the host has no … configured" error.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pm_core::event::Actor;
+use pm_core::id::{OrgId, ProjectId, UserId};
+use pm_permissions::PermissionService;
+use pm_permissions::model::{AssignmentFilter, Scope};
+use pm_workflows::definition::Approvers;
+use pm_workflows::engine::{Engine, EngineConfig};
+use pm_workflows::ports::{
+    ApproverDirectory, HttpSender, Mail, Mailer, OutboundRequest, OutboundResponse, Ports,
+};
+use pm_workflows::{Error, Result};
+
+/// Approvers of a role are the users holding it (directly) in the organization or in the
+/// task's project, with an assignment active now; rights are re-read at every decision.
+#[derive(Debug, Clone)]
+pub struct ServerApprovers {
+    permissions: Arc<PermissionService>,
+}
+
+impl ServerApprovers {
+    /// Over the permission service.
+    pub fn new(permissions: Arc<PermissionService>) -> Self {
+        Self { permissions }
+    }
+}
+
+#[async_trait]
+impl ApproverDirectory for ServerApprovers {
+    async fn eligible(
+        &self,
+        org: OrgId,
+        project: Option<ProjectId>,
+        approvers: &Approvers,
+    ) -> Result<Vec<UserId>> {
+        let role_name = match approvers {
+            Approvers::Users(u) => return Ok(u.clone()),
+            Approvers::Role(r) => r,
+        };
+        let err = |e: pm_permissions::Error| Error::Action(format!("reading role holders: {e}"));
+        let roles = self.permissions.list_roles(&Actor::System, Some(org)).await.map_err(err)?;
+        let Some(role) = roles.iter().find(|r| &r.name == role_name) else { return Ok(vec![]) };
+        let filter = AssignmentFilter { role_id: Some(role.id), ..AssignmentFilter::default() };
+        let assignments = self
+            .permissions
+            .list_org_assignments(&Actor::System, org, None, &filter)
+            .await
+            .map_err(err)?;
+        let now = pm_core::model::now();
+        let mut users: Vec<UserId> = assignments
+            .into_iter()
+            .filter(|a| a.active_at(now))
+            .filter(|a| match a.scope {
+                Scope::Global | Scope::Org { .. } => true,
+                Scope::Project { project_id, .. } => Some(project_id) == project,
+            })
+            .map(|a| a.user_id)
+            .collect();
+        users.sort();
+        users.dedup();
+        Ok(users)
+    }
+
+    async fn may_decide(
+        &self,
+        user: UserId,
+        org: OrgId,
+        project: Option<ProjectId>,
+        approvers: &Approvers,
+    ) -> Result<bool> {
+        Ok(self.eligible(org, project, approvers).await?.contains(&user))
+    }
+}
+
+/// Sends e-mail over SMTP (plain, e.g. a local relay: `smtp://127.0.0.1:25`). The `Message-ID`
+/// is derived from the step's idempotency key, so a receiver can drop a duplicate sent across a
+/// crash.
+#[derive(Clone)]
+pub struct SmtpMailer {
+    transport: lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+    from: lettre::message::Mailbox,
+}
+
+impl std::fmt::Debug for SmtpMailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpMailer").field("from", &self.from.to_string()).finish_non_exhaustive()
+    }
+}
+
+impl SmtpMailer {
+    /// A mailer for `smtp://host[:port]` sending as `from`.
+    pub fn new(url: &str, from: &str) -> anyhow::Result<Self> {
+        let rest = url
+            .strip_prefix("smtp://")
+            .ok_or_else(|| anyhow::anyhow!("PM_SMTP_URL must look like smtp://host:port"))?;
+        let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse::<u16>()?),
+            None => (rest.trim_end_matches('/').to_string(), 25),
+        };
+        let transport =
+            lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous(host)
+                .port(port)
+                .build();
+        Ok(Self { transport, from: from.parse()? })
+    }
+}
+
+#[async_trait]
+impl Mailer for SmtpMailer {
+    async fn send(&self, mail: &Mail) -> Result<()> {
+        use lettre::AsyncTransport as _;
+        let mut builder = lettre::Message::builder()
+            .from(self.from.clone())
+            .subject(mail.subject.clone())
+            .message_id(Some(format!(
+                "<{}@pm-workflows>",
+                mail.idempotency_key.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', ".")
+            )));
+        for to in &mail.to {
+            let mailbox: lettre::message::Mailbox =
+                to.parse().map_err(|e| Error::invalid("to", format!("{to}: {e}")))?;
+            builder = builder.to(mailbox);
+        }
+        let message =
+            builder.body(mail.body.clone()).map_err(|e| Error::invalid("email", e.to_string()))?;
+        self.transport
+            .send(message)
+            .await
+            .map(drop)
+            .map_err(|e| Error::Action(format!("SMTP: {e}")))
+    }
+}
+
+/// Sends the engine's signed HTTP requests. 5xx, 429 and transport errors are retried by the
+/// engine; other statuses are recorded as the step's output.
+#[derive(Debug, Clone, Default)]
+pub struct ReqwestHttp {
+    client: reqwest::Client,
+}
+
+#[async_trait]
+impl HttpSender for ReqwestHttp {
+    async fn send(&self, r: &OutboundRequest) -> Result<OutboundResponse> {
+        use pm_workflows::definition::HttpMethod as M;
+        let method = match r.method {
+            M::Post => reqwest::Method::POST,
+            M::Put => reqwest::Method::PUT,
+            M::Patch => reqwest::Method::PATCH,
+            M::Get => reqwest::Method::GET,
+            M::Delete => reqwest::Method::DELETE,
+        };
+        let mut req =
+            self.client.request(method, &r.url).timeout(std::time::Duration::from_secs(10));
+        for (k, v) in &r.headers {
+            req = req.header(k, v);
+        }
+        if !r.body.is_empty() {
+            req = req.body(r.body.clone());
+        }
+        let res = req.send().await.map_err(|e| Error::Action(format!("HTTP: {e}")))?;
+        let status = res.status().as_u16();
+        if status >= 500 || status == 429 {
+            return Err(Error::Action(format!("HTTP {status} from {}", r.url)));
+        }
+        let bytes = res.bytes().await.map_err(|e| Error::Action(format!("HTTP: {e}")))?;
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(
+                String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]).into(),
+            )
+        });
+        Ok(OutboundResponse { status, body })
+    }
+}
+
+/// SMTP settings (`PM_SMTP_URL`, `PM_SMTP_FROM`).
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    /// `smtp://host:port`.
+    pub url: String,
+    /// Sender address.
+    pub from: String,
+}
+
+/// Opens pm-workflows' tables in the database at `url`, migrates them, and builds the engine
+/// with the server's adapters. Does not start it (see [`Engine::spawn`]).
+pub async fn open_engine(
+    url: &str,
+    pm: pm_core::Pm,
+    permissions: Arc<PermissionService>,
+    smtp: Option<SmtpSettings>,
+) -> anyhow::Result<Engine> {
+    let stores = pm_workflows::store::open(url).await?;
+    stores.admin.migrate().await?;
+    let mailer: Option<Arc<dyn Mailer>> = match smtp {
+        Some(s) => Some(Arc::new(SmtpMailer::new(&s.url, &s.from)?)),
+        None => None,
+    };
+    let ports = Ports {
+        mailer,
+        http: Some(Arc::new(ReqwestHttp::default())),
+        messages: None,
+        notifier: None,
+        approvers: Some(Arc::new(ServerApprovers::new(permissions))),
+    };
+    let engine = Engine::new(pm, stores, ports, EngineConfig::default());
+    engine.reload().await?;
+    Ok(engine)
+}
