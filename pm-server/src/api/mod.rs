@@ -57,6 +57,13 @@ struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
+        // The workflow webhook endpoint is authenticated by the workflow's secret, not a user.
+        components.add_security_scheme(
+            "workflow_webhook_secret",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Header(
+                utoipa::openapi::security::ApiKeyValue::new("X-PM-Webhook-Secret"),
+            )),
+        );
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(

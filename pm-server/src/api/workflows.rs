@@ -878,27 +878,33 @@ async fn list_templates(_who: Authenticated) -> Json<Value> {
 #[utoipa::path(post, path = "/hooks/workflows/{workflow_id}", tag = "workflows", operation_id = "workflow_webhook",
     params(
         ("workflow_id" = Uuid, Path, description = "Workflow"),
-        ("x-pm-webhook-secret" = String, Header, description = "The workflow's secret"),
         ("webhook-id" = Option<String>, Header, description = "Delivery id (deduplication)"),
     ),
     request_body = Object,
     responses(
         (status = 202, description = "Started", body = ExecutionBody),
         (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing X-PM-Webhook-Secret", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Wrong secret", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = NOT_FOUND, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "This delivery already started an execution", body = Problem, content_type = "application/problem+json"),
-    ))]
+    ),
+    security(("workflow_webhook_secret" = [])))]
 async fn webhook(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Result<Response, ApiError> {
-    let secret = headers
-        .get("x-pm-webhook-secret")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| ApiError::invalid_field("X-PM-Webhook-Secret".into(), "is required"))?;
+    let secret =
+        headers.get("x-pm-webhook-secret").and_then(|v| v.to_str().ok()).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                "send the workflow's secret in X-PM-Webhook-Secret",
+            )
+        })?;
     let delivery = match headers.get("webhook-id").and_then(|v| v.to_str().ok()) {
         Some(d) => d.to_string(),
         None => Uuid::now_v7().to_string(),
