@@ -3,7 +3,7 @@
 //! - [`definition`]: versioned JSON documents (trigger, CEL conditions, steps with actions,
 //!   if/else, switch, for-each and approvals) with a published JSON Schema
 //!   (`schema/workflow.schema.json`); [`Definition::parse`](definition::Definition::parse)
-//!   names the JSON path of every error and enforces the [`Limits`](definition::Limits).
+//!   names the JSON path of every error and enforces the [`Limits`].
 //! - [`condition`]: CEL, compiled once ([`compiled::CompiledWorkflow`]), evaluated against a
 //!   [`Scope`](condition::Scope) built once per event; fail closed.
 //! - [`template`]: `{{ task.reference }}` text templates for comments, messages and e-mail.
