@@ -142,8 +142,9 @@ pub struct Config {
           global = true, value_parser = parse_webhook_allow)]
     pub webhook_allow: String,
 
-    /// SMTP relay for workflow e-mail, e.g. `smtp://127.0.0.1:25` (plain SMTP; no e-mail is sent
-    /// without it: the e-mail action fails with a clear error).
+    /// SMTP server for workflow e-mail: `smtp://127.0.0.1:25` (plain, a local relay),
+    /// `smtp://user:pass@host:587?tls=required` (STARTTLS) or `smtps://user:pass@host:465`
+    /// (implicit TLS). No e-mail is sent without it: the e-mail action fails with a clear error.
     #[arg(long = "smtp-url", value_name = "URL", env = "PM_SMTP_URL", global = true)]
     pub smtp_url: Option<String>,
     /// Sender of workflow e-mail.

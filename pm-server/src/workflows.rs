@@ -82,9 +82,11 @@ impl ApproverDirectory for ServerApprovers {
     }
 }
 
-/// Sends e-mail over SMTP (plain, e.g. a local relay: `smtp://127.0.0.1:25`). The `Message-ID`
-/// is derived from the step's idempotency key, so a receiver can drop a duplicate sent across a
-/// crash.
+/// Sends e-mail over SMTP. `PM_SMTP_URL` takes lettre's connection URLs: `smtp://host[:port]`
+/// (plain, e.g. a local relay), `smtp://user:pass@host:587?tls=required` (STARTTLS, or
+/// `tls=opportunistic`) and `smtps://user:pass@host[:465]` (implicit TLS), certificates checked
+/// against the OS's roots. The `Message-ID` is derived from the step's idempotency key, so a
+/// receiver can drop a duplicate sent across a crash.
 #[derive(Clone)]
 pub struct SmtpMailer {
     transport: lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
@@ -98,19 +100,14 @@ impl std::fmt::Debug for SmtpMailer {
 }
 
 impl SmtpMailer {
-    /// A mailer for `smtp://host[:port]` sending as `from`.
+    /// A mailer for a connection URL (see the type's docs) sending as `from`.
     pub fn new(url: &str, from: &str) -> anyhow::Result<Self> {
-        let rest = url
-            .strip_prefix("smtp://")
-            .ok_or_else(|| anyhow::anyhow!("PM_SMTP_URL must look like smtp://host:port"))?;
-        let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.parse::<u16>()?),
-            None => (rest.trim_end_matches('/').to_string(), 25),
-        };
-        let transport =
-            lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous(host)
-                .port(port)
-                .build();
+        if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+            anyhow::bail!("PM_SMTP_URL must start with smtp:// or smtps://");
+        }
+        let transport = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url)
+            .map_err(|e| anyhow::anyhow!("PM_SMTP_URL: {e}"))?
+            .build();
         Ok(Self { transport, from: from.parse()? })
     }
 }
@@ -215,4 +212,30 @@ pub async fn open_engine(
     let engine = Engine::new(pm, stores, ports, EngineConfig::default());
     engine.reload().await?;
     Ok(engine)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SmtpMailer;
+
+    #[test]
+    fn smtp_urls_cover_plain_starttls_and_implicit_tls() {
+        for url in [
+            "smtp://127.0.0.1:2525",
+            "smtp://user:secret@mail.example.com:587?tls=required",
+            "smtp://mail.example.com?tls=opportunistic",
+            "smtps://user:secret@mail.example.com",
+        ] {
+            SmtpMailer::new(url, "pm <pm@example.com>")
+                .unwrap_or_else(|e| panic!("{url} should configure a mailer: {e}"));
+        }
+        for (url, why) in [
+            ("http://mail.example.com", "smtp://"),
+            ("smtp://mail.example.com?tls=sometimes", "tls"),
+            ("smtp://", "host"),
+        ] {
+            let err = SmtpMailer::new(url, "pm <pm@example.com>").expect_err(url).to_string();
+            assert!(err.contains(why), "{url}: {err}");
+        }
+    }
 }
