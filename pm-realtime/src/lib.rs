@@ -52,4 +52,4 @@ pub mod testing;
 
 pub use channel::Channel;
 pub use error::{Error, Result};
-pub use hub::{Hub, HubConfig, SessionHandle};
+pub use hub::{Hub, HubConfig, HubStats, SessionHandle};

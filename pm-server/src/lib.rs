@@ -8,6 +8,8 @@
 //! - [`error`]: [`ApiError`], the one RFC 9457 problem+json error type;
 //! - [`extract`]: `Json`/`Path`/`Query` extractors that reject with `ApiError`;
 //! - [`health`]: `/healthz` and `/readyz`;
+//! - [`metrics`]: `/metrics` (Prometheus text: request rates and latencies, WebSocket sessions,
+//!   event-log lag per consumer, workflow queue depth);
 //! - [`realtime`]: pm-realtime's hub, broker and notification consumer behind `/api/v1/ws`.
 //! - [`integrations`]: pm-integrations' stores, keyring, SSRF policy and background workers
 //!   (inbound processing, outbound webhook fan-out and delivery) behind the integration routes.
@@ -51,6 +53,7 @@ pub mod extract;
 pub mod health;
 pub mod idempotency;
 pub mod integrations;
+pub mod metrics;
 pub mod ratelimit;
 pub mod realtime;
 pub mod workflows;
@@ -95,6 +98,8 @@ pub struct AppState {
     /// The workflow engine (see [`workflows`]); `None` unless set with
     /// [`AppState::with_workflows`] (the binary does), and the workflow routes answer 404.
     pub workflows: Option<pm_workflows::engine::Engine>,
+    /// Request counters and latency histograms behind `/metrics` (see [`metrics`]).
+    pub metrics: metrics::Metrics,
 }
 
 impl AppState {
@@ -151,6 +156,7 @@ impl AppState {
             collab,
             integrations: None,
             workflows: None,
+            metrics: metrics::Metrics::default(),
         }
     }
 
@@ -211,8 +217,10 @@ pub fn app(state: AppState) -> Router {
     let limiter = state.limiter.clone();
     let idempotency = state.idempotency.clone();
     let cors = cors_layer(&state.cors_origins);
+    let metrics = state.metrics.clone();
     Router::new()
         .merge(health::router())
+        .merge(metrics::router())
         .merge(api::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -220,6 +228,8 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(request_timeout, timeout))
         .layer(middleware::from_fn_with_state(idempotency, idempotency::idempotent))
         .layer(middleware::from_fn_with_state(limiter, ratelimit::limit))
+        // Outside the limiter and the timeout, so 429s and 503s are counted too.
+        .layer(middleware::from_fn_with_state(metrics, metrics::track))
         .layer(CompressionLayer::new())
         .layer(cors)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))

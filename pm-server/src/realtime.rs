@@ -232,6 +232,11 @@ impl Realtime {
         Ok(&self.inner.setup.realtime_stores.notifications)
     }
 
+    /// The hub's counters, without starting it: `None` until it has started.
+    pub fn stats(&self) -> Option<pm_realtime::HubStats> {
+        self.inner.hub.get().map(Hub::stats)
+    }
+
     /// The hub's limits and timeouts (known before it starts).
     pub fn config(&self) -> &HubConfig {
         &self.inner.setup.config

@@ -9,6 +9,7 @@ mod auth;
 mod binary;
 mod collab;
 mod http;
+mod metrics;
 mod readiness;
 mod realtime;
 mod serve;
