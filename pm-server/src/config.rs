@@ -110,6 +110,13 @@ pub struct Config {
     )]
     pub cors_origins: String,
 
+    /// Reverse proxies (comma-separated IPs or CIDRs, e.g. `127.0.0.1,10.0.0.0/8`) whose
+    /// `X-Forwarded-For` names the client for per-IP rate limits and login throttling. Empty
+    /// (the default): the TCP peer is the client.
+    #[arg(long, value_name = "CIDRS", env = "PM_TRUSTED_PROXIES", default_value = "",
+          global = true, value_parser = parse_trusted_proxies)]
+    pub trusted_proxies: String,
+
     /// Broker sharing realtime presence/typing/cursors between instances: `memory` (a single
     /// instance), `postgres` (`LISTEN/NOTIFY` on the database) or `redis` (needs
     /// `PM_REDIS_URL`). Default: `postgres` on a PostgreSQL database, `memory` otherwise.
@@ -175,6 +182,11 @@ impl Config {
             }
             _ => std::path::PathBuf::from("pm-blobs"),
         }
+    }
+
+    /// The configured trusted proxies (validated when parsed).
+    pub fn trusted_proxies(&self) -> crate::forwarded::TrustedProxies {
+        crate::forwarded::TrustedProxies::parse(&self.trusted_proxies).unwrap_or_default()
     }
 
     /// The configured CORS origins.
@@ -249,6 +261,7 @@ impl fmt::Debug for Config {
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
             .field("rate_limit_ip_per_minute", &self.rate_limit_ip_per_minute)
             .field("cors_origins", &self.cors_origins())
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("realtime_broker", &self.realtime_broker())
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("encryption_key", &self.keyring())
@@ -284,6 +297,12 @@ fn parse_encryption_key(s: &str) -> Result<String, String> {
              comma-separated, e.g. k1:$(openssl rand -base64 32) ({e})"
         )
     })
+}
+
+fn parse_trusted_proxies(s: &str) -> Result<String, String> {
+    crate::forwarded::TrustedProxies::parse(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("PM_TRUSTED_PROXIES (--trusted-proxies): {e}"))
 }
 
 fn parse_webhook_allow(s: &str) -> Result<String, String> {

@@ -7,6 +7,7 @@
 //!   the [`require`](authz::require) guard for host routes;
 //! - [`error`]: [`ApiError`], the one RFC 9457 problem+json error type;
 //! - [`extract`]: `Json`/`Path`/`Query` extractors that reject with `ApiError`;
+//! - [`forwarded`]: the client's address behind trusted reverse proxies (`X-Forwarded-For`);
 //! - [`health`]: `/healthz` and `/readyz`;
 //! - [`metrics`]: `/metrics` (Prometheus text: request rates and latencies, WebSocket sessions,
 //!   event-log lag per consumer, workflow queue depth);
@@ -50,6 +51,7 @@ pub mod collab;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod forwarded;
 pub mod health;
 pub mod idempotency;
 pub mod integrations;
@@ -100,6 +102,8 @@ pub struct AppState {
     pub workflows: Option<pm_workflows::engine::Engine>,
     /// Request counters and latency histograms behind `/metrics` (see [`metrics`]).
     pub metrics: metrics::Metrics,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (see [`forwarded`]).
+    pub trusted_proxies: forwarded::TrustedProxies,
 }
 
 impl AppState {
@@ -157,6 +161,7 @@ impl AppState {
             integrations: None,
             workflows: None,
             metrics: metrics::Metrics::default(),
+            trusted_proxies: forwarded::TrustedProxies::default(),
         }
     }
 
@@ -218,6 +223,7 @@ pub fn app(state: AppState) -> Router {
     let idempotency = state.idempotency.clone();
     let cors = cors_layer(&state.cors_origins);
     let metrics = state.metrics.clone();
+    let trusted_proxies = state.trusted_proxies.clone();
     Router::new()
         .merge(health::router())
         .merge(metrics::router())
@@ -230,6 +236,7 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(limiter, ratelimit::limit))
         // Outside the limiter and the timeout, so 429s and 503s are counted too.
         .layer(middleware::from_fn_with_state(metrics, metrics::track))
+        .layer(middleware::from_fn_with_state(trusted_proxies, forwarded::resolve))
         .layer(CompressionLayer::new())
         .layer(cors)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))

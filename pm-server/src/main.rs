@@ -238,6 +238,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let mut state = AppState::with_auth(stores, permissions, auth, blobs);
     state.limiter = pm_server::ratelimit::RateLimiter::new(config.rate_limits());
     state.cors_origins = config.cors_origins();
+    state.trusted_proxies = config.trusted_proxies();
     // One broker for everything that crosses instances: the hub's signals and the documents.
     let broker_kind = config.realtime_broker();
     let broker = pm_server::realtime::open_broker(

@@ -8,17 +8,18 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
+use crate::forwarded::RemoteIp;
 
 /// Limits, in requests per minute; `0` disables a limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,9 +141,9 @@ pub async fn limit(State(limiter): State<RateLimiter>, req: Request, next: Next)
         verdicts.push(b.check(&h.finish(), now));
     }
     if let Some(b) = &limiter.ip
-        && let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>()
+        && let Some(RemoteIp(ip)) = req.extensions().get::<RemoteIp>()
     {
-        verdicts.push(b.check(&addr.ip(), now));
+        verdicts.push(b.check(ip, now));
     }
     let tightest = verdicts.iter().copied().min_by_key(|v| (v.allowed, v.remaining));
     let mut res = match tightest {

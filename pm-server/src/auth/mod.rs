@@ -387,10 +387,9 @@ async fn api_token(auth: &Auth, presented: &str) -> Result<Authenticated, ApiErr
     })
 }
 
-/// The client's IP address, from the connection (`axum::serve` with
-/// `into_make_service_with_connect_info::<SocketAddr>()`); `None` when the server was built
-/// without it (e.g. in-process tests). Forwarding headers are not trusted: a proxy in front
-/// makes every client share the proxy's address for throttling.
+/// The client's IP address: as resolved behind trusted proxies ([`crate::forwarded`]), else the
+/// connection's peer (`axum::serve` with `into_make_service_with_connect_info::<SocketAddr>()`);
+/// `None` when the server was built without connection info (e.g. in-process tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub Option<IpAddr>);
 
@@ -398,6 +397,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())))
+        let resolved = parts.extensions.get::<crate::forwarded::RemoteIp>().map(|r| r.0);
+        Ok(ClientIp(
+            resolved
+                .or_else(|| parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())),
+        ))
     }
 }

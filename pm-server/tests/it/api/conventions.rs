@@ -172,6 +172,37 @@ async fn rate_limits_report_headers_and_answer_429() {
     s.call(Method::GET, "/api/v1/orgs", Some(&other), None).await.ok(200);
 }
 
+/// Behind a trusted proxy every request comes from the proxy's address: per-IP buckets are kept
+/// per `X-Forwarded-For` client, and a client's own forged header is not believed.
+#[tokio::test]
+async fn per_ip_limits_follow_forwarded_for_only_from_trusted_proxies() {
+    let limits = pm_server::ratelimit::RateLimits { per_credential: 0, per_ip: 3 };
+    let s = Server::start_with(|st| {
+        st.limiter = pm_server::ratelimit::RateLimiter::new(limits);
+        st.trusted_proxies = pm_server::forwarded::TrustedProxies::parse("127.0.0.1").unwrap();
+    })
+    .await;
+    let get = |client: &'static str| {
+        s.http.get(format!("{}/healthz", s.base)).header("x-forwarded-for", client).send()
+    };
+    for _ in 0..3 {
+        assert_eq!(get("203.0.113.1").await.unwrap().status(), 200);
+    }
+    assert_eq!(get("203.0.113.1").await.unwrap().status(), 429, "client 1 used its bucket");
+    assert_eq!(get("203.0.113.2").await.unwrap().status(), 200, "client 2 has its own");
+
+    // Without trust, the header is ignored: all requests share the peer's bucket.
+    let s =
+        Server::start_with(|st| st.limiter = pm_server::ratelimit::RateLimiter::new(limits)).await;
+    for client in ["203.0.113.1", "203.0.113.2", "203.0.113.3"] {
+        let res =
+            s.http.get(format!("{}/healthz", s.base)).header("x-forwarded-for", client).send();
+        assert_eq!(res.await.unwrap().status(), 200);
+    }
+    let res = s.http.get(format!("{}/healthz", s.base)).header("x-forwarded-for", "198.51.100.9");
+    assert_eq!(res.send().await.unwrap().status(), 429, "a forged header buys no new bucket");
+}
+
 #[tokio::test]
 async fn cors_and_compression_when_configured() {
     let s = Server::start_with(|st| st.cors_origins = vec!["https://app.example.com".into()]).await;
