@@ -8,6 +8,7 @@ mod api;
 mod auth;
 mod binary;
 mod collab;
+mod faults;
 mod http;
 mod metrics;
 mod readiness;

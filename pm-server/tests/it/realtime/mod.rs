@@ -7,7 +7,7 @@
 
 mod access;
 mod multi;
-mod processes;
+pub(crate) mod processes;
 mod ws;
 
 use std::sync::Arc;

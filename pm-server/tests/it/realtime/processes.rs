@@ -32,20 +32,20 @@ use crate::collab::{collab_url, run_yjs_clients, yjs_dir};
 use crate::raw_get;
 
 /// Shared by both children, so a token issued by A is accepted by B.
-const JWT_SECRET: &str = "multi-process-test-secret-at-least-32-bytes";
-const PASSWORD: &str = "correct horse battery";
+pub(crate) const JWT_SECRET: &str = "multi-process-test-secret-at-least-32-bytes";
+pub(crate) const PASSWORD: &str = "correct horse battery";
 /// How long a child may take to migrate and answer `/readyz`.
 const STARTUP: Duration = Duration::from_secs(20);
 /// How long a REST-visible effect of another instance may take (permission refresh, write-back).
 const CONVERGE: Duration = Duration::from_secs(15);
 
-fn skip(test: &str, why: &str) {
+pub(crate) fn skip(test: &str, why: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
 /// Creates `<base database>_<uuid>` next to the database of `base`; returns its URL and name.
-async fn fresh_postgres_database(base: &str) -> (String, String) {
+pub(crate) async fn fresh_postgres_database(base: &str) -> (String, String) {
     use sqlx::Connection;
     let mut conn =
         sqlx::PgConnection::connect(base).await.expect("connect to PM_TEST_POSTGRES_URL");
@@ -62,7 +62,7 @@ async fn fresh_postgres_database(base: &str) -> (String, String) {
 
 /// Drops a database made by [`fresh_postgres_database`] (FORCE: pools of killed children may
 /// linger for a moment). Best effort: `.ci/run` drops leftovers by prefix anyway.
-async fn drop_database(base: &str, name: &str) {
+pub(crate) async fn drop_database(base: &str, name: &str) {
     use sqlx::Connection;
     let Ok(mut conn) = sqlx::PgConnection::connect(base).await else { return };
     let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
@@ -71,23 +71,23 @@ async fn drop_database(base: &str, name: &str) {
 
 /// A port that was free a moment ago (the server logs its address only at `info`; a clash with
 /// another test in that moment shows up as the child exiting with "binding … (PM_BIND)").
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Which realtime broker the children use.
 #[derive(Clone, Copy)]
-enum Broker<'a> {
+pub(crate) enum Broker<'a> {
     Postgres,
     Redis(&'a str),
 }
 
 /// One `pm-server serve` child. Dropping it kills the process and reaps it, so a failing test
 /// leaves no server behind.
-struct Instance {
+pub(crate) struct Instance {
     name: &'static str,
-    child: Child,
-    addr: SocketAddr,
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
     /// `http://127.0.0.1:<port>`.
     base: String,
     log: PathBuf,
@@ -102,7 +102,7 @@ impl Drop for Instance {
 }
 
 impl Instance {
-    fn spawn(name: &'static str, database_url: &str, broker: Broker<'_>) -> Instance {
+    pub(crate) fn spawn(name: &'static str, database_url: &str, broker: Broker<'_>) -> Instance {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("stderr.log");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -135,12 +135,12 @@ impl Instance {
     }
 
     /// What the child wrote to stderr so far.
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits until `/readyz` answers 200, failing with the child's log if it exits first.
-    async fn ready(&mut self) {
+    pub(crate) async fn ready(&mut self) {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
