@@ -6,8 +6,14 @@
 //! through nginx — reconnecting with `last_seq` whenever its connection drops — has seen every
 //! acknowledged task's `task.created` event exactly once, in `seq` order, with no gap.
 //!
-//! Gated on `PM_TEST_POSTGRES_URL` and `PM_TEST_NGINX` (the nginx binary; `.ci/run` sets both),
-//! skipped with a `SKIPPED …` line otherwise. Bounded: ~4 s of load from 4 writers on loopback.
+//! A private PostgreSQL cluster (its own `initdb`, so the shared server is not disturbed) is
+//! stopped like a crash under a running instance: `/readyz` turns 503, writes fail with a
+//! problem instead of hanging, the process survives; once PostgreSQL is back the same process
+//! is ready again, writes succeed and its WebSocket clients get the new events.
+//!
+//! Gated on `PM_TEST_POSTGRES_URL` + `PM_TEST_NGINX` (the nginx binary) and `PM_TEST_PG_BIN` (the
+//! directory of `initdb`/`pg_ctl`); `.ci/run` sets all three. Skipped with a `SKIPPED …` line
+//! otherwise. Bounded: ~4 s of load from 4 writers on loopback, a ~20 s outage drill.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -371,4 +377,203 @@ async fn sigkill_under_write_load_loses_no_acknowledged_write_and_no_event() {
     drop(b);
     drop(a);
     drop_database(&pg, &db_name).await;
+}
+
+/// A private PostgreSQL cluster (initdb in a temp dir, its own port), so the test can stop and
+/// start it without disturbing the shared server other tests use. Stopped on drop.
+struct PrivatePostgres {
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    /// `pg_ctl`/`initdb` refuse to run as root: as root, run them as `postgres`.
+    fn command(&self, tool: &str) -> Command {
+        let tool = self.bin.join(tool);
+        // The effective uid, from /proc (no libc dependency for one check).
+        let root = std::fs::read_to_string("/proc/self/status")
+            .map(|s| {
+                s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+            })
+            .unwrap_or(false);
+        if root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(tool);
+            c
+        } else {
+            Command::new(tool)
+        }
+    }
+
+    fn run(&self, mut cmd: Command, what: &str) {
+        let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            out.status.success(),
+            "{what}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn init(bin: &str) -> PrivatePostgres {
+        let dir = tempfile::tempdir().unwrap();
+        // The postgres user must own the data directory's parent to create it.
+        let _ = Command::new("chmod").arg("777").arg(dir.path()).status();
+        let pg = PrivatePostgres { bin: bin.into(), dir, port: free_port() };
+        let mut init = pg.command("initdb");
+        init.arg("-D").arg(pg.data()).args(["-A", "trust", "-U", "postgres", "--no-sync"]);
+        pg.run(init, "initdb");
+        pg.start();
+        pg
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn start(&self) {
+        let mut start = self.command("pg_ctl");
+        start.arg("-D").arg(self.data()).arg("-l").arg(self.dir.path().join("pg.log")).args([
+            "-w",
+            "-o",
+            &format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                self.port,
+                self.dir.path().display()
+            ),
+            "start",
+        ]);
+        self.run(start, "pg_ctl start");
+    }
+
+    /// Stops like a crash (`immediate`: no shutdown checkpoint, connections cut).
+    fn stop(&self) {
+        let mut stop = self.command("pg_ctl");
+        stop.arg("-D").arg(self.data()).args(["-m", "immediate", "-w", "stop"]);
+        self.run(stop, "pg_ctl stop");
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let mut stop = self.command("pg_ctl");
+        stop.arg("-D").arg(self.data()).args(["-m", "immediate", "stop"]);
+        let _ = stop.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+/// Polls `/readyz` of `addr` until it answers `want`.
+async fn readyz_becomes(addr: SocketAddr, want: u16, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let got = tokio::time::timeout(Duration::from_secs(3), raw_get(addr, "/readyz")).await;
+        if let Ok(Ok((status, _))) = got
+            && status == want
+        {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "/readyz did not become {want} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_makes_the_server_unready_then_it_recovers_without_restart() {
+    const TEST: &str = "postgres_restart_makes_the_server_unready_then_it_recovers_without_restart";
+    let Ok(bin) = std::env::var("PM_TEST_PG_BIN") else {
+        return skip(TEST, "PM_TEST_PG_BIN (the directory of initdb and pg_ctl) is not set");
+    };
+    let pg = PrivatePostgres::init(&bin);
+    let mut a = Instance::spawn("A", &pg.url(), Broker::Postgres);
+    a.ready().await;
+    let base = format!("http://{}", a.addr);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(40)).build().unwrap();
+    let post = |path: String, token: Option<String>, body: Value| {
+        let mut req = http.post(format!("{base}{path}")).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let account = json!({"email": "pg@example.com", "display_name": "PG", "password": PASSWORD});
+    assert_eq!(post("/api/v1/auth/register".into(), None, account).await.0, StatusCode::CREATED);
+    let login = json!({"email": "pg@example.com", "password": PASSWORD});
+    let token = post("/api/v1/auth/login".into(), None, login).await.1["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let t = || Some(token.clone());
+    let org = post("/api/v1/orgs".into(), t(), json!({"slug": "pg", "name": "PG"})).await.1;
+    let org_id = org["id"].as_str().unwrap().to_owned();
+    let project =
+        post(format!("/api/v1/orgs/{org_id}/projects"), t(), json!({"key": "PG", "name": "PG"}))
+            .await
+            .1;
+    let project_id = project["id"].as_str().unwrap().to_owned();
+    let tasks = format!("/api/v1/projects/{project_id}/tasks");
+    let (status, before) = post(tasks.clone(), t(), json!({"title": "before the outage"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // A socket watching the project stays connected to pm-server through the outage.
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let watcher = tokio::spawn(watch(
+        base.clone(),
+        base.clone(),
+        token.clone(),
+        format!("project:{project_id}"),
+        seen.clone(),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    pg.stop();
+    let took = readyz_becomes(a.addr, 503, Duration::from_secs(15)).await;
+    eprintln!("faults: /readyz answered 503 {took:?} after PostgreSQL stopped");
+    // A write during the outage fails cleanly (a problem, not a hang past the request timeout).
+    let (status, body) = post(tasks.clone(), t(), json!({"title": "during the outage"})).await;
+    assert!(status.is_server_error(), "{status} {body}");
+    assert!(a.child.try_wait().unwrap().is_none(), "the server must survive the outage");
+
+    pg.start();
+    let took = readyz_becomes(a.addr, 200, Duration::from_secs(30)).await;
+    eprintln!("faults: /readyz answered 200 {took:?} after PostgreSQL started again");
+    // Writes, reads and the event-log tailer work again, in the same process.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let (status, body) = post(tasks.clone(), t(), json!({"title": "after the outage"})).await;
+        if status == StatusCode::CREATED {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "writes did not recover: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let r = http
+        .get(format!("{base}/api/v1/tasks/{}", before["id"].as_str().unwrap()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let after_id = after["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.lock().unwrap().created.contains_key(&after_id) {
+        assert!(
+            Instant::now() < deadline,
+            "the task created after recovery never reached the socket"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.notify_waiters();
+    let _ = tokio::time::timeout(Duration::from_secs(5), watcher).await;
+    drop(a);
 }
