@@ -494,3 +494,157 @@ async fn two_processes_with_the_redis_broker() {
     };
     two_processes(TEST, Broker::Redis(&redis)).await;
 }
+
+/// A private `redis-server` on its own port (so stopping it disturbs no other test); killed on
+/// drop.
+struct PrivateRedis {
+    child: Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    fn start_on(port: u16) -> PrivateRedis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        PrivateRedis { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn ready(&self) {
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(started.elapsed() < STARTUP, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue 9's Redis drill: two instances on the Redis broker; Redis is killed. Durable events keep
+/// reaching sockets on the other instance (they come from the shared log, not the broker), both
+/// instances stay ready, and once Redis is back presence crosses instances again — no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_keeps_durable_events_flowing_and_presence_recovers() {
+    const TEST: &str = "redis_outage_keeps_durable_events_flowing_and_presence_recovers";
+    let Ok(base) = std::env::var("PM_TEST_POSTGRES_URL") else {
+        return skip(TEST, "PM_TEST_POSTGRES_URL is not set");
+    };
+    if std::env::var("PM_TEST_REDIS_URL").is_err() {
+        return skip(TEST, "PM_TEST_REDIS_URL is not set (this test runs its own redis-server)");
+    }
+    let redis = PrivateRedis::start_on(free_port());
+    redis.ready().await;
+    let redis_url = redis.url();
+    let (url, db) = fresh_postgres_database(&base).await;
+    {
+        let mut a = Instance::spawn("A", &url, Broker::Redis(&redis_url));
+        a.ready().await;
+        let mut b = Instance::spawn("B", &url, Broker::Redis(&redis_url));
+        b.ready().await;
+        let rest = Rest::new();
+        let (_, owner) = rest.account(&a, "owner@redis-outage.example").await;
+        let (peer_id, peer) = rest.account(&a, "peer@redis-outage.example").await;
+        let body = json!({"slug": "outage", "name": "Outage"});
+        let org = rest.ok(201, Method::POST, &a, "/api/v1/orgs", Some(&owner), Some(body)).await;
+        let org = str_of(&org["id"]);
+        let member = json!({"role": "member"});
+        let path = format!("/api/v1/orgs/{org}/members/{peer_id}");
+        rest.ok(200, Method::PUT, &a, &path, Some(&owner), Some(member)).await;
+        let body = json!({"key": "OUT", "name": "Outage"});
+        let path = format!("/api/v1/orgs/{org}/projects");
+        let project = rest.ok(201, Method::POST, &a, &path, Some(&owner), Some(body)).await;
+        let project = str_of(&project["id"]);
+        let body = json!({"title": "Outage"});
+        let path = format!("/api/v1/projects/{project}/tasks");
+        let task = rest.ok(201, Method::POST, &a, &path, Some(&owner), Some(body)).await;
+        let task_id = str_of(&task["id"]);
+        let task_path = format!("/api/v1/tasks/{task_id}");
+        for token in [&owner, &peer] {
+            rest.poll(&b, &task_path, token, "B lets both read the task", |s, _| s == 200).await;
+        }
+        let pch = format!("project:{project}");
+        let mut on_b = connect(&b, &owner).await;
+        on_b.subscribe(&pch, None).await;
+        let mut on_a = connect(&a, &peer).await;
+        on_a.subscribe(&pch, None).await;
+        let mut view = PresenceView::default();
+        view.until(&mut on_b, &peer_id, Some("online"), "the peer's join on A, seen on B").await;
+
+        // Redis goes away.
+        let port = redis.port;
+        drop(redis);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let body = json!({"title": "During the outage", "version": task["version"]});
+        let task = rest.ok(200, Method::PATCH, &a, &task_path, Some(&owner), Some(body)).await;
+        let seq_b = next_event(&mut on_b, &pch, "task.updated", &task_id).await;
+        assert!(seq_b > 0);
+        for s in [&a, &b] {
+            let (status, _) = raw_get(s.addr, "/readyz").await.unwrap();
+            assert_eq!(status, 200, "instance {} stays ready without Redis", s.name);
+        }
+        // Presence sent now is lost (ephemeral), and must not break the sockets.
+        on_a.send(json!({"type": "presence", "channel": pch, "status": "away"})).await;
+        on_a.ping().await;
+
+        // Redis is back on the same port: presence crosses instances again, without restarts.
+        let redis = PrivateRedis::start_on(port);
+        redis.ready().await;
+        let deadline = Instant::now() + CONVERGE * 2;
+        let mut status = "online";
+        loop {
+            status = if status == "away" { "online" } else { "away" };
+            on_a.send(json!({"type": "presence", "channel": pch, "status": status})).await;
+            let seen = tokio::time::timeout(Duration::from_secs(1), async {
+                loop {
+                    let frame = on_b.expect("presence").await;
+                    view.apply(&frame);
+                    if view.0.get(&peer_id).map(String::as_str) == Some(status) {
+                        return;
+                    }
+                }
+            })
+            .await;
+            if seen.is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "presence did not cross instances after Redis came back"
+            );
+        }
+        // And durable events still flow.
+        let body = json!({"title": "After the outage", "version": task["version"]});
+        rest.ok(200, Method::PATCH, &a, &task_path, Some(&owner), Some(body)).await;
+        loop {
+            let v = on_b.next_durable().await;
+            if v["type"] == "event" && v["event"]["kind"] == "task.updated" {
+                break;
+            }
+        }
+        drop(redis);
+    }
+    drop_database(&base, &db).await;
+}
