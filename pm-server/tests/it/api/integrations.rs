@@ -25,6 +25,14 @@ use super::{Server, org_and_project, to_res};
 
 /// A server with integrations over their own SQLite file (with an allow-list when `allow`).
 async fn server(allow: Option<&str>) -> (Server, Integrations, tempfile::TempDir) {
+    server_with(allow, vec![Duration::from_millis(50), Duration::from_millis(50)]).await
+}
+
+/// [`server`] with the given retry schedule of outbound deliveries.
+async fn server_with(
+    allow: Option<&str>,
+    backoff: Vec<Duration>,
+) -> (Server, Integrations, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("int.db").display());
     let keyring = Keyring::new("test", &EncryptionKey::generate()).unwrap();
@@ -34,7 +42,7 @@ async fn server(allow: Option<&str>) -> (Server, Integrations, tempfile::TempDir
     };
     let mut ints = Integrations::open(&url, Some(keyring), policy).await.unwrap();
     ints.worker = WorkerConfig {
-        backoff: vec![Duration::from_millis(50), Duration::from_millis(50)],
+        backoff,
         disable_after: 3,
         lease: Duration::from_secs(5),
         request_timeout: Duration::from_secs(5),
@@ -320,6 +328,10 @@ struct Receiver {
 }
 
 async fn receiver() -> Receiver {
+    receiver_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await
+}
+
+async fn receiver_on(listener: tokio::net::TcpListener) -> Receiver {
     let got: Arc<Mutex<Vec<(HeaderMap, Bytes)>>> = Arc::default();
     let status = Arc::new(AtomicU16::new(204));
     let (g, st) = (got.clone(), status.clone());
@@ -333,7 +345,6 @@ async fn receiver() -> Receiver {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     Receiver { url: format!("http://{addr}/hook"), got, status }
@@ -491,6 +502,70 @@ async fn outbound_webhooks_are_signed_retried_disabled_and_redelivered() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(status["items"][0]["status"], "done");
+}
+
+/// Issue 9's drill: the receiver is down (connection refused) for a while; the delivery is retried
+/// on schedule, and arrives — once, signed — when the receiver is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_down_for_a_while_gets_the_delivery_when_back() {
+    let (s, ints, _dir) =
+        server_with(Some("127.0.0.0/8"), vec![Duration::from_millis(400); 8]).await;
+    let (_, token) = s.user("down@example.com").await;
+    let (org, project, _) = org_and_project(&s, &token, "down", "DN").await;
+    // A port that refuses connections until the receiver binds it again.
+    let parked = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = parked.local_addr().unwrap();
+    drop(parked);
+    let _workers = ints.start(s.state.stores.events.clone());
+    let created = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/orgs/{org}/webhooks"),
+            Some(&token),
+            Some(json!({"url": format!("http://{addr}/hook"), "events": ["task.created"]})),
+        )
+        .await;
+    let sub = created.ok(201)["subscription"]["id"].as_str().unwrap().to_owned();
+    let secret = created.body["secret"].as_str().unwrap().to_owned();
+    s.call(
+        Method::POST,
+        &format!("/api/v1/projects/{project}/tasks"),
+        Some(&token),
+        Some(json!({"title": "Deliver me later"})),
+    )
+    .await
+    .ok(201);
+    // Two attempts fail while the receiver is down; the delivery stays pending.
+    let deliveries = format!("/api/v1/webhooks/{sub}/deliveries");
+    let mut item = Value::Null;
+    for _ in 0..400 {
+        item = s.call(Method::GET, &deliveries, Some(&token), None).await.body["items"][0].clone();
+        if item["attempts"].as_i64() >= Some(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(item["attempts"].as_i64() >= Some(2), "{item}");
+    assert_ne!(item["status"], "done", "{item}");
+    assert_ne!(item["status"], "failed", "{item}");
+
+    // The receiver comes back on the same address.
+    let rx = receiver_on(tokio::net::TcpListener::bind(addr).await.unwrap()).await;
+    wait_for("the delivery after the outage", || rx.got.lock().unwrap().len() == 1).await;
+    let (headers, body) = rx.got.lock().unwrap()[0].clone();
+    verify(&secret, &headers, &body).expect("signed");
+    let mut status = Value::Null;
+    for _ in 0..200 {
+        status =
+            s.call(Method::GET, &deliveries, Some(&token), None).await.body["items"][0].clone();
+        if status["status"] == "done" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status["status"], "done", "{status}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.got.lock().unwrap().len(), 1, "delivered once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
