@@ -6,7 +6,9 @@
 //! - a server SIGKILLed in the middle of an execution resumes after a restart and performs each
 //!   side effect exactly once (the e-mails once; the interrupted signed HTTP request is re-sent
 //!   with the same `webhook-id`, which is what lets the receiver count it once);
-//! - a self-triggering workflow stops at depth 10 with an execution marked `loop`.
+//! - a self-triggering workflow stops at depth 10 with an execution marked `loop`;
+//! - with the SMTP server down, the e-mail step is retried on its schedule and the mail is
+//!   delivered, once, when the server is back (issue 9's SMTP drill).
 //!
 //! The escalation branch (approval timeout) is covered by pm-workflows' engine tests, which can
 //! move the timer clock; a server process cannot be fast-forwarded by an hour.
@@ -58,8 +60,11 @@ struct Smtp {
 
 impl Smtp {
     fn start(dir: &Path) -> Smtp {
+        Self::start_on(dir, free_port())
+    }
+
+    fn start_on(dir: &Path, port: u16) -> Smtp {
         use std::io::BufRead as _;
-        let port = free_port();
         let out = dir.join("mail.jsonl");
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp/sink.py");
         let mut child = Command::new("python3")
@@ -551,4 +556,65 @@ async fn a_self_triggering_workflow_stops_at_depth_10_marked_loop() {
     assert!(executions.iter().filter(|e| e["status"] == "succeeded").count() == 9);
     let t = a.ok(Method::GET, &format!("/tasks/{}", w.task), None, 200).await;
     assert_eq!(t["title"], "hop 8");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_smtp_down_the_mail_is_retried_and_delivered_once_when_it_is_back() {
+    if !python_smtpd_available() {
+        return skip("with_smtp_down_the_mail_is_retried", "python3 with smtpd is not available");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let smtp_port = free_port(); // nothing listens yet: connections are refused
+    let server = Pm::start(&dir.path().join("pm.db"), smtp_port).await;
+    let w = world(&server.base).await;
+    let a = &w.ada.1;
+    let definition = json!({
+        "schema_version": 1,
+        "name": "Mail on rename",
+        "trigger": {"type": "field_changed", "field": "title"},
+        "steps": [
+            {"type": "action", "action": {"type": "email", "to": ["reporter"], "subject": "renamed", "body": "x"}}
+        ],
+        "options": {"max_attempts": 10, "initial_backoff_ms": 300, "max_backoff_ms": 1000}
+    });
+    a.ok(
+        Method::POST,
+        &format!("/orgs/{}/workflows", w.org),
+        Some(json!({"definition": definition})),
+        201,
+    )
+    .await;
+    let t = a.ok(Method::GET, &format!("/tasks/{}", w.task), None, 200).await;
+    a.ok(
+        Method::PATCH,
+        &format!("/tasks/{}", w.task),
+        Some(json!({"version": t["version"], "title": "Renamed while SMTP is down"})),
+        200,
+    )
+    .await;
+    // The step fails at least twice while SMTP is down; the execution keeps running.
+    let execution = eventually("two failed attempts of the e-mail step", async || {
+        let list = a.ok(Method::GET, &format!("/orgs/{}/executions", w.org), None, 200).await;
+        let e = list.as_array().unwrap().first()?.clone();
+        let detail = a
+            .ok(Method::GET, &format!("/executions/{}", e["id"].as_str().unwrap()), None, 200)
+            .await;
+        let attempts = detail["steps"][0]["attempts"].as_u64().unwrap_or(0);
+        (attempts >= 2).then_some(detail)
+    })
+    .await;
+    assert_eq!(execution["status"], "running", "{execution}");
+
+    let smtp = Smtp::start_on(dir.path(), smtp_port);
+    let id = execution["id"].as_str().unwrap().to_owned();
+    let done = eventually("the execution to finish once SMTP is back", async || {
+        let e = a.ok(Method::GET, &format!("/executions/{id}"), None, 200).await;
+        (e["status"] != "running").then_some(e)
+    })
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let subjects: Vec<String> =
+        smtp.messages().iter().map(|m| m["subject"].as_str().unwrap().to_string()).collect();
+    assert_eq!(subjects, vec!["renamed"], "delivered exactly once");
+    drop(server);
 }
