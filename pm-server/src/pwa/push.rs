@@ -370,3 +370,57 @@ impl NotificationSink for PushSender {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_generated_vapid_key_is_kept_next_to_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("pm.db").display());
+        let store = crate::auth::store::memory::MemoryAuthStore::default();
+        let a = vapid_key(None, &url, &store).await.unwrap();
+        let b = vapid_key(None, &url, &store).await.unwrap();
+        assert_eq!(a.to_bytes(), b.to_bytes(), "the second start reads the first one's key");
+        let path = dir.path().join("pm.db.vapid-key");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // PM_VAPID_PRIVATE_KEY wins.
+        let configured = webpush::random_secret().unwrap();
+        let text = webpush::b64(&configured.to_bytes());
+        let c = vapid_key(Some(&text), &url, &store).await.unwrap();
+        assert_eq!(c.to_bytes(), configured.to_bytes());
+        assert!(vapid_key(Some("short"), &url, &store).await.is_err());
+        // Without a file (PostgreSQL), the `server_secrets` row is shared by every instance.
+        let pg_like = "postgres://db.invalid/pm";
+        let d = vapid_key(None, pg_like, &store).await.unwrap();
+        let e = vapid_key(None, pg_like, &store).await.unwrap();
+        assert_eq!(d.to_bytes(), e.to_bytes());
+    }
+
+    #[test]
+    fn payloads_stay_small() {
+        let n = Notification {
+            id: pm_realtime::notification::NotificationId::new(),
+            user_id: UserId::new(),
+            kind: NotificationKind::Commented,
+            event_id: pm_core::id::EventId::new(),
+            seq: 1,
+            actor: pm_core::event::Actor::System,
+            org_id: None,
+            project_id: None,
+            task_id: Some(pm_core::id::TaskId::new()),
+            summary: "é".repeat(10_000),
+            created_at: pm_core::model::now(),
+            read_at: None,
+        };
+        let p = payload(&n).to_string();
+        assert!(p.len() < 3 * 1024, "{} bytes", p.len());
+        assert!(webpush::encrypt_fresh(p.as_bytes(), &[0; 65], &[0; 16]).is_err(), "bad key");
+    }
+}
