@@ -359,20 +359,24 @@ async fn sigkill_under_write_load_loses_no_acknowledged_write_and_no_event() {
     }
     stop.notify_waiters();
     let _ = tokio::time::timeout(Duration::from_secs(5), watcher).await;
-    let seen = seen.lock().unwrap();
-    assert!(seen.reconnects >= 1, "the watcher was on the killed instance and had to reconnect");
-    assert!(seen.seqs.windows(2).all(|w| w[0] < w[1]), "events out of order or repeated");
-    let created: HashSet<&String> = seen.created.keys().collect();
-    for (id, _) in &acked {
-        assert!(created.contains(id));
+    {
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.reconnects >= 1,
+            "the watcher was on the killed instance and had to reconnect"
+        );
+        assert!(seen.seqs.windows(2).all(|w| w[0] < w[1]), "events out of order or repeated");
+        let created: HashSet<&String> = seen.created.keys().collect();
+        for (id, _) in &acked {
+            assert!(created.contains(id));
+        }
+        eprintln!(
+            "faults: {} writes acknowledged ({} after the kill), {failed} not acknowledged, watcher reconnected {} time(s)",
+            acked.len(),
+            acked.iter().filter(|(_, at)| *at > killed_at).count(),
+            seen.reconnects
+        );
     }
-    eprintln!(
-        "faults: {} writes acknowledged ({} after the kill), {failed} not acknowledged, watcher reconnected {} time(s)",
-        acked.len(),
-        acked.iter().filter(|(_, at)| *at > killed_at).count(),
-        seen.reconnects
-    );
-    drop(seen);
     drop(lb);
     drop(b);
     drop(a);
