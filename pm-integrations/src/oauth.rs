@@ -764,18 +764,22 @@ impl OAuth {
             None => (&tok.access, OAuthToken::access_context(tok.integration_id), "access_token"),
         };
         let token = self.keyring.open_secret(sealed, &context).map_err(|e| e.to_string())?;
-        let mut form = url::form_urlencoded::Serializer::new(String::new());
-        form.append_pair("token", token.expose())
-            .append_pair("token_type_hint", hint)
-            .append_pair("client_id", &client.client_id);
-        if let Some(s) = &client.client_secret {
-            form.append_pair("client_secret", s.expose());
-        }
+        // Built in a block: the serializer is not `Send` and must not live across the await.
+        let body = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("token", token.expose())
+                .append_pair("token_type_hint", hint)
+                .append_pair("client_id", &client.client_id);
+            if let Some(s) = &client.client_secret {
+                form.append_pair("client_secret", s.expose());
+            }
+            form.finish()
+        };
         let res = self
             .http
             .post(url)
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(form.finish())
+            .body(body)
             .send()
             .await
             .map_err(|e| format!("request failed: {}", e.without_url()))?;
