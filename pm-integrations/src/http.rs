@@ -69,6 +69,12 @@ impl ApiClient {
         format!("{} {}", self.provider, self.base)
     }
 
+    /// How long a rate limit this provider announced (to any client of the process) still
+    /// holds, if one does: a scheduler can postpone work instead of blocking on it.
+    pub fn limited_for(&self) -> Option<Duration> {
+        self.gate_wait()
+    }
+
     /// How long to wait before calling this provider again, if a limit is in force.
     fn gate_wait(&self) -> Option<Duration> {
         let gates = gates().lock().unwrap_or_else(|p| p.into_inner());

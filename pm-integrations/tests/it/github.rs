@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use pm_integrations::Error;
 use pm_integrations::crypto::Secret;
+use pm_integrations::http::ApiClient;
 use pm_integrations::provider::{Provider, ProviderContext};
 use pm_integrations::providers::GitHub;
 use pm_integrations::sync::Snapshot;
@@ -127,8 +128,10 @@ async fn rate_limits_honour_retry_after() {
     assert!(started.elapsed() >= Duration::from_secs(1), "waited for Retry-After");
     assert_eq!(server.received_requests().await.unwrap().len(), 2);
 
-    // A wait longer than the client may hold a worker: handed back with `retry_after`.
-    let slow = MockServer::start().await;
+    // A wait longer than the client may hold a worker: handed back with `retry_after`. Its own
+    // server, outside wiremock's pool: the hour-long limit stays recorded for its address, and a
+    // pooled server would carry it into another test.
+    let slow = MockServer::builder().start().await;
     Mock::given(method("GET"))
         .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "3600"))
         .mount(&slow)
@@ -182,7 +185,9 @@ async fn a_limit_holds_for_every_request_to_the_provider_and_dates_count() {
     });
     // Wait until the 503 has been answered, then comment through a separate client: it must
     // not be sent before the limit ends, although it never saw a 503 itself.
-    while server.received_requests().await.unwrap().is_empty() {
+    let observer = ApiClient::new("github", &server.uri()).unwrap();
+    while observer.limited_for().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the 503 never arrived");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     GitHub.comment(&c, "octo/repo#1", "hi").await.unwrap();
