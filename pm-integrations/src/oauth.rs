@@ -18,6 +18,8 @@
 //!    version check lets one writer win and the others read its result). A rotated refresh
 //!    token is persisted; a refresh refused with `invalid_grant` marks the connection
 //!    [`OAuthStatus::NeedsReconnect`] and fails fast from then on instead of retrying.
+//!    [`OAuth::provider_context`] wraps it into the [`ProviderContext`] a provider's pull/push
+//!    take.
 //! 4. [`OAuth::disconnect`] revokes at the provider's revocation endpoint when it has one and
 //!    deletes the tokens either way (a failed revocation is logged, not fatal).
 //!
@@ -41,7 +43,7 @@ use time::OffsetDateTime;
 use crate::clock::Clock;
 use crate::crypto::{Keyring, Secret};
 use crate::model::*;
-use crate::provider::{OAuthConfig, ProviderKey};
+use crate::provider::{OAuthConfig, ProviderContext, ProviderKey};
 use crate::store::IntegrationStores;
 use crate::{Error, Result};
 
@@ -608,6 +610,20 @@ impl OAuth {
             return Ok(s);
         }
         self.refresh(&i, tok).await
+    }
+
+    /// What a provider needs to call its API for `integration`: `base_url`, a valid access
+    /// token (refreshed if need be, as [`OAuth::access_token`]) and the integration's config.
+    pub async fn provider_context(
+        &self,
+        integration: &Integration,
+        base_url: &str,
+    ) -> Result<ProviderContext> {
+        Ok(ProviderContext {
+            base_url: base_url.to_owned(),
+            access_token: Some(self.access_token(integration.id).await?),
+            config: integration.config.clone(),
+        })
     }
 
     async fn refresh(&self, i: &Integration, tok: OAuthToken) -> Result<Secret> {

@@ -399,3 +399,37 @@ fn clients_rebase_and_check_their_urls() {
         matches!(OAuthClient::new(&bad, "id", None), Err(Error::Invalid { field, .. }) if field == "token_url")
     );
 }
+
+#[tokio::test]
+async fn tokens_reach_providers_and_expire_without_a_refresh_token() {
+    let f = fixture().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": "ya29.once", "expires_in": 60})),
+        )
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    let auth = f.oauth.begin(&f.integration, UserId::new()).await.unwrap();
+    f.oauth
+        .complete(Callback { state: Some(&auth.state), code: Some("c"), ..Default::default() })
+        .await
+        .unwrap();
+    let ctx = f.oauth.provider_context(&f.integration, "http://api.example").await.unwrap();
+    assert_eq!(ctx.access_token.unwrap().expose(), "ya29.once");
+    assert_eq!(ctx.config, f.integration.config);
+    // Within the skew but not expired: still handed out (nothing to refresh with).
+    f.clock.advance(Duration::from_secs(30));
+    assert_eq!(f.oauth.access_token(f.integration.id).await.unwrap().expose(), "ya29.once");
+    // Expired: a reconnect is needed, and no request is made.
+    f.clock.advance(Duration::from_secs(60));
+    assert!(matches!(
+        f.oauth.provider_context(&f.integration, "http://api.example").await,
+        Err(Error::NeedsReconnect { .. })
+    ));
+    f.server.verify().await;
+    let tok = f.stores.oauth.get_oauth_token(f.integration.id).await.unwrap().unwrap();
+    assert_eq!(tok.status, OAuthStatus::NeedsReconnect);
+}
