@@ -142,15 +142,6 @@ pub struct Config {
           global = true, value_parser = parse_webhook_allow)]
     pub webhook_allow: String,
 
-    /// The OAuth callback URL as providers reach it, i.e. this server's public
-    /// `…/api/v1/oauth/callback` (register it with each provider's OAuth app). OAuth connections
-    /// are off without it. Clients per provider come from `PM_OAUTH_<PROVIDER>_CLIENT_ID`,
-    /// `_CLIENT_SECRET`, and optionally `_BASE_URL` (another origin for the provider's OAuth
-    /// endpoints) and `_SCOPES` (comma-separated, replacing the provider's defaults).
-    #[arg(long = "oauth-redirect-url", value_name = "URL", env = "PM_OAUTH_REDIRECT_URL",
-          global = true, value_parser = parse_oauth_redirect_url)]
-    pub oauth_redirect_url: Option<String>,
-
     /// SMTP relay for workflow e-mail, e.g. `smtp://127.0.0.1:25` (plain SMTP; no e-mail is sent
     /// without it: the e-mail action fails with a clear error).
     #[arg(long = "smtp-url", value_name = "URL", env = "PM_SMTP_URL", global = true)]
@@ -164,6 +155,15 @@ pub struct Config {
         default_value = "pm <pm@localhost>"
     )]
     pub smtp_from: String,
+
+    /// The OAuth callback URL as providers reach it, i.e. this server's public
+    /// `…/api/v1/oauth/callback` (register it with each provider's OAuth app). OAuth connections
+    /// are off without it. Clients per provider come from `PM_OAUTH_<PROVIDER>_CLIENT_ID`,
+    /// `_CLIENT_SECRET`, and optionally `_BASE_URL` (another origin for the provider's OAuth
+    /// endpoints) and `_SCOPES` (comma-separated, replacing the provider's defaults).
+    #[arg(long = "oauth-redirect-url", value_name = "URL", env = "PM_OAUTH_REDIRECT_URL",
+          global = true, value_parser = parse_oauth_redirect_url)]
+    pub oauth_redirect_url: Option<String>,
 }
 
 impl Config {
@@ -295,55 +295,6 @@ fn parse_encryption_key(s: &str) -> Result<String, String> {
     })
 }
 
-fn parse_oauth_redirect_url(s: &str) -> Result<String, String> {
-    match reqwest::Url::parse(s) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
-            Ok(s.to_owned())
-        }
-        _ => Err(format!(
-            "PM_OAUTH_REDIRECT_URL (--oauth-redirect-url) must be an http(s) URL such as \
-             https://pm.example.com/api/v1/oauth/callback, not {s:?}"
-        )),
-    }
-}
-
-/// The OAuth clients configured in the environment (`var` reads a variable) for the providers
-/// of `registry` that connect with OAuth: `PM_OAUTH_<KEY>_CLIENT_ID` (the key upper-cased, `-`
-/// as `_`) enables one, with `_CLIENT_SECRET`, `_BASE_URL` and `_SCOPES`. Errors name the
-/// variable.
-pub fn oauth_clients(
-    registry: &pm_integrations::providers::Registry,
-    var: impl Fn(&str) -> Option<String>,
-) -> Result<
-    Vec<(pm_integrations::provider::ProviderKey, pm_integrations::oauth::OAuthClient)>,
-    String,
-> {
-    use pm_integrations::crypto::Secret;
-    use pm_integrations::oauth::OAuthClient;
-    let mut clients = Vec::new();
-    for p in registry.all() {
-        let Some(mut config) = p.oauth() else { continue };
-        let key = p.info().key;
-        let prefix = format!("PM_OAUTH_{}", key.as_str().to_ascii_uppercase().replace('-', "_"));
-        let get =
-            |suffix: &str| var(&format!("{prefix}_{suffix}")).filter(|v| !v.trim().is_empty());
-        let Some(client_id) = get("CLIENT_ID") else { continue };
-        if let Some(scopes) = get("SCOPES") {
-            config.scopes =
-                scopes.split([',', ' ']).filter(|s| !s.is_empty()).map(str::to_owned).collect();
-        }
-        let mut client =
-            OAuthClient::new(&config, client_id.trim(), get("CLIENT_SECRET").map(Secret::new))
-                .map_err(|e| format!("{prefix}_CLIENT_ID: {e}"))?;
-        if let Some(base) = get("BASE_URL") {
-            client =
-                client.with_base_url(base.trim()).map_err(|e| format!("{prefix}_BASE_URL: {e}"))?;
-        }
-        clients.push((key, client));
-    }
-    Ok(clients)
-}
-
 fn parse_webhook_allow(s: &str) -> Result<String, String> {
     pm_integrations::ssrf::TargetPolicy::parse_allow_list(s).map(|_| s.to_owned()).map_err(|e| {
         format!("PM_WEBHOOK_ALLOW (--webhook-allow) must be comma-separated CIDRs ({e})")
@@ -406,6 +357,55 @@ fn parse_registration(s: &str) -> Result<Registration, String> {
         "invite" => Ok(Registration::Invite),
         _ => Err(format!("PM_REGISTRATION (--registration) must be `open` or `invite`, not {s:?}")),
     }
+}
+
+fn parse_oauth_redirect_url(s: &str) -> Result<String, String> {
+    match reqwest::Url::parse(s) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+            Ok(s.to_owned())
+        }
+        _ => Err(format!(
+            "PM_OAUTH_REDIRECT_URL (--oauth-redirect-url) must be an http(s) URL such as \
+             https://pm.example.com/api/v1/oauth/callback, not {s:?}"
+        )),
+    }
+}
+
+/// The OAuth clients configured in the environment (`var` reads a variable) for the providers
+/// of `registry` that connect with OAuth: `PM_OAUTH_<KEY>_CLIENT_ID` (the key upper-cased, `-`
+/// as `_`) enables one, with `_CLIENT_SECRET`, `_BASE_URL` and `_SCOPES`. Errors name the
+/// variable.
+pub fn oauth_clients(
+    registry: &pm_integrations::providers::Registry,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<
+    Vec<(pm_integrations::provider::ProviderKey, pm_integrations::oauth::OAuthClient)>,
+    String,
+> {
+    use pm_integrations::crypto::Secret;
+    use pm_integrations::oauth::OAuthClient;
+    let mut clients = Vec::new();
+    for p in registry.all() {
+        let Some(mut config) = p.oauth() else { continue };
+        let key = p.info().key;
+        let prefix = format!("PM_OAUTH_{}", key.as_str().to_ascii_uppercase().replace('-', "_"));
+        let get =
+            |suffix: &str| var(&format!("{prefix}_{suffix}")).filter(|v| !v.trim().is_empty());
+        let Some(client_id) = get("CLIENT_ID") else { continue };
+        if let Some(scopes) = get("SCOPES") {
+            config.scopes =
+                scopes.split([',', ' ']).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        }
+        let mut client =
+            OAuthClient::new(&config, client_id.trim(), get("CLIENT_SECRET").map(Secret::new))
+                .map_err(|e| format!("{prefix}_CLIENT_ID: {e}"))?;
+        if let Some(base) = get("BASE_URL") {
+            client =
+                client.with_base_url(base.trim()).map_err(|e| format!("{prefix}_BASE_URL: {e}"))?;
+        }
+        clients.push((key, client));
+    }
+    Ok(clients)
 }
 
 /// Replaces the password in `scheme://user:password@host/...` with `***`; other URLs unchanged.
