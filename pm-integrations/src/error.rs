@@ -58,6 +58,15 @@ pub enum Error {
         /// Seconds the provider asked us to wait (`Retry-After`), if any.
         retry_after: Option<u64>,
     },
+    /// An OAuth connection cannot be used until a user connects again: the provider refused
+    /// the refresh token (`invalid_grant`), or the access token expired without one.
+    #[error("the {provider} connection must be reconnected: {reason}")]
+    NeedsReconnect {
+        /// The provider key.
+        provider: String,
+        /// What the provider said (no secrets).
+        reason: String,
+    },
     /// The backing store failed (connection lost, disk full, ...). Not caused by the input.
     #[error("storage error: {0}")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),

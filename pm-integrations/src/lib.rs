@@ -10,6 +10,9 @@
 //!   Google Calendar, Outlook and the [`Registry`](providers::Registry).
 //! - [`crypto`]: the [`Keyring`](crypto::Keyring) sealing tokens and secrets with
 //!   ChaCha20-Poly1305 under a key id (rotation without a flag day).
+//! - [`oauth`]: OAuth 2 connections — authorization code with PKCE (`S256`), single-use
+//!   states, tokens sealed at rest, refresh single-flight per connection (rotated refresh
+//!   tokens kept, `invalid_grant` → needs reconnect), revocation on disconnect.
 //! - [`ssrf`]: [`TargetPolicy`](ssrf::TargetPolicy) — outbound targets must resolve to public
 //!   addresses only, unless allow-listed.
 //! - [`sync`]: per-field three-way merge with policies (authoritative side, set union for
@@ -23,6 +26,17 @@
 //! - [`clock`]: the injectable clock.
 //! - `testing` (feature `testing`): the store conformance suite.
 //!
+//! # Writing a provider
+//!
+//! Start from the example Gitea issues provider, `examples/gitea_provider/provider.rs`: one
+//! struct implementing [`Provider`](provider::Provider) — identity, OAuth endpoints, webhook
+//! verification (`X-Gitea-Signature`, with
+//! [`webhook::inbound::verify_hmac_sha256_hex`]) and parsing, pull/push over the shared
+//! [`http::ApiClient`], default field and state mappings. `cargo run -p pm-integrations
+//! --example gitea_provider` runs it against a mock Gitea and prints each step; its test
+//! (`tests/it/gitea.rs`) exercises verify, pull and push against wiremock. Register yours with
+//! [`Registry::register`](providers::Registry::register).
+//!
 //! Dependency rule (checked in CI by `.ci/deps.sh`): depends on pm-core only, never on another
 //! feature crate (pm-permissions, pm-workflows, pm-realtime); builds without sqlx under
 //! `--no-default-features`; knows no HTTP server framework.
@@ -32,6 +46,7 @@ pub mod crypto;
 mod error;
 pub mod http;
 pub mod model;
+pub mod oauth;
 pub mod provider;
 pub mod providers;
 pub mod ssrf;

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use pm_core::id::{IntegrationId, OrgId, ProjectId, TaskId};
+use pm_core::id::{IntegrationId, OrgId, ProjectId, TaskId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -317,6 +317,112 @@ pub struct Credential {
     pub version: i64,
     /// Last written.
     pub updated_at: OffsetDateTime,
+}
+
+/// A pending OAuth authorization: what `connect` remembers until the provider redirects back
+/// with the `state`. Single use (the callback takes it) and short-lived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthState {
+    /// SHA-256 (hex) of the `state` parameter; the state itself is never stored, so a leaked
+    /// table cannot complete anyone's authorization.
+    pub state_hash: String,
+    /// The integration being connected.
+    pub integration_id: IntegrationId,
+    /// Who started it (recorded as the connection's owner).
+    pub user_id: UserId,
+    /// The PKCE `code_verifier`, sealed under [`OAuthState::verifier_context`].
+    pub verifier: Sealed,
+    /// The `redirect_uri` sent with the authorization request (the token request must repeat it).
+    pub redirect_uri: String,
+    /// When `connect` ran.
+    pub created_at: OffsetDateTime,
+    /// After this the state is refused.
+    pub expires_at: OffsetDateTime,
+}
+
+impl OAuthState {
+    /// The AEAD context of the verifier of the state with this hash.
+    pub fn verifier_context(state_hash: &str) -> String {
+        format!("pm-integrations:oauth-state:{state_hash}:verifier")
+    }
+}
+
+/// Whether an OAuth connection can be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuthStatus {
+    /// Tokens are usable (refreshed when they expire).
+    Active,
+    /// The provider refused the refresh token (`invalid_grant`: revoked, expired, rotated
+    /// elsewhere): a user must connect again. Nothing retries until then.
+    NeedsReconnect,
+}
+
+impl OAuthStatus {
+    /// Stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OAuthStatus::Active => "active",
+            OAuthStatus::NeedsReconnect => "needs_reconnect",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "active" => Ok(OAuthStatus::Active),
+            "needs_reconnect" => Ok(OAuthStatus::NeedsReconnect),
+            _ => Err(Error::invalid("status", format!("unknown OAuth status {s:?}"))),
+        }
+    }
+}
+
+/// An integration's OAuth tokens, sealed (one connection per integration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthToken {
+    /// The integration.
+    pub integration_id: IntegrationId,
+    /// The access token, sealed under [`OAuthToken::access_context`].
+    pub access: Sealed,
+    /// The refresh token, if the provider issued one, sealed under
+    /// [`OAuthToken::refresh_context`].
+    pub refresh: Option<Sealed>,
+    /// `token_type` as the provider said (normally `bearer`).
+    pub token_type: String,
+    /// Scopes granted (as the provider reported them, else as requested).
+    pub scopes: Vec<String>,
+    /// When the access token expires, if the provider said.
+    pub expires_at: Option<OffsetDateTime>,
+    /// Usable, or waiting for a reconnect.
+    pub status: OAuthStatus,
+    /// Why it needs a reconnect (the provider's error, no secrets).
+    pub status_reason: Option<String>,
+    /// Who connected it.
+    pub connected_by: UserId,
+    /// Optimistic-concurrency version: a refresh writes only at the version it read, so two
+    /// instances refreshing at once cannot both rotate the refresh token.
+    pub version: i64,
+    /// First connected.
+    pub created_at: OffsetDateTime,
+    /// Last written.
+    pub updated_at: OffsetDateTime,
+}
+
+impl OAuthToken {
+    /// The AEAD context of an integration's access token.
+    pub fn access_context(integration: IntegrationId) -> String {
+        format!("pm-integrations:oauth:{integration}:access")
+    }
+
+    /// The AEAD context of an integration's refresh token.
+    pub fn refresh_context(integration: IntegrationId) -> String {
+        format!("pm-integrations:oauth:{integration}:refresh")
+    }
+
+    /// The id of the key the tokens are sealed with (stored beside them for rotation).
+    pub fn key_id(&self) -> &str {
+        self.access.key_id().unwrap_or_default()
+    }
 }
 
 /// The link between a pm task and an external item, with the field values both sides agreed

@@ -10,7 +10,8 @@
 //!   items oldest first and lease them (`available_at` moves to the lease end), so a worker that
 //!   dies mid-way leaves them to be claimed again after the lease — at-least-once;
 //! - credentials are stored sealed only ([`Sealed`]); a replacement happens only at the version
-//!   the caller read (single-flight refresh across instances);
+//!   the caller read (single-flight refresh across instances); the same holds for OAuth tokens
+//!   ([`OAuthStore`]), and a pending OAuth state is taken at most once;
 //! - a mapping is unique per (integration, external id) and per (integration, task); creating
 //!   the same link twice returns the existing one (idempotent creates); a sync commits the new
 //!   base and its conflicts in one transaction, at the expected version;
@@ -98,6 +99,30 @@ pub trait CredentialStore: Send + Sync {
     ) -> Result<Credential>;
     /// Deletes every credential of the integration; returns how many.
     async fn delete_credentials(&self, integration: IntegrationId) -> Result<u64>;
+}
+
+/// OAuth connections: pending authorizations and sealed tokens.
+#[async_trait]
+pub trait OAuthStore: Send + Sync {
+    /// Stores a pending authorization (and drops any that expired before its `created_at`).
+    /// `NotFound` (`integration`) if the integration does not exist.
+    async fn put_oauth_state(&self, s: &OAuthState) -> Result<()>;
+    /// Removes and returns the pending authorization with this hash, expired or not (the caller
+    /// checks); of concurrent callers exactly one gets it.
+    async fn take_oauth_state(&self, state_hash: &str) -> Result<Option<OAuthState>>;
+    /// Stores an integration's tokens (a first connection, or a reconnect that replaces them):
+    /// the version becomes the previous one plus one (1 when new); `created_at` of a replaced
+    /// row stays. `NotFound` (`integration`) if the integration does not exist.
+    async fn put_oauth_token(&self, t: &OAuthToken) -> Result<OAuthToken>;
+    /// An integration's tokens, if connected.
+    async fn get_oauth_token(&self, integration: IntegrationId) -> Result<Option<OAuthToken>>;
+    /// Writes `t` (tokens, expiry, scopes, status, reason, `updated_at`) only if the stored row
+    /// is still at `expected_version`; the version increments. `Conflict` with the current
+    /// version otherwise, `NotFound` (`oauth connection`) when there is none.
+    async fn update_oauth_token(&self, t: &OAuthToken, expected_version: i64)
+    -> Result<OAuthToken>;
+    /// Deletes an integration's tokens; `true` if there were any.
+    async fn delete_oauth_token(&self, integration: IntegrationId) -> Result<bool>;
 }
 
 /// The inbound delivery queue.
@@ -254,6 +279,8 @@ pub struct IntegrationStores {
     pub integrations: Arc<dyn IntegrationStore>,
     /// Credentials.
     pub credentials: Arc<dyn CredentialStore>,
+    /// OAuth connections.
+    pub oauth: Arc<dyn OAuthStore>,
     /// Inbound queue.
     pub inbound: Arc<dyn InboundStore>,
     /// Mappings and conflicts.
@@ -273,6 +300,7 @@ impl IntegrationStores {
         S: ProviderStore
             + IntegrationStore
             + CredentialStore
+            + OAuthStore
             + InboundStore
             + MappingStore
             + LogStore
@@ -284,6 +312,7 @@ impl IntegrationStores {
             providers: s.clone(),
             integrations: s.clone(),
             credentials: s.clone(),
+            oauth: s.clone(),
             inbound: s.clone(),
             mappings: s.clone(),
             logs: s.clone(),

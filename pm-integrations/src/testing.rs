@@ -6,7 +6,7 @@
 //! panic with a message on failure, like any test.
 
 use pm_core::event::{Actor, Event, EventKind};
-use pm_core::id::{EventId, IntegrationId, OrgId, ProjectId, TaskId};
+use pm_core::id::{EventId, IntegrationId, OrgId, ProjectId, TaskId, UserId};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -22,6 +22,8 @@ pub async fn run_all(stores: &IntegrationStores) {
     providers_seed_idempotently(stores).await;
     integrations_are_versioned_and_deleted_with_dependents(stores).await;
     credentials_are_sealed_and_replaced_at_their_version(stores).await;
+    oauth_states_are_single_use(stores).await;
+    oauth_tokens_are_sealed_versioned_and_deleted(stores).await;
     inbound_deliveries_dedupe_and_queue(stores).await;
     mappings_are_idempotent_and_syncs_atomic(stores).await;
     logs_page_newest_first_and_stay_redacted(stores).await;
@@ -158,6 +160,147 @@ pub async fn credentials_are_sealed_and_replaced_at_their_version(stores: &Integ
         Err(Error::NotFound { entity: "integration" })
     ));
     assert_eq!(stores.credentials.delete_credentials(i.id).await.unwrap(), 1);
+}
+
+/// A pending OAuth state is taken exactly once; expired ones are purged by later puts; states
+/// need an existing integration and go with it.
+pub async fn oauth_states_are_single_use(stores: &IntegrationStores) {
+    let i = integration(stores).await;
+    let ring = Keyring::new("k1", &EncryptionKey::generate()).unwrap();
+    let state = |hash: &str, t: i64| OAuthState {
+        state_hash: hash.to_owned(),
+        integration_id: i.id,
+        user_id: UserId::new(),
+        verifier: ring.seal(b"verifier", &OAuthState::verifier_context(hash)),
+        redirect_uri: "https://pm.example/api/v1/oauth/callback".into(),
+        created_at: at(t),
+        expires_at: at(t + 600),
+    };
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let first = state(&format!("{tag}-a"), 0);
+    stores.oauth.put_oauth_state(&first).await.unwrap();
+    let taken = stores.oauth.take_oauth_state(&first.state_hash).await.unwrap();
+    assert_eq!(taken.as_ref(), Some(&first));
+    assert_eq!(
+        ring.open(&taken.unwrap().verifier, &OAuthState::verifier_context(&first.state_hash))
+            .unwrap(),
+        b"verifier"
+    );
+    assert!(stores.oauth.take_oauth_state(&first.state_hash).await.unwrap().is_none(), "reused");
+
+    // An expired state is dropped when a later one is stored.
+    let old = state(&format!("{tag}-b"), 0);
+    stores.oauth.put_oauth_state(&old).await.unwrap();
+    let later = state(&format!("{tag}-c"), 601);
+    stores.oauth.put_oauth_state(&later).await.unwrap();
+    assert!(stores.oauth.take_oauth_state(&old.state_hash).await.unwrap().is_none(), "purged");
+
+    // Concurrent takers: exactly one wins.
+    let raced = state(&format!("{tag}-d"), 601);
+    stores.oauth.put_oauth_state(&raced).await.unwrap();
+    let (a, b) = tokio::join!(
+        stores.oauth.take_oauth_state(&raced.state_hash),
+        stores.oauth.take_oauth_state(&raced.state_hash)
+    );
+    assert_eq!(usize::from(a.unwrap().is_some()) + usize::from(b.unwrap().is_some()), 1);
+
+    let mut orphan = state(&format!("{tag}-e"), 601);
+    orphan.integration_id = IntegrationId::new();
+    assert!(matches!(
+        stores.oauth.put_oauth_state(&orphan).await,
+        Err(Error::NotFound { entity: "integration" })
+    ));
+    stores.integrations.delete_integration(i.id).await.unwrap();
+    assert!(stores.oauth.take_oauth_state(&later.state_hash).await.unwrap().is_none(), "cascade");
+}
+
+/// OAuth tokens are stored sealed, replaced only at the version read (single-flight refresh
+/// across instances), re-put on reconnect, and deleted alone or with their integration.
+pub async fn oauth_tokens_are_sealed_versioned_and_deleted(stores: &IntegrationStores) {
+    let i = integration(stores).await;
+    let ring = Keyring::new("k1", &EncryptionKey::generate()).unwrap();
+    let access = |v: &str| ring.seal(v.as_bytes(), &OAuthToken::access_context(i.id));
+    let refresh = |v: &str| ring.seal(v.as_bytes(), &OAuthToken::refresh_context(i.id));
+    let user = UserId::new();
+    let tok = OAuthToken {
+        integration_id: i.id,
+        access: access("gho_access_1"),
+        refresh: Some(refresh("ghr_refresh_1")),
+        token_type: "bearer".into(),
+        scopes: vec!["repo".into(), "read:user".into()],
+        expires_at: Some(at(3600)),
+        status: OAuthStatus::Active,
+        status_reason: None,
+        connected_by: user,
+        version: 1,
+        created_at: at(0),
+        updated_at: at(0),
+    };
+    assert!(stores.oauth.get_oauth_token(i.id).await.unwrap().is_none());
+    let stored = stores.oauth.put_oauth_token(&tok).await.unwrap();
+    assert_eq!(stored, tok);
+    assert_eq!(stored.key_id(), "k1");
+    let read = stores.oauth.get_oauth_token(i.id).await.unwrap().expect("stored");
+    assert_eq!(read, tok);
+    assert_eq!(
+        ring.open(read.refresh.as_ref().unwrap(), &OAuthToken::refresh_context(i.id)).unwrap(),
+        b"ghr_refresh_1"
+    );
+
+    // Two refreshers read version 1: the first write wins, the second conflicts.
+    let refreshed = OAuthToken {
+        access: access("gho_access_2"),
+        refresh: Some(refresh("ghr_refresh_2")),
+        expires_at: Some(at(7200)),
+        scopes: vec!["repo".into()],
+        updated_at: at(3500),
+        ..tok.clone()
+    };
+    let won = stores.oauth.update_oauth_token(&refreshed, 1).await.unwrap();
+    assert_eq!((won.version, won.created_at, won.updated_at), (2, at(0), at(3500)));
+    assert_eq!(won.access, refreshed.access);
+    assert_eq!(won.scopes, vec!["repo".to_owned()]);
+    let lost = stores.oauth.update_oauth_token(&tok, 1).await;
+    assert!(matches!(lost, Err(Error::Conflict { current: 2, .. })), "{lost:?}");
+
+    // Marking it for reconnect is a versioned write too.
+    let marked = OAuthToken {
+        status: OAuthStatus::NeedsReconnect,
+        status_reason: Some("invalid_grant".into()),
+        refresh: None,
+        expires_at: None,
+        ..won.clone()
+    };
+    let m = stores.oauth.update_oauth_token(&marked, 2).await.unwrap();
+    assert_eq!(
+        (m.status, m.status_reason.as_deref(), m.version),
+        (OAuthStatus::NeedsReconnect, Some("invalid_grant"), 3)
+    );
+    assert_eq!((m.refresh, m.expires_at), (None, None));
+
+    // A reconnect puts fresh tokens over it: active again, next version, created_at kept.
+    let again = stores
+        .oauth
+        .put_oauth_token(&OAuthToken { created_at: at(9000), updated_at: at(9000), ..tok.clone() })
+        .await
+        .unwrap();
+    assert_eq!((again.version, again.status, again.created_at), (4, OAuthStatus::Active, at(0)));
+
+    let mut orphan = tok.clone();
+    orphan.integration_id = IntegrationId::new();
+    assert!(matches!(
+        stores.oauth.put_oauth_token(&orphan).await,
+        Err(Error::NotFound { entity: "integration" })
+    ));
+    assert!(matches!(
+        stores.oauth.update_oauth_token(&orphan, 1).await,
+        Err(Error::NotFound { entity: "oauth connection" })
+    ));
+    assert!(stores.oauth.delete_oauth_token(i.id).await.unwrap());
+    assert!(!stores.oauth.delete_oauth_token(i.id).await.unwrap());
+    stores.oauth.put_oauth_token(&tok).await.unwrap();
+    stores.integrations.delete_integration(i.id).await.unwrap();
+    assert!(stores.oauth.get_oauth_token(i.id).await.unwrap().is_none(), "cascade");
 }
 
 fn inbound(i: &Integration, delivery_id: &str, t: i64) -> InboundDelivery {

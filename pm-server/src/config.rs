@@ -176,6 +176,15 @@ pub struct Config {
     #[arg(long = "vapid-subject", value_name = "URI", env = "PM_VAPID_SUBJECT", global = true,
           default_value = crate::pwa::push::DEFAULT_SUBJECT, value_parser = parse_vapid_subject)]
     pub vapid_subject: String,
+
+    /// The OAuth callback URL as providers reach it, i.e. this server's public
+    /// `…/api/v1/oauth/callback` (register it with each provider's OAuth app). OAuth connections
+    /// are off without it. Clients per provider come from `PM_OAUTH_<PROVIDER>_CLIENT_ID`,
+    /// `_CLIENT_SECRET`, and optionally `_BASE_URL` (another origin for the provider's OAuth
+    /// endpoints) and `_SCOPES` (comma-separated, replacing the provider's defaults).
+    #[arg(long = "oauth-redirect-url", value_name = "URL", env = "PM_OAUTH_REDIRECT_URL",
+          global = true, value_parser = parse_oauth_redirect_url)]
+    pub oauth_redirect_url: Option<String>,
 }
 
 impl Config {
@@ -279,6 +288,7 @@ impl fmt::Debug for Config {
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("encryption_key", &self.keyring())
             .field("webhook_allow", &self.webhook_allow)
+            .field("oauth_redirect_url", &self.oauth_redirect_url)
             .field("smtp_url", &self.smtp_url.as_deref().map(redact_url))
             .field("vapid_private_key", &self.vapid_private_key.as_ref().map(|_| "***"))
             .field("vapid_subject", &self.vapid_subject)
@@ -400,6 +410,55 @@ fn parse_registration(s: &str) -> Result<Registration, String> {
     }
 }
 
+fn parse_oauth_redirect_url(s: &str) -> Result<String, String> {
+    match reqwest::Url::parse(s) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+            Ok(s.to_owned())
+        }
+        _ => Err(format!(
+            "PM_OAUTH_REDIRECT_URL (--oauth-redirect-url) must be an http(s) URL such as \
+             https://pm.example.com/api/v1/oauth/callback, not {s:?}"
+        )),
+    }
+}
+
+/// The OAuth clients configured in the environment (`var` reads a variable) for the providers
+/// of `registry` that connect with OAuth: `PM_OAUTH_<KEY>_CLIENT_ID` (the key upper-cased, `-`
+/// as `_`) enables one, with `_CLIENT_SECRET`, `_BASE_URL` and `_SCOPES`. Errors name the
+/// variable.
+pub fn oauth_clients(
+    registry: &pm_integrations::providers::Registry,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<
+    Vec<(pm_integrations::provider::ProviderKey, pm_integrations::oauth::OAuthClient)>,
+    String,
+> {
+    use pm_integrations::crypto::Secret;
+    use pm_integrations::oauth::OAuthClient;
+    let mut clients = Vec::new();
+    for p in registry.all() {
+        let Some(mut config) = p.oauth() else { continue };
+        let key = p.info().key;
+        let prefix = format!("PM_OAUTH_{}", key.as_str().to_ascii_uppercase().replace('-', "_"));
+        let get =
+            |suffix: &str| var(&format!("{prefix}_{suffix}")).filter(|v| !v.trim().is_empty());
+        let Some(client_id) = get("CLIENT_ID") else { continue };
+        if let Some(scopes) = get("SCOPES") {
+            config.scopes =
+                scopes.split([',', ' ']).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        }
+        let mut client =
+            OAuthClient::new(&config, client_id.trim(), get("CLIENT_SECRET").map(Secret::new))
+                .map_err(|e| format!("{prefix}_CLIENT_ID: {e}"))?;
+        if let Some(base) = get("BASE_URL") {
+            client =
+                client.with_base_url(base.trim()).map_err(|e| format!("{prefix}_BASE_URL: {e}"))?;
+        }
+        clients.push((key, client));
+    }
+    Ok(clients)
+}
+
 /// Replaces the password in `scheme://user:password@host/...` with `***`; other URLs unchanged.
 fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -442,6 +501,39 @@ mod tests {
         assert!(parse_refresh_ttl("x").unwrap_err().contains("PM_REFRESH_TTL_SECS"));
         assert!(parse_registration("closed").unwrap_err().contains("PM_REGISTRATION"));
         assert!(parse_broker("kafka").unwrap_err().contains("PM_REALTIME_BROKER"));
+    }
+
+    #[test]
+    fn oauth_clients_come_from_the_environment() {
+        let registry = pm_integrations::providers::Registry::default();
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+        };
+        assert!(oauth_clients(&registry, env(&[])).unwrap().is_empty());
+        let clients = oauth_clients(
+            &registry,
+            env(&[
+                ("PM_OAUTH_GITHUB_CLIENT_ID", "gh-id"),
+                ("PM_OAUTH_GITHUB_CLIENT_SECRET", "gh-secret"),
+                ("PM_OAUTH_GITHUB_BASE_URL", "http://127.0.0.1:9"),
+                ("PM_OAUTH_GITHUB_SCOPES", "repo, read:user"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(clients.len(), 1);
+        let (key, c) = &clients[0];
+        assert_eq!(key.as_str(), "github");
+        assert_eq!(c.client_id, "gh-id");
+        assert_eq!(c.token_url, "http://127.0.0.1:9/login/oauth/access_token");
+        assert_eq!(c.scopes, ["repo", "read:user"]);
+        let bad = oauth_clients(
+            &registry,
+            env(&[("PM_OAUTH_JIRA_CLIENT_ID", "j"), ("PM_OAUTH_JIRA_BASE_URL", "nope")]),
+        );
+        assert!(bad.unwrap_err().contains("PM_OAUTH_JIRA_BASE_URL"));
+        assert!(
+            parse_oauth_redirect_url("pm.example").unwrap_err().contains("PM_OAUTH_REDIRECT_URL")
+        );
     }
 
     #[test]

@@ -303,6 +303,13 @@ impl From<pm_integrations::Error> for ApiError {
                     None => e,
                 }
             }
+            E::NeedsReconnect { provider, reason } => ApiError::new(
+                StatusCode::CONFLICT,
+                "oauth-reconnect-required",
+                "Reconnect required",
+                format!("the {provider} connection must be connected again ({reason})"),
+            )
+            .with("provider", provider),
             E::Storage(cause) => ApiError::internal(cause),
         }
     }

@@ -13,6 +13,10 @@
 //!   records the attempt: success, a retry at the next backoff step, or — after the last step —
 //!   failure; a subscription failing `disable_after` times in a row is disabled.
 //!
+//! [`Integrations::oauth`] holds the OAuth 2 connections (pm-integrations' [`OAuth`]: PKCE
+//! code flow, sealed tokens, single-flight refresh, revocation), configured from
+//! `PM_OAUTH_REDIRECT_URL` and `PM_OAUTH_<PROVIDER>_*` (see [`crate::config::oauth_clients`]).
+//!
 //! Invariant: nothing here trusts a delivery before its signature was checked, and nothing is
 //! lost when the process dies: every step works from rows leased for a bounded time.
 
@@ -24,6 +28,8 @@ use pm_core::store::EventLog;
 use pm_integrations::clock::{Clock, SystemClock};
 use pm_integrations::crypto::Keyring;
 use pm_integrations::model::*;
+use pm_integrations::oauth::{OAuth, OAuthClient, OAuthSettings};
+use pm_integrations::provider::ProviderKey;
 use pm_integrations::providers::Registry;
 use pm_integrations::ssrf::TargetPolicy;
 use pm_integrations::store::IntegrationStores;
@@ -88,6 +94,9 @@ pub struct Integrations {
     pub clock: Arc<dyn Clock>,
     /// Worker timing.
     pub worker: WorkerConfig,
+    /// OAuth connections; `None` unless `PM_OAUTH_REDIRECT_URL`, `PM_ENCRYPTION_KEY` and at
+    /// least one provider's client are configured (see [`Integrations::with_oauth`]).
+    pub oauth: Option<Arc<OAuth>>,
     inbound_wake: Arc<Notify>,
     outbound_wake: Arc<Notify>,
 }
@@ -113,6 +122,7 @@ impl Integrations {
             targets,
             clock: Arc::new(SystemClock),
             worker: WorkerConfig::default(),
+            oauth: None,
             inbound_wake: Arc::new(Notify::new()),
             outbound_wake: Arc::new(Notify::new()),
         }
@@ -135,6 +145,39 @@ impl Integrations {
             crate::error::ApiError::unavailable(
                 "secrets cannot be stored: PM_ENCRYPTION_KEY is not configured",
                 "PM_ENCRYPTION_KEY is unset",
+            )
+        })
+    }
+
+    /// Enables OAuth connections with these provider clients, calling back to
+    /// `settings.redirect_uri`. Needs the keyring (tokens are only ever stored sealed): without
+    /// it OAuth stays off, as it does without clients.
+    pub fn with_oauth(
+        mut self,
+        settings: OAuthSettings,
+        clients: Vec<(ProviderKey, OAuthClient)>,
+    ) -> pm_integrations::Result<Self> {
+        let Some(keyring) = self.keyring.clone() else {
+            return Ok(self);
+        };
+        if clients.is_empty() {
+            return Ok(self);
+        }
+        let mut oauth = OAuth::new(self.stores.clone(), keyring, self.clock.clone(), settings)?;
+        for (key, client) in clients {
+            oauth = oauth.with_client(key, client);
+        }
+        self.oauth = Some(Arc::new(oauth));
+        Ok(self)
+    }
+
+    /// OAuth, or the error saying it is not configured.
+    pub fn oauth(&self) -> Result<&OAuth, crate::error::ApiError> {
+        self.oauth.as_deref().ok_or_else(|| {
+            crate::error::ApiError::unavailable(
+                "OAuth is not configured on this server (PM_OAUTH_REDIRECT_URL, \
+                 PM_OAUTH_<PROVIDER>_CLIENT_ID and PM_ENCRYPTION_KEY)",
+                "OAuth is not configured",
             )
         })
     }

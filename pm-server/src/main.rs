@@ -301,6 +301,29 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         keyring,
         config.target_policy(),
     );
+    let oauth_clients =
+        pm_server::config::oauth_clients(&integrations.registry, |v| std::env::var(v).ok())
+            .map_err(anyhow::Error::msg)?;
+    let integrations = match &config.oauth_redirect_url {
+        Some(redirect) if !oauth_clients.is_empty() => {
+            let providers: Vec<String> = oauth_clients.iter().map(|(k, _)| k.to_string()).collect();
+            let i = integrations
+                .with_oauth(
+                    pm_integrations::oauth::OAuthSettings::new(redirect.clone()),
+                    oauth_clients,
+                )
+                .context("configuring OAuth")?;
+            if i.oauth.is_some() {
+                tracing::info!(providers = %providers.join(", "), "OAuth connections enabled");
+            }
+            i
+        }
+        Some(_) => {
+            tracing::warn!("PM_OAUTH_REDIRECT_URL is set but no PM_OAUTH_<PROVIDER>_CLIENT_ID is");
+            integrations
+        }
+        None => integrations,
+    };
     let seeded = pm_server::integrations::seed_providers(
         &integrations.stores,
         &integrations.registry,

@@ -164,6 +164,67 @@ impl TryFrom<CredentialRow> for Credential {
 }
 
 #[derive(sqlx::FromRow)]
+struct OAuthStateRow {
+    state_hash: String,
+    integration_id: Uuid,
+    user_id: Uuid,
+    verifier: String,
+    redirect_uri: String,
+    created_at: OffsetDateTime,
+    expires_at: OffsetDateTime,
+}
+
+impl From<OAuthStateRow> for OAuthState {
+    fn from(r: OAuthStateRow) -> Self {
+        OAuthState {
+            state_hash: r.state_hash,
+            integration_id: r.integration_id.into(),
+            user_id: r.user_id.into(),
+            verifier: Sealed::from_stored(r.verifier),
+            redirect_uri: r.redirect_uri,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct OAuthTokenRow {
+    integration_id: Uuid,
+    access_token: String,
+    refresh_token: Option<String>,
+    token_type: String,
+    scopes: Value,
+    expires_at: Option<OffsetDateTime>,
+    status: String,
+    status_reason: Option<String>,
+    connected_by: Uuid,
+    version: i64,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+}
+
+impl TryFrom<OAuthTokenRow> for OAuthToken {
+    type Error = Error;
+    fn try_from(r: OAuthTokenRow) -> Result<Self> {
+        Ok(OAuthToken {
+            integration_id: r.integration_id.into(),
+            access: Sealed::from_stored(r.access_token),
+            refresh: r.refresh_token.map(Sealed::from_stored),
+            token_type: r.token_type,
+            scopes: json("scopes", r.scopes)?,
+            expires_at: r.expires_at,
+            status: OAuthStatus::parse(&r.status).map_err(|e| corrupt("status", e))?,
+            status_reason: r.status_reason,
+            connected_by: r.connected_by.into(),
+            version: r.version,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
 struct InboundRow {
     id: Uuid,
     provider: String,
@@ -605,6 +666,141 @@ impl CredentialStore for PostgresIntegrationStore {
             .await
             .map_err(st)?;
         Ok(done.rows_affected())
+    }
+}
+
+// --- OAuth ------------------------------------------------------------------------------------
+
+#[async_trait]
+impl OAuthStore for PostgresIntegrationStore {
+    async fn put_oauth_state(&self, state: &OAuthState) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(st)?;
+        sqlx::query("DELETE FROM int_oauth_states WHERE expires_at < $1")
+            .bind(state.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(st)?;
+        sqlx::query(
+            "INSERT INTO int_oauth_states (state_hash, integration_id, user_id, verifier, \
+             redirect_uri, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&state.state_hash)
+        .bind(u(state.integration_id))
+        .bind(u(state.user_id))
+        .bind(state.verifier.as_str())
+        .bind(&state.redirect_uri)
+        .bind(state.created_at)
+        .bind(state.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(fk("integration"))?;
+        tx.commit().await.map_err(st)
+    }
+
+    async fn take_oauth_state(&self, state_hash: &str) -> Result<Option<OAuthState>> {
+        let row: Option<OAuthStateRow> =
+            sqlx::query_as("DELETE FROM int_oauth_states WHERE state_hash = $1 RETURNING *")
+                .bind(state_hash)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(st)?;
+        Ok(row.map(OAuthState::from))
+    }
+
+    async fn put_oauth_token(&self, tok: &OAuthToken) -> Result<OAuthToken> {
+        let row: OAuthTokenRow = sqlx::query_as(
+            "INSERT INTO int_oauth_tokens (integration_id, access_token, refresh_token, \
+             token_type, scopes, expires_at, key_id, status, status_reason, connected_by, \
+             version, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11, $12) \
+             ON CONFLICT (integration_id) DO UPDATE SET access_token = excluded.access_token, \
+             refresh_token = excluded.refresh_token, token_type = excluded.token_type, \
+             scopes = excluded.scopes, expires_at = excluded.expires_at, key_id = excluded.key_id, \
+             status = excluded.status, status_reason = excluded.status_reason, \
+             connected_by = excluded.connected_by, version = int_oauth_tokens.version + 1, \
+             updated_at = excluded.updated_at \
+             RETURNING integration_id, access_token, refresh_token, token_type, scopes, \
+             expires_at, status, status_reason, connected_by, version, created_at, updated_at",
+        )
+        .bind(u(tok.integration_id))
+        .bind(tok.access.as_str())
+        .bind(tok.refresh.as_ref().map(Sealed::as_str))
+        .bind(&tok.token_type)
+        .bind(Json(&tok.scopes))
+        .bind(tok.expires_at)
+        .bind(tok.key_id())
+        .bind(tok.status.as_str())
+        .bind(&tok.status_reason)
+        .bind(u(tok.connected_by))
+        .bind(tok.created_at)
+        .bind(tok.updated_at)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(fk("integration"))?;
+        row.try_into()
+    }
+
+    async fn get_oauth_token(&self, integration: IntegrationId) -> Result<Option<OAuthToken>> {
+        let row: Option<OAuthTokenRow> = sqlx::query_as(
+            "SELECT integration_id, access_token, refresh_token, token_type, scopes, expires_at, \
+             status, status_reason, connected_by, version, created_at, updated_at \
+             FROM int_oauth_tokens WHERE integration_id = $1",
+        )
+        .bind(u(integration))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(st)?;
+        row.map(OAuthToken::try_from).transpose()
+    }
+
+    async fn update_oauth_token(
+        &self,
+        tok: &OAuthToken,
+        expected_version: i64,
+    ) -> Result<OAuthToken> {
+        let row: Option<OAuthTokenRow> = sqlx::query_as(
+            "UPDATE int_oauth_tokens SET access_token = $1, refresh_token = $2, token_type = $3, \
+             scopes = $4, expires_at = $5, key_id = $6, status = $7, status_reason = $8, \
+             version = version + 1, updated_at = $9 WHERE integration_id = $10 AND version = $11 \
+             RETURNING integration_id, access_token, refresh_token, token_type, scopes, \
+             expires_at, status, status_reason, connected_by, version, created_at, updated_at",
+        )
+        .bind(tok.access.as_str())
+        .bind(tok.refresh.as_ref().map(Sealed::as_str))
+        .bind(&tok.token_type)
+        .bind(Json(&tok.scopes))
+        .bind(tok.expires_at)
+        .bind(tok.key_id())
+        .bind(tok.status.as_str())
+        .bind(&tok.status_reason)
+        .bind(tok.updated_at)
+        .bind(u(tok.integration_id))
+        .bind(expected_version)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(st)?;
+        if let Some(r) = row {
+            return r.try_into();
+        }
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM int_oauth_tokens WHERE integration_id = $1")
+                .bind(u(tok.integration_id))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(st)?;
+        Err(match current {
+            Some(v) => Error::Conflict { entity: "oauth connection", current: v },
+            None => Error::not_found("oauth connection"),
+        })
+    }
+
+    async fn delete_oauth_token(&self, integration: IntegrationId) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM int_oauth_tokens WHERE integration_id = $1")
+            .bind(u(integration))
+            .execute(&self.pool)
+            .await
+            .map_err(st)?;
+        Ok(done.rows_affected() > 0)
     }
 }
 

@@ -209,6 +209,68 @@ impl TryFrom<CredentialRow> for Credential {
 }
 
 #[derive(sqlx::FromRow)]
+struct OAuthStateRow {
+    state_hash: String,
+    integration_id: String,
+    user_id: String,
+    verifier: String,
+    redirect_uri: String,
+    created_at: i64,
+    expires_at: i64,
+}
+
+impl TryFrom<OAuthStateRow> for OAuthState {
+    type Error = Error;
+    fn try_from(r: OAuthStateRow) -> Result<Self> {
+        Ok(OAuthState {
+            state_hash: r.state_hash,
+            integration_id: parse_id(&r.integration_id)?,
+            user_id: parse_id(&r.user_id)?,
+            verifier: Sealed::from_stored(r.verifier),
+            redirect_uri: r.redirect_uri,
+            created_at: from_us(r.created_at)?,
+            expires_at: from_us(r.expires_at)?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct OAuthTokenRow {
+    integration_id: String,
+    access_token: String,
+    refresh_token: Option<String>,
+    token_type: String,
+    scopes: String,
+    expires_at: Option<i64>,
+    status: String,
+    status_reason: Option<String>,
+    connected_by: String,
+    version: i64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<OAuthTokenRow> for OAuthToken {
+    type Error = Error;
+    fn try_from(r: OAuthTokenRow) -> Result<Self> {
+        Ok(OAuthToken {
+            integration_id: parse_id(&r.integration_id)?,
+            access: Sealed::from_stored(r.access_token),
+            refresh: r.refresh_token.map(Sealed::from_stored),
+            token_type: r.token_type,
+            scopes: from_json("scopes", &r.scopes)?,
+            expires_at: from_ous(r.expires_at)?,
+            status: OAuthStatus::parse(&r.status).map_err(|e| corrupt("status", e))?,
+            status_reason: r.status_reason,
+            connected_by: parse_id(&r.connected_by)?,
+            version: r.version,
+            created_at: from_us(r.created_at)?,
+            updated_at: from_us(r.updated_at)?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
 struct InboundRow {
     id: String,
     provider: String,
@@ -649,6 +711,140 @@ impl CredentialStore for SqliteIntegrationStore {
             .await
             .map_err(st)?;
         Ok(done.rows_affected())
+    }
+}
+
+// --- OAuth ------------------------------------------------------------------------------------
+
+#[async_trait]
+impl OAuthStore for SqliteIntegrationStore {
+    async fn put_oauth_state(&self, state: &OAuthState) -> Result<()> {
+        let mut tx = self.writer.begin().await.map_err(st)?;
+        sqlx::query("DELETE FROM int_oauth_states WHERE expires_at < ?")
+            .bind(us(state.created_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(st)?;
+        sqlx::query(
+            "INSERT INTO int_oauth_states (state_hash, integration_id, user_id, verifier, \
+             redirect_uri, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&state.state_hash)
+        .bind(t(state.integration_id))
+        .bind(t(state.user_id))
+        .bind(state.verifier.as_str())
+        .bind(&state.redirect_uri)
+        .bind(us(state.created_at))
+        .bind(us(state.expires_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(fk("integration"))?;
+        tx.commit().await.map_err(st)
+    }
+
+    async fn take_oauth_state(&self, state_hash: &str) -> Result<Option<OAuthState>> {
+        let row: Option<OAuthStateRow> =
+            sqlx::query_as("DELETE FROM int_oauth_states WHERE state_hash = ? RETURNING *")
+                .bind(state_hash)
+                .fetch_optional(&self.writer)
+                .await
+                .map_err(st)?;
+        row.map(OAuthState::try_from).transpose()
+    }
+
+    async fn put_oauth_token(&self, tok: &OAuthToken) -> Result<OAuthToken> {
+        let row: OAuthTokenRow = sqlx::query_as(
+            "INSERT INTO int_oauth_tokens (integration_id, access_token, refresh_token, \
+             token_type, scopes, expires_at, key_id, status, status_reason, connected_by, \
+             version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) \
+             ON CONFLICT (integration_id) DO UPDATE SET access_token = excluded.access_token, \
+             refresh_token = excluded.refresh_token, token_type = excluded.token_type, \
+             scopes = excluded.scopes, expires_at = excluded.expires_at, key_id = excluded.key_id, \
+             status = excluded.status, status_reason = excluded.status_reason, \
+             connected_by = excluded.connected_by, version = int_oauth_tokens.version + 1, \
+             updated_at = excluded.updated_at \
+             RETURNING integration_id, access_token, refresh_token, token_type, scopes, \
+             expires_at, status, status_reason, connected_by, version, created_at, updated_at",
+        )
+        .bind(t(tok.integration_id))
+        .bind(tok.access.as_str())
+        .bind(tok.refresh.as_ref().map(Sealed::as_str))
+        .bind(&tok.token_type)
+        .bind(to_json(&tok.scopes))
+        .bind(ous(tok.expires_at))
+        .bind(tok.key_id())
+        .bind(tok.status.as_str())
+        .bind(&tok.status_reason)
+        .bind(t(tok.connected_by))
+        .bind(us(tok.created_at))
+        .bind(us(tok.updated_at))
+        .fetch_one(&self.writer)
+        .await
+        .map_err(fk("integration"))?;
+        row.try_into()
+    }
+
+    async fn get_oauth_token(&self, integration: IntegrationId) -> Result<Option<OAuthToken>> {
+        let row: Option<OAuthTokenRow> = sqlx::query_as(
+            "SELECT integration_id, access_token, refresh_token, token_type, scopes, expires_at, \
+             status, status_reason, connected_by, version, created_at, updated_at \
+             FROM int_oauth_tokens WHERE integration_id = ?",
+        )
+        .bind(t(integration))
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(st)?;
+        row.map(OAuthToken::try_from).transpose()
+    }
+
+    async fn update_oauth_token(
+        &self,
+        tok: &OAuthToken,
+        expected_version: i64,
+    ) -> Result<OAuthToken> {
+        let row: Option<OAuthTokenRow> = sqlx::query_as(
+            "UPDATE int_oauth_tokens SET access_token = ?, refresh_token = ?, token_type = ?, \
+             scopes = ?, expires_at = ?, key_id = ?, status = ?, status_reason = ?, \
+             version = version + 1, updated_at = ? WHERE integration_id = ? AND version = ? \
+             RETURNING integration_id, access_token, refresh_token, token_type, scopes, \
+             expires_at, status, status_reason, connected_by, version, created_at, updated_at",
+        )
+        .bind(tok.access.as_str())
+        .bind(tok.refresh.as_ref().map(Sealed::as_str))
+        .bind(&tok.token_type)
+        .bind(to_json(&tok.scopes))
+        .bind(ous(tok.expires_at))
+        .bind(tok.key_id())
+        .bind(tok.status.as_str())
+        .bind(&tok.status_reason)
+        .bind(us(tok.updated_at))
+        .bind(t(tok.integration_id))
+        .bind(expected_version)
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(st)?;
+        if let Some(r) = row {
+            return r.try_into();
+        }
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM int_oauth_tokens WHERE integration_id = ?")
+                .bind(t(tok.integration_id))
+                .fetch_optional(&self.writer)
+                .await
+                .map_err(st)?;
+        Err(match current {
+            Some(v) => Error::Conflict { entity: "oauth connection", current: v },
+            None => Error::not_found("oauth connection"),
+        })
+    }
+
+    async fn delete_oauth_token(&self, integration: IntegrationId) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM int_oauth_tokens WHERE integration_id = ?")
+            .bind(t(integration))
+            .execute(&self.writer)
+            .await
+            .map_err(st)?;
+        Ok(done.rows_affected() > 0)
     }
 }
 

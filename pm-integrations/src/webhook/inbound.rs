@@ -65,6 +65,23 @@ fn verify_hub_signature(
     if ct_eq(&given, &expected) { Ok(()) } else { Err(SignatureError::Mismatch) }
 }
 
+/// Verifies a bare lower-case hex HMAC-SHA256 of the raw body carried in `header` — the scheme of
+/// Gitea (`X-Gitea-Signature`), Gogs and others; a building block for providers hosts write.
+pub fn verify_hmac_sha256_hex(
+    header: &'static str,
+    secret: &[u8],
+    req: &InboundRequest,
+) -> Result<(), SignatureError> {
+    let given = decode_hex32(header, req.require(header)?.trim())?;
+    let expected = hmac_sha256(secret, &[&req.body]);
+    if ct_eq(&given, &expected) { Ok(()) } else { Err(SignatureError::Mismatch) }
+}
+
+/// The bare hex HMAC-SHA256 of `body` that [`verify_hmac_sha256_hex`] checks.
+pub fn hmac_sha256_hex(secret: &[u8], body: &[u8]) -> String {
+    super::hex(&hmac_sha256(secret, &[body]))
+}
+
 /// The `sha256=<hex>` value GitHub/Jira would send for `body` (for tests and local tools).
 pub fn hub_signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", super::hex(&hmac_sha256(secret, &[body])))
@@ -162,6 +179,22 @@ mod tests {
         let req = InboundRequest::new("{}").header("x-hub-signature-256", sig);
         assert_eq!(verify_github(b"s3cret", &req), Ok(()));
         assert_eq!(verify_github(b"other", &req), Err(SignatureError::Mismatch));
+    }
+
+    #[test]
+    fn bare_hex_signatures() {
+        let sig = hmac_sha256_hex(b"k", b"{}");
+        let req = InboundRequest::new("{}").header("X-Gitea-Signature", sig.clone());
+        assert_eq!(verify_hmac_sha256_hex("X-Gitea-Signature", b"k", &req), Ok(()));
+        assert_eq!(
+            verify_hmac_sha256_hex("X-Gitea-Signature", b"other", &req),
+            Err(SignatureError::Mismatch)
+        );
+        let short = InboundRequest::new("{}").header("X-Gitea-Signature", &sig[..10]);
+        assert!(matches!(
+            verify_hmac_sha256_hex("X-Gitea-Signature", b"k", &short),
+            Err(SignatureError::Malformed { .. })
+        ));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use pm_integrations::Error;
 use pm_integrations::crypto::Secret;
+use pm_integrations::http::ApiClient;
 use pm_integrations::provider::{Provider, ProviderContext};
 use pm_integrations::providers::GitHub;
 use pm_integrations::sync::Snapshot;
@@ -127,8 +128,10 @@ async fn rate_limits_honour_retry_after() {
     assert!(started.elapsed() >= Duration::from_secs(1), "waited for Retry-After");
     assert_eq!(server.received_requests().await.unwrap().len(), 2);
 
-    // A wait longer than the client may hold a worker: handed back with `retry_after`.
-    let slow = MockServer::start().await;
+    // A wait longer than the client may hold a worker: handed back with `retry_after`. Its own
+    // server, outside wiremock's pool: the hour-long limit stays recorded for its address, and a
+    // pooled server would carry it into another test.
+    let slow = MockServer::builder().start().await;
     Mock::given(method("GET"))
         .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "3600"))
         .mount(&slow)
@@ -144,4 +147,54 @@ async fn rate_limits_honour_retry_after() {
         GitHub.pull(&ctx(&broken), None).await,
         Err(Error::Provider { retry_after: None, .. })
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_holds_for_every_request_to_the_provider_and_dates_count() {
+    let server = MockServer::start().await;
+    // The first pull meets a 503 whose Retry-After is an HTTP date ~2 s ahead, then succeeds.
+    let until = time::OffsetDateTime::now_utc() + Duration::from_secs(2);
+    let date = until
+        .format(time::macros::format_description!(
+            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+        ))
+        .unwrap();
+    Mock::given(method("GET"))
+        .and(path("/repos/octo/repo/issues"))
+        .respond_with(ResponseTemplate::new(503).insert_header("retry-after", date.as_str()))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/octo/repo/issues"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([issue(1, "One")])))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/repos/octo/repo/issues/1/comments"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 5})))
+        .mount(&server)
+        .await;
+    let c = ctx(&server);
+    let started = Instant::now();
+    let pull = tokio::spawn({
+        let c = c.clone();
+        async move { GitHub.pull(&c, None).await }
+    });
+    // Wait until the 503 has been answered, then comment through a separate client: it must
+    // not be sent before the limit ends, although it never saw a 503 itself.
+    let observer = ApiClient::new("github", &server.uri()).unwrap();
+    while observer.limited_for().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the 503 never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    GitHub.comment(&c, "octo/repo#1", "hi").await.unwrap();
+    let comment_done = started.elapsed();
+    assert_eq!(pull.await.unwrap().unwrap().len(), 1);
+    assert!(comment_done >= Duration::from_millis(900), "the comment waited: {comment_done:?}");
+    let reqs = server.received_requests().await.unwrap();
+    assert_eq!(reqs.len(), 3);
+    assert_eq!(reqs[0].method.as_str(), "GET", "the 503 came first");
 }

@@ -1,13 +1,16 @@
 //! Integrations over HTTP: the inbound webhook endpoint per provider, project integrations
 //! (CRUD, logs), and outbound webhook subscriptions (CRUD with event filters, secret rotation,
-//! delivery log, manual redelivery).
+//! delivery log, manual redelivery), and OAuth 2 connections (connect → provider → callback,
+//! disconnect with revocation).
 //!
 //! Invariants: an inbound request is verified on its raw bytes before anything else looks at
 //! it — a bad signature is a 401 problem, logged, and nothing is stored or processed; a replayed
 //! delivery id is a 200 no-op; an accepted delivery is persisted (the queue) and acknowledged at
 //! once, processing happens in the background. Managing integrations and subscriptions needs
 //! `(integration, manage)` in the organization; an integration or subscription the caller may
-//! not manage is 404. Secrets are returned once, when created, and stored sealed. When the
+//! not manage is 404. Secrets are returned once, when created, and stored sealed; OAuth tokens are
+//! never returned at all. The OAuth callback is authenticated by its single-use `state`, not a
+//! bearer token (it is a browser redirect from the provider). When the
 //! server runs without integrations ([`AppState::integrations`] is `None`) every route is 404.
 
 use axum::body::Bytes;
@@ -44,6 +47,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_integrations))
         .routes(routes!(get_integration, update_integration, delete_integration))
         .routes(routes!(list_integration_logs))
+        .routes(routes!(oauth_connect))
+        .routes(routes!(oauth_disconnect))
+        .routes(routes!(oauth_callback))
         .routes(routes!(list_subscriptions, create_subscription))
         .routes(routes!(get_subscription, update_subscription, delete_subscription))
         .routes(routes!(rotate_subscription_secret))
@@ -300,6 +306,8 @@ pub struct IntegrationBody {
     pub version: i64,
     /// Where the provider must send webhooks (path on this server).
     pub webhook_path: String,
+    /// The OAuth connection, when one was made (`status` says whether it needs a reconnect).
+    pub oauth: Option<OAuthConnectionBody>,
     /// Created.
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
@@ -314,6 +322,7 @@ impl From<Integration> for IntegrationBody {
     fn from(i: Integration) -> Self {
         Self {
             webhook_path: format!("/api/v1/hooks/{}/{}", i.provider, i.id),
+            oauth: None,
             id: i.id.0,
             org_id: i.org_id.0,
             project_id: i.project_id.0,
@@ -480,7 +489,11 @@ async fn list_integrations(
     let ints = integrations(&s)?;
     require_manage(&s, &who, OrgId(org_id), None, None).await?;
     let list = ints.stores.integrations.list_integrations(OrgId(org_id)).await?;
-    Ok(Json(list.into_iter().map(Into::into).collect()))
+    let mut bodies = Vec::with_capacity(list.len());
+    for i in list {
+        bodies.push(with_connection(ints, i).await?);
+    }
+    Ok(Json(bodies))
 }
 
 async fn load_integration(
@@ -510,7 +523,8 @@ async fn get_integration(
     Path(id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
     let i = load_integration(&s, &who, id).await?;
-    Ok(with_etag(StatusCode::OK, i.version, IntegrationBody::from(i)))
+    let version = i.version;
+    Ok(with_etag(StatusCode::OK, version, with_connection(integrations(&s)?, i).await?))
 }
 
 /// Changes to an integration.
@@ -559,7 +573,8 @@ async fn update_integration(
         enabled: b.enabled,
     };
     let i = ints.stores.integrations.update_integration(i.id, b.version, &patch, now(ints)).await?;
-    Ok(with_etag(StatusCode::OK, i.version, IntegrationBody::from(i)))
+    let version = i.version;
+    Ok(with_etag(StatusCode::OK, version, with_connection(ints, i).await?))
 }
 
 /// Deletes an integration with its credentials, mappings and queued deliveries.
@@ -677,6 +692,184 @@ async fn list_integration_logs(
     let i = load_integration(&s, &who, id).await?;
     let p = integrations(&s)?.stores.logs.list_logs(Some(i.id), limit, before.map(LogId)).await?;
     Ok(page(p, LogBody::from, &uri))
+}
+
+// --- OAuth ---------------------------------------------------------------------------------------
+
+/// An integration's OAuth connection (tokens themselves are never shown).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OAuthConnectionBody {
+    /// `active`, or `needs_reconnect` once the provider refused the refresh token (connect
+    /// again).
+    pub status: String,
+    /// Why it needs a reconnect.
+    pub reason: Option<String>,
+    /// Scopes granted.
+    pub scopes: Vec<String>,
+    /// When the current access token expires (it is refreshed before that).
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<OffsetDateTime>,
+    /// Whether a refresh token is held.
+    pub refreshable: bool,
+    /// Who connected it.
+    pub connected_by: Uuid,
+    /// Last connected or refreshed.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<OAuthToken> for OAuthConnectionBody {
+    fn from(t: OAuthToken) -> Self {
+        Self {
+            status: t.status.as_str().to_owned(),
+            reason: t.status_reason,
+            scopes: t.scopes,
+            expires_at: t.expires_at,
+            refreshable: t.refresh.is_some(),
+            connected_by: t.connected_by.0,
+            updated_at: t.updated_at,
+        }
+    }
+}
+
+async fn with_connection(ints: &Integrations, i: Integration) -> Result<IntegrationBody, ApiError> {
+    let conn = ints.stores.oauth.get_oauth_token(i.id).await?;
+    let mut body = IntegrationBody::from(i);
+    body.oauth = conn.map(Into::into);
+    Ok(body)
+}
+
+/// Where to send the user to authorize the connection.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OAuthConnectBody {
+    /// The provider's authorization URL (with `state` and a PKCE `code_challenge`).
+    pub authorization_url: String,
+    /// The authorization must come back before this.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: OffsetDateTime,
+}
+
+/// Starts connecting an integration with OAuth 2 (authorization code + PKCE): returns the URL
+/// to send the user to. The provider redirects back to `GET /oauth/callback` within 10 minutes.
+#[utoipa::path(post, path = "/integrations/{integration_id}/oauth/connect", tag = "integrations", operation_id = "oauth_connect",
+    params(("integration_id" = Uuid, Path, description = "Integration id")),
+    responses(
+        (status = 200, description = "The authorization URL", body = OAuthConnectBody),
+        (status = 400, description = "No OAuth client is configured for the provider (`provider`)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such integration", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "OAuth is not configured on this server", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn oauth_connect(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<Json<OAuthConnectBody>, ApiError> {
+    let i = load_integration(&s, &who, id).await?;
+    let a = integrations(&s)?.oauth()?.begin(&i, who.user_id).await?;
+    Ok(Json(OAuthConnectBody { authorization_url: a.url, expires_at: a.expires_at }))
+}
+
+/// The provider's redirect back to us.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OAuthCallbackQuery {
+    /// The state from `connect` (single use, 10 minutes).
+    pub state: Option<String>,
+    /// The authorization code, on success.
+    pub code: Option<String>,
+    /// The provider's refusal (`access_denied`, ...), instead of a code.
+    pub error: Option<String>,
+    /// The provider's words about the refusal.
+    pub error_description: Option<String>,
+}
+
+/// A completed connection.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OAuthCallbackBody {
+    /// The integration now connected.
+    pub integration_id: Uuid,
+    /// Its provider.
+    pub provider: String,
+    /// The connection.
+    pub connection: OAuthConnectionBody,
+}
+
+/// Completes an OAuth connection: the provider redirects the user's browser here with `state`
+/// and `code` (or `error`). Authenticated by the single-use `state` (bound to the user and
+/// integration that started it), not by a token.
+#[utoipa::path(get, path = "/oauth/callback", tag = "integrations", operation_id = "oauth_callback",
+    params(OAuthCallbackQuery),
+    responses(
+        (status = 200, description = "Connected; tokens stored encrypted", body = OAuthCallbackBody),
+        (status = 400, description = "`state` missing, unknown, used or expired; `code` missing or refused; `error` from the provider", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Integrations are not enabled, or the integration is gone", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The provider's token endpoint failed; nothing was stored", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "OAuth is not configured on this server", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn oauth_callback(
+    State(s): State<AppState>,
+    Query(q): Query<OAuthCallbackQuery>,
+) -> Result<Json<OAuthCallbackBody>, ApiError> {
+    let oauth = integrations(&s)?.oauth()?;
+    let (i, tok) = oauth
+        .complete(pm_integrations::oauth::Callback {
+            state: q.state.as_deref(),
+            code: q.code.as_deref(),
+            error: q.error.as_deref(),
+            error_description: q.error_description.as_deref(),
+        })
+        .await?;
+    Ok(Json(OAuthCallbackBody {
+        integration_id: i.id.0,
+        provider: i.provider.to_string(),
+        connection: tok.into(),
+    }))
+}
+
+/// What disconnecting did at the provider.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OAuthDisconnectBody {
+    /// `revoked`, `not_supported` (the provider has no revocation endpoint) or `failed` (the
+    /// tokens were deleted here anyway; see the integration log).
+    pub revocation: String,
+    /// Why revocation failed.
+    pub error: Option<String>,
+}
+
+/// Disconnects an integration's OAuth connection: revokes the token at the provider (RFC 7009)
+/// when it has a revocation endpoint, then deletes the tokens — also when revocation fails.
+#[utoipa::path(delete, path = "/integrations/{integration_id}/oauth", tag = "integrations", operation_id = "oauth_disconnect",
+    params(("integration_id" = Uuid, Path, description = "Integration id")),
+    responses(
+        (status = 200, description = "Disconnected", body = OAuthDisconnectBody),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such integration, or it is not connected", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "OAuth is not configured on this server", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn oauth_disconnect(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<Json<OAuthDisconnectBody>, ApiError> {
+    let i = load_integration(&s, &who, id).await?;
+    use pm_integrations::oauth::Revocation;
+    let body = match integrations(&s)?.oauth()?.disconnect(&i).await? {
+        Revocation::Revoked => OAuthDisconnectBody { revocation: "revoked".into(), error: None },
+        Revocation::NotSupported => {
+            OAuthDisconnectBody { revocation: "not_supported".into(), error: None }
+        }
+        Revocation::Failed(e) => {
+            OAuthDisconnectBody { revocation: "failed".into(), error: Some(e) }
+        }
+    };
+    Ok(Json(body))
 }
 
 // --- outbound subscriptions ----------------------------------------------------------------------

@@ -603,3 +603,281 @@ async fn without_integrations_the_routes_are_404() {
         .await
         .problem(404);
 }
+
+// --- OAuth -------------------------------------------------------------------------------------
+
+mod oauth {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use pm_integrations::clock::ManualClock;
+    use pm_integrations::crypto::{EncryptionKey, Keyring, Secret};
+    use pm_integrations::oauth::{OAuthClient, OAuthSettings};
+    use pm_integrations::provider::Provider;
+    use pm_integrations::providers::GoogleCalendar;
+    use pm_integrations::ssrf::TargetPolicy;
+    use pm_server::integrations::Integrations;
+    use reqwest::Method;
+    use serde_json::json;
+    use wiremock::matchers::{body_string_contains, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::super::{Server, org_and_project};
+
+    struct OAuthServer {
+        s: Server,
+        ints: Integrations,
+        clock: Arc<ManualClock>,
+        provider: MockServer,
+        token: String,
+        integration: String,
+        dir: tempfile::TempDir,
+    }
+
+    /// A server whose Google Calendar OAuth endpoints (it has a revocation endpoint) are a
+    /// wiremock server, with a manual clock and one integration to connect.
+    async fn setup(email: &str) -> OAuthServer {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("int.db").display());
+        let keyring = Keyring::new("test", &EncryptionKey::generate()).unwrap();
+        let mut ints =
+            Integrations::open(&url, Some(keyring), TargetPolicy::public_only()).await.unwrap();
+        let clock = Arc::new(ManualClock::default());
+        ints.clock = clock.clone();
+        let provider = MockServer::start().await;
+        let client = OAuthClient::new(
+            &GoogleCalendar.oauth().unwrap(),
+            "pm-client",
+            Some(Secret::new("pm-client-secret")),
+        )
+        .unwrap()
+        .with_base_url(&provider.uri())
+        .unwrap();
+        let ints = ints
+            .with_oauth(
+                OAuthSettings::new("https://pm.example/api/v1/oauth/callback"),
+                vec![(GoogleCalendar.info().key, client)],
+            )
+            .unwrap();
+        assert!(ints.oauth.is_some());
+        let for_state = ints.clone();
+        let s =
+            Server::start_with(move |state| *state = state.clone().with_integrations(for_state))
+                .await;
+        let (_, token) = s.user(email).await;
+        let (_, project, _) = org_and_project(&s, &token, "oauth", "OA").await;
+        let created = s
+            .call(
+                Method::POST,
+                &format!("/api/v1/projects/{project}/integrations"),
+                Some(&token),
+                Some(json!({"provider": "google_calendar", "name": "Team calendar"})),
+            )
+            .await;
+        let integration = created.ok(201)["integration"]["id"].as_str().unwrap().to_owned();
+        OAuthServer { s, ints, clock, provider, token, integration, dir }
+    }
+
+    impl OAuthServer {
+        async fn connect(&self) -> String {
+            let r = self
+                .s
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/integrations/{}/oauth/connect", self.integration),
+                    Some(&self.token),
+                    None,
+                )
+                .await;
+            let url = r.ok(200)["authorization_url"].as_str().unwrap().to_owned();
+            reqwest::Url::parse(&url)
+                .unwrap()
+                .query_pairs()
+                .find(|(k, _)| k == "state")
+                .map(|(_, v)| v.into_owned())
+                .expect("state in the authorization URL")
+        }
+
+        async fn callback(&self, query: &str) -> super::super::Res {
+            self.s.call(Method::GET, &format!("/api/v1/oauth/callback?{query}"), None, None).await
+        }
+
+        async fn integration(&self) -> serde_json::Value {
+            self.s
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/integrations/{}", self.integration),
+                    Some(&self.token),
+                    None,
+                )
+                .await
+                .ok(200)
+                .clone()
+        }
+
+        async fn raw_tokens(&self) -> Vec<(String, String, String)> {
+            let url = format!("sqlite://{}", self.dir.path().join("int.db").display());
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            sqlx::query_as(
+                "SELECT access_token, coalesce(refresh_token, ''), key_id FROM int_oauth_tokens",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    }
+
+    fn tokens(access: &str, refresh: &str, expires_in: i64) -> ResponseTemplate {
+        ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": access, "refresh_token": refresh, "expires_in": expires_in,
+            "scope": "https://www.googleapis.com/auth/calendar.events", "token_type": "Bearer"
+        }))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connect_callback_stores_encrypted_tokens_and_disconnect_revokes() {
+        let o = setup("oauth-happy@example.com").await;
+        let state = o.connect().await;
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .and(body_string_contains("grant_type=authorization_code"))
+            .and(body_string_contains("code=good-code"))
+            .and(body_string_contains("code_verifier="))
+            .respond_with(tokens("ya29.PLAINTEXT-ACCESS", "1//PLAINTEXT-REFRESH", 3600))
+            .expect(1)
+            .mount(&o.provider)
+            .await;
+        let done = o.callback(&format!("state={state}&code=good-code&scope=x")).await;
+        let body = done.ok(200);
+        assert_eq!(body["integration_id"], o.integration.as_str());
+        assert_eq!(body["connection"]["status"], "active");
+        assert_eq!(body["connection"]["refreshable"], true);
+        assert!(!done.body.to_string().contains("PLAINTEXT"), "tokens are never returned");
+
+        // The database holds sealed tokens under the current key id, never the plaintext.
+        let rows = o.raw_tokens().await;
+        assert_eq!(rows.len(), 1);
+        let (access, refresh, key_id) = &rows[0];
+        assert_eq!(key_id, "test");
+        assert!(access.starts_with("v1.test.") && refresh.starts_with("v1.test."));
+        assert!(!access.contains("PLAINTEXT") && !refresh.contains("PLAINTEXT"));
+        let id = pm_core::id::IntegrationId(o.integration.parse().unwrap());
+        let oauth = o.ints.oauth.clone().unwrap();
+        assert_eq!(oauth.access_token(id).await.unwrap().expose(), "ya29.PLAINTEXT-ACCESS");
+        let i = o.integration().await;
+        assert_eq!(i["oauth"]["status"], "active");
+        assert_eq!(i["oauth"]["scopes"][0], "https://www.googleapis.com/auth/calendar.events");
+
+        // The state was single use.
+        let reused = o.callback(&format!("state={state}&code=good-code")).await;
+        assert_eq!(reused.problem(400)["field"], "state");
+
+        // Disconnect revokes the refresh token at the provider, then deletes the tokens.
+        Mock::given(method("POST"))
+            .and(path("/revoke"))
+            .and(body_string_contains("token=1%2F%2FPLAINTEXT-REFRESH"))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(1)
+            .mount(&o.provider)
+            .await;
+        let url = format!("/api/v1/integrations/{}/oauth", o.integration);
+        let gone = o.s.call(Method::DELETE, &url, Some(&o.token), None).await;
+        assert_eq!(gone.ok(200)["revocation"], "revoked");
+        o.provider.verify().await;
+        assert!(o.raw_tokens().await.is_empty());
+        assert!(o.integration().await["oauth"].is_null());
+        o.s.call(Method::DELETE, &url, Some(&o.token), None).await.problem(404);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_states_refusals_and_token_errors_are_problems_and_store_nothing() {
+        let o = setup("oauth-errors@example.com").await;
+        assert_eq!(o.callback("code=x").await.problem(400)["field"], "state");
+        assert_eq!(o.callback("state=forged&code=x").await.problem(400)["field"], "state");
+
+        // Expired: the state lives 10 minutes.
+        let state = o.connect().await;
+        o.clock.advance(Duration::from_secs(11 * 60));
+        let expired = o.callback(&format!("state={state}&code=x")).await;
+        assert_eq!(expired.problem(400)["field"], "state");
+        assert!(expired.body["detail"].as_str().unwrap().contains("expired"));
+
+        // The user refused at the provider.
+        let state = o.connect().await;
+        let denied = o
+            .callback(&format!("state={state}&error=access_denied&error_description=No+thanks"))
+            .await;
+        let p = denied.problem(400);
+        assert_eq!(p["field"], "error");
+        assert!(p["detail"].as_str().unwrap().contains("access_denied"));
+
+        // The token endpoint fails: 502, nothing stored; a refused code: 400 naming `code`.
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .and(body_string_contains("code=boom"))
+            .respond_with(ResponseTemplate::new(500).set_body_string("oops"))
+            .mount(&o.provider)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .and(body_string_contains("code=stale"))
+            .respond_with(
+                ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_grant"})),
+            )
+            .mount(&o.provider)
+            .await;
+        let state = o.connect().await;
+        let failed = o.callback(&format!("state={state}&code=boom")).await;
+        assert_eq!(failed.problem(502)["type"], "/problems/provider-failed");
+        let state = o.connect().await;
+        assert_eq!(
+            o.callback(&format!("state={state}&code=stale")).await.problem(400)["field"],
+            "code"
+        );
+        let state = o.connect().await;
+        assert_eq!(o.callback(&format!("state={state}")).await.problem(400)["field"], "code");
+        assert!(o.raw_tokens().await.is_empty());
+        assert!(o.integration().await["oauth"].is_null());
+
+        // Not connected: disconnect is 404; another user cannot start a connection.
+        let url = format!("/api/v1/integrations/{}/oauth", o.integration);
+        o.s.call(Method::DELETE, &url, Some(&o.token), None).await.problem(404);
+        let (_, stranger) = o.s.user("oauth-stranger@example.com").await;
+        o.s.call(Method::POST, &format!("{url}/connect"), Some(&stranger), None).await.problem(404);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_refresh_shows_as_needs_reconnect() {
+        let o = setup("oauth-reconnect@example.com").await;
+        let state = o.connect().await;
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .and(body_string_contains("grant_type=authorization_code"))
+            .respond_with(tokens("ya29.short", "1//revoked-later", 60))
+            .mount(&o.provider)
+            .await;
+        o.callback(&format!("state={state}&code=c")).await.ok(200);
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .and(body_string_contains("grant_type=refresh_token"))
+            .respond_with(ResponseTemplate::new(400).set_body_json(
+                json!({"error": "invalid_grant", "error_description": "Token has been revoked."}),
+            ))
+            .expect(1)
+            .mount(&o.provider)
+            .await;
+        o.clock.advance(Duration::from_secs(120));
+        let id = pm_core::id::IntegrationId(o.integration.parse().unwrap());
+        let oauth = o.ints.oauth.clone().unwrap();
+        for _ in 0..2 {
+            assert!(matches!(
+                oauth.access_token(id).await,
+                Err(pm_integrations::Error::NeedsReconnect { .. })
+            ));
+        }
+        o.provider.verify().await;
+        let i = o.integration().await;
+        assert_eq!(i["oauth"]["status"], "needs_reconnect");
+        assert!(i["oauth"]["reason"].as_str().unwrap().contains("invalid_grant"));
+    }
+}
