@@ -384,8 +384,13 @@ async fn review_needs_two_of_three_managers_then_done_and_the_reporter_is_mailed
     let mail = eventually("the e-mail", async || smtp.messages().first().cloned()).await;
     assert_eq!(mail["to"], json!(["ada@example.com"]));
     assert_eq!(mail["subject"], json!(format!("{} approved", task["reference"].as_str().unwrap())));
-    let executions = a.ok(Method::GET, &format!("/orgs/{}/executions", w.org), None, 200).await;
-    let execution = executions.as_array().unwrap()[0].clone();
+    // The mail is the last step's side effect; the execution is marked finished just after it.
+    let execution = eventually("the execution to finish", async || {
+        let list = a.ok(Method::GET, &format!("/orgs/{}/executions", w.org), None, 200).await;
+        let e = list.as_array().unwrap()[0].clone();
+        (e["status"] != "running").then_some(e)
+    })
+    .await;
     assert_eq!(execution["status"], "succeeded", "{execution}");
     let replay = a
         .ok(
