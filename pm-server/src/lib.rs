@@ -15,6 +15,7 @@
 //!   (Yjs over WebSocket) on pm-realtime's document registry.
 //! - [`workflows`]: pm-workflows' engine and the server's adapters for its ports (approver
 //!   rights from pm-permissions, SMTP, HTTP); routes in `api::workflows`.
+//! - [`web`]: the PWA (`web/dist`, embedded at build time) at `/`.
 //!
 //! Invariants: every response this server produces for an error, including unknown routes,
 //! wrong methods and timeouts, is `application/problem+json`; every response carries an
@@ -53,6 +54,7 @@ pub mod idempotency;
 pub mod integrations;
 pub mod ratelimit;
 pub mod realtime;
+pub mod web;
 pub mod workflows;
 
 use auth::Auth;
@@ -214,7 +216,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(api::router(state.clone()))
-        .fallback(not_found)
+        // The web app (and its 404s for everything else) below the API routes.
+        .fallback(web::serve)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(middleware::from_fn_with_state(request_timeout, timeout))
@@ -297,10 +300,6 @@ async fn timeout(State(limit): State<Duration>, req: Request, next: Next) -> Res
         Ok(res) => res,
         Err(_) => ApiError::timeout(limit).into_response(),
     }
-}
-
-async fn not_found() -> ApiError {
-    ApiError::route_not_found()
 }
 
 async fn method_not_allowed() -> ApiError {
