@@ -56,7 +56,7 @@ const hash = createHash('sha256');
 for (const p of shell) hash.update(p).update(readFileSync(join(dist, p)));
 const version = hash.digest('hex').slice(0, 12);
 writeFileSync(join(dist, 'sw.js'), readFileSync(join(src, 'sw.js'), 'utf8')
-  .replace('__VERSION__', version).replace('__PRECACHE__', JSON.stringify(shell)));
+  .replace("'__VERSION__'", `'${version}'`).replace('= __PRECACHE__;', `= ${JSON.stringify(shell)};`));
 
 const sizes = outputs.map((p) => `${p} ${(result.metafile.outputs[Object.keys(result.metafile.outputs).find((k) => k.endsWith(p))].bytes / 1024).toFixed(1)} KiB`);
 console.log(`built dist/ (shell ${version})\n  ${sizes.join('\n  ')}`);

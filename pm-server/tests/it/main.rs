@@ -7,11 +7,13 @@
 mod api;
 mod auth;
 mod binary;
+mod browser;
 mod collab;
 mod http;
 mod readiness;
 mod realtime;
 mod serve;
+mod web;
 mod workflows;
 
 use std::net::SocketAddr;

@@ -1,12 +1,12 @@
-// pm's service worker. The build replaces 6c02169b38fd with a hash of the app shell and
-// ["/index.html","/offline.html","/manifest.webmanifest","/icons/icon-192.png","/icons/icon-512.png","/icons/maskable-512.png","/assets/app-RMXRFELQ.js","/assets/collab-DMMJOYML.js","/assets/styles-2LI43RZK.css"] with its file list, so a new build gets a new cache and old ones are dropped on
+// pm's service worker. The build (build.mjs) fills in VERSION, a hash of the app shell, and
+// PRECACHE, its file list, so a new build gets a new cache and old ones are dropped on
 // activate. Navigations: network first, then the cached shell (app routes) or the offline page.
 // API GETs: network first, the last good answer when offline (marked `x-pm-offline: 1`).
 // Static assets: cache first (their names carry content hashes). Push: shows the notification.
-const VERSION = '__VERSION__';
+const VERSION = '6c02169b38fd';
 const SHELL = `pm-shell-${VERSION}`;
 const API = 'pm-api-v1';
-const PRECACHE = __PRECACHE__;
+const PRECACHE = ["/index.html","/offline.html","/manifest.webmanifest","/icons/icon-192.png","/icons/icon-512.png","/icons/maskable-512.png","/assets/app-RMXRFELQ.js","/assets/collab-DMMJOYML.js","/assets/styles-2LI43RZK.css"];
 const APP_ROUTES = /^\/($|login|register|orgs\/|projects\/|tasks\/|notifications)/;
 
 self.addEventListener('install', (event) => {

@@ -1,5 +1,5 @@
-// pm's service worker. The build replaces __VERSION__ with a hash of the app shell and
-// __PRECACHE__ with its file list, so a new build gets a new cache and old ones are dropped on
+// pm's service worker. The build (build.mjs) fills in VERSION, a hash of the app shell, and
+// PRECACHE, its file list, so a new build gets a new cache and old ones are dropped on
 // activate. Navigations: network first, then the cached shell (app routes) or the offline page.
 // API GETs: network first, the last good answer when offline (marked `x-pm-offline: 1`).
 // Static assets: cache first (their names carry content hashes). Push: shows the notification.
