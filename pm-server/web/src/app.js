@@ -105,7 +105,7 @@ async function route() {
   renderBar();
   const main = document.getElementById('main');
   clear(main, spinner());
-  main.scrollTop = 0;
+  window.scrollTo(0, 0);
   const run = async () => {
     try {
       await screen(main, ...m.slice(1));
@@ -155,7 +155,7 @@ function renderBar() {
       h('button', { class: 'btn-icon', 'aria-label': 'Sign out', title: 'Sign out', onclick: signOut }, icon('logout'))));
   const banner = document.getElementById('banner');
   clear(banner, clash > 0 && h('button', { class: 'conflict-banner', 'data-testid': 'conflict-banner', onclick: () => resolveConflicts() },
-    icon('alert', 18), `${clash} change${clash > 1 ? 's' : ''} conflict with edits made elsewhere — review`));
+    icon('alert', 18), clash > 1 ? `${clash} offline changes conflict with edits made elsewhere — review` : 'An offline change conflicts with an edit made elsewhere — review'));
 }
 
 const nav = (path) => (e) => { e.preventDefault(); go(path); };
@@ -351,7 +351,6 @@ function taskCard(t, states) {
     h('p', { class: 'card-title' }, t.title),
     h('div', { class: 'card-meta' },
       t.due_date && h('span', { class: 'due' }, `Due ${new Date(t.due_date).toLocaleDateString(undefined, { month: 'short', day: 'numeric' })}`),
-      h('span', { class: 'state-pill', style: { '--state': STATE_COLORS[st?.category] } }, st?.name || ''),
       ...(t.assignees || []).slice(0, 3).map((a) => avatar(a)))));
 }
 
@@ -712,8 +711,8 @@ function conflictPanel(op, states) {
   h('p', { class: 'muted' }, 'Someone changed the same fields while you were away. Pick the value to keep for each.'),
   op.conflict.conflicts.map((c) => h('fieldset', { class: 'conflict-field', 'data-field': c.field },
     h('legend', {}, FIELD_LABELS[c.field] || c.field, h('span', { class: 'muted' }, ` — was “${show(c.field, c.base, states)}”`)),
-    h('label', { class: 'pick' }, h('input', { type: 'radio', name: `pick-${c.field}`, value: 'mine', checked: true }), h('span', {}, h('b', {}, 'Mine '), show(c.field, c.mine, states))),
-    h('label', { class: 'pick' }, h('input', { type: 'radio', name: `pick-${c.field}`, value: 'theirs' }), h('span', {}, h('b', {}, 'Theirs '), show(c.field, c.theirs, states))))),
+    h('label', { class: 'pick' }, h('input', { type: 'radio', name: `pick-${c.field}`, value: 'mine', checked: true }), h('span', { class: 'tag' }, 'Mine'), h('span', {}, show(c.field, c.mine, states))),
+    h('label', { class: 'pick' }, h('input', { type: 'radio', name: `pick-${c.field}`, value: 'theirs' }), h('span', { class: 'tag tag-theirs' }, 'Theirs'), h('span', {}, show(c.field, c.theirs, states))))),
   h('button', { class: 'btn btn-primary' }, 'Save resolution'));
   return form;
 }
@@ -799,8 +798,9 @@ async function syncNow() {
 function pullToRefresh() {
   const main = document.getElementById('main');
   const ind = document.getElementById('ptr');
+  const atTop = () => (document.scrollingElement?.scrollTop || 0) <= 0;
   let start = null;
-  main.addEventListener('touchstart', (e) => { start = main.scrollTop <= 0 && !e.target.closest('.card, .board') ? e.touches[0].clientY : null; }, { passive: true });
+  main.addEventListener('touchstart', (e) => { start = atTop() && !e.target.closest('.card, .board') ? e.touches[0].clientY : null; }, { passive: true });
   main.addEventListener('touchmove', (e) => {
     if (start == null) return;
     const d = Math.max(0, Math.min(120, e.touches[0].clientY - start));

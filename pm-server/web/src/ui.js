@@ -6,7 +6,9 @@ export function h(tag, attrs, ...children) {
     if (v == null || v === false) continue;
     if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2).toLowerCase(), v);
     else if (k === 'class') el.className = v;
-    else if (k === 'style' && typeof v === 'object') Object.assign(el.style, v);
+    else if (k === 'style' && typeof v === 'object') {
+      for (const [prop, val] of Object.entries(v)) if (val != null) el.style.setProperty(prop.startsWith('--') ? prop : prop.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`), val);
+    }
     else if (k === 'dataset') Object.assign(el.dataset, v);
     else if (k === 'value' || k === 'checked' || k === 'selected') el[k] = v;
     else el.setAttribute(k, v === true ? '' : v);
@@ -61,6 +63,8 @@ export function toast(message, kind = 'info') {
   const host = document.getElementById('toasts');
   const t = h('div', { class: `toast toast-${kind}`, role: 'status' }, message);
   host.append(t);
+  // Two at a time: older ones make room.
+  while (host.children.length > 2) host.firstElementChild.remove();
   setTimeout(() => t.classList.add('out'), 3500);
   setTimeout(() => t.remove(), 4000);
 }
