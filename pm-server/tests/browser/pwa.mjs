@@ -3,7 +3,8 @@
 // server, seeds a user, an organization, a project and tasks, and passes:
 //
 //   node pwa.mjs <base-url> <chromium> <screenshot-dir> <seed-json>
-//   seed = { email, password, project_id, states: [{id,name}], drag_task, conflict_task }
+//   seed = { email, password, project_id, states: [{id,name}], drag_task, conflict_task,
+//            notify_task (assigned to the user by someone else: an unread notification) }
 //
 // Prints one JSON line `{ok:true, checks:[…]}` on success; exits non-zero with the failing check.
 import { chromium, devices } from 'playwright-core';
@@ -100,6 +101,27 @@ try {
   assert(await page.evaluate(() => !!navigator.serviceWorker.controller), 'page controlled by the service worker');
   await card(page, seed.drag_task).waitFor();
   await page.screenshot({ path: join(shots, 'desktop-board.png') });
+
+  // Notifications: the unread badge, the list, opening one marks it read and opens its task.
+  await page.getByTestId('unread').waitFor();
+  await page.getByRole('link', { name: /^Notifications/ }).click();
+  const note = page.locator('.notes li.unread').first();
+  await note.waitFor();
+  await page.screenshot({ path: join(shots, 'desktop-notifications.png') });
+  await note.locator('a').click();
+  await page.waitForURL('**/tasks/*');
+  await page.getByLabel('Title', { exact: true }).waitFor();
+  assert(await page.getByLabel('Title', { exact: true }).inputValue() === seed.notify_task, 'notification opens its task');
+  await eventually('notification marked read', async () => (await rest('GET', 'me/notifications/unread-count')).count === 0);
+  log('notifications: unread badge, list, open marks read');
+  await page.goto(`${base}/projects/${seed.project_id}/list`);
+  await page.locator('.rows').waitFor();
+  await page.getByLabel('Search tasks').fill('stairwell');
+  await eventually('search filters the list', async () => (await page.locator('.rows li').count()) === 1);
+  await page.screenshot({ path: join(shots, 'desktop-list.png') });
+  log('task list search filter');
+  await page.goto(`${base}/projects/${seed.project_id}`);
+  await card(page, seed.drag_task).waitFor();
 
   // Board drag with the mouse: first state → second state.
   const [s0, s1, s2] = seed.states;

@@ -8,7 +8,13 @@ import {
   resolve, updateTask, uuid7, rememberTask, forgetTask, pendingFor,
 } from './outbox.js';
 import * as rt from './realtime.js';
-import { h, clear, icon, toast, dialog, STATE_COLORS, PRIORITIES, relTime, avatar, empty, spinner } from './ui.js';
+import { h, clear, icon, toast, dialog, STATE_COLORS, PRIORITIES, relTime, avatar as avatarOf, empty, spinner } from './ui.js';
+
+/** An avatar; the signed-in user's shows their initials. */
+const avatar = (id, label) => {
+  const me = currentSession()?.user;
+  return avatarOf(id, label ?? (me && me.id === id ? me.display_name : ''));
+};
 
 const app = document.getElementById('app');
 const state = { online: navigator.onLine, unread: 0, stale: false };
@@ -551,7 +557,7 @@ async function taskScreen(main, id) {
   const [comments, attachments, checkins, activity] = await Promise.all([
     soft(`comments:${id}`, `tasks/${id}/comments`), soft(`attachments:${id}`, `tasks/${id}/attachments`),
     soft(`checkins:${id}`, `tasks/${id}/check-ins`), soft(`activity:${id}`, `tasks/${id}/activity?limit=30`, { items: [] })]);
-  setBar(task.reference === '…' ? 'New task' : task.reference, `/projects/${task.project_id}`);
+  setBar(task.reference === 'New' ? 'New task' : task.reference, `/projects/${task.project_id}`);
   const st = states.find((s) => s.id === task.state_id);
   const save = async (changes) => {
     await updateTask(task, changes);

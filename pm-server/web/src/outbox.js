@@ -67,7 +67,7 @@ export function overlayTask(task) {
 export function localTask(op) {
   const now = op.queued_at;
   return {
-    id: op.task_id, project_id: op.project_id, reference: '…', title: op.data.title,
+    id: op.task_id, project_id: op.project_id, reference: 'New', title: op.data.title,
     description: op.data.description || '', state_id: op.data.state_id, priority: op.data.priority || 'none',
     due_date: op.data.due_date || null, assignees: [], labels: [], version: 0, created_at: now,
     updated_at: now, rank: `~${now}`, _pending: true,

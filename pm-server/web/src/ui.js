@@ -43,6 +43,7 @@ const ICONS = {
   refresh: 'M23 4v6h-6M1 20v-6h6M3.5 9a9 9 0 0114.9-3.4L23 10M1 14l4.6 4.4A9 9 0 0020.5 15',
   alert: 'M10.3 3.9L1.8 18a2 2 0 001.7 3h17a2 2 0 001.7-3L13.7 3.9a2 2 0 00-3.4 0zM12 9v4M12 17h.01',
   check: 'M20 6L9 17l-5-5',
+  user: 'M20 21v-2a4 4 0 00-4-4H8a4 4 0 00-4 4v2M12 11a4 4 0 100-8 4 4 0 000 8z',
 };
 
 export function icon(name, size = 20) {
@@ -105,7 +106,8 @@ export function initials(name) {
 export function avatar(id, label) {
   let hash = 0;
   for (const c of id || '') hash = (hash * 31 + c.charCodeAt(0)) >>> 0;
-  return h('span', { class: 'avatar', title: label || id, style: { background: `hsl(${hash % 360} 55% 45%)` } }, initials(label || id?.slice(0, 2)));
+  // Without a name (the API gives ids only for other people) a silhouette, coloured per person.
+  return h('span', { class: 'avatar', title: label || 'Team member', style: { background: `hsl(${hash % 360} 55% 45%)` } }, label ? initials(label) : icon('user', 14));
 }
 
 export function empty(title, text, action) {
