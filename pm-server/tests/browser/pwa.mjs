@@ -245,6 +245,10 @@ try {
   log('swipe right moves a card to the next state (phone)');
   await mobile.waitForTimeout(300);
   await mobile.screenshot({ path: join(shots, 'phone-board-after.png') });
+  await mobile.emulateMedia({ colorScheme: 'dark' });
+  await mobile.waitForTimeout(400); // let colour transitions finish
+  await mobile.screenshot({ path: join(shots, 'phone-board-dark.png') });
+  await mobile.emulateMedia({ colorScheme: 'light' });
   await mobile.goto(`${base}/tasks/${target.id}`);
   await mobile.getByTestId('checkin').first().waitFor();
   await mobile.screenshot({ path: join(shots, 'phone-task.png'), fullPage: true });
