@@ -844,14 +844,14 @@ async function main() {
   window.addEventListener('online', () => { setOnline(true); syncNow().then(() => rerender?.()); });
   window.addEventListener('offline', () => setOnline(false));
   // Projects seen, so a task opened offline can be found in their snapshots.
-  const origCached = kv.set;
+  const rawSet = kv.set;
   kv.set = async (key, value) => {
     if (key.startsWith('tasks:')) {
       const seen = (await kv.get('projects-seen')) || [];
-      const pid = key.slice(6);
-      if (!seen.includes(pid)) await origCached('projects-seen', [...seen, pid]);
+      const pid = key.slice('tasks:'.length);
+      if (!seen.includes(pid)) await rawSet('projects-seen', [...seen, pid]);
     }
-    return origCached(key, value);
+    return rawSet(key, value);
   };
   pullToRefresh();
   if ('serviceWorker' in navigator) {

@@ -145,9 +145,18 @@ async function doFlush() {
   return results;
 }
 
+/** The op as docs/sync-protocol.md spells it: exactly the fields of its kind (the server
+ * refuses unknown ones; `project_id` on other kinds is only for the optimistic view). */
 function wire(op) {
-  const { seq, status, queued_at, conflict, label, ...rest } = op;
-  return rest;
+  const { op_id, kind, task_id } = op;
+  switch (kind) {
+    case 'task.create': return { op_id, kind, project_id: op.project_id, task_id, data: op.data };
+    case 'task.update': return { op_id, kind, task_id, base_version: op.base_version, base: op.base, changes: op.changes };
+    case 'task.delete': return { op_id, kind, task_id, base_version: op.base_version };
+    case 'comment.create': return { op_id, kind, task_id, comment_id: op.comment_id, data: op.data };
+    case 'checkin.create': return { op_id, kind, task_id, data: op.data };
+    default: throw new Error(`unknown op kind ${kind}`);
+  }
 }
 
 async function settle(op, r) {
