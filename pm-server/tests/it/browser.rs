@@ -40,10 +40,10 @@ fn browser_dir() -> Option<PathBuf> {
 }
 
 fn screenshot_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target")
-    })
-    .join("screenshots")
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join("screenshots")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,14 +56,15 @@ async fn pwa_in_chromium() {
     let s = Server::start().await;
 
     let (email, password) = ("dana@example.com", "correct horse battery staple");
-    s.call(
-        Method::POST,
-        "/api/v1/auth/register",
-        None,
-        Some(json!({"email": email, "display_name": "Dana Field", "password": password})),
-    )
-    .await
-    .ok(201);
+    let dana = s
+        .call(
+            Method::POST,
+            "/api/v1/auth/register",
+            None,
+            Some(json!({"email": email, "display_name": "Dana Field", "password": password})),
+        )
+        .await;
+    let dana = dana.ok(201)["id"].as_str().unwrap().to_owned();
     let login = s
         .call(
             Method::POST,
@@ -73,7 +74,7 @@ async fn pwa_in_chromium() {
         )
         .await;
     let token = login.ok(200)["access_token"].as_str().unwrap().to_owned();
-    let (_, project, states) = org_and_project(&s, &token, "acme", "PLT").await;
+    let (org, project, states) = org_and_project(&s, &token, "acme", "PLT").await;
     let mut titles = vec![];
     for (title, priority) in [
         ("Drag me across the board", "high"),
@@ -91,7 +92,35 @@ async fn pwa_in_chromium() {
         .ok(201);
         titles.push(title);
     }
+    // Someone else assigns Dana a task: she has an unread notification.
+    let (sam, sam_token) = s.user("sam@example.com").await;
+    s.call(
+        Method::PUT,
+        &format!("/api/v1/orgs/{org}/members/{}", sam.0),
+        Some(&token),
+        Some(json!({"role": "admin"})),
+    )
+    .await
+    .ok(200);
+    let tasks =
+        s.call(Method::GET, &format!("/api/v1/projects/{project}/tasks"), Some(&token), None).await;
+    let stairwell = tasks.ok(200)["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["title"] == titles[3])
+        .unwrap()
+        .clone();
+    s.call(
+        Method::PATCH,
+        &format!("/api/v1/tasks/{}", stairwell["id"].as_str().unwrap()),
+        Some(&sam_token),
+        Some(json!({"assignees": [dana], "version": stairwell["version"]})),
+    )
+    .await
+    .ok(200);
     let seed = json!({
+        "notify_task": titles[3],
         "email": email, "password": password, "project_id": project,
         "states": states.iter().map(|s| json!({"id": s["id"], "name": s["name"]})).collect::<Vec<_>>(),
         "drag_task": titles[0], "conflict_task": titles[1],

