@@ -26,6 +26,7 @@ pub async fn run_all(stores: &Stores) {
     relations(stores).await;
     watchers_and_comments(stores).await;
     worklog(stores).await;
+    caller_chosen_ids(stores).await;
     filters_and_sorts(stores).await;
     full_text_search(stores).await;
     pagination_is_complete(stores).await;
@@ -54,6 +55,7 @@ impl Fixture {
     /// A minimal new task in the fixture's project.
     pub fn new_task(&self, title: &str) -> NewTask {
         NewTask {
+            id: None,
             project_id: self.project.id,
             title: TaskTitle::parse(title).expect("valid title"),
             description: Markdown::default(),
@@ -527,6 +529,60 @@ pub async fn worklog(stores: &Stores) {
     let c2 = CheckIn { id: CheckInId::new(), created_at: now(), ..c1.clone() };
     w.create_check_in(&f.origin(), &c2).await.unwrap();
     assert_eq!(w.list_check_ins(task.id).await.unwrap(), vec![c2, c1], "newest first");
+}
+
+/// Creates with caller-chosen ids (offline clients make their creates idempotent that way): the
+/// id is kept, and a second create with a taken id is `AlreadyExists { field: "id" }` that leaves
+/// no event and consumes no task number.
+pub async fn caller_chosen_ids(stores: &Stores) {
+    let f = fixture(stores).await;
+    let id = TaskId(uuid::Uuid::now_v7());
+    let first = NewTask { id: Some(id), ..f.new_task("chosen id") };
+    let task = stores.tasks.create_task(&f.origin(), &first, now()).await.unwrap();
+    assert_eq!(task.id, id);
+    assert_eq!(stores.tasks.get_task(id).await.unwrap(), task);
+    let seq = stores.events.latest_seq().await.unwrap();
+    let again = NewTask { id: Some(id), ..f.new_task("same id, other task") };
+    match stores.tasks.create_task(&f.origin(), &again, now()).await {
+        Err(Error::AlreadyExists { entity: "task", field: "id" }) => {}
+        other => panic!("a taken task id must be AlreadyExists {{ field: id }}: {other:?}"),
+    }
+    assert_eq!(stores.events.latest_seq().await.unwrap(), seq, "a failed create appends no event");
+    assert_eq!(stores.tasks.get_task(id).await.unwrap(), task, "the first task is untouched");
+    let next = stores.tasks.create_task(&f.origin(), &f.new_task("next"), now()).await.unwrap();
+    assert_eq!(next.number, task.number + 1, "the failed create consumed no number");
+
+    let at = now();
+    let comment = Comment {
+        id: CommentId(uuid::Uuid::now_v7()),
+        task_id: task.id,
+        author: f.user.id,
+        body: comment_body("offline").unwrap(),
+        version: 1,
+        created_at: at,
+        updated_at: at,
+    };
+    stores.comments.create_comment(&f.origin(), &comment).await.unwrap();
+    assert!(matches!(
+        stores.comments.create_comment(&f.origin(), &comment).await,
+        Err(Error::AlreadyExists { entity: "comment", field: "id" })
+    ));
+    assert_eq!(stores.comments.list_comments(task.id).await.unwrap(), vec![comment]);
+
+    let check_in = CheckIn {
+        id: CheckInId(uuid::Uuid::now_v7()),
+        task_id: task.id,
+        user_id: f.user.id,
+        position: GeoPoint::parse(48.2, 16.37, 10.0).unwrap(),
+        note: String::new(),
+        created_at: now(),
+    };
+    stores.worklog.create_check_in(&f.origin(), &check_in).await.unwrap();
+    assert!(matches!(
+        stores.worklog.create_check_in(&f.origin(), &check_in).await,
+        Err(Error::AlreadyExists { field: "id", .. })
+    ));
+    assert_eq!(stores.worklog.list_check_ins(task.id).await.unwrap(), vec![check_in]);
 }
 
 /// Every filter of [`TaskFilter`] and every sort key.

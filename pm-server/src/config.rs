@@ -155,6 +155,19 @@ pub struct Config {
         default_value = "pm <pm@localhost>"
     )]
     pub smtp_from: String,
+
+    /// The VAPID private key for Web Push: base64url of the 32-byte P-256 scalar (as
+    /// `web-push generate-vapid-keys` prints it). When unset, one is generated once and kept with
+    /// the database: `<sqlite file>.vapid-key`, or the `server_secrets` table on PostgreSQL.
+    /// Browsers' subscriptions are bound to it: changing it invalidates them.
+    #[arg(long = "vapid-private-key", value_name = "KEY", env = "PM_VAPID_PRIVATE_KEY",
+          global = true, value_parser = parse_vapid_key, hide_env_values = true)]
+    pub vapid_private_key: Option<String>,
+    /// The VAPID contact (`sub` claim) push services may use to reach the operator: a
+    /// `mailto:` or `https:` URI.
+    #[arg(long = "vapid-subject", value_name = "URI", env = "PM_VAPID_SUBJECT", global = true,
+          default_value = crate::pwa::push::DEFAULT_SUBJECT, value_parser = parse_vapid_subject)]
+    pub vapid_subject: String,
 }
 
 impl Config {
@@ -253,7 +266,25 @@ impl fmt::Debug for Config {
             .field("encryption_key", &self.keyring())
             .field("webhook_allow", &self.webhook_allow)
             .field("smtp_url", &self.smtp_url.as_deref().map(redact_url))
+            .field("vapid_private_key", &self.vapid_private_key.as_ref().map(|_| "***"))
+            .field("vapid_subject", &self.vapid_subject)
             .finish()
+    }
+}
+
+fn parse_vapid_key(s: &str) -> Result<String, String> {
+    crate::pwa::webpush::Vapid::parse_private(s).map(|_| s.trim().to_owned()).map_err(|_| {
+        "PM_VAPID_PRIVATE_KEY (--vapid-private-key) must be base64url of a 32-byte P-256 private \
+         key"
+        .to_owned()
+    })
+}
+
+fn parse_vapid_subject(s: &str) -> Result<String, String> {
+    if (s.starts_with("mailto:") && s.len() > 7) || s.starts_with("https://") {
+        Ok(s.to_owned())
+    } else {
+        Err("PM_VAPID_SUBJECT (--vapid-subject) must be a mailto: or https: URI".to_owned())
     }
 }
 

@@ -16,6 +16,9 @@
 //! - [`workflows`]: pm-workflows' engine and the server's adapters for its ports (approver
 //!   rights from pm-permissions, SMTP, HTTP); routes in `api::workflows`.
 //! - [`web`]: the PWA (`web/dist`, embedded at build time) at `/`.
+//! - [`pwa`]: the PWA's server side: offline sync (exactly-once ops, field-level rebase, the
+//!   delta feed), Web Push (VAPID, RFC 8291 encryption, delivery of notifications) and their
+//!   tables; routes in `api::sync` and `api::push`.
 //!
 //! Invariants: every response this server produces for an error, including unknown routes,
 //! wrong methods and timeouts, is `application/problem+json`; every response carries an
@@ -52,6 +55,7 @@ pub mod extract;
 pub mod health;
 pub mod idempotency;
 pub mod integrations;
+pub mod pwa;
 pub mod ratelimit;
 pub mod realtime;
 pub mod web;
@@ -97,6 +101,12 @@ pub struct AppState {
     /// The workflow engine (see [`workflows`]); `None` unless set with
     /// [`AppState::with_workflows`] (the binary does), and the workflow routes answer 404.
     pub workflows: Option<pm_workflows::engine::Engine>,
+    /// The PWA's tables: offline-sync op results and push subscriptions (see [`pwa`]); in
+    /// memory unless replaced with [`AppState::with_pwa`] (the binary does).
+    pub pwa: pwa::store::PwaStores,
+    /// Web Push settings (VAPID identity, endpoint policy, retries); an ephemeral VAPID key
+    /// unless replaced with [`AppState::with_push`] (the binary does).
+    pub web_push: pwa::push::WebPush,
 }
 
 impl AppState {
@@ -153,7 +163,27 @@ impl AppState {
             collab,
             integrations: None,
             workflows: None,
+            pwa: pwa::store::PwaStores::memory(),
+            web_push: pwa::push::WebPush::ephemeral(),
         }
+    }
+
+    /// The same state with these Web Push settings.
+    pub fn with_push(mut self, settings: pwa::push::WebPush) -> Self {
+        self.web_push = settings;
+        self
+    }
+
+    /// The notification sink pushing to this state's subscriptions (give it to the realtime
+    /// setup's `sinks`).
+    pub fn push_sink(&self) -> Arc<dyn pm_realtime::notification::NotificationSink> {
+        Arc::new(pwa::push::PushSender::new(self.web_push.clone(), self.pwa.push.clone()))
+    }
+
+    /// The same state with the PWA tables in `stores` (see [`pwa::store::open`]).
+    pub fn with_pwa(mut self, stores: pwa::store::PwaStores) -> Self {
+        self.pwa = stores;
+        self
     }
 
     /// Enables the integration routes over `integrations` (start its workers with

@@ -57,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
 struct Opened {
     stores: Stores,
     auth_store: Arc<dyn AuthStore>,
+    pwa_stores: pm_server::pwa::store::PwaStores,
     authz_stores: AuthzStores,
     realtime_stores: pm_realtime::store::RealtimeStores,
     integration_stores: pm_integrations::store::IntegrationStores,
@@ -79,6 +80,10 @@ async fn open_and_migrate(config: &Config) -> anyhow::Result<Opened> {
         .await
         .with_context(|| format!("opening the auth tables of {url}"))?;
     auth_store.migrate().await.with_context(|| format!("migrating the auth tables of {url}"))?;
+    // The PWA tables are pm-server's too: the auth store's migrator created them already.
+    let pwa_stores = pm_server::pwa::store::open(&config.database_url)
+        .await
+        .with_context(|| format!("opening the PWA tables of {url}"))?;
     let authz_stores = pm_permissions::store::open(&config.database_url)
         .await
         .with_context(|| format!("opening the permission tables of {url}"))?;
@@ -103,7 +108,7 @@ async fn open_and_migrate(config: &Config) -> anyhow::Result<Opened> {
         .migrate()
         .await
         .with_context(|| format!("migrating the integration tables of {url}"))?;
-    Ok(Opened { stores, auth_store, authz_stores, realtime_stores, integration_stores })
+    Ok(Opened { stores, auth_store, pwa_stores, authz_stores, realtime_stores, integration_stores })
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
@@ -211,8 +216,14 @@ async fn create_user(config: &Config, args: &CreateUser) -> anyhow::Result<()> {
 }
 
 async fn serve(config: &Config) -> anyhow::Result<()> {
-    let Opened { stores, auth_store, authz_stores, realtime_stores, integration_stores } =
-        open_and_migrate(config).await?;
+    let Opened {
+        stores,
+        auth_store,
+        pwa_stores,
+        authz_stores,
+        realtime_stores,
+        integration_stores,
+    } = open_and_migrate(config).await?;
     let permissions = pm_server::authz::start_permissions(authz_stores)
         .await
         .context("loading the permission engine")?;
@@ -220,6 +231,17 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         secret::jwt_secret(config.jwt_secret.as_deref(), &config.database_url, &*auth_store)
             .await
             .context("loading the JWT secret (PM_JWT_SECRET)")?;
+    let vapid_key = pm_server::pwa::push::vapid_key(
+        config.vapid_private_key.as_deref(),
+        &config.database_url,
+        &*auth_store,
+    )
+    .await
+    .context("loading the VAPID key (PM_VAPID_PRIVATE_KEY)")?;
+    let web_push = pm_server::pwa::push::WebPush::new(
+        pm_server::pwa::webpush::Vapid::new(vapid_key, config.vapid_subject.clone()),
+        config.target_policy(),
+    );
     let auth = Auth::new(&jwt_secret, auth_store, config.auth_settings());
     let backend = stores.admin.backend();
     let listener = tokio::net::TcpListener::bind(config.bind)
@@ -235,7 +257,10 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     let blobs = Arc::new(pm_core::blob::FsBlobStore::new(config.blob_dir()));
-    let mut state = AppState::with_auth(stores, permissions, auth, blobs);
+    let mut state = AppState::with_auth(stores, permissions, auth, blobs)
+        .with_pwa(pwa_stores)
+        .with_push(web_push);
+    let _prune_sync_ops = pm_server::pwa::sync::spawn_pruning(state.pwa.clone());
     state.limiter = pm_server::ratelimit::RateLimiter::new(config.rate_limits());
     state.cors_origins = config.cors_origins();
     // One broker for everything that crosses instances: the hub's signals and the documents.
@@ -255,6 +280,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         realtime_stores,
         broker: broker.clone(),
         config: pm_realtime::HubConfig::default(),
+        sinks: vec![state.push_sink()],
     })
     .await
     .context("starting the realtime hub")?;

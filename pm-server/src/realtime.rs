@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use pm_core::authz::Authorizer;
 use pm_core::store::Stores;
 use pm_realtime::broker::{Broker, InProcessBroker};
-use pm_realtime::notification::NotificationConsumer;
+use pm_realtime::notification::{NotificationConsumer, NotificationSink};
 use pm_realtime::store::memory::MemoryRealtimeStore;
 use pm_realtime::store::{NotificationStore, RealtimeStores};
 use pm_realtime::{Hub, HubConfig};
@@ -141,6 +141,9 @@ pub struct RealtimeSetup {
     pub broker: Arc<dyn Broker>,
     /// Limits and timeouts (the WebSocket glue reads its buffer sizes and timers from it too).
     pub config: HubConfig,
+    /// Where new notifications go besides the store and the live channel (Web Push: see
+    /// [`AppState::push_sink`](crate::AppState::push_sink)).
+    pub sinks: Vec<Arc<dyn NotificationSink>>,
 }
 
 impl std::fmt::Debug for RealtimeSetup {
@@ -162,6 +165,7 @@ impl RealtimeSetup {
             realtime_stores: RealtimeStores::from_adapter(Arc::new(MemoryRealtimeStore::new())),
             broker: Arc::new(InProcessBroker::new()),
             config: HubConfig::default(),
+            sinks: Vec::new(),
         }
     }
 }
@@ -205,12 +209,15 @@ impl Realtime {
                     .presence_store(s.realtime_stores.presence.clone())
                     .start()
                     .await?;
-                let consumer = NotificationConsumer::new(
+                let mut consumer = NotificationConsumer::new(
                     s.stores.clone(),
                     s.realtime_stores.notifications.clone(),
                 )
-                .with_hub(hub.clone())
-                .spawn();
+                .with_hub(hub.clone());
+                for sink in &s.sinks {
+                    consumer = consumer.with_sink(sink.clone());
+                }
+                let consumer = consumer.spawn();
                 *lock(&self.inner.consumer) = Some(consumer.abort_handle());
                 tracing::info!(instance = %hub.instance_id(), "realtime hub started");
                 Ok(hub)

@@ -26,6 +26,9 @@ pub const MAX_SUBTASK_DEPTH: usize = 10;
 /// Input for [`Pm::create_task`].
 #[derive(Debug, Clone)]
 pub struct CreateTask {
+    /// A caller-chosen id (an offline client's, so a replayed create is recognisable); `None`
+    /// for a fresh one. A taken id fails with `AlreadyExists { entity: "task", field: "id" }`.
+    pub id: Option<TaskId>,
     /// Project.
     pub project_id: ProjectId,
     /// Title.
@@ -60,6 +63,7 @@ impl CreateTask {
     /// A task with only a title; everything else defaulted.
     pub fn new(project_id: ProjectId, title: TaskTitle) -> Self {
         Self {
+            id: None,
             project_id,
             title,
             description: Markdown::default(),
@@ -121,7 +125,20 @@ impl Pm {
             }
             None => default_state(&states)?,
         };
+        if let Some(id) = input.id {
+            if id.0.is_nil() {
+                return Err(Error::invalid("id", "must not be the nil UUID"));
+            }
+            // Checked here so the error names the id; a concurrent create with the same id still
+            // fails in the store on the primary key.
+            match self.stores.tasks.get_task(id).await {
+                Ok(_) => return Err(Error::AlreadyExists { entity: "task", field: "id" }),
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let new = NewTask {
+            id: input.id,
             project_id: project.id,
             title: input.title,
             description: input.description,
@@ -320,6 +337,21 @@ impl Pm {
         task: TaskId,
         body: Markdown,
     ) -> Result<Comment> {
+        self.add_comment_with_id(origin, task, CommentId::new(), body).await
+    }
+
+    /// [`Pm::add_comment`] with a caller-chosen id (an offline client's, so a replayed create is
+    /// recognisable). A taken id fails with `AlreadyExists { entity: "comment", field: "id" }`.
+    pub async fn add_comment_with_id(
+        &self,
+        origin: &Origin,
+        task: TaskId,
+        id: CommentId,
+        body: Markdown,
+    ) -> Result<Comment> {
+        if id.0.is_nil() {
+            return Err(Error::invalid("id", "must not be the nil UUID"));
+        }
         let t = self.get_task(origin, task).await?;
         let author = origin
             .actor
@@ -332,15 +364,8 @@ impl Pm {
             return Err(Error::invalid("body", "must not be empty"));
         }
         let at = now();
-        let c = Comment {
-            id: CommentId::new(),
-            task_id: task,
-            author,
-            body,
-            version: 1,
-            created_at: at,
-            updated_at: at,
-        };
+        let c =
+            Comment { id, task_id: task, author, body, version: 1, created_at: at, updated_at: at };
         self.stores.comments.create_comment(origin, &c).await
     }
 

@@ -162,6 +162,22 @@ impl Pm {
         position: GeoPoint,
         note: &str,
     ) -> Result<CheckIn> {
+        self.check_in_with_id(origin, task, CheckInId::new(), position, note).await
+    }
+
+    /// [`Pm::check_in`] with a caller-chosen id (an offline client's, so a replayed check-in is
+    /// recognisable). A taken id fails with `AlreadyExists { entity: "check-in", field: "id" }`.
+    pub async fn check_in_with_id(
+        &self,
+        origin: &Origin,
+        task: TaskId,
+        id: CheckInId,
+        position: GeoPoint,
+        note: &str,
+    ) -> Result<CheckIn> {
+        if id.0.is_nil() {
+            return Err(Error::invalid("id", "must not be the nil UUID"));
+        }
         let t = self.get_task(origin, task).await?;
         let user = origin
             .actor
@@ -169,7 +185,7 @@ impl Pm {
             .ok_or_else(|| Error::invalid("user_id", "check-ins are made by a user"))?;
         self.authorize(origin, Action::Update, &task_resource(&t)).await?;
         let c = CheckIn {
-            id: CheckInId::new(),
+            id,
             task_id: task,
             user_id: user,
             position,

@@ -548,7 +548,7 @@ impl CreateBatcher {
         .bind(ts(task.updated_at))
         .execute(&mut *tx)
         .await
-        .map_err(|e| db_err(e, "task", "number", "task"))?;
+        .map_err(task_insert_err)?;
         write_task_sets(&mut tx, &task, None).await?;
         index_search(&mut tx, &id_text(task.id)).await?;
         append(
@@ -633,6 +633,18 @@ fn db_err(
         }
     }
     Error::storage(e)
+}
+
+/// Maps a failed task insert: the primary key (taken by a caller-chosen id) and the
+/// `(project_id, number)` index are both unique, and the error says which one failed.
+fn task_insert_err(e: sqlx::Error) -> Error {
+    if let sqlx::Error::Database(d) = &e
+        && d.kind() == sqlx::error::ErrorKind::UniqueViolation
+        && d.message().contains("tasks.id")
+    {
+        return Error::AlreadyExists { entity: "task", field: "id" };
+    }
+    db_err(e, "task", "number", "task")
 }
 
 fn st(e: sqlx::Error) -> Error {

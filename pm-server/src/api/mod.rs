@@ -22,7 +22,9 @@ pub mod integrations;
 pub mod notifications;
 pub mod orgs;
 pub mod projects;
+pub mod push;
 pub mod realtime;
+pub mod sync;
 pub mod task_links;
 pub mod tasks;
 pub mod workflows;
@@ -48,6 +50,8 @@ pub mod worklog;
         (name = "notifications", description = "The caller's notifications"),
         (name = "integrations", description = "Provider integrations, inbound webhooks, outbound webhook subscriptions"),
         (name = "workflows", description = "Automation: workflows, executions, approvals, templates, webhooks"),
+        (name = "push", description = "Web Push: the VAPID key and the caller's push subscriptions"),
+        (name = "sync", description = "Offline sync for the PWA: op batches and the delta feed (protocol: docs/sync-protocol.md)"),
     )
 )]
 pub struct ApiDoc;
@@ -148,6 +152,8 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
         .merge(notifications::router())
         .merge(integrations::router())
         .merge(workflows::router())
+        .merge(sync::router())
+        .merge(push::router())
         .merge(crate::collab::router());
     let mut router = OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1);
     // After the paths exist: the modifier walks every operation.

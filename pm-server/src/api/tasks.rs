@@ -272,6 +272,30 @@ pub struct CreateTaskBody {
     pub custom_fields: BTreeMap<FieldId, FieldValue>,
 }
 
+impl CreateTaskBody {
+    /// The service input for this body in `project_id`, with a caller-chosen `id` if any (the
+    /// offline sync's `task.create` reuses this).
+    pub fn into_input(self, project_id: ProjectId, id: Option<TaskId>) -> CreateTask {
+        CreateTask {
+            id,
+            project_id,
+            title: self.title,
+            description: self.description,
+            state_id: self.state_id,
+            priority: self.priority,
+            assignees: self.assignees,
+            reporter: self.reporter,
+            labels: self.labels,
+            start_date: self.start_date,
+            due_date: self.due_date,
+            estimate: self.estimate,
+            parent_id: self.parent_id,
+            milestone_id: self.milestone_id,
+            custom_fields: self.custom_fields,
+        }
+    }
+}
+
 /// Creates a task in a project.
 #[utoipa::path(post, path = "/projects/{project_id}/tasks", tag = "tasks", operation_id = "create_task",
     params(("project_id" = Uuid, Path, description = "Project id")),
@@ -291,22 +315,7 @@ async fn create_task(
     Path(project_id): Path<Uuid>,
     Json(b): Json<CreateTaskBody>,
 ) -> Result<Response, ApiError> {
-    let input = CreateTask {
-        project_id: ProjectId(project_id),
-        title: b.title,
-        description: b.description,
-        state_id: b.state_id,
-        priority: b.priority,
-        assignees: b.assignees,
-        reporter: b.reporter,
-        labels: b.labels,
-        start_date: b.start_date,
-        due_date: b.due_date,
-        estimate: b.estimate,
-        parent_id: b.parent_id,
-        milestone_id: b.milestone_id,
-        custom_fields: b.custom_fields,
-    };
+    let input = b.into_input(ProjectId(project_id), None);
     let task = s.pm.create_task(&who.origin(), input).await?;
     Ok(with_etag(StatusCode::CREATED, task.version, task))
 }
@@ -381,7 +390,9 @@ pub struct UpdateTaskBody {
 }
 
 impl UpdateTaskBody {
-    fn into_patch(self) -> Result<TaskPatch, ApiError> {
+    /// The service patch for this body (its `version` is the caller's business); validates
+    /// `rank`. The offline sync's `task.update` reuses this.
+    pub fn into_patch(self) -> Result<TaskPatch, ApiError> {
         if let Some(r) = &self.rank
             && (r.is_empty()
                 || r.len() > 64

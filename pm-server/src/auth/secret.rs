@@ -68,6 +68,12 @@ pub async fn jwt_secret(
 /// `path/pm.db.jwt-secret` for `sqlite://path/pm.db` (or `sqlite:path/pm.db?mode=rwc`); `None`
 /// for other URLs.
 pub fn sqlite_secret_path(database_url: &str) -> Option<PathBuf> {
+    sqlite_file_next_to(database_url, ".jwt-secret")
+}
+
+/// `path/pm.db<suffix>` for `sqlite://path/pm.db`: where a secret generated for that database is
+/// kept (the JWT secret, the VAPID key); `None` for other URLs and in-memory databases.
+pub fn sqlite_file_next_to(database_url: &str, suffix: &str) -> Option<PathBuf> {
     let rest = database_url.strip_prefix("sqlite:")?;
     let rest = rest.strip_prefix("//").unwrap_or(rest);
     let path = rest.split('?').next().unwrap_or(rest);
@@ -75,13 +81,13 @@ pub fn sqlite_secret_path(database_url: &str) -> Option<PathBuf> {
         return None;
     }
     let mut name = Path::new(path).file_name()?.to_os_string();
-    name.push(".jwt-secret");
+    name.push(suffix);
     Some(Path::new(path).with_file_name(name))
 }
 
 /// Reads the secret file, or creates it with `candidate` (owner-only). Returns the secret and
 /// whether it was created. Two processes starting at once agree: `create_new` lets one win.
-fn load_or_create_file(path: &Path, candidate: &str) -> Result<(Vec<u8>, bool)> {
+pub(crate) fn load_or_create_file(path: &Path, candidate: &str) -> Result<(Vec<u8>, bool)> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -100,7 +106,7 @@ fn load_or_create_file(path: &Path, candidate: &str) -> Result<(Vec<u8>, bool)> 
             if secret.len() < MIN_SECRET_LEN {
                 return Err(Error::Storage(
                     format!(
-                        "the JWT secret file {} holds fewer than {MIN_SECRET_LEN} bytes (a writer \
+                        "the secret file {} holds fewer than {MIN_SECRET_LEN} bytes (a writer \
                          may have been interrupted); delete it to generate a new one",
                         path.display()
                     )

@@ -7,7 +7,9 @@ mod hostile;
 mod integrations;
 mod journey;
 mod openapi;
+mod push;
 mod resources;
+mod sync;
 
 use std::sync::{Arc, OnceLock};
 

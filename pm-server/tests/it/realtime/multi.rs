@@ -59,6 +59,7 @@ async fn instance(url: &str, broker: BrokerKind, redis: Option<&str>) -> Server 
         realtime_stores,
         broker: open_broker(broker, url, redis).await.unwrap(),
         config: HubConfig::default(),
+        sinks: Vec::new(),
     })
     .await
     .unwrap();
