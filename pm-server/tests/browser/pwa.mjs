@@ -71,6 +71,18 @@ try {
   const desk = await browser.newContext({ viewport: { width: 1280, height: 820 }, permissions: ['geolocation'], geolocation: { latitude: 48.8584, longitude: 2.2945, accuracy: 25 } });
   const page = await desk.newPage();
   page.on('pageerror', (e) => console.error('page error:', e.message));
+  // What the app sends: offline work must go through the sync endpoint.
+  const syncBodies = [];
+  const restCreates = [];
+  page.on('request', (req) => {
+    if (req.method() !== 'POST') return;
+    if (req.url().endsWith('/api/v1/sync')) syncBodies.push(req.postDataJSON());
+    if (/\/projects\/[^/]+\/tasks$/.test(new URL(req.url()).pathname)) restCreates.push(req.url());
+  });
+  const syncResults = [];
+  page.on('response', async (res) => {
+    if (res.request().method() === 'POST' && res.url().endsWith('/api/v1/sync') && res.ok()) syncResults.push(...(await res.json()).results);
+  });
 
   // Manifest fields and icons (decoded by the browser).
   await page.goto(`${base}/login`);
@@ -160,6 +172,13 @@ try {
   await card(page, offlineTitle).waitFor();
   await page.evaluate(() => window.pm.flush());
   assert((await tasksNamed(offlineTitle)).length === 1, 'exactly once after reload and another flush');
+  const sent = syncBodies.flatMap((b) => b.ops).filter((o) => o.kind === 'task.create' && o.data.title === offlineTitle);
+  assert(sent.length >= 1 && restCreates.length === 0, `the create went through POST /api/v1/sync (${sent.length} sync, ${restCreates.length} REST)`);
+  // Replaying the very op (as a client that never saw the answer would) changes nothing.
+  const replay = await rest('POST', 'sync', { ops: [sent[0]] });
+  assert(replay.results[0].status === 'applied' && replay.results[0].replayed === true, `replayed: ${JSON.stringify(replay.results[0])}`);
+  assert((await tasksNamed(offlineTitle)).length === 1, 'exactly once after replaying the op');
+  assert((await tasksNamed(offlineTitle))[0].id === sent[0].task_id, 'the task has the client-generated id');
   log('task created offline exists exactly once after reconnect');
 
   // A conflicting offline edit: shown field by field, the chosen value is saved.
@@ -180,6 +199,8 @@ try {
   assert((await fieldset.textContent()).includes('Mine: offline title'), 'conflict shows mine');
   assert((await fieldset.textContent()).includes(seed.conflict_task), 'conflict shows the base');
   await page.screenshot({ path: join(shots, 'desktop-conflict.png') });
+  const clash = syncResults.find((r) => r.status === 'conflict' && r.current?.id === target.id);
+  assert(clash && clash.conflicts.some((c) => c.field === 'title' && c.theirs === 'Theirs: changed meanwhile'), 'the server reported the conflict through /sync');
   await fieldset.getByLabel(/Mine/).check();
   await panel.getByRole('button', { name: 'Save resolution' }).click();
   await eventually('the chosen value saved', async () => (await rest('GET', `tasks/${target.id}`)).title === 'Mine: offline title');
