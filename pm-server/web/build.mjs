@@ -15,15 +15,29 @@ rmSync(dist, { recursive: true, force: true });
 mkdirSync(join(dist, 'assets'), { recursive: true });
 mkdirSync(join(dist, 'icons'), { recursive: true });
 
+// esbuild writes unhashed names; the names get a hash of their final content here, so the
+// build is reproducible anywhere (esbuild's own hashes also depend on the install layout).
 const result = await build({
   entryPoints: [join(src, 'app.js'), join(src, 'styles.css')],
   bundle: true, splitting: true, format: 'esm', minify: true, target: ['es2022'],
-  outdir: join(dist, 'assets'), entryNames: '[name]-[hash]', chunkNames: '[name]-[hash]',
-  metafile: true, legalComments: 'none', logLevel: 'warning',
+  outdir: join(dist, 'assets'), entryNames: '[name]', chunkNames: '[name]',
+  metafile: true, legalComments: 'none', logLevel: 'warning', write: false,
 });
-const outputs = Object.keys(result.metafile.outputs).map((p) => p.slice(p.indexOf('assets/')));
-const js = outputs.find((p) => /assets\/app-.*\.js$/.test(p)).slice('assets/'.length);
-const css = outputs.find((p) => p.endsWith('.css')).slice('assets/'.length);
+const contentHash = (text) => createHash('sha256').update(text).digest('base64url').replace(/[-_]/g, '').slice(0, 10);
+const built = result.outputFiles.map((f) => ({ name: f.path.slice(f.path.lastIndexOf('/') + 1), text: f.text }));
+// Chunks (imported by others) first, so their final names are in place before their importers
+// are hashed.
+built.sort((a, b) => (a.name === 'app.js') - (b.name === 'app.js'));
+const renamed = {};
+for (const f of built) {
+  for (const [from, to] of Object.entries(renamed)) f.text = f.text.split(`./${from}`).join(`./${to}`);
+  const dot = f.name.lastIndexOf('.');
+  renamed[f.name] = `${f.name.slice(0, dot)}-${contentHash(f.text)}${f.name.slice(dot)}`;
+  writeFileSync(join(dist, 'assets', renamed[f.name]), f.text);
+}
+const js = renamed['app.js'];
+const css = renamed['styles.css'];
+const outputs = built.map((f) => `assets/${renamed[f.name]} ${(Buffer.byteLength(f.text) / 1024).toFixed(1)} KiB`);
 
 const files = {};
 files['index.html'] = readFileSync(join(src, 'index.html'), 'utf8').replace('{{JS}}', js).replace('{{CSS}}', css);
@@ -58,5 +72,4 @@ const version = hash.digest('hex').slice(0, 12);
 writeFileSync(join(dist, 'sw.js'), readFileSync(join(src, 'sw.js'), 'utf8')
   .replace("'__VERSION__'", `'${version}'`).replace('= __PRECACHE__;', `= ${JSON.stringify(shell)};`));
 
-const sizes = outputs.map((p) => `${p} ${(result.metafile.outputs[Object.keys(result.metafile.outputs).find((k) => k.endsWith(p))].bytes / 1024).toFixed(1)} KiB`);
-console.log(`built dist/ (shell ${version})\n  ${sizes.join('\n  ')}`);
+console.log(`built dist/ (shell ${version})\n  ${outputs.join('\n  ')}`);
