@@ -148,6 +148,11 @@ try {
   await eventually('drag saved on the server', async () => (await tasksNamed(seed.drag_task))[0].state_id === s1.id);
   log('board drag (desktop, mouse) changes the state');
 
+  // Live updates: a task another client creates appears on the open board (WebSocket event).
+  await rest('POST', `projects/${seed.project_id}/tasks`, { title: 'Added by a colleague', state_id: s2.id });
+  await column(page, s2.id).locator('.card', { hasText: 'Added by a colleague' }).waitFor({ timeout: 10000 });
+  log('live update: a task created elsewhere appears on the board');
+
   // Offline reload renders the shell and the cached tasks.
   await desk.setOffline(true);
   await page.reload();
@@ -157,7 +162,7 @@ try {
   log('offline reload renders the shell and cached tasks');
 
   // A task created offline exists exactly once after reconnecting.
-  const offlineTitle = `Written offline ${Date.now()}`;
+  const offlineTitle = 'Replace the lobby lights (written offline)';
   await page.getByRole('button', { name: 'New task' }).first().click();
   await page.getByLabel('Title').fill(offlineTitle);
   await page.getByRole('button', { name: 'Create task' }).click();
@@ -206,6 +211,14 @@ try {
   await eventually('the chosen value saved', async () => (await rest('GET', `tasks/${target.id}`)).title === 'Mine: offline title');
   await panel.waitFor({ state: 'detached' });
   log('conflicting offline edit shown per field; chosen value saved');
+
+  // Collaborative description (Yjs over /api/v1/collab): typing reaches the task's description.
+  await page.getByTestId('collab-status').filter({ hasText: 'live' }).waitFor({ timeout: 10000 });
+  const desc = page.getByLabel('Description');
+  await desc.click();
+  await desc.pressSequentially('Bring the tall ladder.');
+  await eventually('description written back', async () => (await rest('GET', `tasks/${target.id}`)).description === 'Bring the tall ladder.', 20000);
+  log('collaborative description edit is saved');
 
   // A photo via the file input uploads.
   const photo = pngBytes(64, 48);

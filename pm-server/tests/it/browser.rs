@@ -119,6 +119,18 @@ async fn pwa_in_chromium() {
     )
     .await
     .ok(200);
+    // The test state's realtime (and with it the notification consumer) starts on first use,
+    // unlike the binary's: ask for the count until the notification is there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let n =
+            s.call(Method::GET, "/api/v1/me/notifications/unread-count", Some(&token), None).await;
+        if n.ok(200)["count"] == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the assignment notification never came");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let seed = json!({
         "notify_task": titles[3],
         "email": email, "password": password, "project_id": project,

@@ -782,6 +782,8 @@ function startSession() {
   const me = currentSession()?.user?.id;
   if (me) {
     rt.subscribe(`user:${me}`, (f) => {
+      // The user channel has no replay: recount whenever the subscription (re)starts.
+      if (f.type === 'subscribed') refreshUnread();
       if (f.type === 'notification') {
         state.unread += 1;
         renderBar();
