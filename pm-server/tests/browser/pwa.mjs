@@ -68,7 +68,7 @@ try {
   token = (await r.json()).access_token;
 
   // ---- desktop ----------------------------------------------------------------------------
-  const desk = await browser.newContext({ viewport: { width: 1280, height: 820 }, permissions: ['geolocation'], geolocation: { latitude: 48.8584, longitude: 2.2945, accuracy: 25 } });
+  const desk = await browser.newContext({ viewport: { width: 1280, height: 820 }, permissions: ['geolocation', 'notifications'], geolocation: { latitude: 48.8584, longitude: 2.2945, accuracy: 25 } });
   const page = await desk.newPage();
   page.on('pageerror', (e) => console.error('page error:', e.message));
   // What the app sends: offline work must go through the sync endpoint.
@@ -107,6 +107,25 @@ try {
   const swState = await page.evaluate(async () => (await navigator.serviceWorker.ready).active.state);
   assert(swState === 'activated', `service worker state ${swState}`);
   log('service worker activated');
+
+  // A push message (delivered to the worker through DevTools, as a push service would) shows
+  // a notification carrying the URL to open.
+  const cdp0 = await desk.newCDPSession(page);
+  const registrations = [];
+  cdp0.on('ServiceWorker.workerRegistrationUpdated', (e) => registrations.push(...e.registrations));
+  await cdp0.send('ServiceWorker.enable');
+  const reg = await eventually('the worker registration', async () => registrations.find((r) => !r.isDeleted), 5000);
+  await cdp0.send('ServiceWorker.deliverPushMessage', {
+    origin: new URL(base).origin, registrationId: reg.registrationId,
+    data: JSON.stringify({ title: 'Sam assigned you PLT-4', body: 'Inspect the north stairwell', url: '/tasks/x', notification_id: 'n-1' }),
+  });
+  const shown = await eventually('the push notification', async () => {
+    const list = await page.evaluate(async () => (await (await navigator.serviceWorker.ready).getNotifications()).map((n) => ({ title: n.title, body: n.body, data: n.data })));
+    return list.find((n) => n.title === 'Sam assigned you PLT-4');
+  }, 5000);
+  assert(shown.body === 'Inspect the north stairwell' && shown.data.url === '/tasks/x', `push notification ${JSON.stringify(shown)}`);
+  await cdp0.detach();
+  log('push message shows a notification');
   await page.screenshot({ path: join(shots, 'desktop-login.png') });
 
   await signIn(page);
