@@ -168,7 +168,8 @@ impl NewTask {
         at: OffsetDateTime,
     ) -> Task {
         Task {
-            id: self.id.unwrap_or_else(TaskId::new),
+            // `TaskId::default()` is a fresh UUIDv7.
+            id: self.id.unwrap_or_default(),
             org_id,
             project_id: self.project_id,
             number,

@@ -165,7 +165,7 @@ pub fn parse_subscription(
     }
     let expiration_time = match body.expiration_time {
         None => None,
-        Some(t) if t.is_finite() && t >= 0.0 && t < 1e15 => Some(t as i64),
+        Some(t) if (0.0..1e15).contains(&t) => Some(t as i64),
         Some(_) => {
             return Err(Error::invalid("expirationTime", "must be milliseconds since the epoch"));
         }
