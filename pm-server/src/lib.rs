@@ -18,6 +18,7 @@
 //!   (Yjs over WebSocket) on pm-realtime's document registry.
 //! - [`workflows`]: pm-workflows' engine and the server's adapters for its ports (approver
 //!   rights from pm-permissions, SMTP, HTTP); routes in `api::workflows`.
+//! - [`web`]: the PWA (`web/dist`, embedded at build time) at `/`.
 //! - [`pwa`]: the PWA's server side: offline sync (exactly-once ops, field-level rebase, the
 //!   delta feed), Web Push (VAPID, RFC 8291 encryption, delivery of notifications) and their
 //!   tables; routes in `api::sync` and `api::push`.
@@ -62,6 +63,7 @@ pub mod metrics;
 pub mod pwa;
 pub mod ratelimit;
 pub mod realtime;
+pub mod web;
 pub mod workflows;
 
 use auth::Auth;
@@ -258,7 +260,8 @@ pub fn app(state: AppState) -> Router {
         .merge(health::router())
         .merge(metrics::router())
         .merge(api::router(state.clone()))
-        .fallback(not_found)
+        // The web app (and its 404s for everything else) below the API routes.
+        .fallback(web::serve)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(middleware::from_fn_with_state(request_timeout, timeout))
@@ -344,10 +347,6 @@ async fn timeout(State(limit): State<Duration>, req: Request, next: Next) -> Res
         Ok(res) => res,
         Err(_) => ApiError::timeout(limit).into_response(),
     }
-}
-
-async fn not_found() -> ApiError {
-    ApiError::route_not_found()
 }
 
 async fn method_not_allowed() -> ApiError {

@@ -7,6 +7,7 @@
 mod api;
 mod auth;
 mod binary;
+mod browser;
 mod collab;
 mod faults;
 mod http;
@@ -14,6 +15,7 @@ mod metrics;
 mod readiness;
 mod realtime;
 mod serve;
+mod web;
 mod workflows;
 
 use std::net::SocketAddr;
