@@ -17,8 +17,8 @@
 //! | `pm_process_uptime_seconds` | gauge | |
 //!
 //! `route` is the matched route template (`/api/v1/tasks/{task_id}`), never the raw path, so the
-//! number of series stays bounded whatever clients send; requests no route matched count under
-//! `route="unmatched"`. The endpoint needs no credential (like `/healthz`): it reveals no data,
+//! number of series stays bounded whatever clients send; requests no API route matched (the web
+//! app's static files, 404s) count under `route="unmatched"`. The endpoint needs no credential (like `/healthz`): it reveals no data,
 //! and a deployment keeps it off the public listener at its reverse proxy (docs/deploy.md).
 //! Scrapes are cheap: the gauges cost a handful of indexed queries.
 
