@@ -46,7 +46,7 @@ pub mod worklog;
         (name = "worklog", description = "Time entries, attachments, check-ins"),
         (name = "activity", description = "Activity feeds from the event log"),
         (name = "authz", description = "Roles, assignments, effective permissions, check/explain, audit log"),
-        (name = "realtime", description = "The realtime WebSocket (protocol: pm-realtime/docs/realtime-protocol.md)"),
+        (name = "realtime", description = "The realtime WebSocket (protocol: docs/realtime-protocol.md)"),
         (name = "notifications", description = "The caller's notifications"),
         (name = "integrations", description = "Provider integrations, inbound webhooks, outbound webhook subscriptions"),
         (name = "workflows", description = "Automation: workflows, executions, approvals, templates, webhooks"),
