@@ -33,9 +33,10 @@
 //! - buffers are small (`BUFFER_BYTES` instead of tungstenite's 128 KiB each way) because the
 //!   hub's per-session queue already bounds what waits for a slow client;
 //! - **writes are coalesced**: when the writer wakes for one frame it also takes whatever else
-//!   the session has ready (up to `HubConfig::write_batch`, `PM_WS_WRITE_BATCH`), feeds them all
-//!   and flushes once, so a burst costs a few `send` calls instead of one per frame. Order is
-//!   the queue's; a close ends the batch and nothing follows it.
+//!   the session has ready (up to `HubConfig::write_batch`, `PM_WS_WRITE_BATCH`, and
+//!   [`BATCH_BYTES`]), feeds them all and flushes once, so a burst costs a few `send` calls
+//!   instead of one per frame. Order is the queue's; a close ends the batch and nothing follows
+//!   it. The whole batch is written under the send timeout.
 
 use std::time::Duration;
 
@@ -72,6 +73,11 @@ pub const BUFFER_BYTES: usize = 4 * 1024;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code for a connection silent past the idle timeout.
 pub const CLOSE_IDLE: u16 = 4000;
+/// Bytes after which a write batch takes no more frames. Frames taken into a batch have left
+/// the hub's queue, so its slow-consumer budget no longer counts them: this bounds what a
+/// stalled connection holds beyond that budget (the frames themselves are shared with every
+/// other recipient; the bound matters for the budget's meaning, not for copies).
+pub const BATCH_BYTES: usize = 64 * 1024;
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -342,20 +348,31 @@ fn push_outgoing(batch: &mut Vec<Message>, out: Outgoing) -> bool {
     }
 }
 
-/// Appends what `ready` hands out, in order, until `batch` holds `cap` messages, `ready` has
-/// nothing more, or a close was appended (nothing may follow it: returns `true`).
+/// Appends what `ready` hands out, in order, until `batch` holds `cap` messages or
+/// [`BATCH_BYTES`], `ready` has nothing more, or a close was appended (nothing may follow it:
+/// returns `true`).
 fn fill_batch(
     batch: &mut Vec<Message>,
     cap: usize,
     mut ready: impl FnMut() -> Option<Outgoing>,
 ) -> bool {
-    while batch.len() < cap {
+    let mut bytes: usize = batch.iter().map(message_len).sum();
+    while batch.len() < cap && bytes < BATCH_BYTES {
         let Some(out) = ready() else { return false };
         if push_outgoing(batch, out) {
             return true;
         }
+        bytes += batch.last().map_or(0, message_len);
     }
     false
+}
+
+fn message_len(m: &Message) -> usize {
+    match m {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+        Message::Close(_) => 0,
+    }
 }
 
 /// The hub's frame as WebSocket text without copying: one serialized frame is shared by every
@@ -417,6 +434,17 @@ mod tests {
         batch.clear();
         assert!(!fill_batch(&mut batch, 1, || queue.pop_front()));
         assert!(batch.is_empty(), "nothing ready: nothing added");
+    }
+
+    #[test]
+    fn a_batch_stops_taking_frames_past_its_byte_bound() {
+        let big = "x".repeat(BATCH_BYTES / 2);
+        let mut queue: std::collections::VecDeque<Outgoing> =
+            (0..5).map(|_| Outgoing::Frame(Frame::from(big.as_str()))).collect();
+        let mut batch = Vec::new();
+        assert!(!fill_batch(&mut batch, 64, || queue.pop_front()));
+        assert_eq!(batch.len(), 2, "two halves reach the bound");
+        assert_eq!(queue.len(), 3, "the rest stays in the hub's queue, under its budget");
     }
 
     #[test]
