@@ -30,6 +30,6 @@ fi
 cargo bench -p pm-server --bench ws_hold --no-run --quiet
 
 export WS_HOLD_CONNS=$conns WS_HOLD_SERVERS=$procs WS_HOLD_CLIENTS=$procs
-export WS_HOLD_USERS=${WS_HOLD_USERS:-500} WS_HOLD_SECONDS=${WS_HOLD_SECONDS:-30}
+export WS_HOLD_USERS=${WS_HOLD_USERS:-200} WS_HOLD_SECONDS=${WS_HOLD_SECONDS:-30}
 echo "== $(date -u +%FT%TZ) $(nproc) cores, $(uname -sr), load average $(cut -d' ' -f1-3 /proc/loadavg), open files $limit"
 cargo bench -p pm-server --bench ws_hold --quiet

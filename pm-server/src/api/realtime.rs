@@ -231,7 +231,8 @@ pub async fn drive(socket: WebSocket, hub: Hub, actor: Actor, options: SessionOp
         let mut ping = tokio::time::interval(ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await; // the first tick is immediate
-        let mut batch = Vec::with_capacity(batch_cap.min(64));
+        // Grown on demand: most of a connection's life is idle, and 50k of them add up.
+        let mut batch = Vec::new();
         loop {
             let closing = tokio::select! {
                 out = outbound.recv() => match out {
@@ -258,6 +259,9 @@ pub async fn drive(socket: WebSocket, hub: Hub, actor: Actor, options: SessionOp
                 sink.flush().await
             })
             .await;
+            if batch.capacity() > 16 {
+                batch = Vec::new(); // a burst's batch is not kept for the idle time after it
+            }
             match written {
                 Ok(Ok(())) if !closing => {}
                 // Closed as the hub asked, or the connection is gone or stuck.
