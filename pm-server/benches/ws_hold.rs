@@ -83,7 +83,6 @@ fn main() -> Result<()> {
     if role == "client" {
         return rt.block_on(client_main());
     }
-    // `cargo bench` passes `--bench`; nothing else is accepted.
     rt.block_on(coordinator())
 }
 
@@ -264,6 +263,22 @@ async fn user(http: &reqwest::Client, base: &str, i: usize) -> Result<(String, S
     Ok((str_field(&u, "id")?, str_field(&login, "access_token")?))
 }
 
+/// Asks every client process for its counts: (connections alive, `event` frames received),
+/// summed.
+async fn status(clients: &mut [ClientProc]) -> Result<(u64, u64)> {
+    for c in clients.iter_mut() {
+        c.send("STATUS")?;
+    }
+    let (mut alive, mut events) = (0, 0);
+    for c in clients.iter_mut() {
+        let s = c.line("STATUS", Duration::from_secs(60)).await?;
+        let v: Vec<u64> = s.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+        alive += v.first().copied().unwrap_or(0);
+        events += v.get(1).copied().unwrap_or(0);
+    }
+    Ok((alive, events))
+}
+
 async fn coordinator() -> Result<()> {
     let conns: usize = env_or("WS_HOLD_CONNS", 2000)?;
     let n_servers: usize = env_or("WS_HOLD_SERVERS", 2)?;
@@ -398,17 +413,7 @@ async fn coordinator() -> Result<()> {
     );
     tokio::time::sleep(Duration::from_secs_f64(hold)).await;
 
-    let status = |clients: &mut Vec<ClientProc>| {
-        for c in clients.iter_mut() {
-            let _ = c.send("STATUS");
-        }
-    };
-    status(&mut clients);
-    let mut alive = 0;
-    for c in &mut clients {
-        let s = c.line("STATUS", Duration::from_secs(60)).await?;
-        alive += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    }
+    let (mut alive, _) = status(&mut clients).await?;
     let after = settled_rss(&servers).await?;
     let fds: Vec<usize> = servers.iter().map(|s| fd_count(s.child.id())).collect();
     let per_conn = |kb: u64| if alive == 0 { 0.0 } else { kb as f64 / alive as f64 };
@@ -429,16 +434,8 @@ async fn coordinator() -> Result<()> {
     let mut still = 0;
     while t.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        status(&mut clients);
-        let (mut d, mut a) = (0, 0);
-        for c in &mut clients {
-            let s = c.line("STATUS", Duration::from_secs(60)).await?;
-            let v: Vec<u64> = s.split_whitespace().filter_map(|v| v.parse().ok()).collect();
-            a += v.first().copied().unwrap_or(0);
-            d += v.get(1).copied().unwrap_or(0);
-        }
-        (delivered, still) = (d, a);
-        if d >= a {
+        (still, delivered) = status(&mut clients).await?;
+        if delivered >= still {
             break;
         }
     }
@@ -451,6 +448,7 @@ async fn coordinator() -> Result<()> {
             println!("server {n} exited early ({status}):\n{}", s.log_tail());
         }
     }
+    alive = alive.min(still);
     let ok = failed == 0 && alive == conns as u64 && delivered >= still;
     drop(clients);
     drop(servers);
