@@ -27,9 +27,10 @@ if ((share * 11 / 10 + 512 > limit)); then
     exit 2
 fi
 
-cargo bench -p pm-server --bench ws_hold --no-run --quiet
+# WS_HOLD_BENCH_BIN=<built ws_hold binary> skips cargo (e.g. while another cargo holds the lock).
+[[ -n ${WS_HOLD_BENCH_BIN:-} ]] || cargo bench -p pm-server --bench ws_hold --no-run --quiet
 
 export WS_HOLD_CONNS=$conns WS_HOLD_SERVERS=$procs WS_HOLD_CLIENTS=$procs
 export WS_HOLD_USERS=${WS_HOLD_USERS:-200} WS_HOLD_SECONDS=${WS_HOLD_SECONDS:-30}
 echo "== $(date -u +%FT%TZ) $(nproc) cores, $(uname -sr), load average $(cut -d' ' -f1-3 /proc/loadavg), open files $limit"
-cargo bench -p pm-server --bench ws_hold --quiet
+if [[ -n ${WS_HOLD_BENCH_BIN:-} ]]; then "$WS_HOLD_BENCH_BIN" --bench; else cargo bench -p pm-server --bench ws_hold --quiet; fi
