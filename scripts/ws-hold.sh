@@ -30,7 +30,10 @@ fi
 # WS_HOLD_BENCH_BIN=<built ws_hold binary> skips cargo (e.g. while another cargo holds the lock).
 [[ -n ${WS_HOLD_BENCH_BIN:-} ]] || cargo bench -p pm-server --bench ws_hold --no-run --quiet
 
+# One user by default: with several, adding them to the org through the shared port got a 500
+# from a server other than the org's creator (SQLite shared by several processes; see
+# BENCHMARKS.md). WS_HOLD_USERS=N with WS_HOLD_DATABASE_URL=postgres://... to try more.
 export WS_HOLD_CONNS=$conns WS_HOLD_SERVERS=$procs WS_HOLD_CLIENTS=$procs
-export WS_HOLD_USERS=${WS_HOLD_USERS:-200} WS_HOLD_SECONDS=${WS_HOLD_SECONDS:-30}
+export WS_HOLD_USERS=${WS_HOLD_USERS:-1} WS_HOLD_SECONDS=${WS_HOLD_SECONDS:-30}
 echo "== $(date -u +%FT%TZ) $(nproc) cores, $(uname -sr), load average $(cut -d' ' -f1-3 /proc/loadavg), open files $limit"
 if [[ -n ${WS_HOLD_BENCH_BIN:-} ]]; then "$WS_HOLD_BENCH_BIN" --bench; else cargo bench -p pm-server --bench ws_hold --quiet; fi
