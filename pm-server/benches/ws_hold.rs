@@ -37,7 +37,7 @@
 //! |---|---|---|
 //! | `WS_HOLD_CONNS` | 2 000 | WebSocket connections in total |
 //! | `WS_HOLD_SERVERS`, `WS_HOLD_CLIENTS` | 2, 2 | server and client processes |
-//! | `WS_HOLD_USERS` | 50 | users the connections belong to (round robin) |
+//! | `WS_HOLD_USERS` | 1 | users the connections belong to (round robin; more hit a 500 in setup on SQLite, see BENCHMARKS.md) |
 //! | `WS_HOLD_IN_FLIGHT` | 200 | concurrent handshakes per client process |
 //! | `WS_HOLD_SECONDS` | 10 | hold time before measuring |
 //! | `WS_HOLD_DATABASE_URL` | a temp SQLite file | the servers' shared database |
@@ -283,7 +283,7 @@ async fn coordinator() -> Result<()> {
     let conns: usize = env_or("WS_HOLD_CONNS", 2000)?;
     let n_servers: usize = env_or("WS_HOLD_SERVERS", 2)?;
     let n_clients: usize = env_or("WS_HOLD_CLIENTS", 2)?;
-    let n_users: usize = env_or("WS_HOLD_USERS", 50)?;
+    let n_users: usize = env_or("WS_HOLD_USERS", 1)?;
     let in_flight: usize = env_or("WS_HOLD_IN_FLIGHT", 200)?;
     let hold: f64 = env_or("WS_HOLD_SECONDS", 10.0)?;
     if conns == 0 || n_servers == 0 || n_clients == 0 || n_users == 0 || in_flight == 0 {
