@@ -711,16 +711,28 @@ impl Authorizer for PermissionService {
         };
         let due =
             self.last_refresh.lock().unwrap_or_else(PoisonError::into_inner).elapsed() >= every;
-        if due {
-            self.refresh_if_stale().await?;
+        if due && let Err(e) = self.refresh_if_stale().await {
+            // The periodic look only bounds how long a revoke may lag; failing it must not
+            // fail the check (a refusal below looks again and reports its own failure).
+            tracing::warn!(error = %e, "pm-permissions: looking for other instances' changes failed");
         }
+        // The revision the decision is made on (or a newer one: reading it first is the safe
+        // side, it can only cause one needless re-check).
+        let decided_at = self.engine.store_revision();
         let decision = self.engine.check(actor, action, resource);
         // A grant made on another instance since the last look must not be refused here: before
-        // answering "no", look once more (one revision query; a reload only if something
-        // changed). So a grant is honoured everywhere at once, and only a revoke can lag, by at
-        // most `refresh_every`.
-        if matches!(decision, Decision::Deny(_)) && self.refresh_if_stale().await? {
-            return Ok(self.engine.check(actor, action, resource));
+        // answering "no", make sure the engine reflects the store as it is now (one revision
+        // query; a reload only if something changed) and decide again if the engine moved past
+        // the state the refusal was made on. "Moved" rather than "this call reloaded": a
+        // concurrent check may have finished the reload between this refusal and the look, and
+        // the look then finds nothing stale although the refusal came from the old state. So a
+        // grant is honoured everywhere at once, and only a revoke can lag, by at most
+        // `refresh_every`.
+        if matches!(decision, Decision::Deny(_)) {
+            self.refresh_if_stale().await?;
+            if self.engine.store_revision() != decided_at {
+                return Ok(self.engine.check(actor, action, resource));
+            }
         }
         Ok(decision)
     }

@@ -121,6 +121,10 @@ pub struct HubConfig {
     /// Every subscription is re-checked this often (`None`: never), which catches access lost
     /// without an event in the log (a role changed, a grant expired or revoked elsewhere).
     pub reauthorize_every: Option<Duration>,
+    /// For the transport: most frames written to a connection before one flush (frames already
+    /// queued when the writer wakes go out together, one `send` for many under fan-out load).
+    /// At least 1; 1 flushes every frame on its own.
+    pub write_batch: usize,
 }
 
 impl Default for HubConfig {
@@ -138,6 +142,7 @@ impl Default for HubConfig {
             last_seen_interval: Duration::from_secs(60),
             reauthorize_delay: Duration::from_secs(2),
             reauthorize_every: Some(Duration::from_secs(60)),
+            write_batch: 64,
         }
     }
 }

@@ -28,6 +28,10 @@ pub const DEFAULT_ACCESS_TTL_SECS: &str = "900";
 pub const DEFAULT_REFRESH_TTL_SECS: &str = "2592000";
 /// Default for `PM_REGISTRATION`.
 pub const DEFAULT_REGISTRATION: &str = "open";
+/// Default for `PM_WS_WRITE_BATCH`.
+pub const DEFAULT_WS_WRITE_BATCH: &str = "64";
+/// Largest `PM_WS_WRITE_BATCH`: beyond this one connection's burst only delays the others.
+pub const MAX_WS_WRITE_BATCH: usize = 4096;
 
 /// Everything the server needs to start. Parsed by clap (see the `pm-server` binary); the
 /// arguments are `global`, so they are accepted before or after the subcommand.
@@ -185,6 +189,19 @@ pub struct Config {
     #[arg(long = "oauth-redirect-url", value_name = "URL", env = "PM_OAUTH_REDIRECT_URL",
           global = true, value_parser = parse_oauth_redirect_url)]
     pub oauth_redirect_url: Option<String>,
+
+    /// Most WebSocket frames written to one connection before a flush (frames already queued
+    /// for it go out in one `send`); 1 flushes each frame on its own.
+    #[arg(long = "ws-write-batch", value_name = "N", env = "PM_WS_WRITE_BATCH",
+          default_value = DEFAULT_WS_WRITE_BATCH, global = true, value_parser = parse_ws_write_batch)]
+    pub ws_write_batch: usize,
+    /// Bind the listener with `SO_REUSEPORT` (Linux/BSD), so several `pm-server` processes can
+    /// listen on the same address and the kernel spreads connections over them (e.g. to hold
+    /// more WebSockets than one process's open-file limit). Off by default: a second server on a
+    /// taken port is then an error rather than a silent co-tenant. `true`/`false` (or `1`/`0`).
+    #[arg(long = "reuse-port", value_name = "BOOL", env = "PM_REUSE_PORT", default_value = "false",
+          global = true, value_parser = parse_reuse_port, action = clap::ArgAction::Set)]
+    pub reuse_port: bool,
 }
 
 impl Config {
@@ -292,6 +309,8 @@ impl fmt::Debug for Config {
             .field("smtp_url", &self.smtp_url.as_deref().map(redact_url))
             .field("vapid_private_key", &self.vapid_private_key.as_ref().map(|_| "***"))
             .field("vapid_subject", &self.vapid_subject)
+            .field("ws_write_batch", &self.ws_write_batch)
+            .field("reuse_port", &self.reuse_port)
             .finish()
     }
 }
@@ -383,6 +402,24 @@ fn parse_jwt_secret(s: &str) -> Result<String, String> {
             crate::auth::secret::MIN_SECRET_LEN,
             s.len()
         ))
+    }
+}
+
+fn parse_ws_write_batch(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n @ 1..=MAX_WS_WRITE_BATCH) => Ok(n),
+        _ => Err(format!(
+            "PM_WS_WRITE_BATCH (--ws-write-batch) must be a whole number from 1 to \
+             {MAX_WS_WRITE_BATCH}, not {s:?}"
+        )),
+    }
+}
+
+fn parse_reuse_port(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err(format!("PM_REUSE_PORT (--reuse-port) must be `true` or `false`, not {s:?}")),
     }
 }
 
@@ -501,6 +538,9 @@ mod tests {
         assert!(parse_refresh_ttl("x").unwrap_err().contains("PM_REFRESH_TTL_SECS"));
         assert!(parse_registration("closed").unwrap_err().contains("PM_REGISTRATION"));
         assert!(parse_broker("kafka").unwrap_err().contains("PM_REALTIME_BROKER"));
+        assert!(parse_ws_write_batch("0").unwrap_err().contains("PM_WS_WRITE_BATCH"));
+        assert!(parse_ws_write_batch("5000").unwrap_err().contains("PM_WS_WRITE_BATCH"));
+        assert!(parse_reuse_port("maybe").unwrap_err().contains("PM_REUSE_PORT"));
     }
 
     #[test]
@@ -544,5 +584,9 @@ mod tests {
         assert_eq!(parse_registration("invite").unwrap(), Registration::Invite);
         assert_eq!(parse_access_ttl(DEFAULT_ACCESS_TTL_SECS).unwrap(), Duration::from_secs(900));
         assert!(parse_jwt_secret(&"s".repeat(32)).is_ok());
+        assert_eq!(parse_ws_write_batch(DEFAULT_WS_WRITE_BATCH).unwrap(), 64);
+        assert_eq!(parse_ws_write_batch("1").unwrap(), 1);
+        assert!(parse_reuse_port("1").unwrap());
+        assert!(!parse_reuse_port("false").unwrap());
     }
 }

@@ -314,6 +314,38 @@ fn cors_layer(origins: &[String]) -> tower::util::Either<CorsLayer, tower::layer
     )
 }
 
+/// Backlog of the listening socket: room for a burst of connections (thousands of WebSockets
+/// reconnecting at once) while the accept loop catches up; the kernel caps it at `somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the server's listener on `addr`. With `reuse_port` the socket gets `SO_REUSEPORT`
+/// (`PM_REUSE_PORT`), so several processes that all set it share the address and the kernel
+/// spreads new connections over them; without it a taken address is an error as usual.
+pub fn bind_listener(
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // What `TcpListener::bind` does too: a restart may rebind while old connections linger.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        #[cfg(all(unix, not(target_os = "solaris"), not(target_os = "illumos")))]
+        socket.set_reuseport(true)?;
+        #[cfg(not(all(unix, not(target_os = "solaris"), not(target_os = "illumos"))))]
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "PM_REUSE_PORT needs SO_REUSEPORT, which this platform does not have",
+        ));
+    }
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves [`app`] on `listener` until `shutdown` completes, then stops accepting connections and
 /// waits for in-flight requests to finish (the caller bounds that wait if it needs to).
 ///

@@ -244,11 +244,15 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     );
     let auth = Auth::new(&jwt_secret, auth_store, config.auth_settings());
     let backend = stores.admin.backend();
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .with_context(|| format!("binding {} (PM_BIND)", config.bind))?;
+    let listener = pm_server::bind_listener(config.bind, config.reuse_port).with_context(|| {
+        if config.reuse_port {
+            format!("binding {} (PM_BIND, with PM_REUSE_PORT)", config.bind)
+        } else {
+            format!("binding {} (PM_BIND)", config.bind)
+        }
+    })?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    tracing::info!(%addr, backend, database = %config.database_url_redacted(), "pm-server listening");
+    tracing::info!(%addr, backend, reuse_port = config.reuse_port, database = %config.database_url_redacted(), "pm-server listening");
 
     // The signal fans out twice: to axum (stop accepting, drain) and to the grace timer below.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -280,7 +284,10 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         authz: Arc::new(pm_server::authz::ServerAuthorizer::new(state.permissions.clone())),
         realtime_stores,
         broker: broker.clone(),
-        config: pm_realtime::HubConfig::default(),
+        config: pm_realtime::HubConfig {
+            write_batch: config.ws_write_batch,
+            ..pm_realtime::HubConfig::default()
+        },
         sinks: vec![state.push_sink()],
     })
     .await

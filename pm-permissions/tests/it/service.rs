@@ -319,6 +319,89 @@ async fn grants_cross_instances_at_once(url: &str) {
     assert!(matches!(b.check(&actor, Action::Read, &r).await.unwrap(), Decision::Deny(_)));
 }
 
+/// An audit log whose first `revision()` call waits at a gate: holds one check between its
+/// refusal and its look for newer state, so another check can refresh the engine meanwhile.
+struct GatedAudit {
+    inner: Arc<dyn store::AuditLog>,
+    calls: std::sync::atomic::AtomicUsize,
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Semaphore,
+    gate_call: usize,
+}
+
+#[async_trait::async_trait]
+impl store::AuditLog for GatedAudit {
+    async fn list_audit(&self, after: i64, limit: u32) -> pm_permissions::Result<Vec<AuditRecord>> {
+        self.inner.list_audit(after, limit).await
+    }
+
+    async fn revision(&self) -> pm_permissions::Result<i64> {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n == self.gate_call {
+            self.entered.notify_one();
+            let _permit = self.release.acquire().await.unwrap();
+        }
+        self.inner.revision().await
+    }
+}
+
+/// The race behind subscriptions refused on an idle node (issue 5, 50k-connection run): check X
+/// is refused by the stale engine; before X looks for newer state, check Y reloads the engine;
+/// X's look then finds nothing stale. X must still decide again on the reloaded engine instead of
+/// answering with the refusal it made on the old state.
+async fn a_refusal_raced_by_a_concurrent_reload_is_decided_again(url: &str) {
+    use pm_core::authz::{Authorizer, Decision};
+    let a_stores = store::open(url).await.unwrap();
+    a_stores.admin.migrate().await.unwrap();
+    let a = seeded(a_stores).await;
+    let b_stores = store::open(url).await.unwrap();
+    let gated = Arc::new(GatedAudit {
+        inner: b_stores.audit.clone(),
+        calls: Default::default(),
+        entered: tokio::sync::Notify::new(),
+        release: tokio::sync::Semaphore::new(0),
+        gate_call: 0,
+    });
+    let b_stores = AuthzStores { audit: gated.clone(), ..b_stores };
+    let config = ServiceConfig {
+        refresh_every: Some(std::time::Duration::from_secs(3600)),
+        ..ServiceConfig::default()
+    };
+    let b = Arc::new(PermissionService::open(b_stores, config).await.unwrap());
+    let (user, org) = (UserId::new(), OrgId::new());
+    let actor = Actor::User(user);
+    let r = Resource::new(ResourceKind::Project, Some(org), None);
+    // Granted on A after B loaded: B's engine is stale.
+    grant(&a, user, "viewer", Scope::Org { org_id: org }).await;
+    let x = tokio::spawn({
+        let (b, r) = (b.clone(), r.clone());
+        async move { b.check(&actor, Action::Read, &r).await.unwrap() }
+    });
+    // X has been refused by the stale engine and waits before its look.
+    tokio::time::timeout(std::time::Duration::from_secs(10), gated.entered.notified())
+        .await
+        .expect("check X reached its look for newer state");
+    // Y: refused too, looks (not gated), reloads, decides again.
+    assert_eq!(b.check(&actor, Action::Read, &r).await.unwrap(), Decision::Allow);
+    gated.release.add_permits(1);
+    assert_eq!(x.await.unwrap(), Decision::Allow, "X answered from the state before the reload");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_raced_by_a_concurrent_reload_is_decided_again_sqlite() {
+    let (_s, _dir, url) = sqlite().await;
+    a_refusal_raced_by_a_concurrent_reload_is_decided_again(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_raced_by_a_concurrent_reload_is_decided_again_postgres() {
+    if let Some(url) =
+        postgres_url("a_refusal_raced_by_a_concurrent_reload_is_decided_again_postgres").await
+    {
+        a_refusal_raced_by_a_concurrent_reload_is_decided_again(&url).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_cross_instances_at_once_sqlite() {
     let (_s, _dir, url) = sqlite().await;

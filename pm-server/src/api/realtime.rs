@@ -31,7 +31,12 @@
 //! - the hub's `Close(code)` (4008 slow consumer, 4000 heartbeat timeout, 4001 token expired,
 //!   1001 shutdown) becomes a close frame with that code and reason;
 //! - buffers are small (`BUFFER_BYTES` instead of tungstenite's 128 KiB each way) because the
-//!   hub's per-session queue already bounds what waits for a slow client.
+//!   hub's per-session queue already bounds what waits for a slow client;
+//! - **writes are coalesced**: when the writer wakes for one frame it also takes whatever else
+//!   the session has ready (up to `HubConfig::write_batch`, `PM_WS_WRITE_BATCH`, and
+//!   [`BATCH_BYTES`]), feeds them all and flushes once, so a burst costs a few `send` calls
+//!   instead of one per frame. Order is the queue's; a close ends the batch and nothing follows
+//!   it. The whole batch is written under the send timeout.
 
 use std::time::Duration;
 
@@ -68,6 +73,11 @@ pub const BUFFER_BYTES: usize = 4 * 1024;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code for a connection silent past the idle timeout.
 pub const CLOSE_IDLE: u16 = 4000;
+/// Bytes after which a write batch takes no more frames. Frames taken into a batch have left
+/// the hub's queue, so its slow-consumer budget no longer counts them: this bounds what a
+/// stalled connection holds beyond that budget (the frames themselves are shared with every
+/// other recipient; the bound matters for the budget's meaning, not for copies).
+pub const BATCH_BYTES: usize = 64 * 1024;
 
 /// Routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -216,27 +226,46 @@ pub async fn drive(socket: WebSocket, hub: Hub, actor: Actor, options: SessionOp
     let (local_tx, mut local_rx) = tokio::sync::mpsc::channel::<Message>(4);
 
     let reader = read_loop(&mut stream, &handle, &local_tx, idle);
+    let batch_cap = config.write_batch.max(1);
     let writer = async {
         let mut ping = tokio::time::interval(ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await; // the first tick is immediate
+        // Grown on demand: most of a connection's life is idle, and 50k of them add up.
+        let mut batch = Vec::new();
         loop {
-            let msg = tokio::select! {
+            let closing = tokio::select! {
                 out = outbound.recv() => match out {
-                    Some(Outgoing::Frame(frame)) => Message::Text(shared_text(frame)),
-                    Some(Outgoing::Close(code)) => {
-                        let frame = CloseFrame { code: code.code, reason: code.reason.into() };
-                        let _ = tokio::time::timeout(send_timeout, sink.send(Message::Close(Some(frame)))).await;
-                        return;
-                    }
+                    Some(out) => push_outgoing(&mut batch, out),
                     None => return,
                 },
-                Some(msg) = local_rx.recv() => msg,
-                _ = ping.tick() => Message::Ping(Bytes::new()),
+                Some(msg) = local_rx.recv() => {
+                    batch.push(msg);
+                    false
+                }
+                _ = ping.tick() => {
+                    batch.push(Message::Ping(Bytes::new()));
+                    false
+                }
             };
-            match tokio::time::timeout(send_timeout, sink.send(msg)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => return, // the connection is gone or stuck
+            // Whatever else is already queued goes out with it: each `feed` only appends to the
+            // write buffer, and the one `flush` below writes the lot (a flush per frame was one
+            // `send` syscall per frame, most of the server's CPU under fan-out).
+            let closing = closing || fill_batch(&mut batch, batch_cap, || outbound.try_recv());
+            let written = tokio::time::timeout(send_timeout, async {
+                for msg in batch.drain(..) {
+                    sink.feed(msg).await?;
+                }
+                sink.flush().await
+            })
+            .await;
+            if batch.capacity() > 16 {
+                batch = Vec::new(); // a burst's batch is not kept for the idle time after it
+            }
+            match written {
+                Ok(Ok(())) if !closing => {}
+                // Closed as the hub asked, or the connection is gone or stuck.
+                _ => return,
             }
         }
     };
@@ -306,6 +335,50 @@ fn read_error(e: axum::Error) -> ReadEnd {
     }
 }
 
+/// Appends `out` to `batch`; `true` when it was the close, which ends the connection's output.
+fn push_outgoing(batch: &mut Vec<Message>, out: Outgoing) -> bool {
+    match out {
+        Outgoing::Frame(frame) => {
+            batch.push(Message::Text(shared_text(frame)));
+            false
+        }
+        Outgoing::Close(code) => {
+            batch.push(Message::Close(Some(CloseFrame {
+                code: code.code,
+                reason: code.reason.into(),
+            })));
+            true
+        }
+    }
+}
+
+/// Appends what `ready` hands out, in order, until `batch` holds `cap` messages or
+/// [`BATCH_BYTES`], `ready` has nothing more, or a close was appended (nothing may follow it:
+/// returns `true`).
+fn fill_batch(
+    batch: &mut Vec<Message>,
+    cap: usize,
+    mut ready: impl FnMut() -> Option<Outgoing>,
+) -> bool {
+    let mut bytes: usize = batch.iter().map(message_len).sum();
+    while batch.len() < cap && bytes < BATCH_BYTES {
+        let Some(out) = ready() else { return false };
+        if push_outgoing(batch, out) {
+            return true;
+        }
+        bytes += batch.last().map_or(0, message_len);
+    }
+    false
+}
+
+fn message_len(m: &Message) -> usize {
+    match m {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+        Message::Close(_) => 0,
+    }
+}
+
 /// The hub's frame as WebSocket text without copying: one serialized frame is shared by every
 /// session it fans out to.
 fn shared_text(frame: Frame) -> Utf8Bytes {
@@ -336,5 +409,59 @@ mod tests {
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer hdr"));
         assert_eq!(credential(&h, &offered, Some("q")).unwrap(), "hdr");
         assert_eq!(credential(&HeaderMap::new(), &[], None).unwrap_err().status(), 401);
+    }
+
+    fn frames(texts: &[&str]) -> std::collections::VecDeque<Outgoing> {
+        texts.iter().map(|t| Outgoing::Frame(Frame::from(*t))).collect()
+    }
+
+    fn texts(batch: &[Message]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|m| match m {
+                Message::Text(t) => t.as_str().to_owned(),
+                Message::Close(Some(c)) => format!("close {}", c.code),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_takes_what_is_ready_in_order_up_to_the_cap() {
+        let mut queue = frames(&["a", "b", "c", "d", "e"]);
+        let mut batch = vec![Message::Ping(Bytes::new())];
+        assert!(!fill_batch(&mut batch, 3, || queue.pop_front()));
+        assert_eq!(texts(&batch), ["Ping(b\"\")", "a", "b"]);
+        batch.clear();
+        assert!(!fill_batch(&mut batch, 64, || queue.pop_front()));
+        assert_eq!(texts(&batch), ["c", "d", "e"], "the rest, in order, in the next batch");
+        batch.clear();
+        assert!(!fill_batch(&mut batch, 1, || queue.pop_front()));
+        assert!(batch.is_empty(), "nothing ready: nothing added");
+    }
+
+    #[test]
+    fn a_batch_stops_taking_frames_past_its_byte_bound() {
+        let big = "x".repeat(BATCH_BYTES / 2);
+        let mut queue: std::collections::VecDeque<Outgoing> =
+            (0..5).map(|_| Outgoing::Frame(Frame::from(big.as_str()))).collect();
+        let mut batch = Vec::new();
+        assert!(!fill_batch(&mut batch, 64, || queue.pop_front()));
+        assert_eq!(batch.len(), 2, "two halves reach the bound");
+        assert_eq!(queue.len(), 3, "the rest stays in the hub's queue, under its budget");
+    }
+
+    #[test]
+    fn a_close_ends_the_batch_after_the_frames_queued_before_it() {
+        let mut queue = frames(&["a", "b"]);
+        queue.push_back(Outgoing::Close(pm_realtime::protocol::CloseCode::SLOW_CONSUMER));
+        queue.push_back(Outgoing::Frame(Frame::from("after")));
+        let mut batch = Vec::new();
+        assert!(fill_batch(&mut batch, 64, || queue.pop_front()));
+        assert_eq!(texts(&batch), ["a", "b", "close 4008"]);
+        assert_eq!(queue.len(), 1, "nothing is taken after the close");
+        let mut batch = Vec::new();
+        let close = Outgoing::Close(pm_realtime::protocol::CloseCode::SLOW_CONSUMER);
+        assert!(push_outgoing(&mut batch, close));
     }
 }

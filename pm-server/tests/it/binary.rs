@@ -174,3 +174,80 @@ fn init_integrations_is_idempotent_and_reports_what_it_created() {
     assert!(!ok);
     assert!(err.contains("PM_ENCRYPTION_KEY"), "{err}");
 }
+
+/// Starts `pm-server` on `addr` with its own SQLite database in `dir`, `PM_REUSE_PORT` as given.
+fn spawn_server(dir: &std::path::Path, addr: std::net::SocketAddr, reuse_port: &str) -> Reaper {
+    let child = Command::new(env!("CARGO_BIN_EXE_pm-server"))
+        .env("PM_BIND", addr.to_string())
+        .env("PM_DATABASE_URL", format!("sqlite://{}", dir.join("pm.db").display()))
+        .env("PM_LOG", "warn")
+        .env("PM_SHUTDOWN_TIMEOUT_SECS", "2")
+        .env("PM_REUSE_PORT", reuse_port)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pm-server");
+    Reaper(child)
+}
+
+/// Waits until `addr` answers `/healthz` with 200, failing if `child` exits first.
+async fn wait_healthy(child: &mut Reaper, addr: std::net::SocketAddr) {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!("pm-server exited early with {status}: {}", stderr_of(&mut child.0));
+        }
+        if let Ok((200, _)) = raw_get(addr, "/healthz").await {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no /healthz 200 within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `PM_REUSE_PORT`: a second process binds the port the first one listens on and both serve;
+/// when the first stops, the second still answers on that port. Without the setting the second
+/// process refuses to start, naming `PM_BIND`.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn two_processes_share_a_port_with_pm_reuse_port() {
+    let (dir_a, dir_b, dir_c) =
+        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port = free_port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut a = spawn_server(dir_a.path(), addr, "true");
+    wait_healthy(&mut a, addr).await;
+    let mut b = spawn_server(dir_b.path(), addr, "true");
+    // B is up once its database exists and it answers while A runs: wait for its database, then
+    // for a moment in which it has not exited (a failed bind exits at once).
+    let started = Instant::now();
+    while !dir_b.path().join("pm.db").exists() {
+        assert!(started.elapsed() < Duration::from_secs(30), "B never opened its database");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    if let Some(status) = b.0.try_wait().unwrap() {
+        panic!("the second process did not share the port ({status}): {}", stderr_of(&mut b.0));
+    }
+    // Both listen: stop A; the port keeps answering, from B.
+    let killed = Command::new("kill").arg("-TERM").arg(a.0.id().to_string()).status().unwrap();
+    assert!(killed.success());
+    let signalled = Instant::now();
+    while a.0.try_wait().unwrap().is_none() {
+        assert!(signalled.elapsed() < Duration::from_secs(10), "A did not exit on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..20 {
+        let (status, body) = raw_get(addr, "/healthz").await.expect("B serves the shared port");
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(b.0.try_wait().unwrap().is_none(), "B still runs");
+
+    // Without PM_REUSE_PORT, a port in use is an error naming the variable.
+    let mut c = spawn_server(dir_c.path(), addr, "false");
+    let err = stderr_of(&mut c.0);
+    let status = c.0.wait().unwrap();
+    assert!(!status.success(), "a second server without PM_REUSE_PORT started: {err}");
+    assert!(err.contains("PM_BIND"), "{err}");
+}
