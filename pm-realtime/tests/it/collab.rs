@@ -110,9 +110,11 @@ impl YClient {
         self.insert(len, chunk).await;
     }
 
-    /// Pumps until the text satisfies `pred` (fails after 5 s).
+    /// Pumps until the text satisfies `pred` (fails after 15 s: alone these take ~1 s, but CI
+    /// runs them beside 34 others on two cores, and a cross-instance edit through PostgreSQL once
+    /// took longer than 5 s there).
     async fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         while !pred(&self.text()) {
             assert!(
                 tokio::time::Instant::now() < deadline,
