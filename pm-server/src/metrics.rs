@@ -55,9 +55,11 @@ pub struct Metrics {
 struct Inner {
     started: Instant,
     in_flight: AtomicI64,
-    /// (method, route) → per-status counts and a latency histogram. A mutex is enough: the
-    /// critical section is a hash lookup and a few adds, far below a request's own cost.
-    routes: Mutex<HashMap<(String, String), RouteStats>>,
+    /// route → method → per-status counts and a latency histogram. Nested so that a request
+    /// looks its entry up by `&str` without allocating; strings are allocated once per new
+    /// (route, method). A mutex is enough: the critical section is two hash lookups and a few
+    /// adds, far below a request's own cost.
+    routes: Mutex<HashMap<String, HashMap<String, RouteStats>>>,
 }
 
 #[derive(Debug, Default)]
@@ -83,10 +85,14 @@ impl Default for Metrics {
 impl Metrics {
     fn record(&self, method: &str, route: &str, status: u16, seconds: f64) {
         let mut routes = self.inner.routes.lock().unwrap_or_else(|e| e.into_inner());
-        let stats = match routes.get_mut(&(method.to_owned(), route.to_owned())) {
-            Some(stats) => stats,
-            None => routes.entry((method.to_owned(), route.to_owned())).or_default(),
-        };
+        if !routes.contains_key(route) {
+            routes.insert(route.to_owned(), HashMap::new());
+        }
+        let methods = routes.get_mut(route).expect("inserted above");
+        if !methods.contains_key(method) {
+            methods.insert(method.to_owned(), RouteStats::default());
+        }
+        let stats = methods.get_mut(method).expect("inserted above");
         *stats.by_status.entry(status).or_default() += 1;
         stats.count += 1;
         stats.sum_seconds += seconds;
@@ -98,14 +104,17 @@ impl Metrics {
     /// The HTTP series in the text format (the gauges are added by [`render`]).
     fn render_http(&self, out: &mut String) {
         let routes = self.inner.routes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut keys: Vec<_> = routes.keys().collect();
+        let mut keys: Vec<(&String, &String)> = routes
+            .iter()
+            .flat_map(|(route, methods)| methods.keys().map(move |method| (method, route)))
+            .collect();
         keys.sort();
         out.push_str(
             "# HELP pm_http_requests_total HTTP requests answered, by route template and status.\n",
         );
         out.push_str("# TYPE pm_http_requests_total counter\n");
         for key in &keys {
-            let stats = &routes[*key];
+            let stats = &routes[key.1][key.0];
             let mut statuses: Vec<_> = stats.by_status.iter().collect();
             statuses.sort();
             for (status, n) in statuses {
@@ -120,7 +129,7 @@ impl Metrics {
         out.push_str("# HELP pm_http_request_duration_seconds Time to the response head.\n");
         out.push_str("# TYPE pm_http_request_duration_seconds histogram\n");
         for key in &keys {
-            let stats = &routes[*key];
+            let stats = &routes[key.1][key.0];
             let labels = format!("method=\"{}\",route=\"{}\"", key.0, escape(&key.1));
             let mut cumulative = 0;
             for (le, n) in BUCKETS.iter().zip(stats.buckets) {
@@ -170,17 +179,21 @@ fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display
 /// Middleware recording every request's method, route template, status and latency (to the
 /// response head; streaming bodies are not waited for).
 pub async fn track(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
-    let method = req.method().as_str().to_owned();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    // Both clones are cheap (a standard method is a tag, a matched path an `Arc<str>`).
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
     metrics.inner.in_flight.fetch_add(1, Ordering::Relaxed);
     // Decrements even when the handler future is dropped (client gone, timeout).
     let _guard = InFlight(&metrics.inner.in_flight);
     let response = next.run(req).await;
-    metrics.record(&method, &route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    metrics.record(
+        method.as_str(),
+        route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     response
 }
 
