@@ -122,7 +122,7 @@ impl Metrics {
                     out,
                     "pm_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
                     key.0,
-                    escape(&key.1)
+                    escape(key.1)
                 );
             }
         }
@@ -130,7 +130,7 @@ impl Metrics {
         out.push_str("# TYPE pm_http_request_duration_seconds histogram\n");
         for key in &keys {
             let stats = &routes[key.1][key.0];
-            let labels = format!("method=\"{}\",route=\"{}\"", key.0, escape(&key.1));
+            let labels = format!("method=\"{}\",route=\"{}\"", key.0, escape(key.1));
             let mut cumulative = 0;
             for (le, n) in BUCKETS.iter().zip(stats.buckets) {
                 cumulative += n;
