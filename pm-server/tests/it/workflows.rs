@@ -548,10 +548,13 @@ async fn a_self_triggering_workflow_stops_at_depth_10_marked_loop() {
     )
     .await;
     move_task(a, &w.task, &w.review).await;
+    // Wait until the loop is marked and every earlier hop is marked finished too (each hop's
+    // execution is finished just after the write that triggers the next one).
     let executions = eventually("an execution marked loop", async || {
         let list = a.ok(Method::GET, &format!("/orgs/{}/executions", w.org), None, 200).await;
         let list = list.as_array().unwrap().clone();
-        list.iter().any(|e| e["status"] == "loop").then_some(list)
+        let settled = list.iter().all(|e| e["status"] != "running" && e["status"] != "waiting");
+        (settled && list.iter().any(|e| e["status"] == "loop")).then_some(list)
     })
     .await;
     assert_eq!(executions.len(), 10);
