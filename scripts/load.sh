@@ -2,6 +2,7 @@
 # HTTP load benchmark of pm-server on embedded SQLite (the issue-3 targets), with wrk.
 #
 #   bash scripts/load.sh            # needs `wrk` (apt-get install wrk) and curl
+#   PM_BIN=/path/to/pm-server bash scripts/load.sh   # a given build (A/B runs), no cargo
 #
 # Builds the release binary, starts it on a fresh SQLite database in a temp dir with rate limits
 # off, registers a user, creates an org and a project through the API, then runs, each for
@@ -20,11 +21,15 @@ PORT=${PORT:-18080}
 base="http://127.0.0.1:$PORT"
 
 command -v wrk >/dev/null || { echo "wrk is required: apt-get install wrk" >&2; exit 2; }
-cargo build --release -p pm-server --quiet
+bin=${PM_BIN:-}
+if [[ -z $bin ]]; then
+    cargo build --release -p pm-server --quiet
+    bin=target/release/pm-server
+fi
 dir=$(mktemp -d)
 export PM_DATABASE_URL="sqlite://$dir/pm.db" PM_BIND="127.0.0.1:$PORT" PM_LOG=warn \
     PM_RATE_LIMIT_PER_MINUTE=0 PM_RATE_LIMIT_IP_PER_MINUTE=0 PM_JWT_SECRET="load-test-secret-load-test-secret-0123"
-target/release/pm-server serve &
+"$bin" serve &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 1 100); do curl -sf "$base/healthz" >/dev/null && break; sleep 0.1; done

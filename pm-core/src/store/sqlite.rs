@@ -8,6 +8,9 @@
 //! Storage conventions (see `migrations/sqlite`): ids are hyphenated UUID text, timestamps are
 //! integer microseconds, dates are `YYYY-MM-DD` text. Row structs are private; conversion into
 //! domain types happens in `TryFrom` impls so parse failures surface as errors, not panics.
+//!
+//! The hottest reads (a task, a page of tasks) run on the caller's thread within a time budget
+//! when the database is a file (see [`inline`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
@@ -18,7 +21,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{Sqlite, SqliteConnection};
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
@@ -32,6 +35,9 @@ use crate::query::{
 use crate::store::*;
 use crate::{Current, Error, Result};
 
+mod inline;
+use inline::{Arg, InlineReader, Sql};
+
 /// The SQLite store. Cheap to clone (pools are reference-counted).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -42,6 +48,8 @@ pub struct SqliteStore {
     /// Task creates waiting for the [`CreateBatcher`].
     creates: tokio::sync::mpsc::UnboundedSender<QueuedCreate>,
     creates_alone: Arc<std::sync::atomic::AtomicU64>,
+    /// Reads answered on the caller's thread; `None` for an in-memory database.
+    inline: Option<Arc<InlineReader>>,
 }
 
 type Counters = Arc<Mutex<HashMap<ProjectId, TaskCounter>>>;
@@ -107,7 +115,7 @@ impl SqliteStore {
                 .connect_with(opts)
                 .await
                 .map_err(Error::storage)?;
-            return Ok(Self::from_pools(pool.clone(), pool));
+            return Ok(Self::from_pools(pool.clone(), pool, None));
         }
         let opts = opts.journal_mode(SqliteJournalMode::Wal);
         let writer = SqlitePoolOptions::new()
@@ -129,6 +137,8 @@ impl SqliteStore {
         // threads than cores only adds context switches (measured under load).
         let readers =
             std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8) as u32;
+        let inline =
+            InlineReader::new(opts.get_filename(), readers as usize, inline::INLINE_BUDGET);
         let reader = SqlitePoolOptions::new()
             // A local file needs no liveness probe; the probe is a round trip to the
             // connection's thread on every acquire.
@@ -137,12 +147,16 @@ impl SqliteStore {
             .connect_with(opts.read_only(true))
             .await
             .map_err(Error::storage)?;
-        let store = Self::from_pools(writer, reader);
+        let store = Self::from_pools(writer, reader, Some(Arc::new(inline)));
         tokio::spawn(Checkpointer { pool: checkpointer }.run(store.wakeup.subscribe()));
         Ok(store)
     }
 
-    fn from_pools(writer: SqlitePool, reader: SqlitePool) -> Self {
+    fn from_pools(
+        writer: SqlitePool,
+        reader: SqlitePool,
+        inline: Option<Arc<InlineReader>>,
+    ) -> Self {
         let (creates, queue) = tokio::sync::mpsc::unbounded_channel();
         let store = Self {
             writer,
@@ -151,6 +165,7 @@ impl SqliteStore {
             counters: Counters::default(),
             creates,
             creates_alone: Arc::default(),
+            inline,
         };
         // Ends when the last clone of this store is dropped (the queue closes).
         tokio::spawn(store.batcher().run(queue));
@@ -177,8 +192,23 @@ impl SqliteStore {
         self.creates_alone.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Hot reads that could not be answered on the caller's thread (budget exceeded, every
+    /// inline connection busy) and ran on the sqlx path instead; a health signal for
+    /// [`inline`]'s budget.
+    pub fn inline_read_fallbacks(&self) -> u64 {
+        self.inline.as_ref().map_or(0, |i| i.fallbacks())
+    }
+
+    /// Runs a one-text-column read inline when possible, else on the reader pool.
+    async fn read_text(&self, sql: &Sql) -> Result<Option<String>> {
+        if let Some(v) = self.inline.as_ref().and_then(|i| i.text(sql)) {
+            return Ok(v);
+        }
+        sql.fetch_text(&self.reader).await.map_err(st)
+    }
+
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
-        self.writer.begin().await.map_err(Error::storage)
+        begin_write(&self.writer).await.map_err(Error::storage)
     }
 
     async fn commit(&self, tx: sqlx::Transaction<'static, Sqlite>) -> Result<()> {
@@ -186,6 +216,18 @@ impl SqliteStore {
         self.wakeup.ping();
         Ok(())
     }
+}
+
+/// Begins a write transaction holding SQLite's write lock from its first statement.
+///
+/// A deferred `BEGIN` reads under a snapshot and upgrades to a writer at its first write; when
+/// another connection committed in between (another process on the same file: one writer
+/// connection per process), the upgrade fails at once with `SQLITE_BUSY`, without waiting for
+/// the busy timeout, and the request failed. `BEGIN IMMEDIATE` waits (up to the busy timeout)
+/// for the lock instead. Within one process the single writer connection already serializes
+/// writes, so this costs nothing there.
+async fn begin_write(pool: &SqlitePool) -> sqlx::Result<sqlx::Transaction<'static, Sqlite>> {
+    pool.begin_with("BEGIN IMMEDIATE").await
 }
 
 /// Copies committed WAL frames back into the database file, off the write path.
@@ -368,7 +410,7 @@ impl CreateBatcher {
         let mut written = Vec::with_capacity(batch.len());
         let mut alone = Vec::new();
         let outcome: Result<()> = async {
-            let mut tx = self.writer.begin().await.map_err(st)?;
+            let mut tx = begin_write(&self.writer).await.map_err(st)?;
             let mut pending: std::collections::VecDeque<QueuedCreate> = batch.into();
             // Creates of a chunk that failed, to be written one by one to find the culprit.
             let mut singles = std::collections::VecDeque::new();
@@ -508,7 +550,7 @@ impl CreateBatcher {
         new: &NewTask,
         at: OffsetDateTime,
     ) -> Result<Task> {
-        let mut tx = self.writer.begin().await.map_err(Error::storage)?;
+        let mut tx = begin_write(&self.writer).await.map_err(Error::storage)?;
         // Number and last rank in one statement: every statement is a round trip to the writer's
         // thread, and under load those hops bound write throughput more than SQLite does.
         let row: Option<(i64, String, String, Option<String>)> = sqlx::query_as(
@@ -718,7 +760,7 @@ impl TryFrom<MemberRow> for Membership {
     }
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, serde::Deserialize)]
 struct ProjectRow {
     id: String,
     org_id: String,
@@ -750,7 +792,7 @@ impl TryFrom<ProjectRow> for Project {
     }
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, serde::Deserialize)]
 struct StateRow {
     id: String,
     project_id: String,
@@ -1772,26 +1814,30 @@ impl ProjectStore for SqliteStore {
         &self,
         id: ProjectId,
     ) -> Result<(Project, Vec<WorkflowState>)> {
-        use sqlx::{FromRow, Row};
-        // Both statements in one round trip to a reader's thread; `part` tells their rows apart.
-        let rows = sqlx::query(
-            "SELECT 0 AS part, * FROM projects WHERE id = ?1; \
-             SELECT 1 AS part, * FROM workflow_states WHERE project_id = ?1 ORDER BY position, id",
-        )
-        .bind(id_text(id))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(st)?;
-        let mut project = None;
-        let mut states = Vec::new();
-        for row in &rows {
-            if row.try_get::<i64, _>("part").map_err(st)? == 0 {
-                project = Some(Project::try_from(ProjectRow::from_row(row).map_err(st)?)?);
-            } else {
-                states.push(WorkflowState::try_from(StateRow::from_row(row).map_err(st)?)?);
-            }
+        // One statement, one JSON text: task creation reads this on every create, so it takes the
+        // inline read path like `get_task`. `json(…)` around the subqueries because a value loses
+        // its JSON subtype when it leaves a subquery (it would be embedded as a string).
+        let mut sql = Sql::default();
+        sql.push(
+            "SELECT json_object('project', json((SELECT json_object('id', id, 'org_id', org_id, \
+             'key', key, 'name', name, 'description', description, 'lead', lead, \
+             'archived', json(CASE WHEN archived THEN 'true' ELSE 'false' END), \
+             'version', version, 'created_at', created_at, 'updated_at', updated_at) \
+             FROM projects WHERE id = ?1)), \
+             'states', json((SELECT json_group_array(json_object('id', id, 'project_id', project_id, \
+             'name', name, 'category', category, 'position', position, 'version', version) \
+             ORDER BY position, id) FROM workflow_states WHERE project_id = ?1)))",
+        );
+        sql.args.push(Arg::Text(id_text(id)));
+        #[derive(serde::Deserialize)]
+        struct Both {
+            project: Option<ProjectRow>,
+            states: Vec<StateRow>,
         }
-        Ok((project.ok_or_else(|| Error::not_found("project"))?, states))
+        let json = self.read_text(&sql).await?.ok_or_else(|| Error::not_found("project"))?;
+        let both: Both = serde_json::from_str(&json).map_err(|e| corrupt("project", e))?;
+        let project = both.project.ok_or_else(|| Error::not_found("project"))?;
+        Ok((project.try_into()?, convert(both.states)?))
     }
 
     async fn create_label(&self, origin: &Origin, l: &Label) -> Result<Label> {
@@ -2032,8 +2078,16 @@ impl TaskStore for SqliteStore {
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Task> {
-        let mut conn = self.reader.acquire().await.map_err(st)?;
-        load_task(&mut conn, id).await
+        let mut sql = Sql::default();
+        sql.push(concat!(
+            "SELECT ",
+            task_json_object!(),
+            " FROM tasks t JOIN projects p ON p.id = t.project_id WHERE t.id = "
+        ))
+        .bind(Arg::Text(id_text(id)));
+        let json = self.read_text(&sql).await?.ok_or_else(|| Error::not_found("task"))?;
+        let row: TaskJson = serde_json::from_str(&json).map_err(|e| corrupt("task", e))?;
+        row.try_into()
     }
 
     async fn get_task_by_number(&self, project: ProjectId, number: i64) -> Result<Task> {
@@ -2168,82 +2222,63 @@ impl TaskStore for SqliteStore {
         let (cmp, dir) = if page.sort.descending { ("<", "DESC") } else { (">", "ASC") };
         // The aggregate takes `json_object` directly (not through a subquery column), so SQLite
         // keeps each object as JSON instead of re-parsing its text (≈ 35 % of the query).
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT json_group_array(");
-        q.push(task_json_object!())
+        let mut q = Sql::default();
+        q.push(concat!("SELECT json_group_array(", task_json_object!()))
             .push(format_args!(
                 " ORDER BY {expr} {dir}, t.id {dir}) FROM tasks t JOIN projects p ON p.id = t.project_id \
                  WHERE t.id IN (SELECT t.id FROM tasks t WHERE t.org_id = "
-            ));
-        q.push_bind(id_text(org));
-        fn in_list<'a, T: 'a>(
-            q: &mut QueryBuilder<Sqlite>,
-            prefix: &str,
-            values: impl IntoIterator<Item = T>,
-            bind: impl Fn(T) -> String,
-        ) {
-            q.push(prefix);
-            q.push(" IN (");
-            let mut sep = q.separated(", ");
-            for v in values {
-                sep.push_bind(bind(v));
-            }
-            sep.push_unseparated(")");
-        }
+            ))
+            .bind(Arg::Text(id_text(org)));
         if !filter.project_ids.is_empty() {
-            in_list(&mut q, " AND t.project_id", filter.project_ids.iter(), |v| id_text(*v));
+            q.in_list(
+                " AND t.project_id",
+                filter.project_ids.iter().map(|v| Arg::Text(id_text(*v))),
+            );
         }
         if !filter.state_ids.is_empty() {
             // `+` keeps SQLite from driving the page off these low-selectivity columns: walking
             // the sort index and stopping after `limit` rows beats sorting thousands of matches.
-            in_list(&mut q, " AND +t.state_id", filter.state_ids.iter(), |v| id_text(*v));
+            q.in_list(" AND +t.state_id", filter.state_ids.iter().map(|v| Arg::Text(id_text(*v))));
         }
         if !filter.state_categories.is_empty() {
-            in_list(
-                &mut q,
+            q.in_list(
                 " AND +t.state_id IN (SELECT id FROM workflow_states WHERE category",
-                filter.state_categories.iter(),
-                |v| v.as_str().to_string(),
+                filter.state_categories.iter().map(|v| Arg::Text(v.as_str().to_string())),
             );
             q.push(")");
         }
         if !filter.assignees.is_empty() {
-            in_list(
-                &mut q,
+            q.in_list(
                 " AND EXISTS (SELECT 1 FROM task_assignees a WHERE a.task_id = t.id AND a.user_id",
-                filter.assignees.iter(),
-                |v| id_text(*v),
+                filter.assignees.iter().map(|v| Arg::Text(id_text(*v))),
             );
             q.push(")");
         }
         if !filter.reporters.is_empty() {
-            in_list(&mut q, " AND t.reporter", filter.reporters.iter(), |v| id_text(*v));
+            q.in_list(" AND t.reporter", filter.reporters.iter().map(|v| Arg::Text(id_text(*v))));
         }
         if !filter.labels.is_empty() {
-            in_list(
-                &mut q,
+            q.in_list(
                 " AND EXISTS (SELECT 1 FROM task_labels l WHERE l.task_id = t.id AND l.label_id",
-                filter.labels.iter(),
-                |v| id_text(*v),
+                filter.labels.iter().map(|v| Arg::Text(id_text(*v))),
             );
             q.push(")");
         }
         if !filter.priorities.is_empty() {
-            q.push(" AND +t.priority IN (");
-            let mut sep = q.separated(", ");
-            for p in &filter.priorities {
-                sep.push_bind(p.as_i16());
-            }
-            sep.push_unseparated(")");
+            q.in_list(
+                " AND +t.priority",
+                filter.priorities.iter().map(|p| Arg::Int(i64::from(p.as_i16()))),
+            );
         }
         if let Some(d) = filter.due_from {
-            q.push(" AND t.due_date >= ").push_bind(date_text(d));
+            q.push(" AND t.due_date >= ").bind(Arg::Text(date_text(d)));
         }
         if let Some(d) = filter.due_to {
-            q.push(" AND t.due_date <= ").push_bind(date_text(d));
+            q.push(" AND t.due_date <= ").bind(Arg::Text(date_text(d)));
         }
         match filter.parent {
             Some(Some(p)) => {
-                q.push(" AND t.parent_id = ").push_bind(id_text(p));
+                q.push(" AND t.parent_id = ").bind(Arg::Text(id_text(p)));
             }
             Some(None) => {
                 q.push(" AND t.parent_id IS NULL");
@@ -2251,13 +2286,13 @@ impl TaskStore for SqliteStore {
             None => {}
         }
         if let Some(m) = filter.milestone_id {
-            q.push(" AND t.milestone_id = ").push_bind(id_text(m));
+            q.push(" AND t.milestone_id = ").bind(Arg::Text(id_text(m)));
         }
         if let Some(since) = filter.updated_since {
-            q.push(" AND t.updated_at >= ").push_bind(ts(since));
+            q.push(" AND t.updated_at >= ").bind(Arg::Int(ts(since)));
         }
         if let Some(a) = filter.archived {
-            q.push(" AND t.archived = ").push_bind(a);
+            q.push(" AND t.archived = ").bind(Arg::Int(i64::from(a)));
         }
         if filter.text.is_some() {
             let terms = filter.search_terms();
@@ -2268,16 +2303,15 @@ impl TaskStore for SqliteStore {
                 // ANDs juxtaposed terms.
                 let m = terms.iter().map(|t| format!("\"{t}\"*")).collect::<Vec<_>>().join(" ");
                 q.push(" AND t.rid IN (SELECT rowid FROM task_search WHERE task_search MATCH ")
-                    .push_bind(m)
+                    .bind(Arg::Text(m))
                     .push(")");
             }
         }
         if let Some(c) = &page.after {
-            q.push(format_args!(" AND ({expr} {cmp} "));
-            push_sort_value(&mut q, &c.value);
-            q.push(format_args!(" OR ({expr} = "));
-            push_sort_value(&mut q, &c.value);
-            q.push(format_args!(" AND t.id {cmp} ")).push_bind(id_text(c.id)).push("))");
+            let v = sort_arg(&c.value);
+            q.push(format_args!(" AND ({expr} {cmp} ")).bind(v.clone());
+            q.push(format_args!(" OR ({expr} = ")).bind(v);
+            q.push(format_args!(" AND t.id {cmp} ")).bind(Arg::Text(id_text(c.id))).push("))");
         }
         // Two phases: the inner query picks the page's ids using only indexed columns; the outer
         // one loads the page's rows with their sets. Loading sets for every candidate row before
@@ -2287,7 +2321,8 @@ impl TaskStore for SqliteStore {
         // large statement on every call (seen as `sqlite3Reprepare` in profiles). `limit` is a
         // validated u32 and only a handful of values occur, so the statement cache stays small.
         q.push(format_args!(" ORDER BY {expr} {dir}, t.id {dir} LIMIT {})", page.limit + 1));
-        let json: String = q.build_query_scalar().fetch_one(&self.reader).await.map_err(st)?;
+        // `json_group_array` over no rows is `[]`, never NULL.
+        let json = self.read_text(&q).await?.unwrap_or_else(|| "[]".into());
         let rows: Vec<TaskJson> =
             serde_json::from_str(&json).map_err(|e| corrupt("task page", e))?;
         Ok(Page::from_rows(convert(rows)?, page))
@@ -2461,11 +2496,11 @@ impl TaskStore for SqliteStore {
     }
 }
 
-fn push_sort_value(q: &mut QueryBuilder<Sqlite>, v: &SortValue) {
+fn sort_arg(v: &SortValue) -> Arg {
     match v {
-        SortValue::Int(i) => q.push_bind(*i),
-        SortValue::Text(s) => q.push_bind(s.clone()),
-    };
+        SortValue::Int(i) => Arg::Int(*i),
+        SortValue::Text(s) => Arg::Text(s.clone()),
+    }
 }
 
 #[async_trait]

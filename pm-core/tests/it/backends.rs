@@ -266,3 +266,58 @@ async fn sqlite_batched_creates_keep_sets_and_numbers() {
         .count();
     assert_eq!(created, 59);
 }
+
+/// Two stores on one SQLite file behave like two server processes sharing it (each has its own
+/// writer connection). Read-then-write transactions must take the write lock up front: a deferred
+/// transaction that read before another connection committed cannot upgrade and fails at once
+/// with `SQLITE_BUSY` (the busy timeout does not apply), which reached clients as a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_sqlite_file_write_concurrently_without_busy_errors() {
+    use pm_core::id::UserId;
+    use pm_core::model::{Email, MemberRole, Membership, Name, User};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("pm.db").display());
+    let a = pm_core::store::open(&url).await.unwrap();
+    a.admin.migrate().await.unwrap();
+    let b = pm_core::store::open(&url).await.unwrap();
+    let f = testing::fixture(&a).await;
+    let mut users = Vec::new();
+    for i in 0..120 {
+        let u = User {
+            id: UserId::new(),
+            email: Email::parse(&format!("busy{i}@example.com")).unwrap(),
+            display_name: Name::parse("Member").unwrap(),
+            created_at: time::OffsetDateTime::now_utc(),
+        };
+        a.directory.create_user(&f.origin(), &u).await.unwrap();
+        users.push(u.id);
+    }
+    let mut writes = tokio::task::JoinSet::new();
+    for (i, user) in users.iter().copied().enumerate() {
+        let stores = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let origin = f.origin();
+        let org = f.org.id;
+        writes.spawn(async move {
+            let m = Membership {
+                org_id: org,
+                user_id: user,
+                role: MemberRole::Member,
+                joined_at: time::OffsetDateTime::now_utc(),
+            };
+            stores.directory.put_member(&origin, &m).await
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(r) = writes.join_next().await {
+        if let Err(e) = r.unwrap() {
+            failures.push(e.to_string());
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 120 writes failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    assert_eq!(b.directory.list_members(f.org.id).await.unwrap().len(), 121);
+}

@@ -274,7 +274,9 @@ impl NotificationStore for SqliteRealtimeStore {
 #[async_trait]
 impl DocStore for SqliteRealtimeStore {
     async fn init_doc(&self, task: TaskId, state: &[u8], at: OffsetDateTime) -> Result<bool> {
-        let mut tx = self.writer.begin().await.map_err(st)?;
+        // IMMEDIATE: take the write lock up front (waiting up to the busy timeout); a deferred
+        // transaction that read first fails at once when another process wrote meanwhile.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
         // A head row may exist without content (an external change was claimed first).
         let done = sqlx::query(
             "INSERT INTO rt_docs (task_id, last_seq) VALUES (?, 1) ON CONFLICT (task_id) \
@@ -306,7 +308,7 @@ impl DocStore for SqliteRealtimeStore {
         update: &[u8],
         at: OffsetDateTime,
     ) -> Result<i64> {
-        let mut tx = self.writer.begin().await.map_err(st)?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
         let seq: i64 = sqlx::query_scalar(
             "INSERT INTO rt_docs (task_id, last_seq) VALUES (?, 1) \
              ON CONFLICT (task_id) DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
@@ -353,7 +355,7 @@ impl DocStore for SqliteRealtimeStore {
     }
 
     async fn compact_doc(&self, task: TaskId, state: &[u8], upto: i64) -> Result<bool> {
-        let mut tx = self.writer.begin().await.map_err(st)?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
         let done = sqlx::query(
             "UPDATE rt_docs SET snapshot = ?, snapshot_seq = ? \
              WHERE task_id = ? AND snapshot_seq < ? AND last_seq >= ?",
@@ -386,7 +388,7 @@ impl DocStore for SqliteRealtimeStore {
         at: OffsetDateTime,
         before: OffsetDateTime,
     ) -> Result<()> {
-        let mut tx = self.writer.begin().await.map_err(st)?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
         sqlx::query("DELETE FROM rt_doc_write_backs WHERE task_id = ? AND at < ?")
             .bind(id_text(task))
             .bind(micros(before))

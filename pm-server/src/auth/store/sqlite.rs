@@ -193,7 +193,9 @@ impl AuthStore for SqliteAuthStore {
         keep_family: Option<Uuid>,
         at: OffsetDateTime,
     ) -> Result<()> {
-        let mut tx = self.writer.begin().await.map_err(st)?;
+        // IMMEDIATE: take the write lock up front (waiting up to the busy timeout); a deferred
+        // transaction that read first fails at once when another process wrote meanwhile.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
         let done = sqlx::query(
             "UPDATE credentials SET password_hash = ?, updated_at = ? WHERE user_id = ?",
         )
@@ -242,7 +244,7 @@ impl AuthStore for SqliteAuthStore {
         next: &Successor,
         now: OffsetDateTime,
     ) -> Result<Rotation> {
-        let mut tx = self.writer.begin().await.map_err(st)?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
         // The conditional update is the claim: of two concurrent presentations only one
         // matches `used_at IS NULL`.
         let claimed: Option<(String, String)> = sqlx::query_as(
@@ -308,7 +310,7 @@ impl AuthStore for SqliteAuthStore {
         presented: &TokenHash,
         at: OffsetDateTime,
     ) -> Result<bool> {
-        let mut tx = self.writer.begin().await.map_err(st)?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
         // Write first (see the module docs), then tell whether the token existed.
         sqlx::query(
             "UPDATE refresh_tokens SET revoked_at = ? WHERE revoked_at IS NULL AND family_id = \
@@ -437,7 +439,7 @@ impl AuthStore for SqliteAuthStore {
     }
 
     async fn load_or_store_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>> {
-        let mut tx = self.writer.begin().await.map_err(st)?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
         sqlx::query(
             "INSERT INTO server_secrets (name, value, created_at) VALUES (?, ?, ?) \
              ON CONFLICT (name) DO NOTHING",

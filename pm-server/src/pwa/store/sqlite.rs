@@ -127,7 +127,9 @@ impl SyncOpStore for SqlitePwaStore {
         at: OffsetDateTime,
     ) -> Result<Value> {
         // The insert comes first so the transaction holds the write lock from the start.
-        let mut tx = self.writer.begin().await.map_err(st)?;
+        // IMMEDIATE: take the write lock up front (waiting up to the busy timeout); a deferred
+        // transaction that read first fails at once when another process wrote meanwhile.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
         sqlx::query(
             "INSERT INTO sync_ops (user_id, op_id, result, created_at) VALUES (?, ?, ?, ?) \
              ON CONFLICT (user_id, op_id) DO NOTHING",
