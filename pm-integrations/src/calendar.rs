@@ -81,7 +81,11 @@ pub enum CalendarClient {
 impl CalendarClient {
     /// The client for `provider` (`google_calendar` or `outlook`) at `base_url`, on the
     /// integration's `calendar_id` (config; `primary` / the default calendar when absent).
-    pub fn for_provider(provider: &str, base_url: &str, config: &serde_json::Value) -> Result<Self> {
+    pub fn for_provider(
+        provider: &str,
+        base_url: &str,
+        config: &serde_json::Value,
+    ) -> Result<Self> {
         let calendar = match config.get("calendar_id") {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => Some(parse_calendar_id(v.as_str().unwrap_or_default())?),

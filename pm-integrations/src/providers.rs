@@ -428,7 +428,12 @@ impl Provider for Slack {
             authorize_url: "https://slack.com/oauth/v2/authorize".into(),
             token_url: "https://slack.com/api/oauth.v2.access".into(),
             revoke_url: Some("https://slack.com/api/auth.revoke".into()),
-            scopes: vec!["chat:write".into(), "commands".into(), "users:read".into(), "users:read.email".into()],
+            scopes: vec![
+                "chat:write".into(),
+                "commands".into(),
+                "users:read".into(),
+                "users:read.email".into(),
+            ],
         })
     }
 

@@ -192,7 +192,8 @@ impl BlockAction {
     /// Parses an interaction body (`payload=<json>`); `Ok(None)` for interactions that are not
     /// `block_actions` (shortcuts, view submissions). Errors name the field.
     pub fn parse(body: &[u8]) -> Result<Option<Self>> {
-        let payload = form(body).remove("payload").ok_or_else(|| Error::invalid("payload", "missing"))?;
+        let payload =
+            form(body).remove("payload").ok_or_else(|| Error::invalid("payload", "missing"))?;
         let p: Value =
             serde_json::from_str(&payload).map_err(|e| Error::invalid("payload", e.to_string()))?;
         if p["type"] != "block_actions" {
@@ -245,7 +246,8 @@ pub fn escape(s: &str) -> String {
 
 /// A section describing a task.
 fn task_section(t: &TaskCard) -> Value {
-    let mut fields = vec![json!({"type": "mrkdwn", "text": format!("*State*\n{}", escape(&t.state))})];
+    let mut fields =
+        vec![json!({"type": "mrkdwn", "text": format!("*State*\n{}", escape(&t.state))})];
     let who = if t.assignees.is_empty() {
         "unassigned".to_owned()
     } else {
@@ -305,7 +307,8 @@ pub fn task_list(project: &str, tasks: &[TaskCard], more: bool) -> Vec<Value> {
         "text": {"type": "plain_text", "text": format!("Open tasks in {project}")},
     })];
     if tasks.is_empty() {
-        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": "No open tasks."}}));
+        blocks
+            .push(json!({"type": "section", "text": {"type": "mrkdwn", "text": "No open tasks."}}));
     }
     for t in tasks.iter().take(20) {
         blocks.push(task_section(t));
@@ -321,8 +324,9 @@ pub fn task_list(project: &str, tasks: &[TaskCard], more: bool) -> Vec<Value> {
 
 /// A notification: a one-line headline over the task's card.
 pub fn notification(headline: &str, t: &TaskCard, states: &[(String, String)]) -> Vec<Value> {
-    let mut blocks =
-        vec![json!({"type": "context", "elements": [{"type": "mrkdwn", "text": escape(headline)}]})];
+    let mut blocks = vec![
+        json!({"type": "context", "elements": [{"type": "mrkdwn", "text": escape(headline)}]}),
+    ];
     blocks.extend(task_card(t, states));
     blocks
 }
@@ -367,8 +371,12 @@ mod tests {
     fn slash_commands_parse_and_name_missing_fields() {
         let body = "command=%2Fpm&text=list&team_id=T1&user_id=U1&channel_id=C1&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2F1";
         let c = SlashCommand::parse(body.as_bytes()).unwrap();
-        assert_eq!((c.command.as_str(), c.text.as_str(), c.user_id.as_str()), ("/pm", "list", "U1"));
-        let e = SlashCommand::parse(b"command=%2Fpm&team_id=T1&user_id=U1&channel_id=C1").unwrap_err();
+        assert_eq!(
+            (c.command.as_str(), c.text.as_str(), c.user_id.as_str()),
+            ("/pm", "list", "U1")
+        );
+        let e =
+            SlashCommand::parse(b"command=%2Fpm&team_id=T1&user_id=U1&channel_id=C1").unwrap_err();
         assert!(matches!(e, Error::Invalid { field, .. } if field == "response_url"));
         let e = SlashCommand::parse(
             b"command=%2Fpm&team_id=T1&user_id=U%2F..&channel_id=C1&response_url=x",

@@ -33,8 +33,8 @@ use time::OffsetDateTime;
 
 use crate::Result;
 use crate::crypto::Sealed;
-use crate::provider::ProviderKey;
 use crate::model::*;
+use crate::provider::ProviderKey;
 
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -194,8 +194,11 @@ pub async fn slack_user(
 /// A task as a Slack card, with its project's states for the menu.
 async fn card(pm: &Pm, t: &Task) -> Result<(TaskCard, Vec<(String, String)>), ApiError> {
     let states = pm.stores().projects.list_states(t.project_id).await?;
-    let state =
-        states.iter().find(|s| s.id == t.state_id).map(|s| s.name.as_str().to_owned()).unwrap_or_default();
+    let state = states
+        .iter()
+        .find(|s| s.id == t.state_id)
+        .map(|s| s.name.as_str().to_owned())
+        .unwrap_or_default();
     let mut assignees = Vec::new();
     for a in &t.assignees {
         match pm.stores().directory.get_user(*a).await {
@@ -451,11 +454,11 @@ async fn run_action(
         }
     };
     let parse = |field: &str, s: &str| {
-        Uuid::parse_str(s)
-            .map_err(|_| ApiError::invalid_field(field.into(), "not an id"))
+        Uuid::parse_str(s).map_err(|_| ApiError::invalid_field(field.into(), "not an id"))
     };
     let task_id = TaskId(parse("payload.actions[0].value", task_id)?);
-    let state_id = state_id.map(|s| parse("payload.actions[0].value", s).map(StateId)).transpose()?;
+    let state_id =
+        state_id.map(|s| parse("payload.actions[0].value", s).map(StateId)).transpose()?;
     let Some(user) = slack_user(ints, pm, i, &action.user_id).await? else {
         return Err(ApiError::bad_request("your Slack account is not linked to a pm account"));
     };
@@ -697,7 +700,8 @@ async fn push_due_date(
             let token = access_token(ints, i.id).await?;
             let draft = EventDraft { title, date, task_id: t.id.0.to_string() };
             client.update_event(&token, &m.external_id, &draft).await?;
-            let base = SyncedBase { base: want, remote_updated_at: None, pushed_fingerprint: None, at };
+            let base =
+                SyncedBase { base: want, remote_updated_at: None, pushed_fingerprint: None, at };
             ints.stores.mappings.commit_sync(m.id, m.version, &base, &[]).await?;
             ints.log(log("event.updated", json!({"task": t.reference, "event_id": m.external_id})))
                 .await;
@@ -744,7 +748,8 @@ pub async fn on_inbound(
                 return Ok(());
             }
             let watch = watch_of(&i);
-            let changes = g.changes(&token, watch.as_ref().and_then(|w| w.sync_token.as_deref())).await?;
+            let changes =
+                g.changes(&token, watch.as_ref().and_then(|w| w.sync_token.as_deref())).await?;
             for ev in &changes.events {
                 apply_event_change(ints, pm, &i, &ev.id, ev.date, ev.cancelled).await?;
             }
@@ -868,7 +873,11 @@ async fn save_watch(
         }
     }
     let patch = IntegrationPatch { config: Some(config), ..IntegrationPatch::default() };
-    Ok(ints.stores.integrations.update_integration(i.id, i.version, &patch, ints.clock.now()).await?)
+    Ok(ints
+        .stores
+        .integrations
+        .update_integration(i.id, i.version, &patch, ints.clock.now())
+        .await?)
 }
 
 /// Where the integration's notifications are delivered.
@@ -997,13 +1006,22 @@ impl pm_workflows::ports::MessageSender for SlackMessages {
     ) -> pm_workflows::Result<Value> {
         use pm_workflows::Error as E;
         if provider != "slack" {
-            return Err(E::invalid("action.provider", format!("{provider:?} cannot send messages")));
+            return Err(E::invalid(
+                "action.provider",
+                format!("{provider:?} cannot send messages"),
+            ));
         }
         if channel.trim().is_empty() || channel.len() > 80 {
             return Err(E::invalid("action.channel", "1-80 characters"));
         }
         let failed = |e: ApiError| E::Action(format!("Slack: {}", detail(&e)));
-        let all = self.ints.stores.integrations.list_integrations(org).await.map_err(|e| failed(e.into()))?;
+        let all = self
+            .ints
+            .stores
+            .integrations
+            .list_integrations(org)
+            .await
+            .map_err(|e| failed(e.into()))?;
         let slack: Vec<&Integration> =
             all.iter().filter(|i| i.enabled && i.provider.as_str() == "slack").collect();
         let bare = |c: &str| c.trim_start_matches('#').to_owned();
@@ -1012,7 +1030,10 @@ impl pm_workflows::ports::MessageSender for SlackMessages {
             .find(|i| i.config["channel"].as_str().map(bare) == Some(bare(channel)))
             .or(slack.first())
         else {
-            return Err(E::invalid("action.provider", "the organization has no enabled Slack integration"));
+            return Err(E::invalid(
+                "action.provider",
+                "the organization has no enabled Slack integration",
+            ));
         };
         let token = access_token(&self.ints, i.id).await.map_err(failed)?;
         let client = SlackClient::new(&self.ints.chat.apis.slack).map_err(|e| failed(e.into()))?;

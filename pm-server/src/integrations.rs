@@ -251,25 +251,30 @@ impl Integrations {
                             Err(e) => Attempt::Failed {
                                 error: e.body()["detail"].as_str().unwrap_or("failed").to_owned(),
                                 retry_at: (d.attempts < 5).then(|| {
-                                    now + self.worker.backoff.first().copied().unwrap_or(self.worker.poll)
+                                    now + self
+                                        .worker
+                                        .backoff
+                                        .first()
+                                        .copied()
+                                        .unwrap_or(self.worker.poll)
                                 }),
                             },
                             Ok(()) => {
-                            let kinds: Vec<_> = events
-                                .iter()
-                                .map(|e| json!({"kind": e.kind, "external_id": e.external_id}))
-                                .collect();
-                            self.log(entry(
-                                Some(d.integration_id),
-                                d.provider.as_str(),
-                                Direction::Inbound,
-                                "webhook.processed",
-                                true,
-                                json!({"delivery_id": d.delivery_id, "events": kinds}),
-                                now,
-                            ))
-                            .await;
-                            Attempt::Succeeded
+                                let kinds: Vec<_> = events
+                                    .iter()
+                                    .map(|e| json!({"kind": e.kind, "external_id": e.external_id}))
+                                    .collect();
+                                self.log(entry(
+                                    Some(d.integration_id),
+                                    d.provider.as_str(),
+                                    Direction::Inbound,
+                                    "webhook.processed",
+                                    true,
+                                    json!({"delivery_id": d.delivery_id, "events": kinds}),
+                                    now,
+                                ))
+                                .await;
+                                Attempt::Succeeded
                             }
                         },
                         // A payload the provider cannot parse will not parse next time either.

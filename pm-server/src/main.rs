@@ -342,15 +342,12 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         tracing::info!(providers = %seeded.join(", "), "registered integration providers");
     }
     let mut integrations = integrations;
-    integrations.chat =
-        pm_server::chat::ChatSettings::from_env(|v| std::env::var(v).ok()).map_err(anyhow::Error::msg)?;
+    integrations.chat = pm_server::chat::ChatSettings::from_env(|v| std::env::var(v).ok())
+        .map_err(anyhow::Error::msg)?;
     integrations.pm = Some(state.pm.clone());
     let _integration_workers = integrations.start(state.stores.events.clone());
-    let _chat_workers = pm_server::chat::start(
-        integrations.clone(),
-        state.pm.clone(),
-        state.stores.events.clone(),
-    );
+    let _chat_workers =
+        pm_server::chat::start(integrations.clone(), state.pm.clone(), state.stores.events.clone());
     let messages: Arc<dyn pm_workflows::ports::MessageSender> =
         Arc::new(pm_server::chat::SlackMessages::new(integrations.clone()));
     let state = state.with_integrations(integrations);

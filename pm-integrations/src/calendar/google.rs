@@ -33,7 +33,11 @@ fn encode(s: &str) -> String {
 }
 
 fn failed(message: impl Into<String>) -> Error {
-    Error::Provider { provider: "google_calendar".into(), message: message.into(), retry_after: None }
+    Error::Provider {
+        provider: "google_calendar".into(),
+        message: message.into(),
+        retry_after: None,
+    }
 }
 
 impl GoogleCalendarClient {
@@ -58,10 +62,8 @@ impl GoogleCalendarClient {
     /// An event resource as pm sees it.
     pub fn event(v: &Value) -> Option<CalendarEvent> {
         let start = &v["start"];
-        let date = start["date"]
-            .as_str()
-            .or(start["dateTime"].as_str())
-            .and_then(parse_date_prefix);
+        let date =
+            start["date"].as_str().or(start["dateTime"].as_str()).and_then(parse_date_prefix);
         Some(CalendarEvent {
             id: v["id"].as_str()?.to_owned(),
             title: v["summary"].as_str().unwrap_or_default().to_owned(),
@@ -126,7 +128,12 @@ impl GoogleCalendarClient {
             }
             let res = self.api.json(Method::GET, &path, Some(token), None).await?;
             changes.events.extend(
-                res["items"].as_array().map(Vec::as_slice).unwrap_or_default().iter().filter_map(Self::event),
+                res["items"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(Self::event),
             );
             match res["nextPageToken"].as_str() {
                 Some(p) => page_token = Some(p.to_owned()),

@@ -75,7 +75,10 @@ impl GraphCalendarClient {
     /// Creates an all-day event.
     pub async fn create_event(&self, token: &Secret, e: &EventDraft) -> Result<CalendarEvent> {
         Self::parsed(
-            &self.api.json(Method::POST, &self.events_path, Some(token), Some(&Self::body(e))).await?,
+            &self
+                .api
+                .json(Method::POST, &self.events_path, Some(token), Some(&Self::body(e)))
+                .await?,
         )
     }
 
@@ -99,7 +102,8 @@ impl GraphCalendarClient {
     /// The event as Graph has it now; `None` when it was deleted (`404`).
     pub async fn get_event(&self, token: &Secret, id: &str) -> Result<Option<CalendarEvent>> {
         super::check_event_id(id)?;
-        let path = format!("/me/events/{}?$select=id,subject,start,end,isAllDay,isCancelled", encode(id));
+        let path =
+            format!("/me/events/{}?$select=id,subject,start,end,isAllDay,isCancelled", encode(id));
         match self.api.json(Method::GET, &path, Some(token), None).await {
             Ok(v) => Self::parsed(&v).map(Some),
             Err(e) if is_gone(&e) => Ok(None),
@@ -145,7 +149,9 @@ impl GraphCalendarClient {
             "expirationDateTime": Self::expiry(until.min(cap)),
             "clientState": secret,
         });
-        Self::watch_of(&self.api.json(Method::POST, "/subscriptions", Some(token), Some(&body)).await?)
+        Self::watch_of(
+            &self.api.json(Method::POST, "/subscriptions", Some(token), Some(&body)).await?,
+        )
     }
 
     /// Extends a subscription to `until`.

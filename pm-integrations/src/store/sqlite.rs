@@ -22,7 +22,6 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::shared::*;
-use crate::provider::ProviderKey;
 use crate::crypto::Sealed;
 use crate::model::*;
 use crate::provider::ProviderKey;

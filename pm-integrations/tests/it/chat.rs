@@ -25,7 +25,8 @@ async fn slack_posts_messages_and_reports_slack_errors_by_code() {
         .and(header("authorization", "Bearer xoxb-test"))
         .and(body_partial_json(json!({"channel": "C1", "text": "hi"})))
         .respond_with(
-            ResponseTemplate::new(200).set_body_json(json!({"ok": true, "channel": "C1", "ts": "1.2"})),
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"ok": true, "channel": "C1", "ts": "1.2"})),
         )
         .expect(1)
         .mount(&slack)
@@ -34,7 +35,8 @@ async fn slack_posts_messages_and_reports_slack_errors_by_code() {
         .and(path("/api/chat.postMessage"))
         .and(body_partial_json(json!({"channel": "C404"})))
         .respond_with(
-            ResponseTemplate::new(200).set_body_json(json!({"ok": false, "error": "channel_not_found"})),
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"ok": false, "error": "channel_not_found"})),
         )
         .mount(&slack)
         .await;
@@ -42,11 +44,12 @@ async fn slack_posts_messages_and_reports_slack_errors_by_code() {
     let blocks = vec![json!({"type": "section", "text": {"type": "mrkdwn", "text": "hi"}})];
     let m = Message { channel: "C1".into(), text: "hi".into(), blocks };
     assert_eq!(client.post_message(&token(), &m).await.unwrap(), "1.2");
-    let e = client
-        .post_message(&token(), &Message { channel: "C404".into(), ..m })
-        .await
-        .unwrap_err();
-    assert!(matches!(&e, Error::Provider { message, .. } if message.contains("channel_not_found")), "{e}");
+    let e =
+        client.post_message(&token(), &Message { channel: "C404".into(), ..m }).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::Provider { message, .. } if message.contains("channel_not_found")),
+        "{e}"
+    );
 
     Mock::given(method("GET"))
         .and(path("/api/users.info"))
@@ -56,7 +59,10 @@ async fn slack_posts_messages_and_reports_slack_errors_by_code() {
         ))
         .mount(&slack)
         .await;
-    assert_eq!(client.user_email(&token(), "U1").await.unwrap().as_deref(), Some("ada@example.com"));
+    assert_eq!(
+        client.user_email(&token(), "U1").await.unwrap().as_deref(),
+        Some("ada@example.com")
+    );
     let bad = client.user_email(&token(), "U1&user=U2").await.unwrap_err();
     assert!(matches!(bad, Error::Invalid { field, .. } if field == "user_id"));
 }
@@ -140,13 +146,15 @@ async fn graph_events_and_subscriptions_including_a_vanished_one() {
         .and(path("/v1.0/subscriptions"))
         .and(body_partial_json(json!({"resource": "me/events", "clientState": "cs"})))
         .respond_with(
-            ResponseTemplate::new(201).set_body_json(json!({"id": "new-sub", "expirationDateTime": in_a_day})),
+            ResponseTemplate::new(201)
+                .set_body_json(json!({"id": "new-sub", "expirationDateTime": in_a_day})),
         )
         .expect(1)
         .mount(&graph)
         .await;
     let client =
-        CalendarClient::for_provider("outlook", &format!("{}/v1.0", graph.uri()), &json!({})).unwrap();
+        CalendarClient::for_provider("outlook", &format!("{}/v1.0", graph.uri()), &json!({}))
+            .unwrap();
     let draft =
         EventDraft { title: "PM-1 Ship".into(), date: date!(2025 - 06 - 01), task_id: "t".into() };
     let ev = client.create_event(&token(), &draft).await.unwrap();
@@ -161,7 +169,14 @@ async fn graph_events_and_subscriptions_including_a_vanished_one() {
         sync_token: None,
     };
     let renewed = client
-        .renew(&token(), &old, "https://pm.example/h", "cs", std::time::Duration::from_secs(3600), OffsetDateTime::now_utc())
+        .renew(
+            &token(),
+            &old,
+            "https://pm.example/h",
+            "cs",
+            std::time::Duration::from_secs(3600),
+            OffsetDateTime::now_utc(),
+        )
         .await
         .unwrap();
     assert_eq!(renewed.id, "new-sub", "a subscription Graph dropped is recreated");

@@ -128,7 +128,12 @@ async fn setup_with(email: &str, provider: &str, config: Value, workflows: bool)
         body["webhook_secret"] = json!(SIGNING_SECRET);
     }
     let created = s
-        .call(Method::POST, &format!("/api/v1/projects/{project}/integrations"), Some(&token), Some(body))
+        .call(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/integrations"),
+            Some(&token),
+            Some(body),
+        )
         .await;
     let integration = created.ok(201)["integration"]["id"].as_str().unwrap().to_owned();
     let secret = created.body["webhook_secret"].as_str().unwrap().to_owned();
@@ -259,8 +264,9 @@ impl Setup {
         Mock::given(method("POST"))
             .and(path("/api/chat.postMessage"))
             .respond_with(
-                ResponseTemplate::new(200)
-                    .set_body_json(json!({"ok": true, "channel": "C0PM", "ts": "1503435956.000247"})),
+                ResponseTemplate::new(200).set_body_json(
+                    json!({"ok": true, "channel": "C0PM", "ts": "1503435956.000247"}),
+                ),
             )
             .mount(&self.mock)
             .await;
@@ -285,7 +291,11 @@ impl Setup {
     }
 
     async fn get_task(&self, id: &str) -> Value {
-        self.s.call(Method::GET, &format!("/api/v1/tasks/{id}"), Some(&self.token), None).await.ok(200).clone()
+        self.s
+            .call(Method::GET, &format!("/api/v1/tasks/{id}"), Some(&self.token), None)
+            .await
+            .ok(200)
+            .clone()
     }
 
     async fn patch_task(&self, id: &str, patch: Value) -> Value {
@@ -330,7 +340,12 @@ async fn seen(mock: &MockServer, m: &str, prefix: &str) -> Vec<Request> {
 }
 
 /// Waits (up to 15 s) until the mock received a request matching `m`, `prefix` and `pred`.
-async fn wait_for(mock: &MockServer, m: &str, prefix: &str, pred: impl Fn(&Value) -> bool) -> Value {
+async fn wait_for(
+    mock: &MockServer,
+    m: &str,
+    prefix: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     for _ in 0..300 {
         for r in seen(mock, m, prefix).await {
             let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
@@ -367,7 +382,9 @@ async fn slack_slash_commands_create_and_list_with_response_url_follow_ups() {
     let reply = created.ok(200);
     assert_eq!(reply["response_type"], "ephemeral");
     assert_eq!(reply["text"], "Created PL-1: Fix the login page");
-    let follow = wait_for(&t.mock, "POST", "/slack/commands/T1/42", |b| b["response_type"] == "in_channel").await;
+    let follow =
+        wait_for(&t.mock, "POST", "/slack/commands/T1/42", |b| b["response_type"] == "in_channel")
+            .await;
     let blocks = blocks_text(&follow);
     assert!(blocks.contains("Fix the login page") && blocks.contains("pm.assign_me"), "{blocks}");
     assert!(blocks.contains("pm.set_state"), "{blocks}");
@@ -396,8 +413,14 @@ async fn slack_slash_commands_create_and_list_with_response_url_follow_ups() {
     // A bad signature is a 401 problem and nothing happens.
     let forged = t
         .slack(
-            &[("command", "/pm"), ("text", "create Forged"), ("team_id", "T1"), ("user_id", "U1"),
-              ("channel_id", "C0PM"), ("response_url", "https://hooks.slack.com/x")],
+            &[
+                ("command", "/pm"),
+                ("text", "create Forged"),
+                ("team_id", "T1"),
+                ("user_id", "U1"),
+                ("channel_id", "C0PM"),
+                ("response_url", "https://hooks.slack.com/x"),
+            ],
             false,
         )
         .await;
@@ -438,9 +461,8 @@ async fn slack_buttons_assign_to_me_and_change_state() {
 
     // A task of another project is not reachable through this integration: nothing changes
     // and the user is told.
-    let other = t
-        .s
-        .call(
+    let other =
+        t.s.call(
             Method::POST,
             &format!("/api/v1/orgs/{}/projects", t.org),
             Some(&t.token),
@@ -448,9 +470,8 @@ async fn slack_buttons_assign_to_me_and_change_state() {
         )
         .await;
     let other_project = other.ok(201)["id"].as_str().unwrap().to_owned();
-    let foreign = t
-        .s
-        .call(
+    let foreign =
+        t.s.call(
             Method::POST,
             &format!("/api/v1/projects/{other_project}/tasks"),
             Some(&t.token),
@@ -487,7 +508,9 @@ async fn slack_notifications_are_posted_with_block_kit() {
 
     t.patch_task(&id, json!({"state_id": t.state_id("In Progress")})).await;
     wait_for(&t.mock, "POST", "/api/chat.postMessage", |b| {
-        b["text"].as_str().is_some_and(|s| s.contains("State changed on PL-1") && s.contains("In Progress"))
+        b["text"]
+            .as_str()
+            .is_some_and(|s| s.contains("State changed on PL-1") && s.contains("In Progress"))
     })
     .await;
     t.s.call(
@@ -515,9 +538,8 @@ async fn a_workflow_message_action_reaches_slack() {
         "steps": [{"type": "action", "action": {"type": "message", "provider": "slack",
                    "channel": "#C0PM", "text": "New task {{ task.reference }}"}}]
     });
-    let created = t
-        .s
-        .call(
+    let created =
+        t.s.call(
             Method::POST,
             &format!("/api/v1/orgs/{}/workflows", t.org),
             Some(&t.token),
@@ -526,7 +548,8 @@ async fn a_workflow_message_action_reaches_slack() {
         .await;
     created.ok(201);
     t.task("Automate me", None).await;
-    let posted = wait_for(&t.mock, "POST", "/api/chat.postMessage", |b| b["text"] == "New task PL-1").await;
+    let posted =
+        wait_for(&t.mock, "POST", "/api/chat.postMessage", |b| b["text"] == "New task PL-1").await;
     assert_eq!(posted["channel"], "#C0PM");
     assert!(blocks_text(&posted).contains("Sent by a pm workflow"));
 }
@@ -558,12 +581,18 @@ async fn outlook_events_follow_due_dates_both_ways_with_subscription_renewal() {
     let hook = format!("/api/v1/hooks/outlook/{}", t.integration);
     Mock::given(method("POST"))
         .and(path("/v1.0/me/events"))
-        .respond_with(ResponseTemplate::new(201).set_body_json(graph_event("AAMkAGEv1=", "2025-03-10T00:00:00.0000000")))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(graph_event("AAMkAGEv1=", "2025-03-10T00:00:00.0000000")),
+        )
         .mount(&t.mock)
         .await;
     Mock::given(method("PATCH"))
         .and(path("/v1.0/me/events/AAMkAGEv1="))
-        .respond_with(ResponseTemplate::new(200).set_body_json(graph_event("AAMkAGEv1=", "2025-03-12T00:00:00.0000000")))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(graph_event("AAMkAGEv1=", "2025-03-12T00:00:00.0000000")),
+        )
         .mount(&t.mock)
         .await;
 
@@ -596,13 +625,12 @@ async fn outlook_events_follow_due_dates_both_ways_with_subscription_renewal() {
     assert_eq!(sub["lifecycleNotificationUrl"], sub["notificationUrl"]);
 
     // Graph's validation handshake echoes the token as text/plain.
-    let v = t
-        .s
-        .http
-        .post(format!("{}{hook}?validationToken=Validation%3A%20Testing%20client", t.s.base))
-        .send()
-        .await
-        .unwrap();
+    let v =
+        t.s.http
+            .post(format!("{}{hook}?validationToken=Validation%3A%20Testing%20client", t.s.base))
+            .send()
+            .await
+            .unwrap();
     assert_eq!(v.status(), 200);
     assert_eq!(v.headers()["content-type"], "text/plain");
     assert_eq!(v.text().await.unwrap(), "Validation: Testing client");
@@ -610,7 +638,10 @@ async fn outlook_events_follow_due_dates_both_ways_with_subscription_renewal() {
     // The event is moved in Outlook: Graph notifies, pm fetches the event, the due date follows.
     Mock::given(method("GET"))
         .and(path("/v1.0/me/events/AAMkAGEv1="))
-        .respond_with(ResponseTemplate::new(200).set_body_json(graph_event("AAMkAGEv1=", "2025-03-20T15:30:00.0000000")))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(graph_event("AAMkAGEv1=", "2025-03-20T15:30:00.0000000")),
+        )
         .mount(&t.mock)
         .await;
     let note = |cs: &str| {
@@ -623,7 +654,9 @@ async fn outlook_events_follow_due_dates_both_ways_with_subscription_renewal() {
         .to_string()
     };
     // A forged clientState is refused and nothing is fetched.
-    post_raw(&t, &hook, &note("forged"), &[("content-type", "application/json")]).await.problem(401);
+    post_raw(&t, &hook, &note("forged"), &[("content-type", "application/json")])
+        .await
+        .problem(401);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(seen(&t.mock, "GET", "/v1.0/me/events").await.is_empty(), "nothing processed");
     post_raw(&t, &hook, &note(&t.secret), &[("content-type", "application/json")]).await.ok(202);
@@ -702,7 +735,8 @@ async fn google_events_follow_due_dates_both_ways_through_channels_and_sync_toke
         .await;
     let task = t.task("Launch", Some("2025-04-01")).await;
     let id = task["id"].as_str().unwrap().to_owned();
-    let created = wait_for(&t.mock, "POST", "/calendar/v3/calendars/primary/events", |_| true).await;
+    let created =
+        wait_for(&t.mock, "POST", "/calendar/v3/calendars/primary/events", |_| true).await;
     assert_eq!(created["start"]["date"], "2025-04-01");
     assert_eq!(created["end"]["date"], "2025-04-02");
     t.patch_task(&id, json!({"due_date": "2025-04-03"})).await;
@@ -712,7 +746,8 @@ async fn google_events_follow_due_dates_both_ways_through_channels_and_sync_toke
 
     // Renewal job: opens a watch channel (channel token = the integration's secret) and takes
     // the first sync token from a full listing.
-    let expiring = (time::OffsetDateTime::now_utc() + time::Duration::hours(1)).unix_timestamp() * 1000;
+    let expiring =
+        (time::OffsetDateTime::now_utc() + time::Duration::hours(1)).unix_timestamp() * 1000;
     Mock::given(method("POST"))
         .and(path("/calendar/v3/calendars/primary/events/watch"))
         .respond_with(move |req: &Request| {
@@ -743,7 +778,8 @@ async fn google_events_follow_due_dates_both_ways_through_channels_and_sync_toke
         .mount(&t.mock)
         .await;
     assert_eq!(pm_server::chat::renew_watches_once(&t.ints).await.unwrap(), 1);
-    let watch = wait_for(&t.mock, "POST", "/calendar/v3/calendars/primary/events/watch", |_| true).await;
+    let watch =
+        wait_for(&t.mock, "POST", "/calendar/v3/calendars/primary/events/watch", |_| true).await;
     assert_eq!(watch["token"], t.secret.as_str());
     assert_eq!(watch["type"], "web_hook");
     assert_eq!(watch["address"], format!("https://pm.example.com{hook}"));
