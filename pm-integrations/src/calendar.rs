@@ -201,7 +201,8 @@ pub fn is_gone(e: &Error) -> bool {
         if message.starts_with("HTTP 404") || message.starts_with("HTTP 410"))
 }
 
-/// Event ids go into URL paths: both providers use URL-safe base64/base32hex alphabets.
+/// Event ids go into URL paths as they are (Graph's ids end in `=`, which Graph wants
+/// unescaped): only the URL-safe base64/base32hex alphabets both providers use are accepted.
 fn check_event_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 1024

@@ -89,13 +89,15 @@ impl GoogleCalendarClient {
         id: &str,
         e: &EventDraft,
     ) -> Result<CalendarEvent> {
-        let path = format!("{}/events/{}", self.calendar_path, encode(id));
+        super::check_event_id(id)?;
+        let path = format!("{}/events/{id}", self.calendar_path);
         Self::parsed(&self.api.json(Method::PATCH, &path, Some(token), Some(&Self::body(e))).await?)
     }
 
     /// `events.delete`.
     pub async fn delete_event(&self, token: &Secret, id: &str) -> Result<()> {
-        let path = format!("{}/events/{}", self.calendar_path, encode(id));
+        super::check_event_id(id)?;
+        let path = format!("{}/events/{id}", self.calendar_path);
         self.api.json(Method::DELETE, &path, Some(token), None).await.map(drop)
     }
 

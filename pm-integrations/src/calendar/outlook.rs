@@ -89,21 +89,22 @@ impl GraphCalendarClient {
         id: &str,
         e: &EventDraft,
     ) -> Result<CalendarEvent> {
-        let path = format!("/me/events/{}", encode(id));
+        super::check_event_id(id)?;
+        let path = format!("/me/events/{id}");
         Self::parsed(&self.api.json(Method::PATCH, &path, Some(token), Some(&Self::body(e))).await?)
     }
 
     /// Deletes an event.
     pub async fn delete_event(&self, token: &Secret, id: &str) -> Result<()> {
-        let path = format!("/me/events/{}", encode(id));
+        super::check_event_id(id)?;
+        let path = format!("/me/events/{id}");
         self.api.json(Method::DELETE, &path, Some(token), None).await.map(drop)
     }
 
     /// The event as Graph has it now; `None` when it was deleted (`404`).
     pub async fn get_event(&self, token: &Secret, id: &str) -> Result<Option<CalendarEvent>> {
         super::check_event_id(id)?;
-        let path =
-            format!("/me/events/{}?$select=id,subject,start,end,isAllDay,isCancelled", encode(id));
+        let path = format!("/me/events/{id}?$select=id,subject,start,end,isAllDay,isCancelled");
         match self.api.json(Method::GET, &path, Some(token), None).await {
             Ok(v) => Self::parsed(&v).map(Some),
             Err(e) if is_gone(&e) => Ok(None),

@@ -7,9 +7,7 @@
 use std::time::Duration;
 
 use pm_integrations::crypto::{EncryptionKey, Keyring};
-use pm_integrations::oauth::{OAuthClient, OAuthSettings};
-use pm_integrations::provider::Provider;
-use pm_integrations::providers::{GoogleCalendar, Outlook, Slack};
+use pm_integrations::oauth::OAuthSettings;
 use pm_integrations::ssrf::TargetPolicy;
 use pm_integrations::webhook::inbound::{
     GOOGLE_CHANNEL_ID, GOOGLE_CHANNEL_TOKEN, GOOGLE_MESSAGE_NUMBER, SLACK_SIGNATURE,
@@ -73,17 +71,16 @@ async fn setup_with(email: &str, provider: &str, config: Value, workflows: bool)
     ints.chat.apis.google_calendar = format!("{}/calendar/v3", mock.uri());
     ints.chat.apis.graph = format!("{}/v1.0", mock.uri());
     ints.chat.public_url = Some("https://pm.example.com".into());
-    let clients = [Slack.oauth(), GoogleCalendar.oauth(), Outlook.oauth()]
-        .into_iter()
-        .zip([Slack.info().key, GoogleCalendar.info().key, Outlook.info().key])
-        .map(|(config, key)| {
-            let client = OAuthClient::new(&config.unwrap(), "pm-client", None)
-                .unwrap()
-                .with_base_url(&mock.uri())
-                .unwrap();
-            (key, client)
-        })
-        .collect();
+    // The clients are configured the way the binary reads them from the environment.
+    let base = mock.uri();
+    let clients = pm_server::config::oauth_clients(&ints.registry, |v| match v {
+        "PM_OAUTH_SLACK_CLIENT_ID"
+        | "PM_OAUTH_GOOGLE_CALENDAR_CLIENT_ID"
+        | "PM_OAUTH_OUTLOOK_CLIENT_ID" => Some("pm-client".into()),
+        v if v.ends_with("_BASE_URL") => Some(base.clone()),
+        _ => None,
+    })
+    .unwrap();
     let mut ints = ints
         .with_oauth(OAuthSettings::new("https://pm.example.com/api/v1/oauth/callback"), clients)
         .unwrap();
