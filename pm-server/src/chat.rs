@@ -535,8 +535,8 @@ async fn consume(ints: &Integrations, pm: &Pm, events: Arc<dyn EventLog>) -> Res
         let mut by_org: BTreeMap<OrgId, Vec<Integration>> = BTreeMap::new();
         for e in &batch {
             let (Some(org), Some(project)) = (e.org_id, e.project_id) else { continue };
-            if !by_org.contains_key(&org) {
-                by_org.insert(org, ints.stores.integrations.list_integrations(org).await?);
+            if let std::collections::btree_map::Entry::Vacant(slot) = by_org.entry(org) {
+                slot.insert(ints.stores.integrations.list_integrations(org).await?);
             }
             for i in by_org[&org].iter().filter(|i| i.enabled && i.project_id == project) {
                 // Our own writes coming back (a calendar move applied to the task) are not
