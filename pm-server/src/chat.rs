@@ -1060,3 +1060,110 @@ impl pm_workflows::ports::MessageSender for SlackMessages {
         Ok(json!({"provider": "slack", "integration_id": i.id.0, "channel": channel, "ts": ts}))
     }
 }
+
+// --- configuration ------------------------------------------------------------------------------
+
+/// Checks the Slack and calendar settings in an integration's `config` (errors name the
+/// field): Slack's `channel` (an id or `#name`), `users` (Slack user id → pm user id) and
+/// `bot_user_id`; a calendar's `calendar_id`. Other providers' configs are not looked at here.
+pub fn check_config(provider: &str, config: &Value) -> Result<(), ApiError> {
+    let bad = |field: &str, why: &str| Err(ApiError::invalid_field(format!("config.{field}"), why));
+    let is_uuid = |v: &Value| v.as_str().is_some_and(|s| Uuid::parse_str(s).is_ok());
+    match provider {
+        "slack" => {
+            if let Some(c) = config.get("channel").filter(|c| !c.is_null()) {
+                let ok = c.as_str().is_some_and(|c| {
+                    (1..=80).contains(&c.len())
+                        && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"#-_.".contains(&b))
+                });
+                if !ok {
+                    return bad("channel", "a channel id (C…) or #name");
+                }
+            }
+            if let Some(u) = config.get("users").filter(|u| !u.is_null()) {
+                let Some(map) = u.as_object() else {
+                    return bad("users", "an object of Slack user id → pm user id");
+                };
+                for (slack_id, pm_id) in map {
+                    let id_ok = !slack_id.is_empty()
+                        && slack_id.len() <= 40
+                        && slack_id.bytes().all(|b| b.is_ascii_alphanumeric());
+                    if !id_ok || !is_uuid(pm_id) {
+                        return bad(
+                            &format!("users.{slack_id}"),
+                            "a Slack user id mapped to a pm user id",
+                        );
+                    }
+                }
+            }
+            if let Some(b) = config.get("bot_user_id").filter(|b| !b.is_null())
+                && !is_uuid(b)
+            {
+                return bad("bot_user_id", "a pm user id");
+            }
+            Ok(())
+        }
+        "google_calendar" | "outlook" => {
+            CalendarClient::for_provider(provider, "https://calendar.invalid", config)?;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The config an update stores: the caller's, keeping the server-managed `push_channel` (the
+/// open calendar channel) unless the caller sent one.
+pub fn keep_server_state(old: &Value, mut new: Value) -> Value {
+    if let (Some(channel), Some(map)) = (old.get("push_channel"), new.as_object_mut())
+        && !map.contains_key("push_channel")
+    {
+        map.insert("push_channel".into(), channel.clone());
+    }
+    new
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_and_calendar_configs_are_checked_naming_the_field() {
+        let field = |r: Result<(), ApiError>| r.unwrap_err().body()["field"].clone();
+        assert!(
+            check_config("slack", &json!({"channel": "C0PM", "users": {"U1": Uuid::now_v7()}}))
+                .is_ok()
+        );
+        assert_eq!(field(check_config("slack", &json!({"channel": "<!here>"}))), "config.channel");
+        assert_eq!(
+            field(check_config("slack", &json!({"users": {"U1": "me"}}))),
+            "config.users.U1"
+        );
+        assert_eq!(field(check_config("slack", &json!({"bot_user_id": 7}))), "config.bot_user_id");
+        assert_eq!(
+            field(check_config("outlook", &json!({"calendar_id": "../me"}))),
+            "config.calendar_id"
+        );
+        assert!(check_config("github", &json!({"anything": 1})).is_ok());
+    }
+
+    #[test]
+    fn updates_keep_the_open_channel() {
+        let old = json!({"calendar_id": "a", "push_channel": {"id": "c1"}});
+        let kept = keep_server_state(&old, json!({"calendar_id": "b"}));
+        assert_eq!(kept, json!({"calendar_id": "b", "push_channel": {"id": "c1"}}));
+        let replaced = keep_server_state(&old, json!({"push_channel": null}));
+        assert_eq!(replaced, json!({"push_channel": null}));
+    }
+
+    #[test]
+    fn settings_from_the_environment_name_the_variable() {
+        let s = ChatSettings::from_env(|v| {
+            (v == "PM_PUBLIC_URL").then(|| "https://pm.example/".into())
+        })
+        .unwrap();
+        assert_eq!(s.public_url.as_deref(), Some("https://pm.example"));
+        assert_eq!(s.apis, ProviderApis::default());
+        let e = ChatSettings::from_env(|v| (v == "PM_GRAPH_API_URL").then(|| "ftp://x".into()));
+        assert!(e.unwrap_err().contains("PM_GRAPH_API_URL"));
+    }
+}

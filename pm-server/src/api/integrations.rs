@@ -434,6 +434,7 @@ async fn create_integration(
     })?;
     let name = parse_name("name", &b.name)?;
     let config = parse_config("config", b.config)?;
+    crate::chat::check_config(key.as_str(), &config)?;
     let mappings = match b.mappings {
         Some(m) => parse_mappings(m)?,
         None => provider.default_mappings(),
@@ -576,9 +577,17 @@ async fn update_integration(
 ) -> Result<Response, ApiError> {
     let i = load_integration(&s, &who, id).await?;
     let ints = integrations(&s)?;
+    let config = match b.config {
+        Some(c) => {
+            let c = parse_config("config", Some(c))?;
+            crate::chat::check_config(i.provider.as_str(), &c)?;
+            Some(crate::chat::keep_server_state(&i.config, c))
+        }
+        None => None,
+    };
     let patch = IntegrationPatch {
         name: b.name.as_deref().map(|n| parse_name("name", n)).transpose()?,
-        config: b.config.map(|c| parse_config("config", Some(c))).transpose()?,
+        config,
         mappings: b.mappings.map(parse_mappings).transpose()?,
         enabled: b.enabled,
     };
