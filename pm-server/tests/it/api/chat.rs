@@ -402,6 +402,31 @@ async fn slack_slash_commands_create_and_list_with_response_url_follow_ups() {
     let s = blocks_text(body);
     assert!(s.contains("PL-1") && s.contains("Write the release notes"), "{s}");
 
+    // A stored mapping links a Slack user without asking Slack (no users.info mock for U2).
+    let me = t.s.call(Method::GET, "/api/v1/me", Some(&t.token), None).await.ok(200)["id"].clone();
+    let path = format!("/api/v1/integrations/{}", t.integration);
+    let current = t.s.call(Method::GET, &path, Some(&t.token), None).await.ok(200).clone();
+    let bad =
+        t.s.call(
+            Method::PATCH,
+            &path,
+            Some(&t.token),
+            Some(json!({"version": current["version"], "config": {"users": {"U2": "me"}}})),
+        )
+        .await;
+    assert_eq!(bad.problem(400)["field"], "config.users.U2");
+    t.s.call(
+        Method::PATCH,
+        &path,
+        Some(&t.token),
+        Some(json!({"version": current["version"],
+                    "config": {"channel": "C0PM", "users": {"U2": me}}})),
+    )
+    .await
+    .ok(200);
+    let mapped = t.command("list", "U2").await;
+    assert_eq!(mapped.ok(200)["blocks"][0]["type"], "header", "{}", mapped.body);
+
     // Usage errors are told to the user; unlinked users are refused; nothing is created.
     let usage = t.command("create   ", "U1").await;
     assert!(usage.ok(200)["text"].as_str().unwrap().contains("usage: /pm create <title>"));
@@ -688,6 +713,17 @@ async fn outlook_events_follow_due_dates_both_ways_with_subscription_renewal() {
     post_raw(&t, &hook, &removed, &[("content-type", "application/json")]).await.ok(202);
     eventually("a new subscription", || async {
         seen(&t.mock, "POST", "/v1.0/subscriptions").await.len() == 2
+    })
+    .await;
+
+    // Lifecycle: Graph asks for reauthorization → pm renews the subscription at once.
+    let reauth = json!({"value": [{"subscriptionId": "7f105c7d-2dc5-4530-97cd-4e7ae6534c07",
+        "clientState": t.secret, "lifecycleEvent": "reauthorizationRequired",
+        "resource": "me/events", "tenantId": "t", "organizationId": "t"}]})
+    .to_string();
+    post_raw(&t, &hook, &reauth, &[("content-type", "application/json")]).await.ok(202);
+    eventually("the subscription to be renewed", || async {
+        seen(&t.mock, "PATCH", "/v1.0/subscriptions/").await.len() == 2
     })
     .await;
 
