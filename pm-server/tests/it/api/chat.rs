@@ -43,10 +43,17 @@ struct Setup {
 }
 
 async fn setup(email: &str, provider: &str, config: Value) -> Setup {
-    setup_with(email, provider, config, false).await
+    setup_with(email, provider, config, false, None).await
 }
 
-async fn setup_with(email: &str, provider: &str, config: Value, workflows: bool) -> Setup {
+/// [`setup`] with the workflow engine (`workflows`) and another slash-command reply budget.
+async fn setup_with(
+    email: &str,
+    provider: &str,
+    config: Value,
+    workflows: bool,
+    reply_budget: Option<Duration>,
+) -> Setup {
     let mock = MockServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let keyring = Keyring::new("test", &EncryptionKey::generate()).unwrap();
@@ -71,6 +78,9 @@ async fn setup_with(email: &str, provider: &str, config: Value, workflows: bool)
     ints.chat.apis.google_calendar = format!("{}/calendar/v3", mock.uri());
     ints.chat.apis.graph = format!("{}/v1.0", mock.uri());
     ints.chat.public_url = Some("https://pm.example.com".into());
+    if let Some(b) = reply_budget {
+        ints.chat.reply_budget = b;
+    }
     // The clients are configured the way the binary reads them from the environment.
     let base = mock.uri();
     let clients = pm_server::config::oauth_clients(&ints.registry, |v| match v {
@@ -462,6 +472,23 @@ async fn slack_slash_commands_create_and_list_with_response_url_follow_ups() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_slower_than_the_budget_is_answered_through_response_url() {
+    // A zero budget: the synchronous reply cannot wait for the work.
+    let t =
+        setup_with("slow.cmd@example.com", "slack", json!({}), false, Some(Duration::ZERO)).await;
+    t.slack_knows_u1().await;
+    let r = t.command("create Slow but sure", "U1").await;
+    assert!(r.ok(200)["text"].as_str().unwrap().starts_with("Working on it"), "{}", r.body);
+    let late = wait_for(&t.mock, "POST", "/slack/commands/T1/42", |b| {
+        b["response_type"] == "ephemeral" && b["text"] == "Created PL-1: Slow but sure"
+    })
+    .await;
+    assert!(late.get("blocks").is_none());
+    wait_for(&t.mock, "POST", "/slack/commands/T1/42", |b| b["response_type"] == "in_channel")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_buttons_assign_to_me_and_change_state() {
     let t = setup("slack.buttons@example.com", "slack", json!({})).await;
     t.slack_knows_u1().await;
@@ -551,7 +578,8 @@ async fn slack_notifications_are_posted_with_block_kit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workflow_message_action_reaches_slack() {
-    let t = setup_with("wf.slack@example.com", "slack", json!({"channel": "C0PM"}), true).await;
+    let t =
+        setup_with("wf.slack@example.com", "slack", json!({"channel": "C0PM"}), true, None).await;
     t.slack_knows_u1().await;
     let def = json!({
         "schema_version": 1,
