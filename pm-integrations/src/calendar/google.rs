@@ -76,10 +76,33 @@ impl GoogleCalendarClient {
         Self::event(v).ok_or_else(|| failed("event response has no id"))
     }
 
-    /// `events.insert`.
+    /// The event id pm asks for: `pm` + the task id's hex digits (Google accepts client-chosen
+    /// ids of base32hex characters, `[a-v0-9]`), so creating the same task's event twice — a
+    /// retry after a crash between the call and recording it — finds the first one.
+    pub fn event_id_for(task_id: &str) -> Option<String> {
+        let hex: String = task_id.chars().filter(|c| *c != '-').collect();
+        (!hex.is_empty() && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            .then(|| format!("pm{hex}"))
+    }
+
+    /// `events.insert` with the id of [`Self::event_id_for`]; when Google says that id exists
+    /// (`409`, an earlier attempt got through), the event is updated instead.
     pub async fn create_event(&self, token: &Secret, e: &EventDraft) -> Result<CalendarEvent> {
         let path = format!("{}/events", self.calendar_path);
-        Self::parsed(&self.api.json(Method::POST, &path, Some(token), Some(&Self::body(e))).await?)
+        let mut body = Self::body(e);
+        let id = Self::event_id_for(&e.task_id);
+        if let Some(id) = &id {
+            body["id"] = json!(id);
+        }
+        match self.api.json(Method::POST, &path, Some(token), Some(&body)).await {
+            Ok(v) => Self::parsed(&v),
+            Err(Error::Provider { message, .. })
+                if message.starts_with("HTTP 409") && id.is_some() =>
+            {
+                self.update_event(token, id.as_deref().unwrap_or_default(), e).await
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// `events.patch`.

@@ -72,13 +72,13 @@ impl GraphCalendarClient {
         Self::event(v).ok_or_else(|| failed("event response has no id"))
     }
 
-    /// Creates an all-day event.
+    /// Creates an all-day event. Its `transactionId` is the task id: Graph drops a create that
+    /// repeats an earlier one's (a retry after a crash between the call and recording it).
     pub async fn create_event(&self, token: &Secret, e: &EventDraft) -> Result<CalendarEvent> {
+        let mut body = Self::body(e);
+        body["transactionId"] = json!(e.task_id);
         Self::parsed(
-            &self
-                .api
-                .json(Method::POST, &self.events_path, Some(token), Some(&Self::body(e)))
-                .await?,
+            &self.api.json(Method::POST, &self.events_path, Some(token), Some(&body)).await?,
         )
     }
 

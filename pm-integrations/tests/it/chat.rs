@@ -107,6 +107,37 @@ async fn google_lists_all_pages_and_restarts_after_a_gone_sync_token() {
     assert_eq!(changes.events.len(), 2);
     assert_eq!(changes.events[0].date, Some(date!(2025 - 05 - 06)));
     assert!(changes.events[1].cancelled);
+
+    // Creating a task's event twice finds the first (Google's 409 for a taken id → patch).
+    let task = "0190a5b4-7c1e-7d2f-8a3b-4c5d6e7f8091";
+    let event_id = "pm0190a5b47c1e7d2f8a3b4c5d6e7f8091";
+    Mock::given(method("POST"))
+        .and(path("/calendar/v3/calendars/team%40group.calendar.google.com/events"))
+        .and(body_partial_json(json!({"id": event_id})))
+        .respond_with(ResponseTemplate::new(409).set_body_json(
+            json!({"error": {"code": 409, "message": "The requested identifier already exists."}}),
+        ))
+        .mount(&g)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path(format!(
+            "/calendar/v3/calendars/team%40group.calendar.google.com/events/{event_id}"
+        )))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"id": event_id, "start": {"date": "2025-07-01"}})),
+        )
+        .expect(1)
+        .mount(&g)
+        .await;
+    let draft = EventDraft {
+        title: "PM-2 Again".into(),
+        date: date!(2025 - 07 - 01),
+        task_id: task.into(),
+    };
+    let ev = client.create_event(&token(), &draft).await.unwrap();
+    assert_eq!((ev.id.as_str(), ev.date), (event_id, Some(date!(2025 - 07 - 01))));
+
     assert!(matches!(
         CalendarClient::for_provider("google_calendar", &g.uri(), &json!({"calendar_id": "../x"})),
         Err(Error::Invalid { field, .. }) if field == "config.calendar_id"

@@ -651,6 +651,7 @@ async fn outlook_events_follow_due_dates_both_ways_with_subscription_renewal() {
     let id = task["id"].as_str().unwrap().to_owned();
     let created = wait_for(&t.mock, "POST", "/v1.0/me/events", |_| true).await;
     assert_eq!(created["isAllDay"], true);
+    assert_eq!(created["transactionId"], id.as_str(), "idempotent creates");
     assert_eq!(created["start"]["dateTime"], "2025-03-10T00:00:00");
     assert_eq!(created["end"]["dateTime"], "2025-03-11T00:00:00");
     t.patch_task(&id, json!({"due_date": "2025-03-12"})).await;
@@ -799,6 +800,7 @@ async fn google_events_follow_due_dates_both_ways_through_channels_and_sync_toke
     let created =
         wait_for(&t.mock, "POST", "/calendar/v3/calendars/primary/events", |_| true).await;
     assert_eq!(created["start"]["date"], "2025-04-01");
+    assert_eq!(created["id"], format!("pm{}", id.replace('-', "")), "idempotent creates");
     assert_eq!(created["end"]["date"], "2025-04-02");
     t.patch_task(&id, json!({"due_date": "2025-04-03"})).await;
     let moved =
