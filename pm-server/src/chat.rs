@@ -12,7 +12,10 @@
 //!   ([`CONSUMER`], kept in pm-integrations' `int_cursors`): in each integrated project it posts
 //!   Block Kit notifications to the Slack integration's `channel` (assignments, state changes,
 //!   comments) and mirrors due dates into Google Calendar / Outlook events (create, move,
-//!   delete; the link is an external mapping whose base holds the date last agreed).
+//!   delete; the link is an external mapping whose base holds the date last agreed). A provider
+//!   call that fails is tried three times, then logged (`event.failed`) and passed, so one
+//!   provider's outage does not hold the others' events; the store failing stops the consumer
+//!   before its cursor moves (at-least-once).
 //! - **Calendar pushes in** ([`on_inbound`], called by the inbound processor): a Google ping
 //!   pulls `events.list` since the stored `syncToken`; a Graph notification fetches the event;
 //!   lifecycle notifications renew (`reauthorizationRequired`) or recreate
@@ -60,6 +63,10 @@ use pm_integrations::model::Direction;
 
 /// The event-log consumer name of the chat/calendar consumer.
 pub const CONSUMER: &str = "chat-calendar";
+
+/// Pauses before the consumer tries a failing provider call again (then it logs and moves on:
+/// one provider's outage must not hold every other integration's events).
+const PROVIDER_RETRIES: [Duration; 2] = [Duration::from_millis(500), Duration::from_secs(3)];
 
 /// Where the provider APIs are (tests point them at mock servers).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -544,11 +551,24 @@ async fn consume(ints: &Integrations, pm: &Pm, events: Arc<dyn EventLog>) -> Res
                 if e.actor == Actor::Integration(i.id) {
                     continue;
                 }
-                let r = match i.provider.as_str() {
-                    "slack" => notify_slack(ints, pm, i, e).await,
-                    "google_calendar" | "outlook" => push_due_date(ints, pm, i, e).await,
-                    _ => Ok(()),
-                };
+                let mut r = Ok(());
+                // A provider failing (502: a 5xx, a timeout; 429s are waited out by the client)
+                // gets two more tries before the event is passed.
+                for pause in PROVIDER_RETRIES.iter().map(Some).chain([None]) {
+                    r = match i.provider.as_str() {
+                        "slack" => notify_slack(ints, pm, i, e).await,
+                        "google_calendar" | "outlook" => push_due_date(ints, pm, i, e).await,
+                        _ => Ok(()),
+                    };
+                    match (&r, pause) {
+                        (Err(err), Some(p))
+                            if err.status() == axum::http::StatusCode::BAD_GATEWAY =>
+                        {
+                            tokio::time::sleep(*p).await;
+                        }
+                        _ => break,
+                    }
+                }
                 if let Err(err) = r {
                     // At-least-once for storage failures (the cursor stays); a provider refusal
                     // is logged and the event passed.

@@ -539,6 +539,14 @@ async fn slack_buttons_assign_to_me_and_change_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_notifications_are_posted_with_block_kit() {
     let t = setup("slack.notify@example.com", "slack", json!({"channel": "C0PM"})).await;
+    // Slack fails the first post (a 500): the consumer tries again.
+    Mock::given(method("POST"))
+        .and(path("/api/chat.postMessage"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&t.mock)
+        .await;
     t.slack_knows_u1().await;
     let task = t.task("Ship the beta", None).await;
     let id = task["id"].as_str().unwrap().to_owned();
@@ -552,8 +560,13 @@ async fn slack_notifications_are_posted_with_block_kit() {
     assert_eq!(posted["channel"], "C0PM");
     assert_eq!(posted["blocks"][1]["type"], "section");
     assert!(blocks_text(&posted).contains("Ship the beta"));
-    let req = seen(&t.mock, "POST", "/api/chat.postMessage").await.remove(0);
-    assert_eq!(req.headers["authorization"], "Bearer xoxb-17-bot-token");
+    eventually("the failed post and its retry", || async {
+        seen(&t.mock, "POST", "/api/chat.postMessage").await.len() == 2
+    })
+    .await;
+    let posts = seen(&t.mock, "POST", "/api/chat.postMessage").await;
+    assert_eq!(posts[0].body, posts[1].body);
+    assert_eq!(posts[1].headers["authorization"], "Bearer xoxb-17-bot-token");
 
     t.patch_task(&id, json!({"state_id": t.state_id("In Progress")})).await;
     wait_for(&t.mock, "POST", "/api/chat.postMessage", |b| {
