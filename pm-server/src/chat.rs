@@ -64,6 +64,9 @@ use pm_integrations::model::Direction;
 /// The event-log consumer name of the chat/calendar consumer.
 pub const CONSUMER: &str = "chat-calendar";
 
+/// Longest stretch of uninteresting events the consumer reads without saving its cursor.
+const CURSOR_SAVE_EVERY: Duration = Duration::from_secs(5);
+
 /// Pauses before the consumer tries a failing provider call again (then it logs and moves on:
 /// one provider's outage must not hold every other integration's events).
 const PROVIDER_RETRIES: [Duration; 2] = [Duration::from_millis(500), Duration::from_secs(3)];
@@ -537,8 +540,13 @@ async fn consume(ints: &Integrations, pm: &Pm, events: Arc<dyn EventLog>) -> Res
     let from = ints.stores.webhooks.cursor(CONSUMER).await?;
     let mut tail = Tailer::new(events, from);
     tail.poll = ints.worker.poll;
+    // The cursor is written when an event concerned an integration, else at most every few
+    // seconds: most of the log is other projects' business, and every write competes with
+    // pm-core's writer on a shared SQLite file. A restart re-reads at most that stretch.
+    let (mut saved, mut saved_at) = (from, std::time::Instant::now());
     loop {
         let batch = tail.next_batch(100).await?;
+        let mut acted = false;
         let mut by_org: BTreeMap<OrgId, Vec<Integration>> = BTreeMap::new();
         for e in &batch {
             let (Some(org), Some(project)) = (e.org_id, e.project_id) else { continue };
@@ -546,6 +554,7 @@ async fn consume(ints: &Integrations, pm: &Pm, events: Arc<dyn EventLog>) -> Res
                 slot.insert(ints.stores.integrations.list_integrations(org).await?);
             }
             for i in by_org[&org].iter().filter(|i| i.enabled && i.project_id == project) {
+                acted = true;
                 // Our own writes coming back (a calendar move applied to the task) are not
                 // sent out again.
                 if e.actor == Actor::Integration(i.id) {
@@ -589,7 +598,10 @@ async fn consume(ints: &Integrations, pm: &Pm, events: Arc<dyn EventLog>) -> Res
             }
         }
         let upto = batch.last().map_or(tail.position(), |e| e.seq);
-        ints.stores.webhooks.enqueue_outbound(CONSUMER, upto, &[]).await?;
+        if upto > saved && (acted || saved_at.elapsed() >= CURSOR_SAVE_EVERY) {
+            ints.stores.webhooks.enqueue_outbound(CONSUMER, upto, &[]).await?;
+            (saved, saved_at) = (upto, std::time::Instant::now());
+        }
     }
 }
 
