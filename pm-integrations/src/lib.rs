@@ -23,6 +23,10 @@
 //!   features — tables prefixed `int_`, migrations tracked in `_pm_integrations_migrations`.
 //! - [`http`]: the thin JSON client providers share (base URL, bearer token, rate limits with
 //!   `Retry-After`).
+//! - [`slack`]: Slack's Web API client (`chat.postMessage`, `users.info`), slash command and
+//!   `block_actions` parsing, and the Block Kit messages pm sends.
+//! - [`calendar`]: task due dates as all-day events in Google Calendar and Outlook (Graph),
+//!   push channels/subscriptions and their renewal.
 //! - [`clock`]: the injectable clock.
 //! - `testing` (feature `testing`): the store conformance suite.
 //!
@@ -41,6 +45,7 @@
 //! feature crate (pm-permissions, pm-workflows, pm-realtime); builds without sqlx under
 //! `--no-default-features`; knows no HTTP server framework.
 
+pub mod calendar;
 pub mod clock;
 pub mod crypto;
 mod error;
@@ -49,6 +54,7 @@ pub mod model;
 pub mod oauth;
 pub mod provider;
 pub mod providers;
+pub mod slack;
 pub mod ssrf;
 pub mod store;
 pub mod sync;

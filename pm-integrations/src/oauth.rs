@@ -60,8 +60,12 @@ pub struct OAuthClient {
     pub token_url: String,
     /// Revocation endpoint (RFC 7009), if the provider has one.
     pub revoke_url: Option<String>,
-    /// Scopes to request (sent space-separated, as RFC 6749 §3.3 says).
+    /// Scopes to request (sent space-separated, as RFC 6749 §3.3 says, unless the provider
+    /// wants another separator: see [`OAuthClient::scope_separator`]).
     pub scopes: Vec<String>,
+    /// What joins the scopes in the authorization URL: `" "` (RFC 6749) by default; Slack
+    /// wants `","` ([`Provider::scope_separator`](crate::provider::Provider::scope_separator)).
+    pub scope_separator: &'static str,
 }
 
 impl std::fmt::Debug for OAuthClient {
@@ -73,6 +77,7 @@ impl std::fmt::Debug for OAuthClient {
             .field("token_url", &self.token_url)
             .field("revoke_url", &self.revoke_url)
             .field("scopes", &self.scopes)
+            .field("scope_separator", &self.scope_separator)
             .finish()
     }
 }
@@ -104,7 +109,15 @@ impl OAuthClient {
             token_url: config.token_url.clone(),
             revoke_url: config.revoke_url.clone(),
             scopes: config.scopes.clone(),
+            scope_separator: " ",
         })
+    }
+
+    /// Joins scopes with `separator` in the authorization URL (Slack's v2 authorize endpoint
+    /// reads a comma-separated list; everyone else follows RFC 6749's spaces).
+    pub fn with_scope_separator(mut self, separator: &'static str) -> Self {
+        self.scope_separator = separator;
+        self
     }
 
     /// The same endpoints' paths on another origin (`http://127.0.0.1:4321` for a mock server,
@@ -368,7 +381,7 @@ impl OAuth {
             .append_pair("response_type", "code")
             .append_pair("client_id", &client.client_id)
             .append_pair("redirect_uri", &self.settings.redirect_uri)
-            .append_pair("scope", &client.scopes.join(" "))
+            .append_pair("scope", &client.scopes.join(client.scope_separator))
             .append_pair("state", &state)
             .append_pair("code_challenge", &pkce_challenge(&verifier))
             .append_pair("code_challenge_method", "S256");

@@ -211,6 +211,12 @@ pub trait Provider: Send + Sync + fmt::Debug {
         None
     }
 
+    /// What separates scopes in this provider's authorization URL: RFC 6749's `" "` unless
+    /// the provider reads another (Slack wants `","`).
+    fn scope_separator(&self) -> &'static str {
+        " "
+    }
+
     /// Answers unsigned set-up requests (Graph's `validationToken`). `Ok(None)` for ordinary
     /// deliveries.
     fn handshake(

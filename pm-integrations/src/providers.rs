@@ -428,8 +428,18 @@ impl Provider for Slack {
             authorize_url: "https://slack.com/oauth/v2/authorize".into(),
             token_url: "https://slack.com/api/oauth.v2.access".into(),
             revoke_url: Some("https://slack.com/api/auth.revoke".into()),
-            scopes: vec!["chat:write".into(), "commands".into()],
+            scopes: vec![
+                "chat:write".into(),
+                "commands".into(),
+                "users:read".into(),
+                "users:read.email".into(),
+            ],
         })
+    }
+
+    /// Slack's `oauth/v2/authorize` reads `scope` as a comma-separated list.
+    fn scope_separator(&self) -> &'static str {
+        ","
     }
 
     fn verify(

@@ -34,6 +34,7 @@ use time::OffsetDateTime;
 use crate::Result;
 use crate::crypto::Sealed;
 use crate::model::*;
+use crate::provider::ProviderKey;
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -58,6 +59,9 @@ pub trait IntegrationStore: Send + Sync {
     async fn get_integration(&self, id: IntegrationId) -> Result<Integration>;
     /// An organization's integrations, oldest first.
     async fn list_integrations(&self, org: OrgId) -> Result<Vec<Integration>>;
+    /// Every enabled integration of `provider`, across organizations, oldest first (the
+    /// calendar channel renewal job's set).
+    async fn enabled_integrations_of(&self, provider: &ProviderKey) -> Result<Vec<Integration>>;
     /// Applies `patch` at `expected_version` (else `Conflict`).
     async fn update_integration(
         &self,
@@ -162,6 +166,9 @@ pub trait MappingStore: Send + Sync {
         integration: IntegrationId,
         task: TaskId,
     ) -> Result<Option<ExternalMapping>>;
+    /// Deletes a mapping (and its conflicts): the external item is gone (a calendar event
+    /// deleted with the task's due date). `NotFound` (`mapping`) when there is none.
+    async fn delete_mapping(&self, id: MappingId) -> Result<()>;
     /// An integration's mappings, newest first.
     async fn list_mappings(
         &self,

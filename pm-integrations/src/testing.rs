@@ -82,6 +82,8 @@ pub async fn integrations_are_versioned_and_deleted_with_dependents(stores: &Int
     let i = integration(stores).await;
     assert_eq!(stores.integrations.get_integration(i.id).await.unwrap(), i);
     assert_eq!(stores.integrations.list_integrations(i.org_id).await.unwrap(), vec![i.clone()]);
+    // Across organizations by provider, enabled only (the shared database may hold others').
+    assert!(stores.integrations.enabled_integrations_of(&github()).await.unwrap().contains(&i));
 
     let patch = IntegrationPatch { enabled: Some(false), ..Default::default() };
     let updated = stores.integrations.update_integration(i.id, 1, &patch, at(5)).await.unwrap();
@@ -89,6 +91,16 @@ pub async fn integrations_are_versioned_and_deleted_with_dependents(stores: &Int
     assert_eq!(updated.name, i.name);
     let stale = stores.integrations.update_integration(i.id, 1, &patch, at(6)).await;
     assert!(matches!(stale, Err(Error::Conflict { current: 2, .. })), "{stale:?}");
+    assert!(
+        !stores
+            .integrations
+            .enabled_integrations_of(&github())
+            .await
+            .unwrap()
+            .iter()
+            .any(|x| x.id == i.id),
+        "a disabled integration is not listed"
+    );
 
     let sealed = Sealed::from_stored("v1.k.x");
     stores
@@ -444,6 +456,18 @@ pub async fn mappings_are_idempotent_and_syncs_atomic(stores: &IntegrationStores
         stores.mappings.list_mappings(i.id, 0, None).await,
         Err(Error::Invalid { field, .. }) if field == "limit"
     ));
+
+    // Deleting a mapping takes its conflicts with it and frees the task and the item.
+    stores.mappings.delete_mapping(m.id).await.unwrap();
+    assert!(stores.mappings.mapping_by_task(i.id, task).await.unwrap().is_none());
+    assert!(stores.mappings.list_conflicts(i.id, false, 10, None).await.unwrap().items.is_empty());
+    assert!(matches!(
+        stores.mappings.delete_mapping(m.id).await,
+        Err(Error::NotFound { entity: "mapping" })
+    ));
+    let (relinked, new) =
+        stores.mappings.create_mapping(&mapping(i.id, task, "octo/repo#9")).await.unwrap();
+    assert!(new && relinked.external_id == "octo/repo#9");
 }
 
 /// Logs list newest first, per integration or all, and what comes back is redacted.

@@ -486,7 +486,8 @@ pub fn oauth_clients(
         }
         let mut client =
             OAuthClient::new(&config, client_id.trim(), get("CLIENT_SECRET").map(Secret::new))
-                .map_err(|e| format!("{prefix}_CLIENT_ID: {e}"))?;
+                .map_err(|e| format!("{prefix}_CLIENT_ID: {e}"))?
+                .with_scope_separator(p.scope_separator());
         if let Some(base) = get("BASE_URL") {
             client =
                 client.with_base_url(base.trim()).map_err(|e| format!("{prefix}_BASE_URL: {e}"))?;

@@ -97,6 +97,11 @@ pub struct Integrations {
     /// OAuth connections; `None` unless `PM_OAUTH_REDIRECT_URL`, `PM_ENCRYPTION_KEY` and at
     /// least one provider's client are configured (see [`Integrations::with_oauth`]).
     pub oauth: Option<Arc<OAuth>>,
+    /// Slack and calendar settings (provider API URLs, public URL, renewal timing).
+    pub chat: crate::chat::ChatSettings,
+    /// pm-core, for the inbound calendar changes that move due dates (set by the host;
+    /// without it calendar notifications are only logged).
+    pub pm: Option<pm_core::Pm>,
     inbound_wake: Arc<Notify>,
     outbound_wake: Arc<Notify>,
 }
@@ -123,6 +128,8 @@ impl Integrations {
             clock: Arc::new(SystemClock),
             worker: WorkerConfig::default(),
             oauth: None,
+            chat: crate::chat::ChatSettings::default(),
+            pm: None,
             inbound_wake: Arc::new(Notify::new()),
             outbound_wake: Arc::new(Notify::new()),
         }
@@ -239,23 +246,37 @@ impl Integrations {
                         body: d.body.clone(),
                     };
                     match p.parse(&req) {
-                        Ok(events) => {
-                            let kinds: Vec<_> = events
-                                .iter()
-                                .map(|e| json!({"kind": e.kind, "external_id": e.external_id}))
-                                .collect();
-                            self.log(entry(
-                                Some(d.integration_id),
-                                d.provider.as_str(),
-                                Direction::Inbound,
-                                "webhook.processed",
-                                true,
-                                json!({"delivery_id": d.delivery_id, "events": kinds}),
-                                now,
-                            ))
-                            .await;
-                            Attempt::Succeeded
-                        }
+                        Ok(events) => match crate::chat::on_inbound(self, d, &events).await {
+                            // A provider or the store failing now may work later.
+                            Err(e) => Attempt::Failed {
+                                error: e.body()["detail"].as_str().unwrap_or("failed").to_owned(),
+                                retry_at: (d.attempts < 5).then(|| {
+                                    now + self
+                                        .worker
+                                        .backoff
+                                        .first()
+                                        .copied()
+                                        .unwrap_or(self.worker.poll)
+                                }),
+                            },
+                            Ok(()) => {
+                                let kinds: Vec<_> = events
+                                    .iter()
+                                    .map(|e| json!({"kind": e.kind, "external_id": e.external_id}))
+                                    .collect();
+                                self.log(entry(
+                                    Some(d.integration_id),
+                                    d.provider.as_str(),
+                                    Direction::Inbound,
+                                    "webhook.processed",
+                                    true,
+                                    json!({"delivery_id": d.delivery_id, "events": kinds}),
+                                    now,
+                                ))
+                                .await;
+                                Attempt::Succeeded
+                            }
+                        },
                         // A payload the provider cannot parse will not parse next time either.
                         Err(e) => Attempt::Failed { error: e.to_string(), retry_at: None },
                     }

@@ -12,6 +12,8 @@
 //! - [`metrics`]: `/metrics` (Prometheus text: request rates and latencies, WebSocket sessions,
 //!   event-log lag per consumer, workflow queue depth);
 //! - [`realtime`]: pm-realtime's hub, broker and notification consumer behind `/api/v1/ws`.
+//! - [`chat`]: Slack commands, buttons and notifications, and task due dates as Google
+//!   Calendar / Outlook events (both ways, with push channel renewal)
 //! - [`integrations`]: pm-integrations' stores, keyring, SSRF policy and background workers
 //!   (inbound processing, outbound webhook fan-out and delivery) behind the integration routes.
 //! - [`collab`]: `GET /api/v1/collab/{task_id}`, collaborative editing of task descriptions
@@ -51,6 +53,7 @@ use tracing::Level;
 pub mod api;
 pub mod auth;
 pub mod authz;
+pub mod chat;
 pub mod collab;
 pub mod config;
 pub mod error;

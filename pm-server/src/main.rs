@@ -341,7 +341,15 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     if !seeded.is_empty() {
         tracing::info!(providers = %seeded.join(", "), "registered integration providers");
     }
+    let mut integrations = integrations;
+    integrations.chat = pm_server::chat::ChatSettings::from_env(|v| std::env::var(v).ok())
+        .map_err(anyhow::Error::msg)?;
+    integrations.pm = Some(state.pm.clone());
     let _integration_workers = integrations.start(state.stores.events.clone());
+    let _chat_workers =
+        pm_server::chat::start(integrations.clone(), state.pm.clone(), state.stores.events.clone());
+    let messages: Arc<dyn pm_workflows::ports::MessageSender> =
+        Arc::new(pm_server::chat::SlackMessages::new(integrations.clone()));
     let state = state.with_integrations(integrations);
     // The workflow engine: consumes the event log from its durable cursor, resumes executions a
     // crash interrupted, fires timers.
@@ -354,6 +362,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         state.pm.clone(),
         state.permissions.clone(),
         smtp,
+        Some(messages),
     )
     .await
     .context("starting the workflow engine (PM_SMTP_URL?)")?;

@@ -4,8 +4,9 @@
 //!
 //! The engine is started by `serve` (it consumes the event log from its durable cursor, resumes
 //! interrupted executions and fires timers); the REST routes are in [`crate::api::workflows`].
-//! Provider messages (Slack) and in-app notifications are not wired yet: those actions fail with
-//! a clear "the host has no … configured" error.
+//! Provider messages go through Slack ([`crate::chat::SlackMessages`]) when the server runs
+//! with integrations; in-app notifications are not wired yet: that action fails with a clear
+//! "the host has no … configured" error.
 
 use std::sync::Arc;
 
@@ -17,7 +18,8 @@ use pm_permissions::model::{AssignmentFilter, Scope};
 use pm_workflows::definition::Approvers;
 use pm_workflows::engine::{Engine, EngineConfig};
 use pm_workflows::ports::{
-    ApproverDirectory, HttpSender, Mail, Mailer, OutboundRequest, OutboundResponse, Ports,
+    ApproverDirectory, HttpSender, Mail, Mailer, MessageSender, OutboundRequest, OutboundResponse,
+    Ports,
 };
 use pm_workflows::{Error, Result};
 
@@ -189,12 +191,14 @@ pub struct SmtpSettings {
 }
 
 /// Opens pm-workflows' tables in the database at `url`, migrates them, and builds the engine
-/// with the server's adapters. Does not start it (see [`Engine::spawn`]).
+/// with the server's adapters (`messages`: the provider message sender, e.g.
+/// [`crate::chat::SlackMessages`]). Does not start it (see [`Engine::spawn`]).
 pub async fn open_engine(
     url: &str,
     pm: pm_core::Pm,
     permissions: Arc<PermissionService>,
     smtp: Option<SmtpSettings>,
+    messages: Option<Arc<dyn MessageSender>>,
 ) -> anyhow::Result<Engine> {
     let stores = pm_workflows::store::open(url).await?;
     stores.admin.migrate().await?;
@@ -205,7 +209,7 @@ pub async fn open_engine(
     let ports = Ports {
         mailer,
         http: Some(Arc::new(ReqwestHttp::default())),
-        messages: None,
+        messages,
         notifier: None,
         approvers: Some(Arc::new(ServerApprovers::new(permissions))),
     };

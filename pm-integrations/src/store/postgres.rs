@@ -515,6 +515,17 @@ impl IntegrationStore for PostgresIntegrationStore {
         convert(rows)
     }
 
+    async fn enabled_integrations_of(&self, provider: &ProviderKey) -> Result<Vec<Integration>> {
+        let rows: Vec<IntegrationRow> = sqlx::query_as(
+            "SELECT * FROM int_integrations WHERE provider = $1 AND enabled ORDER BY id",
+        )
+        .bind(provider.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(st)?;
+        convert(rows)
+    }
+
     async fn update_integration(
         &self,
         id: IntegrationId,
@@ -972,6 +983,18 @@ impl MappingStore for PostgresIntegrationStore {
                 .await
                 .map_err(st)?;
         row.map(ExternalMapping::try_from).transpose()
+    }
+
+    async fn delete_mapping(&self, id: MappingId) -> Result<()> {
+        let done = sqlx::query("DELETE FROM int_mappings WHERE id = $1")
+            .bind(u(id))
+            .execute(&self.pool)
+            .await
+            .map_err(st)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("mapping"));
+        }
+        Ok(())
     }
 
     async fn list_mappings(

@@ -563,6 +563,17 @@ impl IntegrationStore for SqliteIntegrationStore {
         convert(rows)
     }
 
+    async fn enabled_integrations_of(&self, provider: &ProviderKey) -> Result<Vec<Integration>> {
+        let rows: Vec<IntegrationRow> = sqlx::query_as(
+            "SELECT * FROM int_integrations WHERE provider = ? AND enabled ORDER BY id",
+        )
+        .bind(provider.as_str())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(st)?;
+        convert(rows)
+    }
+
     async fn update_integration(
         &self,
         id: IntegrationId,
@@ -1015,6 +1026,18 @@ impl MappingStore for SqliteIntegrationStore {
                 .await
                 .map_err(st)?;
         row.map(ExternalMapping::try_from).transpose()
+    }
+
+    async fn delete_mapping(&self, id: MappingId) -> Result<()> {
+        let done = sqlx::query("DELETE FROM int_mappings WHERE id = ?")
+            .bind(t(id))
+            .execute(&self.writer)
+            .await
+            .map_err(st)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("mapping"));
+        }
+        Ok(())
     }
 
     async fn list_mappings(

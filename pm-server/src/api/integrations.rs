@@ -119,7 +119,9 @@ fn keep_header(name: &str) -> bool {
 /// `X-Hub-Signature-256`, Jira `X-Hub-Signature`, Slack v0 signing, Graph `clientState`,
 /// Google channel token) with the integration's secret; deduplicated by the provider's delivery
 /// id; persisted, then processed in the background. Microsoft Graph's validation handshake
-/// (`?validationToken=`) and Slack's `url_verification` are answered in `text/plain`.
+/// (`?validationToken=`) and Slack's `url_verification` are answered in `text/plain`; Slack
+/// slash commands (`/pm create <title>`, `/pm list`) with an ephemeral message, Slack buttons
+/// with an empty 200 (the updated message follows through `response_url`).
 #[utoipa::path(post, path = "/hooks/{provider}/{integration_id}", tag = "integrations", operation_id = "receive_webhook",
     params(
         ("provider" = String, Path, description = "Provider key, e.g. `github`"),
@@ -127,7 +129,7 @@ fn keep_header(name: &str) -> bool {
     ),
     request_body(content = String, description = "The provider's payload, verified byte for byte", content_type = "application/octet-stream"),
     responses(
-        (status = 200, description = "A replayed delivery (no-op), or a handshake answer in text/plain", body = InboundAck),
+        (status = 200, description = "A replayed delivery (no-op), a handshake answer in text/plain, a Slack slash command's ephemeral answer, or an empty body for a Slack button", body = super::integrations_chat::HookReply),
         (status = 202, description = "Stored; processing follows", body = InboundAck),
         (status = 400, description = "Malformed path or a signed request without a delivery id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Signature, timestamp or token rejected; nothing was stored", body = Problem, content_type = "application/problem+json"),
@@ -201,6 +203,7 @@ async fn receive_webhook(
         .delivery_id(&req)
         .map_err(|e| ApiError::invalid_field("delivery_id".into(), e.to_string()))?;
     let kept = req.headers.iter().filter(|(n, _)| keep_header(n)).cloned().collect();
+    let is_slack = key.as_str() == "slack";
     let delivery =
         InboundDelivery::new(key.clone(), integration.id, delivery_id.clone(), kept, req.body, at);
     match ints.stores.inbound.ingest(&delivery).await? {
@@ -216,6 +219,13 @@ async fn receive_webhook(
             ))
             .await;
             ints.wake_inbound();
+            // Slack waits (3 s) for the answer to a command or a button.
+            if is_slack
+                && let Some(r) =
+                    super::integrations_chat::slack_reply(&s, ints, &integration, &body).await?
+            {
+                return Ok(r);
+            }
             Ok((
                 StatusCode::ACCEPTED,
                 Json(InboundAck { status: "queued".into(), delivery_id: id.0 }),
@@ -424,6 +434,7 @@ async fn create_integration(
     })?;
     let name = parse_name("name", &b.name)?;
     let config = parse_config("config", b.config)?;
+    crate::chat::check_config(key.as_str(), &config)?;
     let mappings = match b.mappings {
         Some(m) => parse_mappings(m)?,
         None => provider.default_mappings(),
@@ -566,9 +577,17 @@ async fn update_integration(
 ) -> Result<Response, ApiError> {
     let i = load_integration(&s, &who, id).await?;
     let ints = integrations(&s)?;
+    let config = match b.config {
+        Some(c) => {
+            let c = parse_config("config", Some(c))?;
+            crate::chat::check_config(i.provider.as_str(), &c)?;
+            Some(crate::chat::keep_server_state(&i.config, c))
+        }
+        None => None,
+    };
     let patch = IntegrationPatch {
         name: b.name.as_deref().map(|n| parse_name("name", n)).transpose()?,
-        config: b.config.map(|c| parse_config("config", Some(c))).transpose()?,
+        config,
         mappings: b.mappings.map(parse_mappings).transpose()?,
         enabled: b.enabled,
     };

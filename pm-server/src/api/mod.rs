@@ -19,6 +19,7 @@ pub mod authz;
 pub mod comments;
 pub mod common;
 pub mod integrations;
+pub mod integrations_chat;
 pub mod notifications;
 pub mod orgs;
 pub mod projects;

@@ -215,7 +215,8 @@ async fn graph_handshake_and_slack_window() {
         )
         .await;
     let sid = created.ok(201)["integration"]["id"].as_str().unwrap().to_owned();
-    let body = "command=%2Fpm&text=list";
+    let body = "command=%2Fpm&text=help&team_id=T1&user_id=U1&channel_id=C1\
+                &response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2F1";
     let ts = time::OffsetDateTime::now_utc().unix_timestamp();
     let sign = |ts: i64| {
         vec![
@@ -230,7 +231,10 @@ async fn graph_handshake_and_slack_window() {
             ),
         ]
     };
-    post_hook(&s, &format!("/api/v1/hooks/slack/{sid}"), body.as_bytes(), &sign(ts)).await.ok(202);
+    // A slash command is answered synchronously (here: the usage, ephemerally).
+    let answered =
+        post_hook(&s, &format!("/api/v1/hooks/slack/{sid}"), body.as_bytes(), &sign(ts)).await;
+    assert_eq!(answered.ok(200)["response_type"], "ephemeral");
     let stale =
         post_hook(&s, &format!("/api/v1/hooks/slack/{sid}"), body.as_bytes(), &sign(ts - 301))
             .await;

@@ -2,6 +2,7 @@
 //! the server's own OpenAPI document.
 
 mod authz;
+mod chat;
 mod conventions;
 mod hostile;
 mod integrations;
