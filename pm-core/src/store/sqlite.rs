@@ -1192,7 +1192,7 @@ impl TryFrom<CheckInRow> for CheckIn {
     }
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, serde::Deserialize)]
 struct EventRow {
     seq: i64,
     id: String,
@@ -2835,17 +2835,22 @@ impl WorkLogStore for SqliteStore {
 #[async_trait]
 impl EventLog for SqliteStore {
     async fn read_after(&self, after: i64, limit: u32) -> Result<Vec<Event>> {
+        // Every tailer (realtime hub, notifications, collab, integrations, workflows, …) calls
+        // this after every commit, so it takes the inline read path: the batch as one JSON text.
         // A literal LIMIT (see `list_tasks`): tailers call this in a loop, and a bound LIMIT
         // would re-prepare the statement on every call. Safe: the only dynamic part is a number.
-        let sql = format!(
-            "SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT {}",
+        let mut sql = Sql::default();
+        sql.push(format_args!(
+            "SELECT json_group_array(json_object('seq', seq, 'id', id, 'at', at, \
+             'org_id', org_id, 'project_id', project_id, 'task_id', task_id, \
+             'actor_type', actor_type, 'actor_id', actor_id, 'kind', kind, 'subject', subject, \
+             'payload', payload, 'cause_event_id', cause_event_id, 'cause_depth', cause_depth) \
+             ORDER BY seq) FROM (SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT {})",
             limit.clamp(1, 10_000)
-        );
-        let rows: Vec<EventRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(after)
-            .fetch_all(&self.reader)
-            .await
-            .map_err(st)?;
+        ));
+        sql.args.push(Arg::Int(after));
+        let json = self.read_text(&sql).await?.unwrap_or_else(|| "[]".into());
+        let rows: Vec<EventRow> = serde_json::from_str(&json).map_err(|e| corrupt("events", e))?;
         convert(rows)
     }
 
