@@ -341,6 +341,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     if !seeded.is_empty() {
         tracing::info!(providers = %seeded.join(", "), "registered integration providers");
     }
+    let integrations = integrations.with_pm(state.pm.clone());
     let _integration_workers = integrations.start(state.stores.events.clone());
     let state = state.with_integrations(integrations);
     // The workflow engine: consumes the event log from its durable cursor, resumes executions a

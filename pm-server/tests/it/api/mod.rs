@@ -4,6 +4,7 @@
 mod authz;
 mod conventions;
 mod hostile;
+mod integration_sync;
 mod integrations;
 mod journey;
 mod openapi;
