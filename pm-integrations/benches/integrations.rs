@@ -245,7 +245,9 @@ fn sync(c: &mut Criterion) {
                     for id in tasks {
                         let t = env.pm.get_task(&origin, *id).await.unwrap();
                         let patch = TaskPatch {
-                            title: Some(TaskTitle::parse(&format!("Edited {r} {}", t.number)).unwrap()),
+                            title: Some(
+                                TaskTitle::parse(&format!("Edited {r} {}", t.number)).unwrap(),
+                            ),
                             ..Default::default()
                         };
                         env.pm.update_task(&origin, *id, t.version, patch).await.unwrap();

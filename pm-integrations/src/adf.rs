@@ -15,7 +15,12 @@ pub fn to_markdown(doc: &Value) -> String {
 }
 
 fn blocks(nodes: &[Value], indent: &str) -> String {
-    nodes.iter().map(|n| block(n, indent)).filter(|s| !s.is_empty()).collect::<Vec<_>>().join("\n\n")
+    nodes
+        .iter()
+        .map(|n| block(n, indent))
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 fn children(n: &Value) -> &[Value] {
@@ -47,9 +52,11 @@ fn block(n: &Value, indent: &str) -> String {
             let code: String = children(n).iter().filter_map(|t| t["text"].as_str()).collect();
             format!("```{lang}\n{code}\n```")
         }
-        "blockquote" => {
-            blocks(children(n), indent).lines().map(|l| format!("> {l}")).collect::<Vec<_>>().join("\n")
-        }
+        "blockquote" => blocks(children(n), indent)
+            .lines()
+            .map(|l| format!("> {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
         "rule" => "---".to_owned(),
         // Panels, tables, media groups…: keep their text.
         _ if !children(n).is_empty() => {
@@ -91,7 +98,10 @@ fn inlines(nodes: &[Value]) -> String {
             "hardBreak" => out.push('\n'),
             "mention" => out.push_str(n["attrs"]["text"].as_str().unwrap_or_default()),
             "emoji" => out.push_str(
-                n["attrs"]["text"].as_str().or(n["attrs"]["shortName"].as_str()).unwrap_or_default(),
+                n["attrs"]["text"]
+                    .as_str()
+                    .or(n["attrs"]["shortName"].as_str())
+                    .unwrap_or_default(),
             ),
             "inlineCard" => out.push_str(n["attrs"]["url"].as_str().unwrap_or_default()),
             _ => out.push_str(n["text"].as_str().unwrap_or_default()),
@@ -135,7 +145,9 @@ pub fn from_markdown(md: &str) -> Value {
             flush(&mut para, &mut content);
         } else if let Some((level, text)) = heading(trimmed) {
             flush(&mut para, &mut content);
-            content.push(json!({"type": "heading", "attrs": {"level": level}, "content": inline(text)}));
+            content.push(
+                json!({"type": "heading", "attrs": {"level": level}, "content": inline(text)}),
+            );
         } else if trimmed == "---" {
             flush(&mut para, &mut content);
             content.push(json!({"type": "rule"}));
@@ -220,8 +232,13 @@ fn inline(s: &str) -> Vec<Value> {
         }
     };
     while !rest.is_empty() {
-        let spans: [(&str, &str, &str); 5] =
-            [("**", "**", "strong"), ("~~", "~~", "strike"), ("`", "`", "code"), ("*", "*", "em"), ("_", "_", "em")];
+        let spans: [(&str, &str, &str); 5] = [
+            ("**", "**", "strong"),
+            ("~~", "~~", "strike"),
+            ("`", "`", "code"),
+            ("*", "*", "em"),
+            ("_", "_", "em"),
+        ];
         let mut matched = false;
         for (open, close, mark) in spans {
             if let Some(after) = rest.strip_prefix(open)

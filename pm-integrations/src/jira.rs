@@ -123,7 +123,10 @@ pub async fn fetch(ctx: &ProviderContext, key: &str) -> Result<ExternalItem> {
 
 /// Issues of the configured project updated since `since` (all when `None`), every page of
 /// the enhanced JQL search (`nextPageToken`).
-pub async fn pull(ctx: &ProviderContext, since: Option<OffsetDateTime>) -> Result<Vec<ExternalItem>> {
+pub async fn pull(
+    ctx: &ProviderContext,
+    since: Option<OffsetDateTime>,
+) -> Result<Vec<ExternalItem>> {
     let project = project_key(ctx)?;
     let mut jql = format!("project = \"{project}\"");
     if let Some(t) = since {
@@ -202,15 +205,17 @@ pub async fn transition(ctx: &ProviderContext, key: &str, target: &str) -> Resul
         .or_else(|| transitions.iter().find(|t| eq(&t["name"])))
         .ok_or_else(|| fail(format!("{key} has no transition to status {target:?}")))?;
     let id = t["id"].as_str().ok_or_else(|| fail("transition without an id"))?;
-    client
-        .send(Method::POST, &path, auth(ctx), Some(&json!({"transition": {"id": id}})))
-        .await?;
+    client.send(Method::POST, &path, auth(ctx), Some(&json!({"transition": {"id": id}}))).await?;
     Ok(())
 }
 
 /// Creates (`key` = `None`) or updates an issue with `fields`, transitions it when `state`
 /// changes, and returns it as Jira then has it.
-pub async fn push(ctx: &ProviderContext, key: Option<&str>, fields: &Snapshot) -> Result<ExternalItem> {
+pub async fn push(
+    ctx: &ProviderContext,
+    key: Option<&str>,
+    fields: &Snapshot,
+) -> Result<ExternalItem> {
     let client = client(ctx)?;
     let mut body = jira_fields(fields);
     let key = match key {
@@ -276,7 +281,9 @@ mod tests {
 
     #[test]
     fn issue_fields_list_only_what_the_payload_has() {
-        let f = issue_fields(&json!({"key": "P-1", "fields": {"summary": "S", "status": {"name": "Done"}}}));
+        let f = issue_fields(
+            &json!({"key": "P-1", "fields": {"summary": "S", "status": {"name": "Done"}}}),
+        );
         assert_eq!(f.len(), 2);
         assert_eq!(f["state"], "Done");
         let f = issue_fields(&json!({"fields": {"description": {"type": "doc", "version": 1,

@@ -144,13 +144,20 @@ impl SyncEngine {
     }
 
     fn provider(&self, i: &Integration) -> Result<Arc<dyn Provider>> {
-        let p = self.registry.get(&i.provider).cloned().ok_or_else(|| Error::not_found("provider"))?;
+        let p =
+            self.registry.get(&i.provider).cloned().ok_or_else(|| Error::not_found("provider"))?;
         Ok(p)
     }
 
+    /// Whether this engine syncs the provider's items with tasks: issue trackers that pull and
+    /// push (GitHub, Jira, a host's Gitea). Calendars map due dates to events, not tasks to
+    /// items, and are synced by their own module; Slack only messages.
     fn syncs(p: &dyn Provider) -> bool {
-        let caps = p.info().capabilities;
-        caps.contains(&Capability::Push) && caps.contains(&Capability::Pull)
+        let info = p.info();
+        let calendar = matches!(info.key.as_str(), "google_calendar" | "outlook");
+        !calendar
+            && info.capabilities.contains(&Capability::Push)
+            && info.capabilities.contains(&Capability::Pull)
     }
 
     /// The API base URL: `config.base_url`, else the provider's public API. Checked with the
@@ -162,7 +169,10 @@ impl SyncEngine {
             (None, _) => {
                 return Err(Error::invalid(
                     "config.base_url",
-                    format!("is required for {} (e.g. https://your-site.atlassian.net)", i.provider),
+                    format!(
+                        "is required for {} (e.g. https://your-site.atlassian.net)",
+                        i.provider
+                    ),
                 ));
             }
         };
@@ -181,7 +191,9 @@ impl SyncEngine {
                 .keyring
                 .as_ref()
                 .ok_or_else(|| Error::Crypto("PM_ENCRYPTION_KEY is not configured".into()))?;
-            return Ok(Some(keyring.open_secret(&c.sealed, &CredentialKind::ApiToken.context(i.id))?));
+            return Ok(Some(
+                keyring.open_secret(&c.sealed, &CredentialKind::ApiToken.context(i.id))?,
+            ));
         }
         if let Some(oauth) = &self.oauth {
             match oauth.access_token(i.id).await {
@@ -367,7 +379,9 @@ impl SyncEngine {
             }
             let task = match self.pm.get_task(&origin, m.task_id).await {
                 Ok(t) => t,
-                Err(pm_core::Error::NotFound { .. }) => return Ok(Applied::Skipped("task deleted")),
+                Err(pm_core::Error::NotFound { .. }) => {
+                    return Ok(Applied::Skipped("task deleted"));
+                }
                 Err(e) => return Err(core(e)),
             };
             let view = self.view(i).await?;
@@ -591,7 +605,9 @@ impl SyncEngine {
         }
         let ctx = self.context(i).await?;
         let remote_id = match provider.info().key.as_str() {
-            "github" => crate::providers::GitHub.comment(&ctx, &m.external_id, body).await?.to_string(),
+            "github" => {
+                crate::providers::GitHub.comment(&ctx, &m.external_id, body).await?.to_string()
+            }
             "jira" => crate::jira::comment(&ctx, &m.external_id, body).await?,
             _ => return Ok(Applied::Skipped("comments not supported")),
         };
@@ -634,14 +650,25 @@ impl SyncEngine {
                 None => break,
             }
         }
-        self.log(i, Direction::Outbound, "sync.exported", true, json!({"created": created, "synced": other}))
-            .await;
+        self.log(
+            i,
+            Direction::Outbound,
+            "sync.exported",
+            true,
+            json!({"created": created, "synced": other}),
+        )
+        .await;
         Ok((created, other))
     }
 
     /// Settles conflict `c` with `value` (the local, the remote, or another value): writes it
     /// on our task and on the item, makes it the base, and marks the conflict resolved.
-    pub async fn resolve(&self, i: &Integration, c: &SyncConflict, value: Value) -> Result<SyncConflict> {
+    pub async fn resolve(
+        &self,
+        i: &Integration,
+        c: &SyncConflict,
+        value: Value,
+    ) -> Result<SyncConflict> {
         if !SYNCED_FIELDS.contains(&c.field.as_str()) {
             return Err(Error::invalid("field", "not a synced field"));
         }
@@ -716,16 +743,23 @@ impl SyncEngine {
                 }
                 "description" => {
                     let d = v.as_str().unwrap_or_default();
-                    patch.description = Some(Markdown::parse_field("description", d).map_err(core)?);
+                    patch.description =
+                        Some(Markdown::parse_field("description", d).map_err(core)?);
                 }
                 "state" => {
-                    if let Some(s) = v.as_str().and_then(|s| state_for(s, task, view, &i.mappings)) {
+                    if let Some(s) = v.as_str().and_then(|s| state_for(s, task, view, &i.mappings))
+                    {
                         patch.state_id = Some(s);
                     }
                 }
                 "labels" => {
-                    let names: Vec<&str> =
-                        v.as_array().map(Vec::as_slice).unwrap_or_default().iter().filter_map(Value::as_str).collect();
+                    let names: Vec<&str> = v
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect();
                     patch.labels = Some(self.label_ids(i, view, &names).await?);
                 }
                 "due" => {
@@ -749,15 +783,23 @@ impl SyncEngine {
     }
 
     /// Label ids for names, creating the organization's missing labels.
-    async fn label_ids(&self, i: &Integration, view: &ProjectView, names: &[&str]) -> Result<BTreeSet<LabelId>> {
+    async fn label_ids(
+        &self,
+        i: &Integration,
+        view: &ProjectView,
+        names: &[&str],
+    ) -> Result<BTreeSet<LabelId>> {
         let mut ids = BTreeSet::new();
         let origin = Self::origin(i);
         for name in names {
-            if let Some(l) = view.labels.iter().find(|l| l.name.as_str().eq_ignore_ascii_case(name)) {
+            if let Some(l) = view.labels.iter().find(|l| l.name.as_str().eq_ignore_ascii_case(name))
+            {
                 ids.insert(l.id);
                 continue;
             }
-            let parsed = LabelName::parse(name).map_err(|_| Error::invalid("labels", format!("{name:?} is not a valid label name")))?;
+            let parsed = LabelName::parse(name).map_err(|_| {
+                Error::invalid("labels", format!("{name:?} is not a valid label name"))
+            })?;
             let color = Color::parse(NEW_LABEL_COLOR).map_err(core)?;
             match self.pm.create_label(&origin, i.org_id, parsed, color).await {
                 Ok(l) => {
@@ -804,8 +846,13 @@ pub fn normalize(field: &str, v: &Value) -> Value {
             _ => Value::Null,
         },
         "labels" => {
-            let set: BTreeSet<&str> =
-                v.as_array().map(Vec::as_slice).unwrap_or_default().iter().filter_map(Value::as_str).collect();
+            let set: BTreeSet<&str> = v
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
             Value::Array(set.into_iter().map(|s| Value::String(s.to_owned())).collect())
         }
         "due" => match v.as_str() {
@@ -849,7 +896,8 @@ fn local_snapshot(task: &Task, view: &ProjectView, mappings: &Mappings) -> Snaps
             "title" => Value::String(task.title.as_str().to_owned()),
             "description" => normalize(f, &Value::String(task.description.as_str().to_owned())),
             "state" => {
-                let category = view.states.iter().find(|s| s.id == task.state_id).map(|s| s.category);
+                let category =
+                    view.states.iter().find(|s| s.id == task.state_id).map(|s| s.category);
                 match category.and_then(|c| remote_state(mappings, c)) {
                     Some(s) => Value::String(s),
                     None => continue,
@@ -891,7 +939,12 @@ fn remote_state(mappings: &Mappings, c: StateCategory) -> Option<String> {
 /// The state to move a task to for the provider's state `remote`: the task's own state when
 /// it is already of the mapped category (no churn between, say, "started" and GitHub's "open"),
 /// else the project's first state of that category. `None` when unmapped.
-fn state_for(remote: &str, task: Option<&Task>, view: &ProjectView, mappings: &Mappings) -> Option<StateId> {
+fn state_for(
+    remote: &str,
+    task: Option<&Task>,
+    view: &ProjectView,
+    mappings: &Mappings,
+) -> Option<StateId> {
     let category = StateCategory::parse(mappings.local_state(remote)?).ok()?;
     if let Some(t) = task {
         let current = view.states.iter().find(|s| s.id == t.state_id)?;
@@ -900,4 +953,37 @@ fn state_for(remote: &str, task: Option<&Task>, view: &ProjectView, mappings: &M
         }
     }
     view.states.iter().filter(|s| s.category == category).min_by_key(|s| s.position).map(|s| s.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_normalize_to_one_vocabulary() {
+        assert_eq!(normalize("description", &json!("a\r\nb  \n")), json!("a\nb"));
+        assert_eq!(normalize("description", &json!("")), Value::Null);
+        assert_eq!(normalize("labels", &json!(["b", "a", "b"])), json!(["a", "b"]));
+        assert_eq!(normalize("labels", &Value::Null), json!([]));
+        assert_eq!(normalize("due", &json!("2026-01-02T00:00:00Z")), json!("2026-01-02"));
+    }
+
+    #[test]
+    fn unmapped_categories_fall_back_to_the_nearest_mapped_state() {
+        let m = crate::providers::GitHub.default_mappings();
+        assert_eq!(remote_state(&m, StateCategory::Started).as_deref(), Some("open"));
+        assert_eq!(remote_state(&m, StateCategory::Backlog).as_deref(), Some("open"));
+        assert_eq!(remote_state(&m, StateCategory::Cancelled).as_deref(), Some("closed"));
+    }
+
+    #[test]
+    fn fill_completes_from_the_base_and_drops_nulls() {
+        let base: Snapshot =
+            serde_json::from_value(json!({"title": "a", "due": "2026-01-01"})).unwrap();
+        let partial: Snapshot = serde_json::from_value(json!({"title": "b", "due": null})).unwrap();
+        assert_eq!(
+            fill(&partial, &base),
+            serde_json::from_value::<Snapshot>(json!({"title": "b"})).unwrap()
+        );
+    }
 }

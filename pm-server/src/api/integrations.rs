@@ -484,7 +484,8 @@ async fn create_integration(
         return Err(e.into());
     }
     if let Some(token) = &api_token {
-        let sealed = keyring.seal(token.as_bytes(), &CredentialKind::ApiToken.context(integration.id));
+        let sealed =
+            keyring.seal(token.as_bytes(), &CredentialKind::ApiToken.context(integration.id));
         if let Err(e) = ints
             .stores
             .credentials
@@ -1380,11 +1381,8 @@ async fn list_mappings(
 ) -> Result<Response, ApiError> {
     let (limit, before) = q.parse()?;
     let i = load_integration(&s, &who, id).await?;
-    let p = integrations(&s)?
-        .stores
-        .mappings
-        .list_mappings(i.id, limit, before.map(MappingId))
-        .await?;
+    let p =
+        integrations(&s)?.stores.mappings.list_mappings(i.id, limit, before.map(MappingId)).await?;
     Ok(page(p, MappingBody::from, &uri))
 }
 
@@ -1399,17 +1397,13 @@ pub struct ConflictBody {
     pub task_id: Uuid,
     /// The field (`title`, `description`, `state`, `labels`, `due`).
     pub field: String,
-    /// Value at the last sync.
-    #[schema(value_type = Object)]
+    /// Value at the last sync. (any JSON: a string, a list of label names, `null`…)
     pub base: Value,
-    /// Our value.
-    #[schema(value_type = Object)]
+    /// Our value. (any JSON: a string, a list of label names, `null`…)
     pub local: Value,
-    /// The provider's value.
-    #[schema(value_type = Object)]
+    /// The provider's value. (any JSON: a string, a list of label names, `null`…)
     pub remote: Value,
-    /// The value kept.
-    #[schema(value_type = Object)]
+    /// The value kept. (any JSON: a string, a list of label names, `null`…)
     pub resolved: Value,
     /// `local` or `remote`.
     pub winner: String,
@@ -1495,7 +1489,6 @@ pub struct ResolveConflictBody {
     pub choice: String,
     /// The value to keep, with `choice: value` (same shape as the field: a string, a list of
     /// label names, a `YYYY-MM-DD` date or `null`).
-    #[schema(value_type = Option<Object>)]
     pub value: Option<Value>,
 }
 
@@ -1545,7 +1538,10 @@ async fn resolve_conflict(
             return Err(ApiError::invalid_field("value".into(), "is required with choice value"));
         }
         ("local" | "remote", Some(_)) => {
-            return Err(ApiError::invalid_field("value".into(), "is only allowed with choice value"));
+            return Err(ApiError::invalid_field(
+                "value".into(),
+                "is only allowed with choice value",
+            ));
         }
         _ => {
             return Err(ApiError::invalid_field(
@@ -1587,7 +1583,8 @@ async fn export_integration(
 ) -> Result<Json<ExportBody>, ApiError> {
     let i = load_integration(&s, &who, id).await?;
     let ints = integrations(&s)?;
-    let provider = ints.registry.get(&i.provider).ok_or_else(|| ApiError::entity_not_found("provider"))?;
+    let provider =
+        ints.registry.get(&i.provider).ok_or_else(|| ApiError::entity_not_found("provider"))?;
     if !provider.info().capabilities.contains(&pm_integrations::provider::Capability::Push) {
         return Err(ApiError::invalid_field(
             "provider".into(),

@@ -56,20 +56,18 @@ async fn server() -> (Server, Integrations, Workers, tempfile::TempDir) {
     (s, ints, workers, dir)
 }
 
-/// Polls `check` until it returns `Some`, for up to 20 s.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = check().await {
-            return v;
+/// Evaluates `check` (an expression that may `.await`) until it is `Some`, for up to 20 s.
+macro_rules! eventually {
+    ($what:expr, $check:expr) => {{
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(v) = $check {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {}", $what);
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    }};
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
@@ -96,8 +94,10 @@ struct GitHub(Arc<Mutex<GitHubState>>);
 impl GitHub {
     fn stamp(st: &mut GitHubState) -> String {
         st.tick += 1;
-        rfc3339(time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap()
-            + time::Duration::seconds(st.tick))
+        rfc3339(
+            time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap()
+                + time::Duration::seconds(st.tick),
+        )
     }
 
     fn issue(number: u64, title: &str, body: &str, labels: &[&str], updated_at: String) -> Value {
@@ -217,16 +217,16 @@ impl Respond for GitHub {
                     }
                 }
                 if let Some(l) = body["labels"].as_array() {
-                    issue["labels"] = l
-                        .iter()
-                        .map(|n| json!({"id": 1, "name": n, "color": "ededed"}))
-                        .collect();
+                    issue["labels"] =
+                        l.iter().map(|n| json!({"id": 1, "name": n, "color": "ededed"})).collect();
                 }
                 issue["updated_at"] = json!(at);
                 ResponseTemplate::new(200).set_body_json(issue.clone())
             }
-            ("POST", ["repos", "octo", "repo", "issues", _, "comments"]) => ResponseTemplate::new(201)
-                .set_body_json(json!({"id": 555, "body": body["body"], "user": {"login": "pm-bot"}})),
+            ("POST", ["repos", "octo", "repo", "issues", _, "comments"]) => ResponseTemplate::new(
+                201,
+            )
+            .set_body_json(json!({"id": 555, "body": body["body"], "user": {"login": "pm-bot"}})),
             _ => not_found(),
         }
     }
@@ -263,7 +263,7 @@ async fn github_hook(s: &Server, id: &str, secret: &str, action: &str, issue: &V
 /// Waits for the delivery to be processed; returns what its events did.
 async fn processed(ints: &Integrations, id: &str, delivery: &str) -> String {
     let iid = pm_core::id::IntegrationId(id.parse().unwrap());
-    eventually("the delivery to be processed", || async {
+    eventually!("the delivery to be processed", {
         let logs = ints.stores.logs.list_logs(Some(iid), 100, None).await.unwrap();
         logs.items
             .iter()
@@ -272,12 +272,21 @@ async fn processed(ints: &Integrations, id: &str, delivery: &str) -> String {
             })
             .map(|l| l.detail.as_value()["events"].to_string())
     })
-    .await
 }
 
-async fn create_integration(s: &Server, token: &str, project: &str, body: Value) -> (String, String) {
+async fn create_integration(
+    s: &Server,
+    token: &str,
+    project: &str,
+    body: Value,
+) -> (String, String) {
     let res = s
-        .call(Method::POST, &format!("/api/v1/projects/{project}/integrations"), Some(token), Some(body))
+        .call(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/integrations"),
+            Some(token),
+            Some(body),
+        )
         .await;
     let b = res.ok(201);
     (
@@ -287,7 +296,7 @@ async fn create_integration(s: &Server, token: &str, project: &str, body: Value)
 }
 
 async fn mapped_task(s: &Server, token: &str, id: &str, external: &str) -> TaskId {
-    eventually("the item to be mapped", || async {
+    eventually!("the item to be mapped", {
         let res = s
             .call(Method::GET, &format!("/api/v1/integrations/{id}/mappings"), Some(token), None)
             .await;
@@ -298,7 +307,6 @@ async fn mapped_task(s: &Server, token: &str, id: &str, external: &str) -> TaskI
             .find(|m| m["external_id"] == external)
             .map(|m| TaskId(m["task_id"].as_str().unwrap().parse().unwrap()))
     })
-    .await
 }
 
 async fn task(s: &Server, id: TaskId) -> pm_core::model::Task {
@@ -362,26 +370,23 @@ async fn github_round_trips_both_ways_and_its_echo_is_ignored() {
     // A redelivery under a new id (GitHub "redeliver") creates nothing twice.
     let d = github_hook(&s, &id, &secret, "opened", &issue).await;
     processed(&ints, &id, &d).await;
-    let tasks = s
-        .call(Method::GET, &format!("/api/v1/projects/{project}/tasks"), Some(&token), None)
-        .await;
+    let tasks =
+        s.call(Method::GET, &format!("/api/v1/projects/{project}/tasks"), Some(&token), None).await;
     assert_eq!(tasks.ok(200)["items"].as_array().unwrap().len(), 1);
 
     // pm → GitHub: a local edit is pushed by the sync pusher.
     patch_task(&s, &token, task_id, json!({"title": "Fix login page"})).await;
-    eventually("the title to reach GitHub", || async {
+    eventually!("the title to reach GitHub", {
         (gh.get(1)["title"] == "Fix login page").then_some(())
-    })
-    .await;
+    });
     // (The sync commits its new base right after the PATCH; wait for it, as GitHub's webhook
     // would take longer than that to arrive.)
-    eventually("the new base", || async {
+    eventually!("the new base", {
         let res = s
             .call(Method::GET, &format!("/api/v1/integrations/{id}/mappings"), Some(&token), None)
             .await;
         (res.ok(200)["items"][0]["base"]["title"] == "Fix login page").then_some(())
-    })
-    .await;
+    });
     let patches = gh.requests("PATCH").len();
     let version = task(&s, task_id).await.version;
 
@@ -417,7 +422,7 @@ async fn github_round_trips_both_ways_and_its_echo_is_ignored() {
         )
         .await;
     let new_id = TaskId(created.ok(201)["id"].as_str().unwrap().parse().unwrap());
-    let issue = eventually("the issue to be created", || async { gh.find("New from pm") }).await;
+    let issue = eventually!("the issue to be created", gh.find("New from pm"));
     assert_eq!(issue["body"], "made **here**");
     let number = issue["number"].as_u64().unwrap();
     assert_eq!(mapped_task(&s, &token, &id, &format!("octo/repo#{number}")).await, new_id);
@@ -429,13 +434,12 @@ async fn github_round_trips_both_ways_and_its_echo_is_ignored() {
     )
     .await
     .ok(201);
-    eventually("the comment to reach GitHub", || async {
+    eventually!("the comment to reach GitHub", {
         gh.requests("POST")
             .iter()
             .any(|(p, _)| p == &format!("/repos/octo/repo/issues/{number}/comments"))
             .then_some(())
-    })
-    .await;
+    });
 
     // The API token is stored sealed: the raw row does not contain it.
     let url = format!("sqlite://{}", dir.path().join("int.db").display());
@@ -466,13 +470,12 @@ async fn edits_on_both_sides_merge_and_same_field_edits_are_recorded_conflicts()
         i["labels"] = json!([{"id": 1, "name": "bug"}, {"id": 2, "name": "backend"}]);
     });
     patch_task(&s, &token, task_id, json!({"title": "Crash on save (v2)"})).await;
-    eventually("both edits on both sides", || async {
+    eventually!("both edits on both sides", {
         let t = task(&s, task_id).await;
         let merged = gh.get(1)["title"] == "Crash on save (v2)"
             && label_names(&s, &t).await == ["backend", "bug"];
         merged.then_some(())
-    })
-    .await;
+    });
     assert_eq!(GitHub::labels(&gh.get(1)), ["backend", "bug"]);
     let conflicts = s
         .call(Method::GET, &format!("/api/v1/integrations/{id}/conflicts"), Some(&token), None)
@@ -482,10 +485,9 @@ async fn edits_on_both_sides_merge_and_same_field_edits_are_recorded_conflicts()
     // The same field on both sides: the title's policy is "latest edit"; GitHub's is later.
     gh.edit_remote(1, 3600, |i| i["title"] = json!("theirs"));
     patch_task(&s, &token, task_id, json!({"title": "ours"})).await;
-    eventually("the later edit to win", || async {
+    eventually!("the later edit to win", {
         (task(&s, task_id).await.title.as_str() == "theirs").then_some(())
-    })
-    .await;
+    });
     assert_eq!(gh.get(1)["title"], "theirs");
     let listed = s
         .call(
@@ -511,9 +513,7 @@ async fn edits_on_both_sides_merge_and_same_field_edits_are_recorded_conflicts()
     let path = format!("/api/v1/integrations/{id}/conflicts/{cid}/resolve");
     let bad = s.call(Method::POST, &path, Some(&token), Some(json!({"choice": "mine"}))).await;
     assert!(bad.problem(400).to_string().contains("choice"));
-    let bad = s
-        .call(Method::POST, &path, Some(&token), Some(json!({"choice": "value"})))
-        .await;
+    let bad = s.call(Method::POST, &path, Some(&token), Some(json!({"choice": "value"}))).await;
     assert!(bad.problem(400).to_string().contains("value"));
     let unknown = s
         .call(
@@ -553,10 +553,9 @@ async fn a_429_with_retry_after_is_waited_out_before_the_next_request() {
 
     gh.0.lock().unwrap().limit_patches = 1;
     patch_task(&s, &token, task_id, json!({"title": "Slowed down"})).await;
-    eventually("the push to succeed after the limit", || async {
+    eventually!("the push to succeed after the limit", {
         (gh.get(1)["title"] == "Slowed down").then_some(())
-    })
-    .await;
+    });
     let patches = gh.requests("PATCH");
     assert_eq!(patches.len(), 2, "one limited attempt, one retry: {patches:?}");
     let waited = patches[1].1 - patches[0].1;
@@ -635,7 +634,8 @@ impl Respond for Jira {
         match (method.as_str(), parts.as_slice()) {
             ("POST", ["rest", "api", "3", "issue"]) => {
                 let f = &body["fields"];
-                if f["project"]["key"] != "PROJ" || f["summary"].as_str().is_none_or(str::is_empty) {
+                if f["project"]["key"] != "PROJ" || f["summary"].as_str().is_none_or(str::is_empty)
+                {
                     return ResponseTemplate::new(400).set_body_json(json!({
                         "errorMessages": [], "errors": {"summary": "You must specify a summary of the issue."}}));
                 }
@@ -667,7 +667,8 @@ impl Respond for Jira {
                     .iter()
                     .map(|(id, name)| json!({"id": id, "name": format!("Move to {name}"), "to": {"name": name}}))
                     .collect();
-                ResponseTemplate::new(200).set_body_json(json!({"expand": "transitions", "transitions": ts}))
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"expand": "transitions", "transitions": ts}))
             }
             ("POST", ["rest", "api", "3", "issue", key, "transitions"]) => {
                 let Some(f) = st.issues.get_mut(*key) else { return missing() };
@@ -766,11 +767,10 @@ async fn jira_round_trips_both_ways_exports_a_project_and_transitions() {
         json!({"title": "From Jira, finished", "state_id": done.id, "description": "Took *care*"}),
     )
     .await;
-    eventually("the edit and transition to reach Jira", || async {
+    eventually!("the edit and transition to reach Jira", {
         let f = jira.get(&key);
         (f["summary"] == "From Jira, finished" && f["status"]["name"] == "Done").then_some(f)
-    })
-    .await;
+    });
     let f = jira.get(&key);
     assert_eq!(f["description"]["content"][0]["content"][1]["marks"][0]["type"], "em");
     let requests = jira.0.lock().unwrap().requests.clone();
