@@ -7,7 +7,10 @@
 //!   their provider and — once pm-core's services are attached ([`Integrations::with_pm`]) —
 //!   applies each event through the [`SyncEngine`] (three-way merge, task created on first
 //!   sight, conflicts recorded). A failure the provider or the store may get over (rate limit,
-//!   outage, concurrent write) is retried with backoff; a payload that cannot apply fails;
+//!   outage, concurrent write) is retried with backoff; a payload that cannot apply fails.
+//!   Order per external item: deliveries are applied in arrival order; one that is retried
+//!   later can be overtaken, and when it finally runs the engine drops it as stale (the
+//!   provider's change time is older than the state already synced);
 //! - the **sync pusher** tails pm-core's event log from its own durable cursor
 //!   ([`SYNC_CONSUMER`]) and hands task and comment events to the [`SyncEngine`], which pushes
 //!   local changes of integrated projects to the provider (never the integration's own

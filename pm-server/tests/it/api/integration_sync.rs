@@ -295,8 +295,10 @@ async fn create_integration(
     )
 }
 
+/// The task mapped to `external`, once both the mapping and the task exist (an inbound create
+/// writes the mapping first, then the task under the id it holds).
 async fn mapped_task(s: &Server, token: &str, id: &str, external: &str) -> TaskId {
-    eventually!("the item to be mapped", {
+    let task_id = eventually!("the item to be mapped", {
         let res = s
             .call(Method::GET, &format!("/api/v1/integrations/{id}/mappings"), Some(token), None)
             .await;
@@ -306,7 +308,9 @@ async fn mapped_task(s: &Server, token: &str, id: &str, external: &str) -> TaskI
             .iter()
             .find(|m| m["external_id"] == external)
             .map(|m| TaskId(m["task_id"].as_str().unwrap().parse().unwrap()))
-    })
+    });
+    eventually!("the mapped task", s.state.pm.get_task(&Origin::system(), task_id).await.ok());
+    task_id
 }
 
 async fn task(s: &Server, id: TaskId) -> pm_core::model::Task {
