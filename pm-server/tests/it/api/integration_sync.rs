@@ -781,7 +781,19 @@ async fn jira_round_trips_both_ways_exports_a_project_and_transitions() {
     assert!(requests.iter().any(|(m, p, b)| m == "POST"
         && p.ends_with(&format!("{key}/transitions"))
         && b["transition"]["id"] == "31"));
-    // Our own transition's webhook is ignored.
+    // Our own transition's webhook is ignored. (The sync commits its new base after its last
+    // fetch; Jira's webhook would take longer than that to arrive.)
+    eventually!("the new base", {
+        let res = s
+            .call(Method::GET, &format!("/api/v1/integrations/{id}/mappings"), Some(&token), None)
+            .await;
+        res.ok(200)["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["external_id"] == key.as_str() && m["base"]["state"] == "Done")
+            .then_some(())
+    });
     let echo = json!({"webhookEvent": "jira:issue_updated",
         "issue": Jira::issue(&key, &jira.get(&key))})
     .to_string();
