@@ -34,6 +34,28 @@ impl Default for RateLimitPolicy {
     }
 }
 
+/// How a request authenticates.
+#[derive(Debug, Clone, Copy)]
+pub enum Auth<'a> {
+    /// No credentials.
+    None,
+    /// `Authorization: Bearer <token>` (OAuth access tokens, GitHub PATs).
+    Bearer(&'a Secret),
+    /// HTTP Basic with a user name and a token (Jira Cloud API tokens: e-mail + token).
+    Basic {
+        /// The user name (Jira: the account's e-mail).
+        user: &'a str,
+        /// The token used as the password.
+        token: &'a Secret,
+    },
+}
+
+impl<'a> From<Option<&'a Secret>> for Auth<'a> {
+    fn from(t: Option<&'a Secret>) -> Self {
+        t.map_or(Auth::None, Auth::Bearer)
+    }
+}
+
 /// A JSON API client for one provider.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
@@ -106,6 +128,17 @@ impl ApiClient {
         token: Option<&Secret>,
         body: Option<&Value>,
     ) -> Result<Value> {
+        self.send(method, path, Auth::from(token), body).await
+    }
+
+    /// [`ApiClient::json`] with any [`Auth`].
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Auth<'_>,
+        body: Option<&Value>,
+    ) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut retries = 0;
         loop {
@@ -121,8 +154,10 @@ impl ApiClient {
             }
             let mut req =
                 self.http.request(method.clone(), &url).header("accept", "application/json");
-            if let Some(t) = token {
-                req = req.bearer_auth(t.expose());
+            match auth {
+                Auth::None => {}
+                Auth::Bearer(t) => req = req.bearer_auth(t.expose()),
+                Auth::Basic { user, token } => req = req.basic_auth(user, Some(token.expose())),
             }
             if let Some(b) = body {
                 req = req.json(b);

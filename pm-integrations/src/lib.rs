@@ -16,13 +16,17 @@
 //! - [`ssrf`]: [`TargetPolicy`](ssrf::TargetPolicy) — outbound targets must resolve to public
 //!   addresses only, unless allow-listed.
 //! - [`sync`]: per-field three-way merge with policies (authoritative side, set union for
-//!   labels, latest edit), recorded conflicts, and fingerprints for echo suppression.
+//!   labels, latest edit), recorded conflicts, and fingerprints for echo suppression;
+//!   [`sync::engine`]: the [`SyncEngine`](sync::engine::SyncEngine) applying it end to end —
+//!   provider events onto tasks through pm-core's services, local changes onto the provider.
+//! - [`jira`]: the Jira Cloud REST v3 client (transitions, JQL search); [`adf`]: Atlassian
+//!   Document Format ↔ markdown.
 //! - [`model`]: what is persisted (integrations, inbound deliveries, credentials, mappings,
 //!   conflicts, logs, outbound subscriptions and deliveries); [`store`]: the store traits with
 //!   adapters `store::sqlite` and `store::postgres` behind the `sqlite` (default) and `postgres`
 //!   features — tables prefixed `int_`, migrations tracked in `_pm_integrations_migrations`.
-//! - [`http`]: the thin JSON client providers share (base URL, bearer token, rate limits with
-//!   `Retry-After`).
+//! - [`http`]: the thin JSON client providers share (base URL, bearer or basic auth, rate
+//!   limits with `Retry-After`).
 //! - [`slack`]: Slack's Web API client (`chat.postMessage`, `users.info`), slash command and
 //!   `block_actions` parsing, and the Block Kit messages pm sends.
 //! - [`calendar`]: task due dates as all-day events in Google Calendar and Outlook (Graph),
@@ -45,11 +49,13 @@
 //! feature crate (pm-permissions, pm-workflows, pm-realtime); builds without sqlx under
 //! `--no-default-features`; knows no HTTP server framework.
 
+pub mod adf;
 pub mod calendar;
 pub mod clock;
 pub mod crypto;
 mod error;
 pub mod http;
+pub mod jira;
 pub mod model;
 pub mod oauth;
 pub mod provider;

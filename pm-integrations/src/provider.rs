@@ -261,6 +261,12 @@ pub trait Provider: Send + Sync + fmt::Debug {
         Err(self.unsupported("pull"))
     }
 
+    /// One item as the provider has it now (the remote side of a sync started by a local
+    /// change).
+    async fn fetch(&self, _ctx: &ProviderContext, _external_id: &str) -> Result<ExternalItem> {
+        Err(self.unsupported("fetch"))
+    }
+
     /// Creates (`external_id` = `None`) or updates an item with `fields`; returns it as the
     /// provider now has it.
     async fn push(

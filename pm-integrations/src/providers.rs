@@ -205,6 +205,26 @@ impl Provider for GitHub {
         Ok(items)
     }
 
+    /// One issue (`owner/repo#n`).
+    async fn fetch(&self, ctx: &ProviderContext, external_id: &str) -> Result<ExternalItem> {
+        let repo = Self::repository(ctx)?;
+        let number = Self::number(repo, external_id)?;
+        let client = crate::http::ApiClient::new("github", &ctx.base_url)?;
+        let res = client
+            .json(
+                reqwest::Method::GET,
+                &format!("/repos/{repo}/issues/{number}"),
+                ctx.access_token.as_ref(),
+                None,
+            )
+            .await?;
+        Self::item(repo, &res).ok_or_else(|| Error::Provider {
+            provider: "github".into(),
+            message: "issue response has no number".into(),
+            retry_after: None,
+        })
+    }
+
     /// Creates an issue or updates `owner/repo#n` with `title`, `description` (→ `body`),
     /// `state` (`open`/`closed`) and `labels`.
     async fn push(
@@ -219,8 +239,14 @@ impl Provider for GitHub {
         for (ours, theirs) in
             [("title", "title"), ("description", "body"), ("state", "state"), ("labels", "labels")]
         {
+            // A new issue is always open: GitHub's create takes no `state`.
+            if ours == "state" && external_id.is_none() {
+                continue;
+            }
             if let Some(v) = fields.get(ours) {
-                body.insert(theirs.into(), v.clone());
+                // `null` clears: GitHub wants an empty body, not a missing one.
+                let v = if ours == "description" && v.is_null() { json!("") } else { v.clone() };
+                body.insert(theirs.into(), v);
             }
         }
         let body = Value::Object(body);
@@ -355,21 +381,36 @@ impl Provider for Jira {
     fn parse(&self, req: &InboundRequest) -> Result<Vec<InboundEvent>> {
         let body = json_body(req)?;
         let issue = &body["issue"];
-        let f = &issue["fields"];
-        let mut fields = Snapshot::new();
-        if issue.is_object() {
-            fields.insert("title".into(), f["summary"].clone());
-            fields.insert("state".into(), f["status"]["name"].clone());
-            fields.insert("due".into(), f["duedate"].clone());
-            fields.insert("labels".into(), f["labels"].clone());
-        }
         Ok(vec![InboundEvent {
             kind: body["webhookEvent"].as_str().unwrap_or("unknown").to_owned(),
             external_id: issue["key"].as_str().map(str::to_owned),
-            fields,
-            changed_at: f["updated"].as_str().and_then(parse_jira_time),
+            fields: crate::jira::issue_fields(issue),
+            changed_at: issue["fields"]["updated"].as_str().and_then(parse_jira_time),
             raw: body,
         }])
+    }
+
+    async fn fetch(&self, ctx: &ProviderContext, external_id: &str) -> Result<ExternalItem> {
+        crate::jira::fetch(ctx, external_id).await
+    }
+
+    async fn pull(
+        &self,
+        ctx: &ProviderContext,
+        since: Option<OffsetDateTime>,
+    ) -> Result<Vec<ExternalItem>> {
+        crate::jira::pull(ctx, since).await
+    }
+
+    /// Creates or updates an issue (`summary`, ADF `description`, `duedate`, `labels`) and
+    /// moves it to the mapped status through the transitions API.
+    async fn push(
+        &self,
+        ctx: &ProviderContext,
+        external_id: Option<&str>,
+        fields: &Snapshot,
+    ) -> Result<ExternalItem> {
+        crate::jira::push(ctx, external_id, fields).await
     }
 
     fn default_mappings(&self) -> Mappings {
@@ -395,12 +436,7 @@ impl Provider for Jira {
 
 /// Jira writes `2024-01-02T03:04:05.678+0000` (no colon in the offset).
 fn parse_jira_time(s: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(s, &Rfc3339).ok().or_else(|| {
-        let fmt = time::macros::format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond][offset_hour sign:mandatory][offset_minute]"
-        );
-        OffsetDateTime::parse(s, &fmt).ok()
-    })
+    crate::jira::parse_time(s)
 }
 
 /// Slack: slash commands, interactive buttons and Events API callbacks (signing v0).

@@ -192,6 +192,8 @@ pub trait MappingStore: Send + Sync {
         limit: u32,
         before: Option<ConflictId>,
     ) -> Result<Page<SyncConflict>>;
+    /// One conflict.
+    async fn get_conflict(&self, id: ConflictId) -> Result<SyncConflict>;
     /// Marks a conflict acknowledged.
     async fn resolve_conflict(&self, id: ConflictId, at: OffsetDateTime) -> Result<SyncConflict>;
 }

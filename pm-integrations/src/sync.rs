@@ -10,6 +10,8 @@
 //! Echo suppression lives here too: a change we pushed comes back as a webhook; its
 //! [`fingerprint`] equals the one stored when we pushed, so it is ignored.
 
+pub mod engine;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

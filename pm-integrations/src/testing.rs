@@ -436,6 +436,9 @@ pub async fn mappings_are_idempotent_and_syncs_atomic(stores: &IntegrationStores
     assert!(matches!(stale, Err(Error::Conflict { current: 2, .. })), "{stale:?}");
     let listed = stores.mappings.list_conflicts(i.id, true, 10, None).await.unwrap();
     assert_eq!(listed.items, vec![c1.clone()]);
+    assert_eq!(stores.mappings.get_conflict(c1.id).await.unwrap(), c1);
+    let missing = stores.mappings.get_conflict(ConflictId::new()).await;
+    assert!(matches!(missing, Err(Error::NotFound { entity: "conflict" })), "{missing:?}");
 
     let resolved = stores.mappings.resolve_conflict(c1.id, at(9)).await.unwrap();
     assert_eq!(resolved.resolved_at, Some(at(9)));

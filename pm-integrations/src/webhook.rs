@@ -118,13 +118,17 @@ impl fmt::Debug for InboundRequest {
 /// HMAC-SHA256 over the concatenation of `parts` (so callers never build a joined copy of a large
 /// body just to sign it).
 pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    use hmac::{Hmac, Mac};
-    let mut mac =
-        <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    // aws-lc (already linked for rustls) hashes about twice as fast as RustCrypto's sha2 on
+    // our machines; webhook bodies are up to a few hundred KB (BENCHMARKS.md, issue 6).
+    use aws_lc_rs::hmac;
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let mut ctx = hmac::Context::with_key(&key);
     for p in parts {
-        mac.update(p);
+        ctx.update(p);
     }
-    mac.finalize().into_bytes().into()
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
 }
 
 /// Constant-time equality of two byte strings (their lengths are not secret).

@@ -3,8 +3,18 @@
 //! and the background workers:
 //!
 //! - the **inbound processor** claims verified deliveries from the persisted queue (the HTTP
-//!   handler only verifies, dedupes, persists and acknowledges) and parses them with their
-//!   provider, logging what they meant;
+//!   handler only verifies, dedupes, persists and acknowledges), oldest first, parses them with
+//!   their provider and — once pm-core's services are attached ([`Integrations::with_pm`]) —
+//!   applies each event through the [`SyncEngine`] (three-way merge, task created on first
+//!   sight, conflicts recorded). A failure the provider or the store may get over (rate limit,
+//!   outage, concurrent write) is retried with backoff; a payload that cannot apply fails.
+//!   Order per external item: deliveries are applied in arrival order; one that is retried
+//!   later can be overtaken, and when it finally runs the engine drops it as stale (the
+//!   provider's change time is older than the state already synced);
+//! - the **sync pusher** tails pm-core's event log from its own durable cursor
+//!   ([`SYNC_CONSUMER`]) and hands task and comment events to the [`SyncEngine`], which pushes
+//!   local changes of integrated projects to the provider (never the integration's own
+//!   applies: echo suppression by actor);
 //! - the **outbound fan-out** tails pm-core's event log from a durable cursor (kept in
 //!   pm-integrations' own table, advanced in the same transaction as the enqueue) and enqueues
 //!   one delivery per matching subscription;
@@ -33,6 +43,7 @@ use pm_integrations::provider::ProviderKey;
 use pm_integrations::providers::Registry;
 use pm_integrations::ssrf::TargetPolicy;
 use pm_integrations::store::IntegrationStores;
+use pm_integrations::sync::engine::{Applied, SyncEngine};
 use pm_integrations::webhook::InboundRequest;
 use pm_integrations::webhook::outbound::{self, WebhookSecret};
 use serde_json::json;
@@ -41,6 +52,9 @@ use tokio::task::JoinHandle;
 
 /// The event-log consumer name of the outbound fan-out.
 pub const FANOUT_CONSUMER: &str = "outbound-webhooks";
+
+/// The event-log consumer name of the sync pusher.
+pub const SYNC_CONSUMER: &str = "sync-push";
 
 /// Timing of the workers.
 #[derive(Debug, Clone)]
@@ -99,8 +113,9 @@ pub struct Integrations {
     pub oauth: Option<Arc<OAuth>>,
     /// Slack and calendar settings (provider API URLs, public URL, renewal timing).
     pub chat: crate::chat::ChatSettings,
-    /// pm-core, for the inbound calendar changes that move due dates (set by the host;
-    /// without it calendar notifications are only logged).
+    /// pm-core's services, which the sync applies provider changes through and inbound calendar
+    /// changes move due dates with; `None` until [`Integrations::with_pm`] (deliveries are then
+    /// only parsed and logged).
     pub pm: Option<pm_core::Pm>,
     inbound_wake: Arc<Notify>,
     outbound_wake: Arc<Notify>,
@@ -178,6 +193,38 @@ impl Integrations {
         Ok(self)
     }
 
+    /// Attaches pm-core's services: inbound deliveries are then applied to tasks and local
+    /// changes pushed to providers.
+    pub fn with_pm(mut self, pm: pm_core::Pm) -> Self {
+        self.pm = Some(pm);
+        self
+    }
+
+    /// The sync engine, when pm-core's services are attached.
+    pub fn sync(&self) -> Option<SyncEngine> {
+        self.pm.clone().map(|pm| {
+            SyncEngine::new(
+                pm,
+                self.stores.clone(),
+                self.registry.clone(),
+                self.keyring.clone(),
+                self.oauth.clone(),
+                self.targets.clone(),
+                self.clock.clone(),
+            )
+        })
+    }
+
+    /// The sync engine, or the error saying the server runs without it.
+    pub fn sync_engine(&self) -> Result<SyncEngine, crate::error::ApiError> {
+        self.sync().ok_or_else(|| {
+            crate::error::ApiError::unavailable(
+                "sync is not running on this server",
+                "Integrations::with_pm was not called",
+            )
+        })
+    }
+
     /// OAuth, or the error saying it is not configured.
     pub fn oauth(&self) -> Result<&OAuth, crate::error::ApiError> {
         self.oauth.as_deref().ok_or_else(|| {
@@ -207,12 +254,62 @@ impl Integrations {
         }
     }
 
-    /// Starts the three workers over `events`; they stop when the handle is dropped.
+    /// Starts the workers over `events` (the sync pusher only with [`Integrations::with_pm`]);
+    /// they stop when the handle is dropped.
     pub fn start(&self, events: Arc<dyn EventLog>) -> Workers {
         let inbound = tokio::spawn(self.clone().run_inbound());
-        let fanout = tokio::spawn(self.clone().run_fanout(events));
+        let fanout = tokio::spawn(self.clone().run_fanout(events.clone()));
         let sender = tokio::spawn(self.clone().run_sender());
-        Workers { tasks: vec![inbound, fanout, sender] }
+        let mut tasks = vec![inbound, fanout, sender];
+        if let Some(engine) = self.sync() {
+            tasks.push(tokio::spawn(self.clone().run_sync_push(engine, events)));
+        }
+        Workers { tasks }
+    }
+
+    async fn run_sync_push(self, engine: SyncEngine, events: Arc<dyn EventLog>) {
+        loop {
+            if let Err(e) = self.sync_push(&engine, events.clone()).await {
+                tracing::warn!(error = %e, "sync pusher failed; restarting");
+                tokio::time::sleep(self.worker.poll).await;
+            }
+        }
+    }
+
+    /// Pushes local changes: every task/comment event after the cursor goes to the engine;
+    /// the cursor moves after each batch (at-least-once; a repeated push finds nothing to do).
+    /// A retryable failure (rate limit, outage, concurrent write) is retried in place with
+    /// backoff, up to [`PUSH_RETRIES`] times, then logged and skipped so one broken integration
+    /// cannot stall every other; the next change of the task syncs it again.
+    async fn sync_push(
+        &self,
+        engine: &SyncEngine,
+        events: Arc<dyn EventLog>,
+    ) -> pm_integrations::Result<()> {
+        let from = self.stores.webhooks.cursor(SYNC_CONSUMER).await?;
+        let mut tail = Tailer::new(events, from);
+        tail.poll = self.worker.poll;
+        loop {
+            let batch = tail.next_batch(100).await.map_err(pm_integrations::Error::storage)?;
+            for e in &batch {
+                let mut attempt = 0;
+                loop {
+                    match engine.on_event(e).await {
+                        Ok(_) => break,
+                        Err(err) if retryable(&err) && attempt < PUSH_RETRIES => {
+                            attempt += 1;
+                            tokio::time::sleep(retry_delay(&err, attempt, self.worker.poll)).await;
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, seq = e.seq, "sync push gave up on an event");
+                            break;
+                        }
+                    }
+                }
+            }
+            let upto = batch.last().map_or(tail.position(), |e| e.seq);
+            self.stores.webhooks.enqueue_outbound(SYNC_CONSUMER, upto, &[]).await?;
+        }
     }
 
     async fn run_inbound(self) {
@@ -246,6 +343,8 @@ impl Integrations {
                         body: d.body.clone(),
                     };
                     match p.parse(&req) {
+                        // Slack and calendar deliveries act through `chat`; GitHub and Jira
+                        // ones through the sync engine (each ignores the other's providers).
                         Ok(events) => match crate::chat::on_inbound(self, d, &events).await {
                             // A provider or the store failing now may work later.
                             Err(e) => Attempt::Failed {
@@ -259,23 +358,43 @@ impl Integrations {
                                         .unwrap_or(self.worker.poll)
                                 }),
                             },
-                            Ok(()) => {
-                                let kinds: Vec<_> = events
-                                    .iter()
-                                    .map(|e| json!({"kind": e.kind, "external_id": e.external_id}))
-                                    .collect();
-                                self.log(entry(
-                                    Some(d.integration_id),
-                                    d.provider.as_str(),
-                                    Direction::Inbound,
-                                    "webhook.processed",
-                                    true,
-                                    json!({"delivery_id": d.delivery_id, "events": kinds}),
-                                    now,
-                                ))
-                                .await;
-                                Attempt::Succeeded
-                            }
+                            Ok(()) => match self.apply(d, &events).await {
+                                Ok(applied) => {
+                                    let kinds: Vec<_> = events
+                                        .iter()
+                                        .zip(
+                                            applied.iter().map(Some).chain(std::iter::repeat(None)),
+                                        )
+                                        .map(|(e, a)| {
+                                            json!({"kind": e.kind, "external_id": e.external_id,
+                                               "applied": a.map(|a| format!("{a:?}"))})
+                                        })
+                                        .collect();
+                                    self.log(entry(
+                                        Some(d.integration_id),
+                                        d.provider.as_str(),
+                                        Direction::Inbound,
+                                        "webhook.processed",
+                                        true,
+                                        json!({"delivery_id": d.delivery_id, "events": kinds}),
+                                        now,
+                                    ))
+                                    .await;
+                                    Attempt::Succeeded
+                                }
+                                Err(e) => {
+                                    let retry_at = retryable(&e)
+                                        .then(|| {
+                                            let step =
+                                                usize::try_from(d.attempts).unwrap_or(1).max(1);
+                                            (step <= INBOUND_RETRIES).then(|| {
+                                                now + retry_delay(&e, step as u32, self.worker.poll)
+                                            })
+                                        })
+                                        .flatten();
+                                    Attempt::Failed { error: e.to_string(), retry_at }
+                                }
+                            },
                         },
                         // A payload the provider cannot parse will not parse next time either.
                         Err(e) => Attempt::Failed { error: e.to_string(), retry_at: None },
@@ -297,6 +416,25 @@ impl Integrations {
             self.stores.inbound.finish_inbound(d.id, &outcome).await?;
         }
         Ok(batch.len())
+    }
+
+    /// Applies a delivery's events through the sync engine (when attached), in order.
+    async fn apply(
+        &self,
+        d: &InboundDelivery,
+        events: &[pm_integrations::provider::InboundEvent],
+    ) -> pm_integrations::Result<Vec<Applied>> {
+        let Some(engine) = self.sync() else { return Ok(Vec::new()) };
+        let i = match self.stores.integrations.get_integration(d.integration_id).await {
+            Ok(i) => i,
+            Err(pm_integrations::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            out.push(engine.apply_inbound(&i, e).await?);
+        }
+        Ok(out)
     }
 
     async fn run_fanout(self, events: Arc<dyn EventLog>) {
@@ -458,6 +596,39 @@ impl Integrations {
         let res = req.body(body).send().await.map_err(|e| format!("request failed: {e}"))?;
         Ok(res.status().as_u16())
     }
+}
+
+/// In-place retries of one event by the sync pusher.
+pub const PUSH_RETRIES: u32 = 5;
+
+/// Retries of an inbound delivery whose apply failed transiently.
+pub const INBOUND_RETRIES: usize = 8;
+
+/// Whether a sync failure may go away by itself (so is retried): a provider outage or rate
+/// limit, a storage error, a concurrent write. Invalid input, a missing entity, an unusable
+/// credential or a refused target stay failed until someone changes something.
+fn retryable(e: &pm_integrations::Error) -> bool {
+    use pm_integrations::Error as E;
+    match e {
+        E::Provider { .. } | E::Storage(_) | E::Conflict { .. } => true,
+        E::Invalid { .. }
+        | E::NotFound { .. }
+        | E::AlreadyExists { .. }
+        | E::Unauthenticated(_)
+        | E::TargetRefused(_)
+        | E::Crypto(_)
+        | E::NeedsReconnect { .. } => false,
+    }
+}
+
+/// How long to wait before retry `attempt` (1-based): the provider's `Retry-After` when it
+/// gave one, else exponential from `base` (capped at ten minutes).
+fn retry_delay(e: &pm_integrations::Error, attempt: u32, base: Duration) -> Duration {
+    if let pm_integrations::Error::Provider { retry_after: Some(s), .. } = e {
+        return Duration::from_secs(*s);
+    }
+    let factor = 1u32 << attempt.min(10);
+    (base * factor).min(Duration::from_secs(600))
 }
 
 /// The subscription's `whsec_` secrets, opened.

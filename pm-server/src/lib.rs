@@ -203,6 +203,11 @@ impl AppState {
     /// Enables the integration routes over `integrations` (start its workers with
     /// [`integrations::Integrations::start`]).
     pub fn with_integrations(mut self, integrations: integrations::Integrations) -> Self {
+        // The sync writes tasks through this state's services unless told otherwise.
+        let integrations = match integrations.pm {
+            Some(_) => integrations,
+            None => integrations.with_pm(self.pm.clone()),
+        };
         self.integrations = Some(integrations);
         self
     }

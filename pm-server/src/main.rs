@@ -341,10 +341,9 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     if !seeded.is_empty() {
         tracing::info!(providers = %seeded.join(", "), "registered integration providers");
     }
-    let mut integrations = integrations;
+    let mut integrations = integrations.with_pm(state.pm.clone());
     integrations.chat = pm_server::chat::ChatSettings::from_env(|v| std::env::var(v).ok())
         .map_err(anyhow::Error::msg)?;
-    integrations.pm = Some(state.pm.clone());
     let _integration_workers = integrations.start(state.stores.events.clone());
     let _chat_workers =
         pm_server::chat::start(integrations.clone(), state.pm.clone(), state.stores.events.clone());

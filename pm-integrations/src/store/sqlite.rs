@@ -1144,6 +1144,15 @@ impl MappingStore for SqliteIntegrationStore {
         Ok(Page::from_rows(convert(rows)?, limit, |c: &SyncConflict| c.id.0))
     }
 
+    async fn get_conflict(&self, id: ConflictId) -> Result<SyncConflict> {
+        let row: Option<ConflictRow> = sqlx::query_as("SELECT * FROM int_conflicts WHERE id = ?")
+            .bind(t(id))
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(st)?;
+        row.ok_or_else(|| Error::not_found("conflict"))?.try_into()
+    }
+
     async fn resolve_conflict(&self, id: ConflictId, at: OffsetDateTime) -> Result<SyncConflict> {
         let row: Option<ConflictRow> = sqlx::query_as(
             "UPDATE int_conflicts SET resolved_at = COALESCE(resolved_at, ?) WHERE id = ? \

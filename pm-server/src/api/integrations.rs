@@ -1,7 +1,8 @@
 //! Integrations over HTTP: the inbound webhook endpoint per provider, project integrations
 //! (CRUD, logs), and outbound webhook subscriptions (CRUD with event filters, secret rotation,
 //! delivery log, manual redelivery), and OAuth 2 connections (connect → provider → callback,
-//! disconnect with revocation).
+//! disconnect with revocation), and the two-way sync's surface: task ↔ item mappings, conflicts
+//! (listed, settled by choosing local, remote or a value) and the project export.
 //!
 //! Invariants: an inbound request is verified on its raw bytes before anything else looks at
 //! it — a bad signature is a 401 problem, logged, and nothing is stored or processed; a replayed
@@ -55,6 +56,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(rotate_subscription_secret))
         .routes(routes!(list_subscription_deliveries))
         .routes(routes!(redeliver))
+        .routes(routes!(list_mappings))
+        .routes(routes!(list_conflicts))
+        .routes(routes!(resolve_conflict))
+        .routes(routes!(export_integration))
 }
 
 fn integrations(s: &AppState) -> Result<&Integrations, ApiError> {
@@ -365,6 +370,10 @@ pub struct CreateIntegrationBody {
     /// The secret webhooks are verified with: Slack's signing secret must be given; for the
     /// others one is generated when absent (and returned once).
     pub webhook_secret: Option<String>,
+    /// A static API token the sync calls the provider with instead of an OAuth connection (a
+    /// GitHub personal access token; a Jira API token, with `config.email`). Stored sealed,
+    /// never returned.
+    pub api_token: Option<String>,
 }
 
 /// A created integration and its webhook secret (shown only now).
@@ -396,6 +405,13 @@ fn parse_secret(s: &str) -> Result<String, ApiError> {
             "webhook_secret".into(),
             "16-256 visible ASCII characters",
         ));
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_api_token(s: &str) -> Result<String, ApiError> {
+    if s.is_empty() || s.len() > 1024 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::invalid_field("api_token".into(), "1-1024 visible ASCII characters"));
     }
     Ok(s.to_owned())
 }
@@ -449,6 +465,7 @@ async fn create_integration(
         }
         (None, _) => random_secret(),
     };
+    let api_token = b.api_token.as_deref().map(parse_api_token).transpose()?;
     let keyring = ints.keyring()?;
     let at = now(ints);
     let integration = Integration {
@@ -476,6 +493,19 @@ async fn create_integration(
         // No half-made integration without its secret.
         let _ = ints.stores.integrations.delete_integration(integration.id).await;
         return Err(e.into());
+    }
+    if let Some(token) = &api_token {
+        let sealed =
+            keyring.seal(token.as_bytes(), &CredentialKind::ApiToken.context(integration.id));
+        if let Err(e) = ints
+            .stores
+            .credentials
+            .put_credential(integration.id, CredentialKind::ApiToken, &sealed, None, at)
+            .await
+        {
+            let _ = ints.stores.integrations.delete_integration(integration.id).await;
+            return Err(e.into());
+        }
     }
     let body = CreatedIntegration { integration: integration.into(), webhook_secret: secret };
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -1306,4 +1336,280 @@ async fn redeliver(
     let d = ints.stores.webhooks.redeliver(d.id, now(ints)).await?;
     ints.wake_outbound();
     Ok((StatusCode::ACCEPTED, Json(DeliveryBody::from(d))).into_response())
+}
+
+// --- sync: mappings, conflicts, export ---------------------------------------------------------
+
+/// The link between a task and a provider item, with the base of the last sync.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MappingBody {
+    /// Id.
+    pub id: Uuid,
+    /// The task.
+    pub task_id: Uuid,
+    /// The provider's item (`octo/repo#12`, `PROJ-7`).
+    pub external_id: String,
+    /// The item's web page.
+    pub external_url: Option<String>,
+    /// Field values both sides agreed on at the last sync.
+    #[schema(value_type = Object)]
+    pub base: Value,
+    /// The provider's change time the base reflects.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub remote_updated_at: Option<OffsetDateTime>,
+    /// Version.
+    pub version: i64,
+    /// Last synced.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<ExternalMapping> for MappingBody {
+    fn from(m: ExternalMapping) -> Self {
+        Self {
+            id: m.id.0,
+            task_id: m.task_id.0,
+            external_id: m.external_id,
+            external_url: m.external_url,
+            base: json!(m.base),
+            remote_updated_at: m.remote_updated_at,
+            version: m.version,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+/// Lists an integration's task ↔ item mappings, newest first.
+#[utoipa::path(get, path = "/integrations/{integration_id}/mappings", tag = "integrations", operation_id = "list_integration_mappings",
+    params(("integration_id" = Uuid, Path, description = "Integration id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of mappings", body = PageBody<MappingBody>),
+        (status = 400, description = "Bad id, limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such integration", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn list_mappings(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+    Query(q): Query<PageQuery>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let (limit, before) = q.parse()?;
+    let i = load_integration(&s, &who, id).await?;
+    let p =
+        integrations(&s)?.stores.mappings.list_mappings(i.id, limit, before.map(MappingId)).await?;
+    Ok(page(p, MappingBody::from, &uri))
+}
+
+/// A field both sides changed since the last sync, and what its policy kept.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConflictBody {
+    /// Id.
+    pub id: Uuid,
+    /// The mapping.
+    pub mapping_id: Uuid,
+    /// The task.
+    pub task_id: Uuid,
+    /// The field (`title`, `description`, `state`, `labels`, `due`).
+    pub field: String,
+    /// Value at the last sync. (any JSON: a string, a list of label names, `null`…)
+    pub base: Value,
+    /// Our value. (any JSON: a string, a list of label names, `null`…)
+    pub local: Value,
+    /// The provider's value. (any JSON: a string, a list of label names, `null`…)
+    pub remote: Value,
+    /// The value kept. (any JSON: a string, a list of label names, `null`…)
+    pub resolved: Value,
+    /// `local` or `remote`.
+    pub winner: String,
+    /// The policy that decided.
+    #[schema(value_type = Object)]
+    pub policy: Value,
+    /// When it was detected.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub detected_at: OffsetDateTime,
+    /// When someone settled it (`null` while open).
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub resolved_at: Option<OffsetDateTime>,
+}
+
+impl From<SyncConflict> for ConflictBody {
+    fn from(c: SyncConflict) -> Self {
+        Self {
+            id: c.id.0,
+            mapping_id: c.mapping_id.0,
+            task_id: c.task_id.0,
+            field: c.field,
+            base: c.base,
+            local: c.local,
+            remote: c.remote,
+            resolved: c.resolved,
+            winner: json!(c.winner).as_str().unwrap_or_default().to_owned(),
+            policy: json!(c.policy),
+            detected_at: c.detected_at,
+            resolved_at: c.resolved_at,
+        }
+    }
+}
+
+/// Paging and filter of conflicts.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ConflictQuery {
+    /// Page size, 1-100 (default 25).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Only conflicts nobody settled yet (default `false`: all).
+    pub unresolved: Option<bool>,
+}
+
+/// Lists the sync conflicts of an integration, newest first.
+#[utoipa::path(get, path = "/integrations/{integration_id}/conflicts", tag = "integrations", operation_id = "list_integration_conflicts",
+    params(("integration_id" = Uuid, Path, description = "Integration id"), ConflictQuery),
+    responses(
+        (status = 200, description = "A page of conflicts", body = PageBody<ConflictBody>),
+        (status = 400, description = "Bad id, limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such integration", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn list_conflicts(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+    Query(q): Query<ConflictQuery>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let paging = PageQuery { limit: q.limit, cursor: q.cursor.clone() };
+    let (limit, before) = paging.parse()?;
+    let i = load_integration(&s, &who, id).await?;
+    let p = integrations(&s)?
+        .stores
+        .mappings
+        .list_conflicts(i.id, q.unresolved.unwrap_or(false), limit, before.map(ConflictId))
+        .await?;
+    Ok(page(p, ConflictBody::from, &uri))
+}
+
+/// How to settle a conflict.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveConflictBody {
+    /// `local` (our value at the time), `remote` (the provider's), or `value` (the given
+    /// `value`).
+    pub choice: String,
+    /// The value to keep, with `choice: value` (same shape as the field: a string, a list of
+    /// label names, a `YYYY-MM-DD` date or `null`).
+    pub value: Option<Value>,
+}
+
+/// Settles a conflict: the chosen value is written on the task and pushed to the provider,
+/// becomes the sync base, and the conflict is marked resolved.
+#[utoipa::path(post, path = "/integrations/{integration_id}/conflicts/{conflict_id}/resolve", tag = "integrations", operation_id = "resolve_integration_conflict",
+    params(
+        ("integration_id" = Uuid, Path, description = "Integration id"),
+        ("conflict_id" = Uuid, Path, description = "Conflict id"),
+    ),
+    request_body = ResolveConflictBody,
+    responses(
+        (status = 200, description = "The settled conflict", body = ConflictBody),
+        (status = 400, description = "Invalid choice or value", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such integration or conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already resolved", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The provider refused the change", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn resolve_conflict(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path((id, conflict_id)): Path<(Uuid, Uuid)>,
+    Json(b): Json<ResolveConflictBody>,
+) -> Result<Json<ConflictBody>, ApiError> {
+    let i = load_integration(&s, &who, id).await?;
+    let ints = integrations(&s)?;
+    let c = ints.stores.mappings.get_conflict(ConflictId(conflict_id)).await?;
+    if c.integration_id != i.id {
+        return Err(ApiError::entity_not_found("conflict"));
+    }
+    if c.resolved_at.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "Already resolved",
+            "this conflict was resolved already",
+        ));
+    }
+    let value = match (b.choice.as_str(), b.value) {
+        ("local", None) => c.local.clone(),
+        ("remote", None) => c.remote.clone(),
+        ("value", Some(v)) => v,
+        ("value", None) => {
+            return Err(ApiError::invalid_field("value".into(), "is required with choice value"));
+        }
+        ("local" | "remote", Some(_)) => {
+            return Err(ApiError::invalid_field(
+                "value".into(),
+                "is only allowed with choice value",
+            ));
+        }
+        _ => {
+            return Err(ApiError::invalid_field(
+                "choice".into(),
+                "must be one of local, remote, value",
+            ));
+        }
+    };
+    let resolved = ints.sync_engine()?.resolve(&i, &c, value).await?;
+    Ok(Json(resolved.into()))
+}
+
+/// What an export did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExportBody {
+    /// Items created at the provider.
+    pub created: u64,
+    /// Tasks already mapped (synced, or nothing to do).
+    pub synced: u64,
+}
+
+/// Exports every task of the integration's project to the provider (Jira project export):
+/// unmapped tasks are created there and mapped, mapped ones synced. Idempotent: running it
+/// again creates nothing new.
+#[utoipa::path(post, path = "/integrations/{integration_id}/export", tag = "integrations", operation_id = "export_integration",
+    params(("integration_id" = Uuid, Path, description = "Integration id")),
+    responses(
+        (status = 200, description = "What was created and synced", body = ExportBody),
+        (status = 400, description = "The integration cannot push (configuration)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such integration", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The provider failed", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn export_integration(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<Json<ExportBody>, ApiError> {
+    let i = load_integration(&s, &who, id).await?;
+    let ints = integrations(&s)?;
+    let provider =
+        ints.registry.get(&i.provider).ok_or_else(|| ApiError::entity_not_found("provider"))?;
+    if !provider.info().capabilities.contains(&pm_integrations::provider::Capability::Push) {
+        return Err(ApiError::invalid_field(
+            "provider".into(),
+            format!("{} items cannot be exported to", i.provider),
+        ));
+    }
+    let (created, synced) = ints.sync_engine()?.export(&i).await?;
+    Ok(Json(ExportBody { created, synced }))
 }

@@ -5,6 +5,7 @@ mod authz;
 mod chat;
 mod conventions;
 mod hostile;
+mod integration_sync;
 mod integrations;
 mod journey;
 mod openapi;

@@ -1,0 +1,814 @@
+//! Two-way sync end to end: a real server on loopback with its workers running (inbound
+//! processor, sync pusher), against wiremock servers that behave like GitHub's REST issues API
+//! and Jira Cloud's REST v3 (stateful: what we PATCH is what a later GET returns, with the
+//! providers' shapes, auth headers and status codes). Webhooks are signed like the providers
+//! sign them.
+//!
+//! Covered: GitHub and Jira round trips both ways (webhook → task, task → issue), edits of
+//! different fields on both sides merging, the same field edited on both sides following its
+//! policy and recorded as a conflict (listed and settled through the API), our own echo
+//! ignored, a 429 with `Retry-After` waited out, Jira export (idempotent) and transitions, and
+//! the API token unreadable in the raw database row.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pm_core::event::Origin;
+use pm_core::id::TaskId;
+use pm_integrations::crypto::{EncryptionKey, Keyring};
+use pm_integrations::ssrf::TargetPolicy;
+use pm_integrations::webhook::inbound::{
+    GITHUB_DELIVERY, GITHUB_EVENT, GITHUB_SIGNATURE, JIRA_DELIVERY, JIRA_SIGNATURE, hub_signature,
+};
+use pm_server::integrations::{Integrations, WorkerConfig, Workers};
+use reqwest::Method;
+use serde_json::{Value, json};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::any};
+
+use super::{Server, org_and_project, to_res};
+
+const GITHUB_TOKEN: &str = "ghp_testtoken0123456789";
+const JIRA_EMAIL: &str = "bot@example.com";
+const JIRA_TOKEN: &str = "ATATT-jira-api-token-42";
+
+/// A server with integrations (loopback allowed for the mock providers) and its workers.
+async fn server() -> (Server, Integrations, Workers, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("int.db").display());
+    let keyring = Keyring::new("test", &EncryptionKey::generate()).unwrap();
+    let policy = TargetPolicy::parse_allow_list("127.0.0.1/32").unwrap();
+    let mut ints = Integrations::open(&url, Some(keyring), policy).await.unwrap();
+    ints.worker = WorkerConfig {
+        backoff: vec![Duration::from_millis(50)],
+        disable_after: 3,
+        lease: Duration::from_secs(30),
+        request_timeout: Duration::from_secs(5),
+        batch: 50,
+        poll: Duration::from_millis(50),
+    };
+    let for_state = ints.clone();
+    let s =
+        Server::start_with(move |state| *state = state.clone().with_integrations(for_state)).await;
+    // The state's copy has pm-core's services attached (the sync needs them).
+    let ints = s.state.integrations.clone().unwrap();
+    let workers = ints.start(s.state.stores.events.clone());
+    (s, ints, workers, dir)
+}
+
+/// Evaluates `check` (an expression that may `.await`) until it is `Some`, for up to 20 s.
+macro_rules! eventually {
+    ($what:expr, $check:expr) => {{
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(v) = $check {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {}", $what);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }};
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
+// --- a GitHub-shaped mock ------------------------------------------------------------------------
+
+#[derive(Default)]
+struct GitHubState {
+    issues: BTreeMap<u64, Value>,
+    /// Seconds added to "now" for the next `updated_at` (GitHub times have second resolution).
+    tick: i64,
+    /// (method, path, when) of every authenticated request.
+    requests: Vec<(String, String, Instant)>,
+    /// PATCHes still to answer with a secondary-rate-limit 429.
+    limit_patches: u32,
+}
+
+/// GitHub's issues API for `octo/repo`: create, get, update, comment — with bearer auth.
+#[derive(Clone, Default)]
+struct GitHub(Arc<Mutex<GitHubState>>);
+
+impl GitHub {
+    fn stamp(st: &mut GitHubState) -> String {
+        st.tick += 1;
+        rfc3339(
+            time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap()
+                + time::Duration::seconds(st.tick),
+        )
+    }
+
+    fn issue(number: u64, title: &str, body: &str, labels: &[&str], updated_at: String) -> Value {
+        json!({
+            "id": 1000 + number, "node_id": format!("I_{number}"), "number": number,
+            "title": title, "body": body, "state": "open", "state_reason": null,
+            "labels": labels.iter().map(|l| json!({"id": 1, "name": l, "color": "ededed"})).collect::<Vec<_>>(),
+            "html_url": format!("https://github.com/octo/repo/issues/{number}"),
+            "user": {"login": "octocat", "id": 1}, "comments": 0,
+            "created_at": updated_at, "updated_at": updated_at,
+        })
+    }
+
+    /// An issue created on GitHub (not through us).
+    fn create_remote(&self, title: &str, body: &str, labels: &[&str]) -> Value {
+        let mut st = self.0.lock().unwrap();
+        let number = st.issues.len() as u64 + 1;
+        let at = Self::stamp(&mut st);
+        let issue = Self::issue(number, title, body, labels, at);
+        st.issues.insert(number, issue.clone());
+        issue
+    }
+
+    /// An edit made on GitHub (not through us), `later` seconds ahead.
+    fn edit_remote(&self, number: u64, later: i64, f: impl FnOnce(&mut Value)) -> Value {
+        let mut st = self.0.lock().unwrap();
+        st.tick += later;
+        let at = Self::stamp(&mut st);
+        let issue = st.issues.get_mut(&number).unwrap();
+        f(issue);
+        issue["updated_at"] = json!(at);
+        issue.clone()
+    }
+
+    fn get(&self, number: u64) -> Value {
+        self.0.lock().unwrap().issues[&number].clone()
+    }
+
+    fn find(&self, title: &str) -> Option<Value> {
+        self.0.lock().unwrap().issues.values().find(|i| i["title"] == title).cloned()
+    }
+
+    fn requests(&self, method: &str) -> Vec<(String, Instant)> {
+        let st = self.0.lock().unwrap();
+        st.requests.iter().filter(|r| r.0 == method).map(|r| (r.1.clone(), r.2)).collect()
+    }
+
+    fn labels(issue: &Value) -> Vec<String> {
+        let mut v: Vec<String> = issue["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["name"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Respond for GitHub {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        let auth = req.headers.get("authorization").and_then(|v| v.to_str().ok());
+        if auth != Some(&format!("Bearer {GITHUB_TOKEN}")) {
+            return ResponseTemplate::new(401).set_body_json(json!({
+                "message": "Bad credentials", "documentation_url": "https://docs.github.com/rest",
+                "status": "401"}));
+        }
+        let mut st = self.0.lock().unwrap();
+        let method = req.method.to_string();
+        let path = req.url.path().to_owned();
+        st.requests.push((method.clone(), path.clone(), Instant::now()));
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+        let not_found = || {
+            ResponseTemplate::new(404).set_body_json(json!({"message": "Not Found",
+                "documentation_url": "https://docs.github.com/rest/issues/issues#get-an-issue"}))
+        };
+        match (method.as_str(), parts.as_slice()) {
+            ("POST", ["repos", "octo", "repo", "issues"]) => {
+                let number = st.issues.len() as u64 + 1;
+                let at = Self::stamp(&mut st);
+                let labels: Vec<&str> = body["labels"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let issue = Self::issue(
+                    number,
+                    body["title"].as_str().unwrap_or_default(),
+                    body["body"].as_str().unwrap_or_default(),
+                    &labels,
+                    at,
+                );
+                st.issues.insert(number, issue.clone());
+                ResponseTemplate::new(201).set_body_json(issue)
+            }
+            ("GET", ["repos", "octo", "repo", "issues", n]) => {
+                match n.parse::<u64>().ok().and_then(|n| st.issues.get(&n)) {
+                    Some(i) => ResponseTemplate::new(200).set_body_json(i),
+                    None => not_found(),
+                }
+            }
+            ("PATCH", ["repos", "octo", "repo", "issues", n]) => {
+                if st.limit_patches > 0 {
+                    st.limit_patches -= 1;
+                    return ResponseTemplate::new(429).insert_header("retry-after", "1").set_body_json(
+                        json!({"message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+                               "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"}),
+                    );
+                }
+                let at = Self::stamp(&mut st);
+                let Some(issue) = n.parse::<u64>().ok().and_then(|n| st.issues.get_mut(&n)) else {
+                    return not_found();
+                };
+                for k in ["title", "body", "state"] {
+                    if let Some(v) = body.get(k) {
+                        issue[k] = v.clone();
+                    }
+                }
+                if let Some(l) = body["labels"].as_array() {
+                    issue["labels"] =
+                        l.iter().map(|n| json!({"id": 1, "name": n, "color": "ededed"})).collect();
+                }
+                issue["updated_at"] = json!(at);
+                ResponseTemplate::new(200).set_body_json(issue.clone())
+            }
+            ("POST", ["repos", "octo", "repo", "issues", _, "comments"]) => ResponseTemplate::new(
+                201,
+            )
+            .set_body_json(json!({"id": 555, "body": body["body"], "user": {"login": "pm-bot"}})),
+            _ => not_found(),
+        }
+    }
+}
+
+async fn github_mock() -> (MockServer, GitHub) {
+    let server = MockServer::start().await;
+    let gh = GitHub::default();
+    Mock::given(any()).respond_with(gh.clone()).mount(&server).await;
+    (server, gh)
+}
+
+/// Sends a signed GitHub `issues` webhook for `issue`; returns the delivery id.
+async fn github_hook(s: &Server, id: &str, secret: &str, action: &str, issue: &Value) -> String {
+    let delivery = uuid::Uuid::now_v7().to_string();
+    let body = json!({"action": action, "issue": issue,
+        "repository": {"full_name": "octo/repo", "id": 42}, "sender": {"login": "octocat"}})
+    .to_string();
+    let res = s
+        .http
+        .post(format!("{}/api/v1/hooks/github/{id}", s.base))
+        .header(GITHUB_SIGNATURE, hub_signature(secret.as_bytes(), body.as_bytes()))
+        .header(GITHUB_DELIVERY, &delivery)
+        .header(GITHUB_EVENT, "issues")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    delivery
+}
+
+/// Waits for the delivery to be processed; returns what its events did.
+async fn processed(ints: &Integrations, id: &str, delivery: &str) -> String {
+    let iid = pm_core::id::IntegrationId(id.parse().unwrap());
+    eventually!("the delivery to be processed", {
+        let logs = ints.stores.logs.list_logs(Some(iid), 100, None).await.unwrap();
+        logs.items
+            .iter()
+            .find(|l| {
+                l.operation == "webhook.processed" && l.detail.as_value()["delivery_id"] == delivery
+            })
+            .map(|l| l.detail.as_value()["events"].to_string())
+    })
+}
+
+async fn create_integration(
+    s: &Server,
+    token: &str,
+    project: &str,
+    body: Value,
+) -> (String, String) {
+    let res = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/integrations"),
+            Some(token),
+            Some(body),
+        )
+        .await;
+    let b = res.ok(201);
+    (
+        b["integration"]["id"].as_str().unwrap().to_owned(),
+        b["webhook_secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The task mapped to `external`, once both the mapping and the task exist (an inbound create
+/// writes the mapping first, then the task under the id it holds).
+async fn mapped_task(s: &Server, token: &str, id: &str, external: &str) -> TaskId {
+    let task_id = eventually!("the item to be mapped", {
+        let res = s
+            .call(Method::GET, &format!("/api/v1/integrations/{id}/mappings"), Some(token), None)
+            .await;
+        res.ok(200)["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["external_id"] == external)
+            .map(|m| TaskId(m["task_id"].as_str().unwrap().parse().unwrap()))
+    });
+    eventually!("the mapped task", s.state.pm.get_task(&Origin::system(), task_id).await.ok());
+    task_id
+}
+
+async fn task(s: &Server, id: TaskId) -> pm_core::model::Task {
+    s.state.pm.get_task(&Origin::system(), id).await.unwrap()
+}
+
+async fn label_names(s: &Server, t: &pm_core::model::Task) -> Vec<String> {
+    let labels = s.state.pm.list_labels(&Origin::system(), t.org_id).await.unwrap();
+    let mut names: Vec<String> = labels
+        .iter()
+        .filter(|l| t.labels.contains(&l.id))
+        .map(|l| l.name.as_str().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+async fn patch_task(s: &Server, token: &str, id: TaskId, body: Value) -> Value {
+    let version = task(s, id).await.version;
+    let mut body = body;
+    body["version"] = json!(version);
+    s.call(Method::PATCH, &format!("/api/v1/tasks/{}", id.0), Some(token), Some(body))
+        .await
+        .ok(200)
+        .clone()
+}
+
+async fn github_setup(
+    s: &Server,
+    slug: &str,
+    base: &str,
+) -> (String, String, String, String, Vec<Value>) {
+    let (user, token) = s.user(&format!("{slug}@example.com")).await;
+    let (_, project, states) = org_and_project(s, &token, slug, "GH").await;
+    let (id, secret) = create_integration(
+        s,
+        &token,
+        &project,
+        json!({"provider": "github", "name": "octo/repo", "api_token": GITHUB_TOKEN,
+               "config": {"repository": "octo/repo", "base_url": base, "reporter_id": user.0}}),
+    )
+    .await;
+    (token, project, id, secret, states)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_round_trips_both_ways_and_its_echo_is_ignored() {
+    let (s, ints, _workers, dir) = server().await;
+    let (mock, gh) = github_mock().await;
+    let (token, project, id, secret, _) = github_setup(&s, "ghround", &mock.uri()).await;
+
+    // GitHub → pm: an issue opened on GitHub becomes a task (labels created by name).
+    let issue = gh.create_remote("Fix login", "Steps:\r\n1. open", &["bug"]);
+    let d = github_hook(&s, &id, &secret, "opened", &issue).await;
+    assert!(processed(&ints, &id, &d).await.contains("Created"));
+    let task_id = mapped_task(&s, &token, &id, "octo/repo#1").await;
+    let t = task(&s, task_id).await;
+    assert_eq!(t.title.as_str(), "Fix login");
+    assert_eq!(t.description.as_str(), "Steps:\n1. open");
+    assert_eq!(label_names(&s, &t).await, ["bug"]);
+    // A redelivery under a new id (GitHub "redeliver") creates nothing twice.
+    let d = github_hook(&s, &id, &secret, "opened", &issue).await;
+    processed(&ints, &id, &d).await;
+    let tasks =
+        s.call(Method::GET, &format!("/api/v1/projects/{project}/tasks"), Some(&token), None).await;
+    assert_eq!(tasks.ok(200)["items"].as_array().unwrap().len(), 1);
+
+    // pm → GitHub: a local edit is pushed by the sync pusher.
+    patch_task(&s, &token, task_id, json!({"title": "Fix login page"})).await;
+    eventually!("the title to reach GitHub", {
+        (gh.get(1)["title"] == "Fix login page").then_some(())
+    });
+    // (The sync commits its new base right after the PATCH; wait for it, as GitHub's webhook
+    // would take longer than that to arrive.)
+    eventually!("the new base", {
+        let res = s
+            .call(Method::GET, &format!("/api/v1/integrations/{id}/mappings"), Some(&token), None)
+            .await;
+        (res.ok(200)["items"][0]["base"]["title"] == "Fix login page").then_some(())
+    });
+    let patches = gh.requests("PATCH").len();
+    let version = task(&s, task_id).await.version;
+
+    // GitHub's webhook for our own edit comes back: ignored, nothing written or pushed.
+    let d = github_hook(&s, &id, &secret, "edited", &gh.get(1)).await;
+    assert!(processed(&ints, &id, &d).await.contains("echo"), "our own change must be an echo");
+    assert_eq!(task(&s, task_id).await.version, version);
+    assert_eq!(gh.requests("PATCH").len(), patches, "nothing pushed back");
+
+    // GitHub → pm: closing the issue on GitHub completes the task.
+    let closed = gh.edit_remote(1, 0, |i| {
+        i["state"] = json!("closed");
+        i["title"] = json!("Fix login page (done)");
+    });
+    let d = github_hook(&s, &id, &secret, "closed", &closed).await;
+    processed(&ints, &id, &d).await;
+    let t = task(&s, task_id).await;
+    assert_eq!(t.title.as_str(), "Fix login page (done)");
+    let states = s.state.pm.list_states(&Origin::system(), t.project_id).await.unwrap();
+    let state = states.iter().find(|st| st.id == t.state_id).unwrap();
+    assert_eq!(state.category.as_str(), "completed");
+    // …and the sync pushed nothing back for its own apply (echo suppression by actor).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gh.requests("PATCH").len(), patches);
+
+    // pm → GitHub: a task created in pm becomes an issue, mapped; a comment follows it.
+    let created = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/tasks"),
+            Some(&token),
+            Some(json!({"title": "New from pm", "description": "made **here**"})),
+        )
+        .await;
+    let new_id = TaskId(created.ok(201)["id"].as_str().unwrap().parse().unwrap());
+    let issue = eventually!("the issue to be created", gh.find("New from pm"));
+    assert_eq!(issue["body"], "made **here**");
+    let number = issue["number"].as_u64().unwrap();
+    assert_eq!(mapped_task(&s, &token, &id, &format!("octo/repo#{number}")).await, new_id);
+    s.call(
+        Method::POST,
+        &format!("/api/v1/tasks/{}/comments", new_id.0),
+        Some(&token),
+        Some(json!({"body": "Looks good"})),
+    )
+    .await
+    .ok(201);
+    eventually!("the comment to reach GitHub", {
+        gh.requests("POST")
+            .iter()
+            .any(|(p, _)| p == &format!("/repos/octo/repo/issues/{number}/comments"))
+            .then_some(())
+    });
+
+    // The API token is stored sealed: the raw row does not contain it.
+    let url = format!("sqlite://{}", dir.path().join("int.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT kind, sealed FROM int_credentials").fetch_all(&pool).await.unwrap();
+    assert!(rows.iter().any(|(k, _)| k == "api_token"));
+    for (_, sealed) in &rows {
+        assert!(!sealed.contains(GITHUB_TOKEN) && !sealed.contains("ghp_"), "{sealed}");
+    }
+    let logs: Vec<(String,)> =
+        sqlx::query_as("SELECT detail FROM int_logs").fetch_all(&pool).await.unwrap();
+    assert!(logs.iter().all(|(d,)| !d.contains(GITHUB_TOKEN)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_on_both_sides_merge_and_same_field_edits_are_recorded_conflicts() {
+    let (s, ints, _workers, _dir) = server().await;
+    let (mock, gh) = github_mock().await;
+    let (token, _, id, secret, _) = github_setup(&s, "ghmerge", &mock.uri()).await;
+    let issue = gh.create_remote("Crash on save", "", &["bug"]);
+    let d = github_hook(&s, &id, &secret, "opened", &issue).await;
+    processed(&ints, &id, &d).await;
+    let task_id = mapped_task(&s, &token, &id, "octo/repo#1").await;
+
+    // Different fields: GitHub gains a label (its webhook not here yet), pm changes the title.
+    gh.edit_remote(1, 0, |i| {
+        i["labels"] = json!([{"id": 1, "name": "bug"}, {"id": 2, "name": "backend"}]);
+    });
+    patch_task(&s, &token, task_id, json!({"title": "Crash on save (v2)"})).await;
+    eventually!("both edits on both sides", {
+        let t = task(&s, task_id).await;
+        let merged = gh.get(1)["title"] == "Crash on save (v2)"
+            && label_names(&s, &t).await == ["backend", "bug"];
+        merged.then_some(())
+    });
+    assert_eq!(GitHub::labels(&gh.get(1)), ["backend", "bug"]);
+    let conflicts = s
+        .call(Method::GET, &format!("/api/v1/integrations/{id}/conflicts"), Some(&token), None)
+        .await;
+    assert!(conflicts.ok(200)["items"].as_array().unwrap().is_empty(), "a clean merge");
+
+    // The same field on both sides: the title's policy is "latest edit"; GitHub's is later.
+    gh.edit_remote(1, 3600, |i| i["title"] = json!("theirs"));
+    patch_task(&s, &token, task_id, json!({"title": "ours"})).await;
+    eventually!("the later edit to win", {
+        (task(&s, task_id).await.title.as_str() == "theirs").then_some(())
+    });
+    assert_eq!(gh.get(1)["title"], "theirs");
+    let listed = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/integrations/{id}/conflicts?unresolved=true&limit=10"),
+            Some(&token),
+            None,
+        )
+        .await;
+    let items = listed.ok(200)["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 1, "{items:?}");
+    let c = &items[0];
+    assert_eq!(c["field"], "title");
+    assert_eq!(c["base"], "Crash on save (v2)");
+    assert_eq!(c["local"], "ours");
+    assert_eq!(c["remote"], "theirs");
+    assert_eq!(c["resolved"], "theirs");
+    assert_eq!(c["winner"], "remote");
+    assert_eq!(c["policy"]["policy"], "latest");
+    let cid = c["id"].as_str().unwrap();
+
+    // Bad input names the field; settling chooses our value on both sides.
+    let path = format!("/api/v1/integrations/{id}/conflicts/{cid}/resolve");
+    let bad = s.call(Method::POST, &path, Some(&token), Some(json!({"choice": "mine"}))).await;
+    assert!(bad.problem(400).to_string().contains("choice"));
+    let bad = s.call(Method::POST, &path, Some(&token), Some(json!({"choice": "value"}))).await;
+    assert!(bad.problem(400).to_string().contains("value"));
+    let unknown = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/integrations/{id}/conflicts/{}/resolve", uuid::Uuid::now_v7()),
+            Some(&token),
+            Some(json!({"choice": "local"})),
+        )
+        .await;
+    unknown.problem(404);
+    let done = s.call(Method::POST, &path, Some(&token), Some(json!({"choice": "local"}))).await;
+    assert!(done.ok(200)["resolved_at"].is_string());
+    assert_eq!(task(&s, task_id).await.title.as_str(), "ours");
+    assert_eq!(gh.get(1)["title"], "ours");
+    let again = s.call(Method::POST, &path, Some(&token), Some(json!({"choice": "remote"}))).await;
+    again.problem(409);
+    let open = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/integrations/{id}/conflicts?unresolved=true"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert!(open.ok(200)["items"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_retry_after_is_waited_out_before_the_next_request() {
+    let (s, ints, _workers, _dir) = server().await;
+    let (mock, gh) = github_mock().await;
+    let (token, _, id, secret, _) = github_setup(&s, "ghlimit", &mock.uri()).await;
+    let issue = gh.create_remote("Slow down", "", &[]);
+    let d = github_hook(&s, &id, &secret, "opened", &issue).await;
+    processed(&ints, &id, &d).await;
+    let task_id = mapped_task(&s, &token, &id, "octo/repo#1").await;
+
+    gh.0.lock().unwrap().limit_patches = 1;
+    patch_task(&s, &token, task_id, json!({"title": "Slowed down"})).await;
+    eventually!("the push to succeed after the limit", {
+        (gh.get(1)["title"] == "Slowed down").then_some(())
+    });
+    let patches = gh.requests("PATCH");
+    assert_eq!(patches.len(), 2, "one limited attempt, one retry: {patches:?}");
+    let waited = patches[1].1 - patches[0].1;
+    assert!(waited >= Duration::from_secs(1), "retried after {waited:?}, before Retry-After: 1");
+}
+
+// --- a Jira-Cloud-shaped mock -------------------------------------------------------------------
+
+#[derive(Default)]
+struct JiraState {
+    issues: BTreeMap<String, Value>,
+    requests: Vec<(String, String, Value)>,
+}
+
+/// Jira Cloud REST v3 for project PROJ: issues (create/get/edit), transitions, comments — with
+/// API-token Basic auth. Workflow: To Do (11) → In Progress (21) → Done (31), any to any.
+#[derive(Clone, Default)]
+struct Jira(Arc<Mutex<JiraState>>);
+
+fn jira_now() -> String {
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3][offset_hour sign:mandatory][offset_minute]"
+    );
+    time::OffsetDateTime::now_utc().format(&fmt).unwrap()
+}
+
+impl Jira {
+    fn issue(key: &str, fields: &Value) -> Value {
+        json!({"id": key.trim_start_matches("PROJ-"), "key": key,
+               "self": format!("https://example.atlassian.net/rest/api/3/issue/{key}"), "fields": fields})
+    }
+
+    fn create_remote(&self, summary: &str, description: Value) -> Value {
+        let mut st = self.0.lock().unwrap();
+        let key = format!("PROJ-{}", 100 + st.issues.len());
+        let fields = json!({"summary": summary, "description": description,
+            "status": {"name": "To Do", "statusCategory": {"key": "new"}}, "labels": [],
+            "duedate": "2026-12-24", "updated": jira_now()});
+        st.issues.insert(key.clone(), fields);
+        Self::issue(&key, &st.issues[&key])
+    }
+
+    fn get(&self, key: &str) -> Value {
+        self.0.lock().unwrap().issues[key].clone()
+    }
+
+    fn count(&self) -> usize {
+        self.0.lock().unwrap().issues.len()
+    }
+}
+
+impl Respond for Jira {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        use base64::Engine;
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{JIRA_EMAIL}:{JIRA_TOKEN}"))
+        );
+        if req.headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&expected) {
+            return ResponseTemplate::new(401).set_body_json(json!({
+                "errorMessages": ["You are not authenticated. Authentication required to perform this operation."],
+                "errors": {}}));
+        }
+        let mut st = self.0.lock().unwrap();
+        let method = req.method.to_string();
+        let path = req.url.path().to_owned();
+        let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+        st.requests.push((method.clone(), path.clone(), body.clone()));
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let missing = || {
+            ResponseTemplate::new(404).set_body_json(json!({
+                "errorMessages": ["Issue does not exist or you do not have permission to see it."],
+                "errors": {}}))
+        };
+        let statuses = [("11", "To Do"), ("21", "In Progress"), ("31", "Done")];
+        match (method.as_str(), parts.as_slice()) {
+            ("POST", ["rest", "api", "3", "issue"]) => {
+                let f = &body["fields"];
+                if f["project"]["key"] != "PROJ" || f["summary"].as_str().is_none_or(str::is_empty)
+                {
+                    return ResponseTemplate::new(400).set_body_json(json!({
+                        "errorMessages": [], "errors": {"summary": "You must specify a summary of the issue."}}));
+                }
+                let key = format!("PROJ-{}", 100 + st.issues.len());
+                let fields = json!({"summary": f["summary"], "description": f["description"],
+                    "status": {"name": "To Do"}, "labels": f["labels"].as_array().cloned().unwrap_or_default(),
+                    "duedate": f["duedate"], "updated": jira_now()});
+                st.issues.insert(key.clone(), fields);
+                ResponseTemplate::new(201).set_body_json(json!({"id": "10000", "key": key,
+                    "self": format!("https://example.atlassian.net/rest/api/3/issue/{key}")}))
+            }
+            ("GET", ["rest", "api", "3", "issue", key]) => match st.issues.get(*key) {
+                Some(f) => ResponseTemplate::new(200).set_body_json(Self::issue(key, f)),
+                None => missing(),
+            },
+            ("PUT", ["rest", "api", "3", "issue", key]) => {
+                let Some(f) = st.issues.get_mut(*key) else { return missing() };
+                for (k, v) in body["fields"].as_object().cloned().unwrap_or_default() {
+                    f[k.as_str()] = v;
+                }
+                f["updated"] = json!(jira_now());
+                ResponseTemplate::new(204)
+            }
+            ("GET", ["rest", "api", "3", "issue", key, "transitions"]) => {
+                if !st.issues.contains_key(*key) {
+                    return missing();
+                }
+                let ts: Vec<Value> = statuses
+                    .iter()
+                    .map(|(id, name)| json!({"id": id, "name": format!("Move to {name}"), "to": {"name": name}}))
+                    .collect();
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"expand": "transitions", "transitions": ts}))
+            }
+            ("POST", ["rest", "api", "3", "issue", key, "transitions"]) => {
+                let Some(f) = st.issues.get_mut(*key) else { return missing() };
+                let id = body["transition"]["id"].as_str().unwrap_or_default();
+                let Some((_, name)) = statuses.iter().find(|(i, _)| *i == id) else {
+                    return ResponseTemplate::new(400).set_body_json(json!({
+                        "errorMessages": ["Transition id is not valid for this issue."], "errors": {}}));
+                };
+                f["status"] = json!({"name": name});
+                f["updated"] = json!(jira_now());
+                ResponseTemplate::new(204)
+            }
+            _ => missing(),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jira_round_trips_both_ways_exports_a_project_and_transitions() {
+    let (s, ints, _workers, _dir) = server().await;
+    let mock = MockServer::start().await;
+    let jira = Jira::default();
+    Mock::given(any()).respond_with(jira.clone()).mount(&mock).await;
+    let (user, token) = s.user("jira@example.com").await;
+    let (_, project, _) = org_and_project(&s, &token, "jirasync", "JS").await;
+
+    // Tasks from before the integration: only an export sends them.
+    for title in ["Plan sprint", "Write **docs**"] {
+        s.call(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/tasks"),
+            Some(&token),
+            Some(json!({"title": title, "description": format!("About: {title}")})),
+        )
+        .await
+        .ok(201);
+    }
+    let (id, secret) = create_integration(
+        &s,
+        &token,
+        &project,
+        json!({"provider": "jira", "name": "PROJ", "api_token": JIRA_TOKEN,
+               "config": {"base_url": mock.uri(), "project_key": "PROJ", "email": JIRA_EMAIL,
+                          "reporter_id": user.0}}),
+    )
+    .await;
+    let export = s
+        .call(Method::POST, &format!("/api/v1/integrations/{id}/export"), Some(&token), None)
+        .await;
+    assert_eq!(export.ok(200)["created"], 2);
+    assert_eq!(jira.count(), 2);
+    let again = s
+        .call(Method::POST, &format!("/api/v1/integrations/{id}/export"), Some(&token), None)
+        .await;
+    assert_eq!(again.ok(200)["created"], 0, "an export is idempotent");
+    assert_eq!(again.body["synced"], 2);
+    assert_eq!(jira.count(), 2);
+    let exported = jira.get("PROJ-100");
+    assert_eq!(exported["summary"], "Plan sprint");
+    assert_eq!(exported["description"]["type"], "doc", "descriptions go out as ADF");
+
+    // Jira → pm: a webhook for an issue created in Jira (ADF description → markdown).
+    let issue = jira.create_remote(
+        "From Jira",
+        json!({"type": "doc", "version": 1, "content": [{"type": "paragraph", "content": [
+            {"type": "text", "text": "Needs "}, {"type": "text", "text": "care", "marks": [{"type": "strong"}]}]}]}),
+    );
+    let key = issue["key"].as_str().unwrap().to_owned();
+    let body = json!({"timestamp": 1, "webhookEvent": "jira:issue_created",
+        "issue_event_type_name": "issue_created", "user": {"accountId": "x"}, "issue": issue})
+    .to_string();
+    let res = s
+        .http
+        .post(format!("{}/api/v1/hooks/jira/{id}", s.base))
+        .header(JIRA_SIGNATURE, hub_signature(secret.as_bytes(), body.as_bytes()))
+        .header(JIRA_DELIVERY, "jira-delivery-1")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(to_res(res).await.status, 202);
+    let task_id = mapped_task(&s, &token, &id, &key).await;
+    let t = task(&s, task_id).await;
+    assert_eq!(t.title.as_str(), "From Jira");
+    assert_eq!(t.description.as_str(), "Needs **care**");
+    assert_eq!(t.due_date.unwrap().to_string(), "2026-12-24");
+
+    // pm → Jira: a new title and the task done → PUT fields, then the "Done" transition.
+    let states = s.state.pm.list_states(&Origin::system(), t.project_id).await.unwrap();
+    let done = states.iter().find(|st| st.category.as_str() == "completed").unwrap();
+    patch_task(
+        &s,
+        &token,
+        task_id,
+        json!({"title": "From Jira, finished", "state_id": done.id, "description": "Took *care*"}),
+    )
+    .await;
+    eventually!("the edit and transition to reach Jira", {
+        let f = jira.get(&key);
+        (f["summary"] == "From Jira, finished" && f["status"]["name"] == "Done").then_some(f)
+    });
+    let f = jira.get(&key);
+    assert_eq!(f["description"]["content"][0]["content"][1]["marks"][0]["type"], "em");
+    let requests = jira.0.lock().unwrap().requests.clone();
+    assert!(requests.iter().any(|(m, p, b)| m == "POST"
+        && p.ends_with(&format!("{key}/transitions"))
+        && b["transition"]["id"] == "31"));
+    // Our own transition's webhook is ignored. (The sync commits its new base after its last
+    // fetch; Jira's webhook would take longer than that to arrive.)
+    eventually!("the new base", {
+        let res = s
+            .call(Method::GET, &format!("/api/v1/integrations/{id}/mappings"), Some(&token), None)
+            .await;
+        res.ok(200)["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["external_id"] == key.as_str() && m["base"]["state"] == "Done")
+            .then_some(())
+    });
+    let echo = json!({"webhookEvent": "jira:issue_updated",
+        "issue": Jira::issue(&key, &jira.get(&key))})
+    .to_string();
+    let version = task(&s, task_id).await.version;
+    let res = s
+        .http
+        .post(format!("{}/api/v1/hooks/jira/{id}", s.base))
+        .header(JIRA_SIGNATURE, hub_signature(secret.as_bytes(), echo.as_bytes()))
+        .header(JIRA_DELIVERY, "jira-delivery-2")
+        .body(echo)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let events = processed(&ints, &id, "jira-delivery-2").await;
+    assert!(events.contains("echo") || events.contains("unchanged"), "{events}");
+    assert_eq!(task(&s, task_id).await.version, version);
+}
