@@ -51,6 +51,9 @@ use crate::store::*;
 use crate::template;
 use crate::{Error, Result};
 
+mod templates;
+pub use templates::{InstantiateRequest, Instantiated, MAX_VALUES};
+
 /// The consumer name under which the engine's cursor is saved in pm-core's event log.
 pub const CONSUMER: &str = "pm-workflows.engine";
 
@@ -2033,15 +2036,24 @@ impl<'a> Run<'a> {
                 Ok(json!({"comment_id": c.id}))
             }
             Action::CreateTask(c) => {
-                let parent = self.current_task().await?;
-                let title = TaskTitle::parse(&format!("Follow-up of {}", parent.reference))?;
-                let mut input = pm_core::service::CreateTask::new(parent.project_id, title);
-                input.reporter = Some(parent.reporter);
-                if c.as_subtask {
-                    input.parent_id = Some(parent.id);
-                }
-                let t = inner.pm.create_task(&origin, input).await?;
-                Ok(json!({"task_id": t.id, "reference": t.reference}))
+                let source = self.current_task().await?;
+                let request = InstantiateRequest {
+                    template: TaskTemplateId(c.template),
+                    project: source.project_id,
+                    parent: c.as_subtask.then_some(source.id),
+                    values: Default::default(),
+                    reporter: Some(source.reporter),
+                    source_task: Some(source),
+                    idempotency_key: Some(key.to_string()),
+                };
+                let done = self.engine.instantiate(&origin, request).await?;
+                let root = &done.tasks[0];
+                Ok(json!({
+                    "task_id": root.id,
+                    "reference": root.reference,
+                    "tasks": done.tasks.iter().map(|t| t.id).collect::<Vec<_>>(),
+                    "workflows": done.workflows.iter().map(|w| w.id).collect::<Vec<_>>(),
+                }))
             }
             Action::Notify(n) => {
                 let notifier =

@@ -23,6 +23,7 @@ pub async fn run_all(stores: &WorkflowStores) {
     status_changes_are_guarded(stores).await;
     timers_fire_once(stores).await;
     approvals_tally_and_close(stores).await;
+    templates_round_trip_with_unique_names(stores).await;
 }
 
 fn at(secs: i64) -> OffsetDateTime {
@@ -332,4 +333,68 @@ pub async fn approvals_tally_and_close(s: &WorkflowStores) {
         s.approvals.get_approval(ApprovalId::new()).await,
         Err(Error::NotFound { .. })
     ));
+}
+
+/// Task templates: the document round-trips (with its attached workflow definition), names are
+/// unique per organization (not across), updates are optimistic, delete removes.
+pub async fn templates_round_trip_with_unique_names(stores: &WorkflowStores) {
+    let store = &stores.templates;
+    let org = OrgId::new();
+    let spec = crate::task_template::TemplateSpec::from_value(
+        &json!({
+            "task": {"title": "Onboard {{values.name}} «ü»", "priority": "high",
+                     "checklist": ["Laptop"], "assignee": "instantiator",
+                     "subtasks": [{"title": "Accounts", "assignee": {"users": [UserId::new()]}}]},
+            "workflows": [{"scope": "task", "definition": {
+                "schema_version": 1, "name": "w", "trigger": {"type": "task_updated"},
+                "steps": [{"type": "action", "action": {"type": "comment", "body": "x"}}]}}]
+        }),
+        &crate::Limits::default(),
+    )
+    .expect("valid template");
+    let t = TaskTemplate {
+        id: TaskTemplateId::new(),
+        org_id: org,
+        project_id: None,
+        name: "Onboarding".into(),
+        spec,
+        created_by: Actor::User(UserId::new()),
+        version: 1,
+        created_at: at(0),
+        updated_at: at(0),
+    };
+    store.create_template(&t).await.expect("create template");
+    assert_eq!(store.get_template(t.id).await.expect("get template"), t);
+    let twin = TaskTemplate { id: TaskTemplateId::new(), ..t.clone() };
+    assert!(
+        matches!(store.create_template(&twin).await, Err(Error::Conflict(_))),
+        "a name is unique in its organization"
+    );
+    let elsewhere = TaskTemplate { id: TaskTemplateId::new(), org_id: OrgId::new(), ..t.clone() };
+    store.create_template(&elsewhere).await.expect("same name, other organization");
+    let second = TaskTemplate { id: TaskTemplateId::new(), name: "Alpha".into(), ..t.clone() };
+    store.create_template(&second).await.expect("second template");
+    let names: Vec<_> =
+        store.list_templates(org).await.expect("list").into_iter().map(|t| t.name).collect();
+    assert_eq!(names, ["Alpha", "Onboarding"], "listed by name, this organization only");
+
+    let renamed = TaskTemplate { name: "Onboarding v2".into(), updated_at: at(5), ..t.clone() };
+    let updated = store.update_template(&renamed, 1).await.expect("update");
+    assert_eq!(
+        (updated.version, updated.name.as_str(), updated.updated_at),
+        (2, "Onboarding v2", at(5))
+    );
+    assert!(matches!(store.update_template(&renamed, 1).await, Err(Error::Conflict(_))), "stale");
+    let clash = TaskTemplate { name: "Alpha".into(), ..updated.clone() };
+    assert!(
+        matches!(store.update_template(&clash, 2).await, Err(Error::Conflict(_))),
+        "name taken"
+    );
+    assert_eq!(store.get_template(t.id).await.expect("unchanged").version, 2);
+    let gone = TaskTemplate { id: TaskTemplateId::new(), ..t.clone() };
+    assert!(matches!(store.update_template(&gone, 1).await, Err(Error::NotFound { .. })));
+
+    store.delete_template(t.id).await.expect("delete");
+    assert!(matches!(store.get_template(t.id).await, Err(Error::NotFound { .. })));
+    assert!(matches!(store.delete_template(t.id).await, Err(Error::NotFound { .. })));
 }

@@ -5,3 +5,4 @@ mod definitions;
 mod engine;
 mod scripts;
 mod stores;
+mod templates;
