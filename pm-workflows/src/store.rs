@@ -14,7 +14,9 @@
 //!   makes at-least-once reading of the event log start each execution once;
 //! - a step is keyed by (execution, key); `begin_step` counts attempts across restarts and
 //!   `finish_step` is final (a finished step is never begun again);
-//! - a timer is claimed (`claim_timer`) by at most one caller;
+//! - a timer is claimed (`claim_timer`) by at most one caller; a due timer and an execution are
+//!   leased (`lease_due_timers`, `lease_execution`) to at most one owner at a time until the
+//!   lease expires — this is what lets several engine instances share one database;
 //! - a user decides an approval at most once, and a decision on a closed approval is a
 //!   `Conflict`; the decision and the approval's new tallies commit together;
 //! - workflow and template updates are optimistic (`expected_version`), a mismatch is
@@ -528,6 +530,17 @@ pub trait ExecutionStore: Send + Sync {
     ) -> Result<()>;
     /// Forgets failed steps so a retried execution attempts them again.
     async fn reset_failed_steps(&self, id: ExecutionId) -> Result<u64>;
+    /// Takes or renews the lease on driving an execution: granted to `owner` until `until` when
+    /// nobody else holds an unexpired lease (at `now`); returns whether it was granted.
+    async fn lease_execution(
+        &self,
+        id: ExecutionId,
+        owner: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool>;
+    /// Gives up `owner`'s lease on an execution (nothing happens if another owner holds it).
+    async fn release_execution(&self, id: ExecutionId, owner: &str) -> Result<()>;
 }
 
 /// Durable timers.
@@ -535,8 +548,18 @@ pub trait ExecutionStore: Send + Sync {
 pub trait TimerStore: Send + Sync {
     /// Arms a timer unless one with the same key exists; returns whether it was armed.
     async fn arm_timer(&self, timer: &Timer) -> Result<bool>;
-    /// Timers due at `now`, earliest first.
+    /// Timers due at `now`, earliest first (leased or not: for monitoring).
     async fn due_timers(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Timer>>;
+    /// Leases up to `limit` timers due at `now` to `owner` until `until` and returns them,
+    /// earliest first: only timers nobody else holds an unexpired lease on, so concurrent callers
+    /// get disjoint sets.
+    async fn lease_due_timers(
+        &self,
+        now: OffsetDateTime,
+        owner: &str,
+        until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Timer>>;
     /// The earliest fire time of any armed timer.
     async fn next_fire_at(&self) -> Result<Option<OffsetDateTime>>;
     /// Claims (deletes) a timer; only one caller gets `true`.

@@ -24,6 +24,7 @@ pub async fn run_all(stores: &WorkflowStores) {
     timers_fire_once(stores).await;
     approvals_tally_and_close(stores).await;
     templates_round_trip_with_unique_names(stores).await;
+    leases_are_exclusive_until_they_expire(stores).await;
 }
 
 fn at(secs: i64) -> OffsetDateTime {
@@ -397,4 +398,47 @@ pub async fn templates_round_trip_with_unique_names(stores: &WorkflowStores) {
     store.delete_template(t.id).await.expect("delete");
     assert!(matches!(store.get_template(t.id).await, Err(Error::NotFound { .. })));
     assert!(matches!(store.delete_template(t.id).await, Err(Error::NotFound { .. })));
+}
+
+/// Execution and timer leases: one owner at a time, renewable by the holder, free for anyone
+/// once expired or released; leased timers are not handed to a second owner.
+pub async fn leases_are_exclusive_until_they_expire(s: &WorkflowStores) {
+    let w = workflow(OrgId::new());
+    s.workflows.create_workflow(&w).await.unwrap();
+    let e = execution(&w, "event:lease");
+    s.executions.create_execution(&e).await.unwrap();
+    let ex = &s.executions;
+    assert!(ex.lease_execution(e.id, "a", at(0), at(10)).await.unwrap(), "free: granted");
+    assert!(!ex.lease_execution(e.id, "b", at(5), at(15)).await.unwrap(), "held by a");
+    assert!(ex.lease_execution(e.id, "a", at(5), at(15)).await.unwrap(), "a renews");
+    assert!(!ex.lease_execution(e.id, "b", at(14), at(24)).await.unwrap(), "renewed: still a's");
+    assert!(ex.lease_execution(e.id, "b", at(16), at(26)).await.unwrap(), "expired: b takes over");
+    ex.release_execution(e.id, "a").await.unwrap(); // not a's any more: no effect
+    assert!(!ex.lease_execution(e.id, "c", at(17), at(27)).await.unwrap(), "b still holds it");
+    ex.release_execution(e.id, "b").await.unwrap();
+    assert!(ex.lease_execution(e.id, "c", at(17), at(27)).await.unwrap(), "released: free");
+
+    let wf = WorkflowId::new();
+    let timer = |n: i64| Timer {
+        id: TimerId::new(),
+        key: format!("lease:{wf}:{n}"),
+        execution_id: None,
+        workflow_id: wf,
+        fire_at: at(-1_000_000 + n),
+        payload: json!({"kind": "wait"}),
+    };
+    let (t1, t2) = (timer(1), timer(2));
+    s.timers.arm_timer(&t1).await.unwrap();
+    s.timers.arm_timer(&t2).await.unwrap();
+    let mine = |v: Vec<Timer>| -> Vec<TimerId> {
+        v.into_iter().filter(|t| t.workflow_id == wf).map(|t| t.id).collect()
+    };
+    let a = mine(s.timers.lease_due_timers(at(0), "a", at(10), 10_000).await.unwrap());
+    assert_eq!(a, vec![t1.id, t2.id], "due timers leased to a, earliest first");
+    let b = mine(s.timers.lease_due_timers(at(5), "b", at(15), 10_000).await.unwrap());
+    assert!(b.is_empty(), "leased to a: not handed to b");
+    assert!(s.timers.claim_timer(t1.id).await.unwrap());
+    let b = mine(s.timers.lease_due_timers(at(11), "b", at(21), 10_000).await.unwrap());
+    assert_eq!(b, vec![t2.id], "a's lease expired: b gets the timer a did not claim");
+    assert!(s.timers.claim_timer(t2.id).await.unwrap());
 }

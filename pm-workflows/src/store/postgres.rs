@@ -670,6 +670,40 @@ impl ExecutionStore for PostgresWorkflowStore {
         Ok(())
     }
 
+    async fn lease_execution(
+        &self,
+        id: ExecutionId,
+        owner: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE wf_executions SET lease_owner = $1, lease_until = $2 WHERE id = $3 \
+             AND (lease_owner IS NULL OR lease_owner = $1 OR lease_until < $4)",
+        )
+        .bind(owner)
+        .bind(until)
+        .bind(id.0)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(st)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_execution(&self, id: ExecutionId, owner: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE wf_executions SET lease_owner = NULL, lease_until = NULL \
+             WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id.0)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(st)?;
+        Ok(())
+    }
+
     async fn reset_failed_steps(&self, id: ExecutionId) -> Result<u64> {
         let done =
             sqlx::query("DELETE FROM wf_steps WHERE execution_id = $1 AND status = 'failed'")
@@ -698,6 +732,33 @@ impl TimerStore for PostgresWorkflowStore {
         .await
         .map_err(st)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn lease_due_timers(
+        &self,
+        now: OffsetDateTime,
+        owner: &str,
+        until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Timer>> {
+        // SKIP LOCKED: concurrent instances lease disjoint sets without waiting on each other.
+        let rows: Vec<TimerRow> = sqlx::query_as(
+            "UPDATE wf_timers SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
+             SELECT id FROM wf_timers WHERE fire_at <= $3 \
+             AND (lease_until IS NULL OR lease_until < $3 OR lease_owner = $1) \
+             ORDER BY fire_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, key, execution_id, workflow_id, fire_at, payload",
+        )
+        .bind(owner)
+        .bind(until)
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(st)?;
+        let mut timers: Vec<Timer> = rows.into_iter().map(Into::into).collect();
+        timers.sort_by(|a, b| (a.fire_at, a.id).cmp(&(b.fire_at, b.id)));
+        Ok(timers)
     }
 
     async fn due_timers(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Timer>> {

@@ -762,6 +762,41 @@ impl ExecutionStore for SqliteWorkflowStore {
         Ok(())
     }
 
+    async fn lease_execution(
+        &self,
+        id: ExecutionId,
+        owner: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE wf_executions SET lease_owner = ?, lease_until = ? WHERE id = ? \
+             AND (lease_owner IS NULL OR lease_owner = ? OR lease_until < ?)",
+        )
+        .bind(owner)
+        .bind(micros(until))
+        .bind(id_text(id.0))
+        .bind(owner)
+        .bind(micros(now))
+        .execute(&self.writer)
+        .await
+        .map_err(st)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_execution(&self, id: ExecutionId, owner: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE wf_executions SET lease_owner = NULL, lease_until = NULL \
+             WHERE id = ? AND lease_owner = ?",
+        )
+        .bind(id_text(id.0))
+        .bind(owner)
+        .execute(&self.writer)
+        .await
+        .map_err(st)?;
+        Ok(())
+    }
+
     async fn reset_failed_steps(&self, id: ExecutionId) -> Result<u64> {
         let done = sqlx::query("DELETE FROM wf_steps WHERE execution_id = ? AND status = 'failed'")
             .bind(id_text(id.0))
@@ -789,6 +824,36 @@ impl TimerStore for SqliteWorkflowStore {
         .await
         .map_err(st)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn lease_due_timers(
+        &self,
+        now: OffsetDateTime,
+        owner: &str,
+        until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Timer>> {
+        // One writer connection: the UPDATE … RETURNING is atomic against other callers.
+        let rows: Vec<TimerRow> = sqlx::query_as(
+            "UPDATE wf_timers SET lease_owner = ?, lease_until = ? WHERE id IN ( \
+             SELECT id FROM wf_timers WHERE fire_at <= ? \
+             AND (lease_until IS NULL OR lease_until < ? OR lease_owner = ?) \
+             ORDER BY fire_at, id LIMIT ?) \
+             RETURNING id, key, execution_id, workflow_id, fire_at, payload",
+        )
+        .bind(owner)
+        .bind(micros(until))
+        .bind(micros(now))
+        .bind(micros(now))
+        .bind(owner)
+        .bind(limit as i64)
+        .fetch_all(&self.writer)
+        .await
+        .map_err(st)?;
+        let mut timers: Vec<Timer> =
+            rows.into_iter().map(TryInto::try_into).collect::<Result<_>>()?;
+        timers.sort_by(|a, b| (a.fire_at, a.id).cmp(&(b.fire_at, b.id)));
+        Ok(timers)
     }
 
     async fn due_timers(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Timer>> {
