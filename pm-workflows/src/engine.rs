@@ -388,6 +388,22 @@ impl Engine {
     pub async fn reload(&self) -> Result<()> {
         let enabled = self.inner.stores.workflows.list_enabled().await?;
         let mut index = Index::default();
+        let now = pm_core::model::now();
+        // Many schedules share a pattern and zone: compute each distinct next fire once.
+        let schedules: Vec<(WorkflowId, crate::schedule::CronSchedule)> = enabled
+            .iter()
+            .filter_map(|w| match &w.definition.trigger {
+                Trigger::Schedule(s) => crate::schedule::CronSchedule::parse(&s.cron, &s.timezone)
+                    .ok()
+                    .map(|c| (w.id, c)),
+                _ => None,
+            })
+            .collect();
+        let next: HashMap<WorkflowId, Option<OffsetDateTime>> = schedules
+            .iter()
+            .map(|(id, _)| *id)
+            .zip(crate::schedule::next_fires(schedules.iter().map(|(_, c)| c), now))
+            .collect();
         for w in enabled {
             let compiled = match self.compiled_for(&w.definition, w.id, w.definition_version) {
                 Ok(c) => c,
@@ -396,8 +412,8 @@ impl Engine {
                     continue;
                 }
             };
-            if let Trigger::Schedule(s) = &w.definition.trigger {
-                self.arm_schedule(&w, s, pm_core::model::now()).await?;
+            if let Some(Some(at)) = next.get(&w.id) {
+                self.arm_schedule_at(&w, *at).await?;
             }
             index
                 .by_org
@@ -414,6 +430,11 @@ impl Engine {
     async fn arm_schedule(&self, w: &Workflow, s: &Schedule, after: OffsetDateTime) -> Result<()> {
         let cron = crate::schedule::CronSchedule::parse(&s.cron, &s.timezone)?;
         let Some(at) = cron.next_after(after) else { return Ok(()) };
+        self.arm_schedule_at(w, at).await
+    }
+
+    /// Arms a schedule's fire at `at` (idempotent: the key holds the time).
+    async fn arm_schedule_at(&self, w: &Workflow, at: OffsetDateTime) -> Result<()> {
         self.inner
             .stores
             .timers
