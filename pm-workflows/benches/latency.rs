@@ -165,6 +165,11 @@ async fn main() {
                 break;
             }
         }
+        // Let the execution record its end before the next change: measured is latency on an
+        // idle engine, not throughput (and pm-core's SQLite writer, a separate pool on the same
+        // file, can meet SQLITE_BUSY_SNAPSHOT when its read-then-write transaction races the
+        // engine's writes; see BENCHMARKS.md).
+        engine.wait_idle().await;
     }
     report("event -> action (update_task call -> notify port)", "ms", latencies);
 

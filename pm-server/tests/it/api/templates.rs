@@ -55,8 +55,8 @@ async fn task_templates_crud_and_instantiate() {
         (json!({"name": "T", "task": {"title": "{{ values.x"}}), "task.title"),
         (json!({"name": "", "task": {"title": "x"}}), "name"),
         (
-            json!({"name": "T", "task": {"title": "x"}, "workflows": [{"definition": {"schema_version": 2}}]}),
-            "workflows[0].definition.schema_version",
+            json!({"name": "T", "task": {"title": "x"}, "workflows": [{"definition": {"schema_version": 1, "name": "no trigger", "steps": []}}]}),
+            "workflows[0].definition.trigger",
         ),
         (
             json!({"name": "T", "project_id": uuid::Uuid::now_v7(), "task": {"title": "x"}}),
