@@ -757,7 +757,7 @@ impl TimerStore for PostgresWorkflowStore {
         .await
         .map_err(st)?;
         let mut timers: Vec<Timer> = rows.into_iter().map(Into::into).collect();
-        timers.sort_by(|a, b| (a.fire_at, a.id).cmp(&(b.fire_at, b.id)));
+        timers.sort_by_key(|t| (t.fire_at, t.id));
         Ok(timers)
     }
 

@@ -852,7 +852,7 @@ impl TimerStore for SqliteWorkflowStore {
         .map_err(st)?;
         let mut timers: Vec<Timer> =
             rows.into_iter().map(TryInto::try_into).collect::<Result<_>>()?;
-        timers.sort_by(|a, b| (a.fire_at, a.id).cmp(&(b.fire_at, b.id)));
+        timers.sort_by_key(|t| (t.fire_at, t.id));
         Ok(timers)
     }
 
