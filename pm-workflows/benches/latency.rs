@@ -151,12 +151,26 @@ async fn main() {
 
     // --- event → action ---------------------------------------------------------------------
     let mut latencies = Vec::with_capacity(events);
+    let mut busy_retries = 0u32;
     for i in 0..events {
         let title = format!("title {i}");
         let patch =
             TaskPatch { title: Some(TaskTitle::parse(&title).unwrap()), ..TaskPatch::default() };
         let started = Instant::now();
-        task = pm.update_task(&me, task.id, task.version, patch).await.unwrap();
+        // pm-core's SQLite store can answer "database is locked" when its transaction races the
+        // engine's writer (a separate pool on the same file); retried, and counted.
+        task = loop {
+            match pm.update_task(&me, task.id, task.version, patch.clone()).await {
+                Ok(t) => break t,
+                Err(pm_core::Error::Storage(e)) if busy_retries < 1000 => {
+                    busy_retries += 1;
+                    if busy_retries == 1 {
+                        println!("first busy error: {e}");
+                    }
+                }
+                Err(e) => panic!("update_task: {e}"),
+            }
+        };
         loop {
             let (message, at, _) =
                 tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
@@ -172,6 +186,7 @@ async fn main() {
         engine.wait_idle().await;
     }
     report("event -> action (update_task call -> notify port)", "ms", latencies);
+    println!("update_task retried after a busy database: {busy_retries} times");
 
     // --- schedule lateness ------------------------------------------------------------------
     for i in 0..20 {

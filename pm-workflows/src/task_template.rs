@@ -10,8 +10,8 @@
 //! pm-core's services and undoes what it created when a later part fails, so an instantiation is
 //! all or nothing.
 //!
-//! Texts (titles, descriptions, checklist items) are [`template`](crate::template)s rendered
-//! against `{project: {id, key, name}, parent: <task or null>, values: {...}, today}`; a
+//! Texts (titles, descriptions, checklist items) are text templates ([`crate::template`])
+//! rendered against `{project: {id, key, name}, parent: <task or null>, values: {...}, today}`; a
 //! `{{values.x}}` placeholder must be supplied by the caller (checked before anything is
 //! created). Workflow definitions are not rendered: their own `{{task.…}}` placeholders are
 //! evaluated when they run. pm-core has no checklist entity, so the checklist becomes a Markdown
