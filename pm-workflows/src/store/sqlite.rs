@@ -833,6 +833,21 @@ impl TimerStore for SqliteWorkflowStore {
         until: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<Timer>> {
+        // Polled every second: read first, so an idle engine does not take the write lock (a
+        // write there makes pm-core's transactions on the same file meet SQLITE_BUSY more often).
+        let any: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM wf_timers WHERE fire_at <= ? \
+             AND (lease_until IS NULL OR lease_until < ? OR lease_owner = ?) LIMIT 1",
+        )
+        .bind(micros(now))
+        .bind(micros(now))
+        .bind(owner)
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(st)?;
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
         // One writer connection: the UPDATE … RETURNING is atomic against other callers.
         let rows: Vec<TimerRow> = sqlx::query_as(
             "UPDATE wf_timers SET lease_owner = ?, lease_until = ? WHERE id IN ( \
