@@ -6,7 +6,8 @@
 //!   organization, none of which matches (the common case; ≥ 100,000 events/s per core);
 //! - `executions/sqlite` — durable executions on SQLite: start, run one action (a sandboxed
 //!   script), record the step, finish (≥ 1,000/s; n8n's anchor is 220/s on 2 vCPU);
-//! - `schedules/next_fire_100k` — next fire time of 100,000 cron schedules (≤ 100 ms).
+//! - `schedules/next_fire_100k` — next fire time of 100,000 cron schedules one by one, and
+//!   `schedules/next_fire_100k_batch` through `schedule::next_fires` (≤ 100 ms).
 //!
 //! Run: `cargo bench -p pm-workflows --bench engine` (numbers in BENCHMARKS.md).
 
@@ -153,6 +154,11 @@ fn schedules(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("next_fire_100k", |b| {
         b.iter(|| schedules.iter().filter_map(|s| s.next_after(now)).count())
+    });
+    // The same set through `next_fires` (what `Engine::reload` uses): 16 distinct
+    // (pattern, zone) pairs computed once each.
+    g.bench_function("next_fire_100k_batch", |b| {
+        b.iter(|| pm_workflows::schedule::next_fires(&schedules, now).into_iter().flatten().count())
     });
     g.finish();
 }

@@ -20,6 +20,12 @@
 //! "sent" and "recorded". Executions left `running` by a crash are resumed by
 //! [`Engine::resume`] at start. Retries back off exponentially up to the workflow's cap.
 //!
+//! **Several instances.** Engines on one database share the work through leases (owner +
+//! expiry, [`EngineConfig::lease`]): an execution is driven only by the engine holding its lease,
+//! renewed while it drives, and a due timer is applied only by the engine that leased it. An
+//! instance that dies stops renewing; after its leases expire the others' periodic `resume` and
+//! timer loop take over, continuing from the recorded steps (same idempotency keys).
+//!
 //! **Dry-run and replay.** [`Engine::dry_run`] walks a definition against a task or event and
 //! returns the plan without side effects or writes. [`Engine::replay`] walks a stored execution
 //! again from its stored context and recorded outputs and compares every decision.
@@ -51,6 +57,9 @@ use crate::store::*;
 use crate::template;
 use crate::{Error, Result};
 
+mod templates;
+pub use templates::{InstantiateRequest, Instantiated, MAX_VALUES};
+
 /// The consumer name under which the engine's cursor is saved in pm-core's event log.
 pub const CONSUMER: &str = "pm-workflows.engine";
 
@@ -67,6 +76,11 @@ pub struct EngineConfig {
     pub batch: u32,
     /// How often timers are polled when none is due sooner.
     pub timer_poll: Duration,
+    /// How long this engine's claim on driving an execution or applying a timer lasts without
+    /// renewal (renewed every third of it while driving). Another instance takes over an
+    /// execution whose owner died once its lease expired (`resume` runs every half lease), so a
+    /// restarted single instance also picks up what it was driving within about one lease.
+    pub lease: Duration,
 }
 
 impl Default for EngineConfig {
@@ -77,6 +91,7 @@ impl Default for EngineConfig {
             script_limits: ScriptLimits::default(),
             batch: 500,
             timer_poll: Duration::from_secs(1),
+            lease: Duration::from_secs(10),
         }
     }
 }
@@ -176,6 +191,8 @@ struct Inner {
     busy: AtomicUsize,
     idle: tokio::sync::Notify,
     wake_timers: tokio::sync::Notify,
+    /// This engine's lease owner id (unique per `Engine::new`).
+    owner: String,
 }
 
 /// The automation engine. Cheap to clone.
@@ -275,8 +292,14 @@ impl Engine {
                 busy: AtomicUsize::new(0),
                 idle: tokio::sync::Notify::new(),
                 wake_timers: tokio::sync::Notify::new(),
+                owner: format!("engine-{}", uuid::Uuid::now_v7()),
             }),
         }
+    }
+
+    /// The owner id this engine leases executions and timers under.
+    pub fn lease_owner(&self) -> &str {
+        &self.inner.owner
     }
 
     /// The stores.
@@ -365,6 +388,22 @@ impl Engine {
     pub async fn reload(&self) -> Result<()> {
         let enabled = self.inner.stores.workflows.list_enabled().await?;
         let mut index = Index::default();
+        let now = pm_core::model::now();
+        // Many schedules share a pattern and zone: compute each distinct next fire once.
+        let schedules: Vec<(WorkflowId, crate::schedule::CronSchedule)> = enabled
+            .iter()
+            .filter_map(|w| match &w.definition.trigger {
+                Trigger::Schedule(s) => crate::schedule::CronSchedule::parse(&s.cron, &s.timezone)
+                    .ok()
+                    .map(|c| (w.id, c)),
+                _ => None,
+            })
+            .collect();
+        let next: HashMap<WorkflowId, Option<OffsetDateTime>> = schedules
+            .iter()
+            .map(|(id, _)| *id)
+            .zip(crate::schedule::next_fires(schedules.iter().map(|(_, c)| c), now))
+            .collect();
         for w in enabled {
             let compiled = match self.compiled_for(&w.definition, w.id, w.definition_version) {
                 Ok(c) => c,
@@ -373,8 +412,8 @@ impl Engine {
                     continue;
                 }
             };
-            if let Trigger::Schedule(s) = &w.definition.trigger {
-                self.arm_schedule(&w, s, pm_core::model::now()).await?;
+            if let Some(Some(at)) = next.get(&w.id) {
+                self.arm_schedule_at(&w, *at).await?;
             }
             index
                 .by_org
@@ -391,6 +430,11 @@ impl Engine {
     async fn arm_schedule(&self, w: &Workflow, s: &Schedule, after: OffsetDateTime) -> Result<()> {
         let cron = crate::schedule::CronSchedule::parse(&s.cron, &s.timezone)?;
         let Some(at) = cron.next_after(after) else { return Ok(()) };
+        self.arm_schedule_at(w, at).await
+    }
+
+    /// Arms a schedule's fire at `at` (idempotent: the key holds the time).
+    async fn arm_schedule_at(&self, w: &Workflow, at: OffsetDateTime) -> Result<()> {
         self.inner
             .stores
             .timers
@@ -576,6 +620,17 @@ impl Engine {
             tracing::warn!(error = %e, "pm-workflows: resuming executions failed");
         }
         let timers = tokio::spawn(self.clone().run_timers());
+        // Take over executions whose owner (another instance, or this process before a crash)
+        // stopped renewing its lease.
+        let resumer = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(resumer.inner.config.lease / 2).await;
+                if let Err(e) = resumer.resume().await {
+                    tracing::warn!(error = %e, "pm-workflows: resuming executions failed");
+                }
+            }
+        });
         let log = self.inner.pm.stores().events.clone();
         loop {
             let start = match log.load_cursor(CONSUMER).await {
@@ -622,18 +677,25 @@ impl Engine {
     }
 
     /// Drives every execution left `running` (by a crash) again.
+    /// Executions another live instance holds the lease on are left to it (`drive` does not get
+    /// the lease); they are looked at again on the next call.
     pub async fn resume(&self) -> Result<usize> {
         let mut n = 0;
+        let mut seen = HashSet::new();
         loop {
             let running = self.inner.stores.executions.list_running(200).await?;
             let fresh: Vec<_> = {
                 let in_flight = self.inner.in_flight.lock().expect("in-flight lock");
-                running.into_iter().filter(|e| !in_flight.contains(&e.id)).collect()
+                running
+                    .into_iter()
+                    .filter(|e| !in_flight.contains(&e.id) && !seen.contains(&e.id))
+                    .collect()
             };
             if fresh.is_empty() {
                 return Ok(n);
             }
             for e in fresh {
+                seen.insert(e.id);
                 n += 1;
                 self.drive(e.id).await;
             }
@@ -924,9 +986,13 @@ impl Engine {
 
     async fn run_timers(self) {
         loop {
-            if let Err(e) = self.fire_due_timers().await {
-                tracing::warn!(error = %e, "pm-workflows: firing timers failed");
-            }
+            let fired = match self.fire_due_timers().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pm-workflows: firing timers failed");
+                    0
+                }
+            };
             let sleep = match self.inner.stores.timers.next_fire_at().await {
                 Ok(Some(at)) => {
                     let d = at - pm_core::model::now();
@@ -934,6 +1000,9 @@ impl Engine {
                 }
                 _ => self.inner.config.timer_poll,
             };
+            // A due timer another instance holds the lease on is not ours to fire: do not spin
+            // on it.
+            let sleep = if fired == 0 { sleep.max(Duration::from_millis(50)) } else { sleep };
             let _ = tokio::time::timeout(sleep, self.inner.wake_timers.notified()).await;
         }
     }
@@ -947,7 +1016,9 @@ impl Engine {
 
     /// [`Engine::fire_due_timers`] as if it were `now` (tests, and hosts catching up).
     pub async fn fire_due_timers_at(&self, now: OffsetDateTime) -> Result<usize> {
-        let due = self.inner.stores.timers.due_timers(now, 100).await?;
+        let until = now + self.inner.config.lease;
+        let due =
+            self.inner.stores.timers.lease_due_timers(now, &self.inner.owner, until, 100).await?;
         let mut fired = 0;
         for t in due {
             match t.payload.get("kind").and_then(Value::as_str) {
@@ -1021,12 +1092,53 @@ impl Engine {
     }
 
     /// Drives one execution as far as it goes (to the end, a wait, or an approval).
+    ///
+    /// Only under this engine's lease: another instance driving it (or one that died less than a
+    /// lease ago) keeps it. The lease is renewed while driving; if a renewal is refused (this
+    /// process stalled past its lease and another instance took over), driving stops at once —
+    /// the new owner continues from the recorded steps.
     async fn drive(&self, id: ExecutionId) {
         if !self.inner.in_flight.lock().expect("in-flight lock").insert(id) {
             return; // already being driven in this process
         }
-        if let Err(e) = self.drive_inner(id).await {
-            tracing::warn!(execution = %id, error = %e, "pm-workflows: driving an execution failed");
+        let lease = self.inner.config.lease;
+        let executions = &self.inner.stores.executions;
+        let owner = self.inner.owner.as_str();
+        let now = pm_core::model::now();
+        match executions.lease_execution(id, owner, now, now + lease).await {
+            Ok(true) => {
+                let renew = async {
+                    loop {
+                        tokio::time::sleep(lease / 3).await;
+                        let now = pm_core::model::now();
+                        match executions.lease_execution(id, owner, now, now + lease).await {
+                            Ok(true) => {}
+                            Ok(false) => return,
+                            // A database hiccup: keep driving; the next renewal tries again.
+                            Err(e) => {
+                                tracing::warn!(execution = %id, error = %e, "pm-workflows: renewing a lease failed")
+                            }
+                        }
+                    }
+                };
+                tokio::select! {
+                    outcome = self.drive_inner(id) => {
+                        if let Err(e) = outcome {
+                            tracing::warn!(execution = %id, error = %e, "pm-workflows: driving an execution failed");
+                        }
+                    }
+                    () = renew => {
+                        tracing::warn!(execution = %id, "pm-workflows: lost the lease on an execution; another instance continues it");
+                    }
+                }
+                if let Err(e) = executions.release_execution(id, owner).await {
+                    tracing::debug!(execution = %id, error = %e, "pm-workflows: releasing a lease failed (it expires)");
+                }
+            }
+            Ok(false) => {} // another instance drives it
+            Err(e) => {
+                tracing::warn!(execution = %id, error = %e, "pm-workflows: leasing an execution failed");
+            }
         }
         self.inner.in_flight.lock().expect("in-flight lock").remove(&id);
         self.inner.wake_timers.notify_one();
@@ -2033,15 +2145,24 @@ impl<'a> Run<'a> {
                 Ok(json!({"comment_id": c.id}))
             }
             Action::CreateTask(c) => {
-                let parent = self.current_task().await?;
-                let title = TaskTitle::parse(&format!("Follow-up of {}", parent.reference))?;
-                let mut input = pm_core::service::CreateTask::new(parent.project_id, title);
-                input.reporter = Some(parent.reporter);
-                if c.as_subtask {
-                    input.parent_id = Some(parent.id);
-                }
-                let t = inner.pm.create_task(&origin, input).await?;
-                Ok(json!({"task_id": t.id, "reference": t.reference}))
+                let source = self.current_task().await?;
+                let request = InstantiateRequest {
+                    template: TaskTemplateId(c.template),
+                    project: source.project_id,
+                    parent: c.as_subtask.then_some(source.id),
+                    values: Default::default(),
+                    reporter: Some(source.reporter),
+                    source_task: Some(source),
+                    idempotency_key: Some(key.to_string()),
+                };
+                let done = self.engine.instantiate(&origin, request).await?;
+                let root = &done.tasks[0];
+                Ok(json!({
+                    "task_id": root.id,
+                    "reference": root.reference,
+                    "tasks": done.tasks.iter().map(|t| t.id).collect::<Vec<_>>(),
+                    "workflows": done.workflows.iter().map(|w| w.id).collect::<Vec<_>>(),
+                }))
             }
             Action::Notify(n) => {
                 let notifier =

@@ -7,12 +7,15 @@
 //! - [`condition`]: CEL, compiled once ([`compiled::CompiledWorkflow`]), evaluated against a
 //!   [`Scope`](condition::Scope) built once per event; fail closed.
 //! - [`template`]: `{{ task.reference }}` text templates for comments, messages and e-mail.
+//! - [`task_template`]: task templates with their automation (task tree, checklist, assignee
+//!   rules, attached workflows); instantiated all-or-nothing by
+//!   [`Engine::instantiate`](engine::Engine::instantiate).
 //! - [`script`]: the rhai [`Sandbox`](script::Sandbox) — operation, call-depth, size and
 //!   wall-clock limits, no `import`/`eval`.
 //! - [`schedule`]: cron patterns in IANA time zones (croner).
 //! - [`store`]: the store traits (workflows and versions, executions and steps, timers,
-//!   approvals) with adapters `store::sqlite` and `store::postgres` behind the `sqlite`
-//!   (default) and `postgres` features; tables prefixed `wf_`, migrations tracked in
+//!   approvals, task templates) with adapters `store::sqlite` and `store::postgres` behind the
+//!   `sqlite` (default) and `postgres` features; tables prefixed `wf_`, migrations tracked in
 //!   `_pm_workflows_migrations`.
 //! - `testing` (feature `testing`): the store conformance suite.
 //!
@@ -30,6 +33,7 @@ pub mod ports;
 pub mod schedule;
 pub mod script;
 pub mod store;
+pub mod task_template;
 pub mod template;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -17,6 +17,8 @@ use crate::{Error, Result};
 pub struct CronSchedule {
     cron: croner::Cron,
     tz: chrono_tz::Tz,
+    /// The pattern as written, to recognise schedules that always fire together.
+    pattern: String,
 }
 
 impl CronSchedule {
@@ -27,7 +29,7 @@ impl CronSchedule {
             .map_err(|e| Error::invalid("trigger.cron", e.to_string()))?;
         let tz = chrono_tz::Tz::from_str(timezone)
             .map_err(|_| Error::invalid("trigger.timezone", "is not an IANA time zone"))?;
-        Ok(Self { cron, tz })
+        Ok(Self { cron, tz, pattern: pattern.trim().to_string() })
     }
 
     /// The first fire time strictly after `after`, if the pattern ever fires again.
@@ -37,6 +39,25 @@ impl CronSchedule {
         let next = self.cron.find_next_occurrence(&start, false).ok()?;
         OffsetDateTime::from_unix_timestamp(next.timestamp()).ok()
     }
+}
+
+/// Next fire times of many schedules after one instant (re-arming every schedule at start).
+///
+/// croner finds a fire time by walking the calendar field by field (≈ 1.5–2.5 µs a schedule,
+/// most of it in its bit tests), so 100,000 schedules cost ≈ 200 ms one by one. Schedules with
+/// the same pattern and time zone fire at the same instants, and real sets repeat a few
+/// patterns (`0 9 * * MON-FRI` in a handful of zones), so each distinct (pattern, zone) is
+/// computed once here.
+pub fn next_fires<'a>(
+    schedules: impl IntoIterator<Item = &'a CronSchedule>,
+    after: OffsetDateTime,
+) -> Vec<Option<OffsetDateTime>> {
+    let mut memo: std::collections::HashMap<(&str, chrono_tz::Tz), Option<OffsetDateTime>> =
+        std::collections::HashMap::new();
+    schedules
+        .into_iter()
+        .map(|s| *memo.entry((s.pattern.as_str(), s.tz)).or_insert_with(|| s.next_after(after)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -52,5 +73,20 @@ mod tests {
         assert_eq!(next, datetime!(2026-01-16 08:00 UTC));
         assert!(CronSchedule::parse("61 * * * *", "UTC").is_err());
         assert!(CronSchedule::parse("* * * * *", "Mars/Olympus").is_err());
+    }
+
+    #[test]
+    fn batches_match_one_by_one() {
+        let at = datetime!(2026-01-15 08:30:10 UTC);
+        let list: Vec<_> =
+            [("0 9 * * *", "Europe/Paris"), ("*/5 * * * *", "UTC"), ("0 9 * * *", "UTC")]
+                .iter()
+                .cycle()
+                .take(9)
+                .map(|(p, z)| CronSchedule::parse(p, z).unwrap())
+                .collect();
+        let one_by_one: Vec<_> = list.iter().map(|s| s.next_after(at)).collect();
+        assert_eq!(next_fires(&list, at), one_by_one);
+        assert_ne!(one_by_one[0], one_by_one[2], "same pattern, other zone: other instant");
     }
 }

@@ -5,7 +5,8 @@
 //! - [`ExecutionStore`]: executions and their steps (input, output, attempts, error) — the
 //!   durable state an engine resumes from after a crash;
 //! - [`TimerStore`]: durable timers (waits, approval timeouts), each fired by exactly one caller;
-//! - [`ApprovalStore`]: approvals and their decisions.
+//! - [`ApprovalStore`]: approvals and their decisions;
+//! - [`TemplateStore`]: task templates with their automation ([`TaskTemplate`]).
 //!
 //! Rules every adapter follows (the `pm_workflows::testing` suite checks them):
 //!
@@ -13,10 +14,13 @@
 //!   makes at-least-once reading of the event log start each execution once;
 //! - a step is keyed by (execution, key); `begin_step` counts attempts across restarts and
 //!   `finish_step` is final (a finished step is never begun again);
-//! - a timer is claimed (`claim_timer`) by at most one caller;
+//! - a timer is claimed (`claim_timer`) by at most one caller; a due timer and an execution are
+//!   leased (`lease_due_timers`, `lease_execution`) to at most one owner at a time until the
+//!   lease expires — this is what lets several engine instances share one database;
 //! - a user decides an approval at most once, and a decision on a closed approval is a
 //!   `Conflict`; the decision and the approval's new tallies commit together;
-//! - workflow updates are optimistic (`expected_version`), a mismatch is `Conflict`.
+//! - workflow and template updates are optimistic (`expected_version`), a mismatch is
+//!   `Conflict`; a template name is unique in its organization (`Conflict` otherwise).
 //!
 //! Built-in adapters: [`sqlite`] (feature `sqlite`) and [`postgres`] (feature `postgres`), tables
 //! prefixed `wf_` with their own migrations table `_pm_workflows_migrations`.
@@ -79,6 +83,36 @@ id_type!(
     /// Identifies a [`Timer`].
     TimerId
 );
+id_type!(
+    /// Identifies a [`TaskTemplate`].
+    TaskTemplateId
+);
+
+/// A task template: a task tree and the workflows that come with it (see
+/// [`task_template`](crate::task_template)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskTemplate {
+    /// Identity.
+    pub id: TaskTemplateId,
+    /// Owning organization.
+    pub org_id: OrgId,
+    /// Only instantiable into this project, when set.
+    pub project_id: Option<ProjectId>,
+    /// Name, 1–200 characters, unique in the organization.
+    pub name: String,
+    /// The document.
+    pub spec: crate::task_template::TemplateSpec,
+    /// Who created it.
+    pub created_by: Actor,
+    /// Optimistic-concurrency version (bumped by every change).
+    pub version: i64,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last change.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
 
 /// A workflow: who owns it, whether it runs, and its current definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -496,6 +530,17 @@ pub trait ExecutionStore: Send + Sync {
     ) -> Result<()>;
     /// Forgets failed steps so a retried execution attempts them again.
     async fn reset_failed_steps(&self, id: ExecutionId) -> Result<u64>;
+    /// Takes or renews the lease on driving an execution: granted to `owner` until `until` when
+    /// nobody else holds an unexpired lease (at `now`); returns whether it was granted.
+    async fn lease_execution(
+        &self,
+        id: ExecutionId,
+        owner: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool>;
+    /// Gives up `owner`'s lease on an execution (nothing happens if another owner holds it).
+    async fn release_execution(&self, id: ExecutionId, owner: &str) -> Result<()>;
 }
 
 /// Durable timers.
@@ -503,8 +548,18 @@ pub trait ExecutionStore: Send + Sync {
 pub trait TimerStore: Send + Sync {
     /// Arms a timer unless one with the same key exists; returns whether it was armed.
     async fn arm_timer(&self, timer: &Timer) -> Result<bool>;
-    /// Timers due at `now`, earliest first.
+    /// Timers due at `now`, earliest first (leased or not: for monitoring).
     async fn due_timers(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Timer>>;
+    /// Leases up to `limit` timers due at `now` to `owner` until `until` and returns them,
+    /// earliest first: only timers nobody else holds an unexpired lease on, so concurrent callers
+    /// get disjoint sets.
+    async fn lease_due_timers(
+        &self,
+        now: OffsetDateTime,
+        owner: &str,
+        until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Timer>>;
     /// The earliest fire time of any armed timer.
     async fn next_fire_at(&self) -> Result<Option<OffsetDateTime>>;
     /// Claims (deletes) a timer; only one caller gets `true`.
@@ -542,6 +597,26 @@ pub trait ApprovalStore: Send + Sync {
     async fn close_approval(&self, id: ApprovalId, status: ApprovalStatus) -> Result<bool>;
 }
 
+/// Task templates.
+#[async_trait]
+pub trait TemplateStore: Send + Sync {
+    /// Stores a new template; `Conflict` when its organization has one of the same name.
+    async fn create_template(&self, template: &TaskTemplate) -> Result<()>;
+    /// One template.
+    async fn get_template(&self, id: TaskTemplateId) -> Result<TaskTemplate>;
+    /// An organization's templates, by name.
+    async fn list_templates(&self, org: OrgId) -> Result<Vec<TaskTemplate>>;
+    /// Replaces name, project and document at `expected_version` (`version` + 1 on success);
+    /// `Conflict` on a stale version or a taken name.
+    async fn update_template(
+        &self,
+        template: &TaskTemplate,
+        expected_version: i64,
+    ) -> Result<TaskTemplate>;
+    /// Deletes a template.
+    async fn delete_template(&self, id: TaskTemplateId) -> Result<()>;
+}
+
 /// Schema management.
 #[async_trait]
 pub trait WorkflowAdmin: Send + Sync {
@@ -562,6 +637,8 @@ pub struct WorkflowStores {
     pub timers: Arc<dyn TimerStore>,
     /// Approvals.
     pub approvals: Arc<dyn ApprovalStore>,
+    /// Task templates.
+    pub templates: Arc<dyn TemplateStore>,
     /// Migrations.
     pub admin: Arc<dyn WorkflowAdmin>,
 }
@@ -576,13 +653,20 @@ impl WorkflowStores {
     /// Bundles one adapter that implements every trait.
     pub fn from_adapter<S>(s: Arc<S>) -> Self
     where
-        S: WorkflowStore + ExecutionStore + TimerStore + ApprovalStore + WorkflowAdmin + 'static,
+        S: WorkflowStore
+            + ExecutionStore
+            + TimerStore
+            + ApprovalStore
+            + TemplateStore
+            + WorkflowAdmin
+            + 'static,
     {
         Self {
             workflows: s.clone(),
             executions: s.clone(),
             timers: s.clone(),
             approvals: s.clone(),
+            templates: s.clone(),
             admin: s,
         }
     }

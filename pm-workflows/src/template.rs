@@ -24,6 +24,19 @@ pub fn check(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The dotted paths a (checked) template refers to, in order.
+pub fn paths(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        out.push(after[..end].trim());
+        rest = &after[end + 2..];
+    }
+    out
+}
+
 /// Looks up a dotted path (`task.assignees.0`) in a JSON value.
 pub fn lookup<'a>(ctx: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(ctx, |v, seg| match v {
@@ -84,5 +97,6 @@ mod tests {
         assert!(check("hi {{ task.title").is_err());
         assert!(check("hi {{ }}").is_err());
         assert!(check("hi {{ a b }}").is_err());
+        assert_eq!(paths("{{ values.name }} and {{project.key}}"), ["values.name", "project.key"]);
     }
 }

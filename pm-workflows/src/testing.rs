@@ -23,6 +23,8 @@ pub async fn run_all(stores: &WorkflowStores) {
     status_changes_are_guarded(stores).await;
     timers_fire_once(stores).await;
     approvals_tally_and_close(stores).await;
+    templates_round_trip_with_unique_names(stores).await;
+    leases_are_exclusive_until_they_expire(stores).await;
 }
 
 fn at(secs: i64) -> OffsetDateTime {
@@ -332,4 +334,111 @@ pub async fn approvals_tally_and_close(s: &WorkflowStores) {
         s.approvals.get_approval(ApprovalId::new()).await,
         Err(Error::NotFound { .. })
     ));
+}
+
+/// Task templates: the document round-trips (with its attached workflow definition), names are
+/// unique per organization (not across), updates are optimistic, delete removes.
+pub async fn templates_round_trip_with_unique_names(stores: &WorkflowStores) {
+    let store = &stores.templates;
+    let org = OrgId::new();
+    let spec = crate::task_template::TemplateSpec::from_value(
+        &json!({
+            "task": {"title": "Onboard {{values.name}} «ü»", "priority": "high",
+                     "checklist": ["Laptop"], "assignee": "instantiator",
+                     "subtasks": [{"title": "Accounts", "assignee": {"users": [UserId::new()]}}]},
+            "workflows": [{"scope": "task", "definition": {
+                "schema_version": 1, "name": "w", "trigger": {"type": "task_updated"},
+                "steps": [{"type": "action", "action": {"type": "comment", "body": "x"}}]}}]
+        }),
+        &crate::Limits::default(),
+    )
+    .expect("valid template");
+    let t = TaskTemplate {
+        id: TaskTemplateId::new(),
+        org_id: org,
+        project_id: None,
+        name: "Onboarding".into(),
+        spec,
+        created_by: Actor::User(UserId::new()),
+        version: 1,
+        created_at: at(0),
+        updated_at: at(0),
+    };
+    store.create_template(&t).await.expect("create template");
+    assert_eq!(store.get_template(t.id).await.expect("get template"), t);
+    let twin = TaskTemplate { id: TaskTemplateId::new(), ..t.clone() };
+    assert!(
+        matches!(store.create_template(&twin).await, Err(Error::Conflict(_))),
+        "a name is unique in its organization"
+    );
+    let elsewhere = TaskTemplate { id: TaskTemplateId::new(), org_id: OrgId::new(), ..t.clone() };
+    store.create_template(&elsewhere).await.expect("same name, other organization");
+    let second = TaskTemplate { id: TaskTemplateId::new(), name: "Alpha".into(), ..t.clone() };
+    store.create_template(&second).await.expect("second template");
+    let names: Vec<_> =
+        store.list_templates(org).await.expect("list").into_iter().map(|t| t.name).collect();
+    assert_eq!(names, ["Alpha", "Onboarding"], "listed by name, this organization only");
+
+    let renamed = TaskTemplate { name: "Onboarding v2".into(), updated_at: at(5), ..t.clone() };
+    let updated = store.update_template(&renamed, 1).await.expect("update");
+    assert_eq!(
+        (updated.version, updated.name.as_str(), updated.updated_at),
+        (2, "Onboarding v2", at(5))
+    );
+    assert!(matches!(store.update_template(&renamed, 1).await, Err(Error::Conflict(_))), "stale");
+    let clash = TaskTemplate { name: "Alpha".into(), ..updated.clone() };
+    assert!(
+        matches!(store.update_template(&clash, 2).await, Err(Error::Conflict(_))),
+        "name taken"
+    );
+    assert_eq!(store.get_template(t.id).await.expect("unchanged").version, 2);
+    let gone = TaskTemplate { id: TaskTemplateId::new(), ..t.clone() };
+    assert!(matches!(store.update_template(&gone, 1).await, Err(Error::NotFound { .. })));
+
+    store.delete_template(t.id).await.expect("delete");
+    assert!(matches!(store.get_template(t.id).await, Err(Error::NotFound { .. })));
+    assert!(matches!(store.delete_template(t.id).await, Err(Error::NotFound { .. })));
+}
+
+/// Execution and timer leases: one owner at a time, renewable by the holder, free for anyone
+/// once expired or released; leased timers are not handed to a second owner.
+pub async fn leases_are_exclusive_until_they_expire(s: &WorkflowStores) {
+    let w = workflow(OrgId::new());
+    s.workflows.create_workflow(&w).await.unwrap();
+    let e = execution(&w, "event:lease");
+    s.executions.create_execution(&e).await.unwrap();
+    let ex = &s.executions;
+    assert!(ex.lease_execution(e.id, "a", at(0), at(10)).await.unwrap(), "free: granted");
+    assert!(!ex.lease_execution(e.id, "b", at(5), at(15)).await.unwrap(), "held by a");
+    assert!(ex.lease_execution(e.id, "a", at(5), at(15)).await.unwrap(), "a renews");
+    assert!(!ex.lease_execution(e.id, "b", at(14), at(24)).await.unwrap(), "renewed: still a's");
+    assert!(ex.lease_execution(e.id, "b", at(16), at(26)).await.unwrap(), "expired: b takes over");
+    ex.release_execution(e.id, "a").await.unwrap(); // not a's any more: no effect
+    assert!(!ex.lease_execution(e.id, "c", at(17), at(27)).await.unwrap(), "b still holds it");
+    ex.release_execution(e.id, "b").await.unwrap();
+    assert!(ex.lease_execution(e.id, "c", at(17), at(27)).await.unwrap(), "released: free");
+
+    let wf = WorkflowId::new();
+    let timer = |n: i64| Timer {
+        id: TimerId::new(),
+        key: format!("lease:{wf}:{n}"),
+        execution_id: None,
+        workflow_id: wf,
+        fire_at: at(-1_000_000 + n),
+        payload: json!({"kind": "wait"}),
+    };
+    let (t1, t2) = (timer(1), timer(2));
+    s.timers.arm_timer(&t1).await.unwrap();
+    s.timers.arm_timer(&t2).await.unwrap();
+    let mine = |v: Vec<Timer>| -> Vec<TimerId> {
+        v.into_iter().filter(|t| t.workflow_id == wf).map(|t| t.id).collect()
+    };
+    let a = mine(s.timers.lease_due_timers(at(0), "a", at(10), 10_000).await.unwrap());
+    assert_eq!(a, vec![t1.id, t2.id], "due timers leased to a, earliest first");
+    let b = mine(s.timers.lease_due_timers(at(5), "b", at(15), 10_000).await.unwrap());
+    assert!(b.is_empty(), "leased to a: not handed to b");
+    assert!(s.timers.claim_timer(t1.id).await.unwrap());
+    let b = mine(s.timers.lease_due_timers(at(11), "b", at(21), 10_000).await.unwrap());
+    assert_eq!(b, vec![t2.id], "a's lease expired: b gets the timer a did not claim");
+    assert!(s.timers.claim_timer(t2.id).await.unwrap());
 }

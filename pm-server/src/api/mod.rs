@@ -27,6 +27,7 @@ pub mod push;
 pub mod realtime;
 pub mod sync;
 pub mod task_links;
+pub mod task_templates;
 pub mod tasks;
 pub mod workflows;
 pub mod worklog;
@@ -50,7 +51,7 @@ pub mod worklog;
         (name = "realtime", description = "The realtime WebSocket (protocol: docs/realtime-protocol.md)"),
         (name = "notifications", description = "The caller's notifications"),
         (name = "integrations", description = "Provider integrations, inbound webhooks, outbound webhook subscriptions"),
-        (name = "workflows", description = "Automation: workflows, executions, approvals, templates, webhooks"),
+        (name = "workflows", description = "Automation: workflows, executions, approvals, task templates, webhooks"),
         (name = "push", description = "Web Push: the VAPID key and the caller's push subscriptions"),
         (name = "sync", description = "Offline sync for the PWA: op batches and the delta feed (protocol: docs/sync-protocol.md)"),
     )
@@ -153,6 +154,7 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
         .merge(notifications::router())
         .merge(integrations::router())
         .merge(workflows::router())
+        .merge(task_templates::router())
         .merge(sync::router())
         .merge(push::router())
         .merge(crate::collab::router());

@@ -10,8 +10,9 @@
 //! - with the SMTP server down, the e-mail step is retried on its schedule and the mail is
 //!   delivered, once, when the server is back (issue 9's SMTP drill).
 //!
-//! The escalation branch (approval timeout) is covered by pm-workflows' engine tests, which can
-//! move the timer clock; a server process cannot be fast-forwarded by an hour.
+//! - the same approval left undecided times out after its one minute and escalates: priority
+//!   raised, task reassigned to a manager, a comment, and the manager e-mailed through the SMTP
+//!   process (the server's clock is real, so this test takes a little over a minute).
 //!
 //! Skipped (with a note) when `python3` with `smtpd` is not available.
 
@@ -157,9 +158,11 @@ impl Client {
         (status, body)
     }
 
+    /// `call`, asserting the status. The panic names the call (an `async fn` cannot be
+    /// `#[track_caller]`, so the location alone would always be this line).
     async fn ok(&self, method: Method, path: &str, body: Option<Value>, want: u16) -> Value {
-        let (status, body) = self.call(method, path, body).await;
-        assert_eq!(status, want, "{path}: {body}");
+        let (status, body) = self.call(method.clone(), path, body).await;
+        assert_eq!(status, want, "{method} {path} answered {status}, wanted {want}: {body}");
         body
     }
 }
@@ -278,7 +281,9 @@ async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) ->
         if let Some(v) = probe().await {
             return v;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        // 60 s: after a SIGKILL the restarted server takes over the dead process's executions
+        // once their lease (10 s) has expired.
+        assert!(started.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -401,6 +406,102 @@ async fn review_needs_two_of_three_managers_then_done_and_the_reporter_is_mailed
         )
         .await;
     assert_eq!(replay["identical"], true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(smtp.messages().len(), 1, "exactly one e-mail");
+}
+
+/// The escalation branch for real: nobody decides within the approval's one-minute timeout, so
+/// the server's timer fires and `on_timeout` runs — the task is raised to urgent, reassigned to
+/// the first project manager, commented on, and that manager is e-mailed through the SMTP
+/// process. Takes a little over a minute (the server's clock is not moved).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_nobody_decides_times_out_and_escalates() {
+    if !python_smtpd_available() {
+        return skip("an_approval_nobody_decides_times_out", "python3 with smtpd is not available");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(dir.path());
+    let server = Pm::start(&dir.path().join("pm.db"), smtp.port).await;
+    let w = world(&server.base).await;
+    let a = &w.ada.1;
+    let manager = &w.pms[0].0;
+    let definition = json!({
+        "schema_version": 1,
+        "name": "Review needs two of three project managers, escalated after a minute",
+        "trigger": {"type": "state_changed", "to": w.review},
+        "steps": [{
+            "type": "approval",
+            "stages": [{"approvers": {"role": "project_manager"}, "quorum": {"count": 2}}],
+            "timeout_minutes": 1,
+            "on_approved": [
+                {"type": "action", "action": {"type": "transition", "to_state": w.done}}
+            ],
+            "on_timeout": [
+                {"type": "action", "action": {"type": "set_fields", "fields": {"priority": "urgent"}}},
+                {"type": "action", "action": {"type": "assign", "users": [manager], "mode": "replace"}},
+                {"type": "action", "action": {"type": "comment", "body": "Review of {{task.reference}} timed out: escalated"}},
+                {"type": "action", "action": {"type": "email", "to": [{"user": manager}],
+                    "subject": "Escalated: {{task.reference}}", "body": "Nobody reviewed {{task.title}} in time."}}
+            ]
+        }]
+    });
+    a.ok(
+        Method::POST,
+        &format!("/orgs/{}/workflows", w.org),
+        Some(json!({"definition": definition})),
+        201,
+    )
+    .await;
+    move_task(a, &w.task, &w.review).await;
+    let approval = eventually("the approval request", async || {
+        let list = a.ok(Method::GET, &format!("/orgs/{}/approvals", w.org), None, 200).await;
+        list.as_array().unwrap().first().cloned()
+    })
+    .await;
+    let requested = Instant::now();
+    // One approval is not the quorum: the stage still times out.
+    let decide = format!("/approvals/{}/decision", approval["id"].as_str().unwrap());
+    w.pms[1].1.ok(Method::POST, &decide, Some(json!({"approve": true})), 200).await;
+
+    // The escalation e-mail through the real SMTP server (allow the minute plus slack).
+    let started = Instant::now();
+    let mail = loop {
+        if let Some(m) = smtp.messages().first().cloned() {
+            break m;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no escalation e-mail after 2 min");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(requested.elapsed() >= Duration::from_secs(50), "escalated before the timeout");
+    let task = a.ok(Method::GET, &format!("/tasks/{}", w.task), None, 200).await;
+    let reference = task["reference"].as_str().unwrap();
+    assert_eq!(mail["to"], json!(["pm1@example.com"]));
+    assert_eq!(mail["subject"], json!(format!("Escalated: {reference}")));
+    assert_eq!(task["priority"], "urgent");
+    assert_eq!(task["assignees"], json!([manager]));
+    assert_eq!(task["state_id"], json!(w.review), "not approved, so not moved on");
+    let comments = a.ok(Method::GET, &format!("/tasks/{}/comments", w.task), None, 200).await;
+    assert!(
+        comments
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["body"] == json!(format!("Review of {reference} timed out: escalated"))),
+        "{comments}"
+    );
+    let approvals =
+        a.ok(Method::GET, &format!("/orgs/{}/approvals?pending=false", w.org), None, 200).await;
+    assert_eq!(approvals[0]["status"], "timed_out");
+    // Too late to decide now.
+    let (status, _) = w.pms[2].1.call(Method::POST, &decide, Some(json!({"approve": true}))).await;
+    assert_eq!(status, 409);
+    let execution = eventually("the execution to finish", async || {
+        let list = a.ok(Method::GET, &format!("/orgs/{}/executions", w.org), None, 200).await;
+        let e = list.as_array().unwrap()[0].clone();
+        (e["status"] != "running").then_some(e)
+    })
+    .await;
+    assert_eq!(execution["status"], "succeeded", "{execution}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(smtp.messages().len(), 1, "exactly one e-mail");
 }

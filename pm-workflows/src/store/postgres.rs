@@ -670,6 +670,40 @@ impl ExecutionStore for PostgresWorkflowStore {
         Ok(())
     }
 
+    async fn lease_execution(
+        &self,
+        id: ExecutionId,
+        owner: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE wf_executions SET lease_owner = $1, lease_until = $2 WHERE id = $3 \
+             AND (lease_owner IS NULL OR lease_owner = $1 OR lease_until < $4)",
+        )
+        .bind(owner)
+        .bind(until)
+        .bind(id.0)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(st)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_execution(&self, id: ExecutionId, owner: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE wf_executions SET lease_owner = NULL, lease_until = NULL \
+             WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id.0)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(st)?;
+        Ok(())
+    }
+
     async fn reset_failed_steps(&self, id: ExecutionId) -> Result<u64> {
         let done =
             sqlx::query("DELETE FROM wf_steps WHERE execution_id = $1 AND status = 'failed'")
@@ -698,6 +732,33 @@ impl TimerStore for PostgresWorkflowStore {
         .await
         .map_err(st)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn lease_due_timers(
+        &self,
+        now: OffsetDateTime,
+        owner: &str,
+        until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Timer>> {
+        // SKIP LOCKED: concurrent instances lease disjoint sets without waiting on each other.
+        let rows: Vec<TimerRow> = sqlx::query_as(
+            "UPDATE wf_timers SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
+             SELECT id FROM wf_timers WHERE fire_at <= $3 \
+             AND (lease_until IS NULL OR lease_until < $3 OR lease_owner = $1) \
+             ORDER BY fire_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, key, execution_id, workflow_id, fire_at, payload",
+        )
+        .bind(owner)
+        .bind(until)
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(st)?;
+        let mut timers: Vec<Timer> = rows.into_iter().map(Into::into).collect();
+        timers.sort_by_key(|t| (t.fire_at, t.id));
+        Ok(timers)
     }
 
     async fn due_timers(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Timer>> {
@@ -892,5 +953,139 @@ impl WorkflowAdmin for PostgresWorkflowStore {
 
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct TemplateRow {
+    id: Uuid,
+    org_id: Uuid,
+    project_id: Option<Uuid>,
+    name: String,
+    spec: Value,
+    created_by_type: String,
+    created_by_id: Option<Uuid>,
+    version: i64,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+}
+
+impl TryFrom<TemplateRow> for TaskTemplate {
+    type Error = Error;
+    fn try_from(r: TemplateRow) -> Result<Self> {
+        Ok(TaskTemplate {
+            id: TaskTemplateId(r.id),
+            org_id: r.org_id.into(),
+            project_id: r.project_id.map(Into::into),
+            name: r.name,
+            spec: serde_json::from_value(r.spec).map_err(|e| corrupt("template", e))?,
+            created_by: Actor::from_parts(&r.created_by_type, r.created_by_id)
+                .map_err(|e| corrupt("actor", e))?,
+            version: r.version,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+macro_rules! template_select {
+    () => {
+        "SELECT id, org_id, project_id, name, spec, created_by_type, created_by_id, version, \
+         created_at, updated_at FROM wf_task_templates"
+    };
+}
+
+fn template_conflict(e: sqlx::Error) -> Error {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            Error::Conflict("the organization already has a template with this name".into())
+        }
+        _ => st(e),
+    }
+}
+
+#[async_trait]
+impl TemplateStore for PostgresWorkflowStore {
+    async fn create_template(&self, t: &TaskTemplate) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO wf_task_templates (id, org_id, project_id, name, spec, created_by_type, \
+             created_by_id, version, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(t.id.0)
+        .bind(t.org_id.0)
+        .bind(t.project_id.map(|p| p.0))
+        .bind(&t.name)
+        .bind(to_json(&t.spec))
+        .bind(t.created_by.kind())
+        .bind(t.created_by.id())
+        .bind(t.version)
+        .bind(t.created_at)
+        .bind(t.updated_at)
+        .execute(&self.pool)
+        .await
+        .map_err(template_conflict)?;
+        Ok(())
+    }
+
+    async fn get_template(&self, id: TaskTemplateId) -> Result<TaskTemplate> {
+        let row: Option<TemplateRow> =
+            sqlx::query_as(concat!(template_select!(), " WHERE id = $1"))
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(st)?;
+        row.ok_or_else(|| Error::not_found("task template"))?.try_into()
+    }
+
+    async fn list_templates(&self, org: OrgId) -> Result<Vec<TaskTemplate>> {
+        let rows: Vec<TemplateRow> =
+            sqlx::query_as(concat!(template_select!(), " WHERE org_id = $1 ORDER BY name, id"))
+                .bind(org.0)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(st)?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    async fn update_template(
+        &self,
+        t: &TaskTemplate,
+        expected_version: i64,
+    ) -> Result<TaskTemplate> {
+        let row: Option<TemplateRow> = sqlx::query_as(
+            "UPDATE wf_task_templates SET project_id = $1, name = $2, spec = $3, \
+             version = version + 1, updated_at = $4 WHERE id = $5 AND version = $6 \
+             RETURNING id, org_id, project_id, name, spec, created_by_type, created_by_id, \
+             version, created_at, updated_at",
+        )
+        .bind(t.project_id.map(|p| p.0))
+        .bind(&t.name)
+        .bind(to_json(&t.spec))
+        .bind(t.updated_at)
+        .bind(t.id.0)
+        .bind(expected_version)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(template_conflict)?;
+        match row {
+            Some(r) => r.try_into(),
+            None => {
+                self.get_template(t.id).await?;
+                Err(stale("task template"))
+            }
+        }
+    }
+
+    async fn delete_template(&self, id: TaskTemplateId) -> Result<()> {
+        let done = sqlx::query("DELETE FROM wf_task_templates WHERE id = $1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(st)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("task template"));
+        }
+        Ok(())
     }
 }

@@ -762,6 +762,41 @@ impl ExecutionStore for SqliteWorkflowStore {
         Ok(())
     }
 
+    async fn lease_execution(
+        &self,
+        id: ExecutionId,
+        owner: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE wf_executions SET lease_owner = ?, lease_until = ? WHERE id = ? \
+             AND (lease_owner IS NULL OR lease_owner = ? OR lease_until < ?)",
+        )
+        .bind(owner)
+        .bind(micros(until))
+        .bind(id_text(id.0))
+        .bind(owner)
+        .bind(micros(now))
+        .execute(&self.writer)
+        .await
+        .map_err(st)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_execution(&self, id: ExecutionId, owner: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE wf_executions SET lease_owner = NULL, lease_until = NULL \
+             WHERE id = ? AND lease_owner = ?",
+        )
+        .bind(id_text(id.0))
+        .bind(owner)
+        .execute(&self.writer)
+        .await
+        .map_err(st)?;
+        Ok(())
+    }
+
     async fn reset_failed_steps(&self, id: ExecutionId) -> Result<u64> {
         let done = sqlx::query("DELETE FROM wf_steps WHERE execution_id = ? AND status = 'failed'")
             .bind(id_text(id.0))
@@ -789,6 +824,51 @@ impl TimerStore for SqliteWorkflowStore {
         .await
         .map_err(st)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn lease_due_timers(
+        &self,
+        now: OffsetDateTime,
+        owner: &str,
+        until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Timer>> {
+        // Polled every second: read first, so an idle engine does not take the write lock (a
+        // write there makes pm-core's transactions on the same file meet SQLITE_BUSY more often).
+        let any: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM wf_timers WHERE fire_at <= ? \
+             AND (lease_until IS NULL OR lease_until < ? OR lease_owner = ?) LIMIT 1",
+        )
+        .bind(micros(now))
+        .bind(micros(now))
+        .bind(owner)
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(st)?;
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
+        // One writer connection: the UPDATE … RETURNING is atomic against other callers.
+        let rows: Vec<TimerRow> = sqlx::query_as(
+            "UPDATE wf_timers SET lease_owner = ?, lease_until = ? WHERE id IN ( \
+             SELECT id FROM wf_timers WHERE fire_at <= ? \
+             AND (lease_until IS NULL OR lease_until < ? OR lease_owner = ?) \
+             ORDER BY fire_at, id LIMIT ?) \
+             RETURNING id, key, execution_id, workflow_id, fire_at, payload",
+        )
+        .bind(owner)
+        .bind(micros(until))
+        .bind(micros(now))
+        .bind(micros(now))
+        .bind(owner)
+        .bind(limit as i64)
+        .fetch_all(&self.writer)
+        .await
+        .map_err(st)?;
+        let mut timers: Vec<Timer> =
+            rows.into_iter().map(TryInto::try_into).collect::<Result<_>>()?;
+        timers.sort_by_key(|t| (t.fire_at, t.id));
+        Ok(timers)
     }
 
     async fn due_timers(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Timer>> {
@@ -983,5 +1063,140 @@ impl WorkflowAdmin for SqliteWorkflowStore {
 
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct TemplateRow {
+    id: String,
+    org_id: String,
+    project_id: Option<String>,
+    name: String,
+    spec: String,
+    created_by_type: String,
+    created_by_id: Option<String>,
+    version: i64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<TemplateRow> for TaskTemplate {
+    type Error = Error;
+    fn try_from(r: TemplateRow) -> Result<Self> {
+        let by: Option<Uuid> = parse_opt(r.created_by_id.as_deref())?;
+        Ok(TaskTemplate {
+            id: TaskTemplateId(parse_id(&r.id)?),
+            org_id: parse_id(&r.org_id)?,
+            project_id: parse_opt(r.project_id.as_deref())?,
+            name: r.name,
+            spec: serde_json::from_str(&r.spec).map_err(|e| corrupt("template", e))?,
+            created_by: Actor::from_parts(&r.created_by_type, by)
+                .map_err(|e| corrupt("actor", e))?,
+            version: r.version,
+            created_at: from_micros(r.created_at)?,
+            updated_at: from_micros(r.updated_at)?,
+        })
+    }
+}
+
+macro_rules! template_select {
+    () => {
+        "SELECT id, org_id, project_id, name, spec, created_by_type, created_by_id, version, \
+         created_at, updated_at FROM wf_task_templates"
+    };
+}
+
+fn template_conflict(e: sqlx::Error) -> Error {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            Error::Conflict("the organization already has a template with this name".into())
+        }
+        _ => st(e),
+    }
+}
+
+impl SqliteWorkflowStore {
+    async fn get_template_on(&self, pool: &SqlitePool, id: TaskTemplateId) -> Result<TaskTemplate> {
+        let row: Option<TemplateRow> = sqlx::query_as(concat!(template_select!(), " WHERE id = ?"))
+            .bind(id_text(id.0))
+            .fetch_optional(pool)
+            .await
+            .map_err(st)?;
+        row.ok_or_else(|| Error::not_found("task template"))?.try_into()
+    }
+}
+
+#[async_trait]
+impl TemplateStore for SqliteWorkflowStore {
+    async fn create_template(&self, t: &TaskTemplate) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO wf_task_templates (id, org_id, project_id, name, spec, created_by_type, \
+             created_by_id, version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id_text(t.id.0))
+        .bind(id_text(t.org_id))
+        .bind(t.project_id.map(id_text))
+        .bind(&t.name)
+        .bind(json_text(&t.spec))
+        .bind(t.created_by.kind())
+        .bind(t.created_by.id().map(id_text))
+        .bind(t.version)
+        .bind(micros(t.created_at))
+        .bind(micros(t.updated_at))
+        .execute(&self.writer)
+        .await
+        .map_err(template_conflict)?;
+        Ok(())
+    }
+
+    async fn get_template(&self, id: TaskTemplateId) -> Result<TaskTemplate> {
+        self.get_template_on(&self.reader, id).await
+    }
+
+    async fn list_templates(&self, org: OrgId) -> Result<Vec<TaskTemplate>> {
+        let rows: Vec<TemplateRow> =
+            sqlx::query_as(concat!(template_select!(), " WHERE org_id = ? ORDER BY name, id"))
+                .bind(id_text(org))
+                .fetch_all(&self.reader)
+                .await
+                .map_err(st)?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    async fn update_template(
+        &self,
+        t: &TaskTemplate,
+        expected_version: i64,
+    ) -> Result<TaskTemplate> {
+        let done = sqlx::query(
+            "UPDATE wf_task_templates SET project_id = ?, name = ?, spec = ?, \
+             version = version + 1, updated_at = ? WHERE id = ? AND version = ?",
+        )
+        .bind(t.project_id.map(id_text))
+        .bind(&t.name)
+        .bind(json_text(&t.spec))
+        .bind(micros(t.updated_at))
+        .bind(id_text(t.id.0))
+        .bind(expected_version)
+        .execute(&self.writer)
+        .await
+        .map_err(template_conflict)?;
+        if done.rows_affected() == 0 {
+            self.get_template_on(&self.writer, t.id).await?;
+            return Err(stale("task template"));
+        }
+        self.get_template_on(&self.writer, t.id).await
+    }
+
+    async fn delete_template(&self, id: TaskTemplateId) -> Result<()> {
+        let done = sqlx::query("DELETE FROM wf_task_templates WHERE id = ?")
+            .bind(id_text(id.0))
+            .execute(&self.writer)
+            .await
+            .map_err(st)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("task template"));
+        }
+        Ok(())
     }
 }

@@ -3,5 +3,7 @@
 
 mod definitions;
 mod engine;
+mod leases;
 mod scripts;
 mod stores;
+mod templates;

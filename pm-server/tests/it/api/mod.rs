@@ -12,6 +12,7 @@ mod openapi;
 mod push;
 mod resources;
 mod sync;
+mod templates;
 
 use std::sync::{Arc, OnceLock};
 
