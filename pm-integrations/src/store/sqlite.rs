@@ -581,7 +581,10 @@ impl IntegrationStore for SqliteIntegrationStore {
         patch: &IntegrationPatch,
         at: OffsetDateTime,
     ) -> Result<Integration> {
-        let mut tx = self.writer.begin().await.map_err(st)?;
+        // IMMEDIATE: take the write lock up front (waiting up to the busy timeout); a deferred
+        // transaction that read first fails at once when another writer on the file (pm-core's,
+        // another crate's, another process's) committed meanwhile.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
         let row: Option<IntegrationRow> =
             sqlx::query_as(INTEGRATION).bind(t(id)).fetch_optional(&mut *tx).await.map_err(st)?;
         let mut cur: Integration =
@@ -730,7 +733,7 @@ impl CredentialStore for SqliteIntegrationStore {
 #[async_trait]
 impl OAuthStore for SqliteIntegrationStore {
     async fn put_oauth_state(&self, state: &OAuthState) -> Result<()> {
-        let mut tx = self.writer.begin().await.map_err(st)?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
         sqlx::query("DELETE FROM int_oauth_states WHERE expires_at < ?")
             .bind(us(state.created_at))
             .execute(&mut *tx)
@@ -1068,7 +1071,7 @@ impl MappingStore for SqliteIntegrationStore {
         base: &SyncedBase,
         conflicts: &[SyncConflict],
     ) -> Result<ExternalMapping> {
-        let mut tx = self.writer.begin().await.map_err(st)?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
         let row: Option<MappingRow> = sqlx::query_as(
             "UPDATE int_mappings SET base = ?, remote_updated_at = ?, pushed_fingerprint = ?, \
              version = version + 1, updated_at = ? WHERE id = ? AND version = ? RETURNING *",
@@ -1281,7 +1284,7 @@ impl WebhookStore for SqliteIntegrationStore {
         patch: &SubscriptionPatch,
         at: OffsetDateTime,
     ) -> Result<Subscription> {
-        let mut tx = self.writer.begin().await.map_err(st)?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
         let row: Option<SubscriptionRow> =
             sqlx::query_as(SUBSCRIPTION).bind(t(id)).fetch_optional(&mut *tx).await.map_err(st)?;
         let mut cur: Subscription =
@@ -1339,7 +1342,7 @@ impl WebhookStore for SqliteIntegrationStore {
         upto: i64,
         deliveries: &[OutboundDelivery],
     ) -> Result<u64> {
-        let mut tx = self.writer.begin().await.map_err(st)?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
         let mut inserted = 0;
         for d in deliveries {
             let done = sqlx::query(
@@ -1407,7 +1410,7 @@ impl WebhookStore for SqliteIntegrationStore {
         a: &OutboundAttempt,
     ) -> Result<(OutboundDelivery, Subscription)> {
         let status = outbound_status(a);
-        let mut tx = self.writer.begin().await.map_err(st)?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
         let row: Option<OutboundRow> = sqlx::query_as(
             "UPDATE int_outbound SET status = ?, last_status = ?, last_error = ?, \
              available_at = COALESCE(?, available_at), updated_at = ? WHERE id = ? RETURNING *",

@@ -372,7 +372,10 @@ impl SqliteWorkflowStore {
 #[async_trait]
 impl WorkflowStore for SqliteWorkflowStore {
     async fn create_workflow(&self, w: &Workflow) -> Result<()> {
-        let mut tx = self.writer.begin().await.map_err(st)?;
+        // IMMEDIATE: take the write lock up front (waiting up to the busy timeout); a deferred
+        // transaction that read first fails at once when another writer on the file (pm-core's,
+        // another crate's, another process's) committed meanwhile.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
         sqlx::query(
             "INSERT INTO wf_workflows (id, org_id, project_id, enabled, definition_version, \
              webhook_secret, created_by_type, created_by_id, version, created_at, updated_at) \
@@ -447,7 +450,7 @@ impl WorkflowStore for SqliteWorkflowStore {
         def: &Definition,
         at: OffsetDateTime,
     ) -> Result<Workflow> {
-        let mut tx = self.writer.begin().await.map_err(st)?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
         let current: Option<(i64, i64)> =
             sqlx::query_as("SELECT version, definition_version FROM wf_workflows WHERE id = ?")
                 .bind(id_text(id))
@@ -510,7 +513,7 @@ impl WorkflowStore for SqliteWorkflowStore {
     }
 
     async fn delete_workflow(&self, id: WorkflowId) -> Result<()> {
-        let mut tx = self.writer.begin().await.map_err(st)?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
         sqlx::query("DELETE FROM wf_timers WHERE workflow_id = ? AND execution_id IS NULL")
             .bind(id_text(id))
             .execute(&mut *tx)
@@ -1001,7 +1004,7 @@ impl ApprovalStore for SqliteWorkflowStore {
     }
 
     async fn decide(&self, id: ApprovalId, d: &ApprovalDecision) -> Result<Approval> {
-        let mut tx = self.writer.begin().await.map_err(st)?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
         let row: Option<ApprovalRow> = sqlx::query_as(concat!(approval_select!(), " WHERE id = ?"))
             .bind(id_text(id.0))
             .fetch_optional(&mut *tx)

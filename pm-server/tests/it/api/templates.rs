@@ -16,10 +16,15 @@ async fn server() -> Server {
     let blobs = std::sync::Arc::new(pm_core::blob::FsBlobStore::new(dir.path().join("blobs")));
     let permissions = pm_server::authz::open_permissions(&url).await.unwrap();
     let state = pm_server::AppState::with(stores, permissions, TEST_SECRET, blobs);
-    let engine =
-        pm_server::workflows::open_engine(&url, state.pm.clone(), state.permissions.clone(), None)
-            .await
-            .unwrap();
+    let engine = pm_server::workflows::open_engine(
+        &url,
+        state.pm.clone(),
+        state.permissions.clone(),
+        None,
+        None,
+    )
+    .await
+    .unwrap();
     engine.clone().spawn();
     Server::serve_state(state.with_workflows(engine), dir).await
 }
