@@ -32,6 +32,8 @@ PORT=${PM_CLUSTER_PORT:-18100}
 DB=${PM_CLUSTER_DB:-postgres://postgres@127.0.0.1:5432/pm_cluster}
 BIN=${PM_BIN:-target/release/pm-server}
 NGINX=${NGINX:-nginx}
+# nginx itself reads an exported NGINX variable (inherited sockets of a binary upgrade) and
+# refuses to start on a path: it is run with NGINX removed from its environment.
 
 die() {
     echo "cluster: $*" >&2
@@ -158,13 +160,13 @@ start)
     PM_DATABASE_URL=$DB "$BIN" migrate >>"$DIR/migrate.log" 2>&1 || die "migration failed (see $DIR/migrate.log)"
     for ((i = 1; i <= n; i++)); do start_instance "$i"; done
     write_nginx_conf "$n"
-    "$NGINX" -p "$DIR" -c "$DIR/nginx.conf"
+    env -u NGINX "$NGINX" -p "$DIR" -c "$DIR/nginx.conf"
     wait_ready "http://127.0.0.1:$PORT" 10 || die "nginx did not answer (see $DIR/nginx-error.log)"
     echo "cluster: $n instances behind http://127.0.0.1:$PORT (state in $DIR)"
     ;;
 stop)
     if [[ -f $DIR/nginx.pid ]]; then
-        "$NGINX" -p "$DIR" -c "$DIR/nginx.conf" -s quit 2>/dev/null || kill "$(cat "$DIR/nginx.pid")" 2>/dev/null || true
+        env -u NGINX "$NGINX" -p "$DIR" -c "$DIR/nginx.conf" -s quit 2>/dev/null || kill "$(cat "$DIR/nginx.pid")" 2>/dev/null || true
         rm -f "$DIR/nginx.pid"
     fi
     for f in "$DIR"/instance-*.pid; do
