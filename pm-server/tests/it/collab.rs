@@ -220,6 +220,7 @@ async fn collab_across_two_instances_sharing_postgres() {
         return;
     };
     let Some(dir) = yjs_dir(TEST) else { return };
+    let _pair = crate::POSTGRES_PAIRS.acquire().await.expect("the semaphore is never closed");
     let url = fresh_postgres_database(&base).await;
     let (addr_a, state_a, _stop_a) = postgres_instance(&url).await;
     let (addr_b, _state_b, _stop_b) = postgres_instance(&url).await;

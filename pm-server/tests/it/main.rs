@@ -20,6 +20,12 @@ mod workflows;
 
 use std::net::SocketAddr;
 
+/// Taken by every test that runs two pm-server instances on the shared PostgreSQL. An instance
+/// holds ~20 connections while idle (one pool per crate) and more under load, and the local
+/// server allows 100: two such tests at once, beside the rest of the suite, hit "sorry, too
+/// many clients already" (seen as pool timeouts and 10 s request timeouts under CI load).
+pub static POSTGRES_PAIRS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};

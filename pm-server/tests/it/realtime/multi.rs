@@ -85,6 +85,7 @@ async fn user(s: &Server, email: &str) -> (pm_core::id::UserId, String) {
 
 async fn two_instances_share_events_and_presence(broker: BrokerKind, redis: Option<&str>) {
     let base = std::env::var("PM_TEST_POSTGRES_URL").unwrap();
+    let _pair = crate::POSTGRES_PAIRS.acquire().await.expect("the semaphore is never closed");
     let url = fresh_postgres_database(&base).await;
     let a = instance(&url, broker, redis).await;
     let (_, owner) = user(&a, "owner@multi.example").await;

@@ -302,6 +302,7 @@ async fn next_event(ws: &mut Ws, channel: &str, kind: &str, task: &str) -> i64 {
 async fn two_processes(test: &str, broker: Broker<'_>) {
     let started = Instant::now();
     let base = std::env::var("PM_TEST_POSTGRES_URL").unwrap();
+    let _pair = crate::POSTGRES_PAIRS.acquire().await.expect("the semaphore is never closed");
     let (url, db) = fresh_postgres_database(&base).await;
     {
         // Both start at once, as replicas of a deployment do: their migrations and permission
@@ -558,6 +559,7 @@ async fn redis_outage_keeps_durable_events_flowing_and_presence_recovers() {
     let redis = PrivateRedis::start_on(free_port());
     redis.ready().await;
     let redis_url = redis.url();
+    let _pair = crate::POSTGRES_PAIRS.acquire().await.expect("the semaphore is never closed");
     let (url, db) = fresh_postgres_database(&base).await;
     {
         let mut a = Instance::spawn("A", &url, Broker::Redis(&redis_url));
