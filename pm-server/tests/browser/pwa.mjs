@@ -104,7 +104,18 @@ try {
   }
   log('manifest fields and icons valid');
 
-  const swState = await page.evaluate(async () => (await navigator.serviceWorker.ready).active.state);
+  // `ready` resolves once a worker is *active*, which may still be `activating` (running its
+  // activate handler); wait for `activated` (bounded) instead of reading the state once.
+  const swState = await page.evaluate(async () => {
+    const sw = (await navigator.serviceWorker.ready).active;
+    if (sw.state !== 'activated') {
+      await Promise.race([
+        new Promise((done) => sw.addEventListener('statechange', () => sw.state === 'activated' && done())),
+        new Promise((done) => setTimeout(done, 10000)),
+      ]);
+    }
+    return sw.state;
+  });
   assert(swState === 'activated', `service worker state ${swState}`);
   log('service worker activated');
 
