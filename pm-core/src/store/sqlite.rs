@@ -9,8 +9,9 @@
 //! integer microseconds, dates are `YYYY-MM-DD` text. Row structs are private; conversion into
 //! domain types happens in `TryFrom` impls so parse failures surface as errors, not panics.
 //!
-//! The hottest reads (a task, a page of tasks) run on the caller's thread within a time budget
-//! when the database is a file (see [`inline`]).
+//! The hottest reads (a task, a page of tasks, a project with its states, the event log's
+//! `read_after`) run on the caller's thread when the database is a file (module `inline`: a
+//! few read-only connections, a 3 ms budget per read, the sqlx path as the fallback).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
@@ -194,7 +195,7 @@ impl SqliteStore {
 
     /// Hot reads that could not be answered on the caller's thread (budget exceeded, every
     /// inline connection busy) and ran on the sqlx path instead; a health signal for
-    /// [`inline`]'s budget.
+    /// the inline read budget.
     pub fn inline_read_fallbacks(&self) -> u64 {
         self.inline.as_ref().map_or(0, |i| i.fallbacks())
     }
