@@ -77,8 +77,25 @@ pub async fn sqlite_world() -> World {
     world(stores, vec![dir]).await
 }
 
+/// Shows the library's log in a failing test's output: warnings and errors by default (the
+/// collab actor only logs a failed store call, it cannot fail the test), `RUST_LOG` to widen.
+/// Installed once per test binary; every test calls it through [`world`].
+pub fn init_tracing() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
 /// Populates a world in `stores` (migrated).
 pub async fn world(stores: Stores, mut dirs: Vec<tempfile::TempDir>) -> World {
+    init_tracing();
     let blobs = tempfile::tempdir().unwrap();
     let pm = Pm::new(stores.clone(), Arc::new(AllowAll), Arc::new(FsBlobStore::new(blobs.path())));
     dirs.push(blobs);
