@@ -41,7 +41,10 @@
 //! - **External changes win**: a description changed outside the document (REST) while it is
 //!   open — recognised in the event log, since write-backs are recorded first — is applied to the
 //!   `YText` as a minimal diff by exactly one instance ([`DocStore::claim_external_change`]);
-//!   concurrent collaborative edits inside the changed range are replaced by it.
+//!   concurrent collaborative edits inside the changed range are replaced by it. A description
+//!   the document already knows (its seed, a write-back, the last applied change) is never
+//!   applied again, even at a newer task version: a document opened on one instance while
+//!   another's edits await write-back is *ahead* of the description, not behind it.
 //! - **Across instances**: accepted updates and awareness changes are published on the broker
 //!   topic `collab:{task_id}` (see [`topic`]); other instances apply them to their actor of the
 //!   document, if open. An update too large for the broker (PostgreSQL `NOTIFY`) is replaced by

@@ -16,7 +16,11 @@
 //!   locked until commit), so a reader that sees `seq = n` sees every `seq < n` too — which is
 //!   what makes compaction (snapshot up to `n`, delete the covered updates) lose nothing;
 //! - a document is initialised at most once ([`DocStore::init_doc`]), and an external change
-//!   (a task version) is claimed by at most one caller ([`DocStore::claim_external_change`]).
+//!   (a task version) is claimed by at most one caller ([`DocStore::claim_external_change`]);
+//! - the description texts a document *knows* — the one it was seeded from, the latest claimed
+//!   external change, and its recorded write-backs — are never claimed as external changes: a
+//!   task's version also moves when another instance's edits are still awaiting write-back or
+//!   when other fields change, so a known text at a newer version is not news to the document.
 //!
 //! Built-in adapters: [`sqlite`] (feature `sqlite`) and [`postgres`] (feature `postgres`). Their
 //! tables live in the same database as pm-core's, prefixed `rt_`, with their own migrations table
@@ -179,7 +183,18 @@ pub trait DocStore: Send + Sync {
     /// Stores the first state of a document unless it already has one; returns whether this call
     /// initialised it. Two instances opening a new document concurrently must not both seed it
     /// (their seeds would be different Yjs items and the text would appear twice).
-    async fn init_doc(&self, task: TaskId, state: &[u8], at: OffsetDateTime) -> Result<bool>;
+    ///
+    /// `digest` identifies the description text the state was seeded from; it is recorded in the
+    /// same transaction like a write-back, so that text is never claimed as an external change
+    /// (an instance opening the document while another's edits await write-back sees the seed
+    /// text in the description and a longer text in the store: that is not a change to apply).
+    async fn init_doc(
+        &self,
+        task: TaskId,
+        state: &[u8],
+        digest: &str,
+        at: OffsetDateTime,
+    ) -> Result<bool>;
     /// Appends an update to the document's log; returns its `seq` (per document, from 1).
     async fn append_doc_update(
         &self,
@@ -205,9 +220,17 @@ pub trait DocStore: Send + Sync {
     ) -> Result<()>;
     /// Claims applying the task's description at `version` (changed outside the document, e.g.
     /// through REST) into the document: `true` for exactly one caller per version, and never when
-    /// `digest` is a recorded write-back (that change came from the document itself).
-    async fn claim_external_change(&self, task: TaskId, version: i64, digest: &str)
-    -> Result<bool>;
+    /// `digest` is a text the document knows (a recorded write-back, its seed, or the latest
+    /// claimed change: no change to the document). A successful claim makes `digest` the only
+    /// known text (recorded at `at`; earlier records are dropped, so changing the description
+    /// back to an older text later is still recognised as a change), in one transaction.
+    async fn claim_external_change(
+        &self,
+        task: TaskId,
+        version: i64,
+        digest: &str,
+        at: OffsetDateTime,
+    ) -> Result<bool>;
 }
 
 /// Backend administration.
@@ -419,7 +442,13 @@ pub mod memory {
 
     #[async_trait]
     impl DocStore for MemoryRealtimeStore {
-        async fn init_doc(&self, task: TaskId, state: &[u8], _at: OffsetDateTime) -> Result<bool> {
+        async fn init_doc(
+            &self,
+            task: TaskId,
+            state: &[u8],
+            digest: &str,
+            at: OffsetDateTime,
+        ) -> Result<bool> {
             let mut m = lock(&self.docs);
             let d = m.entry(task).or_default();
             if d.last_seq > 0 || d.snapshot.is_some() {
@@ -427,6 +456,7 @@ pub mod memory {
             }
             d.last_seq = 1;
             d.updates.insert(1, state.to_vec());
+            d.write_backs.insert(digest.to_owned(), at);
             Ok(true)
         }
 
@@ -483,6 +513,7 @@ pub mod memory {
             task: TaskId,
             version: i64,
             digest: &str,
+            at: OffsetDateTime,
         ) -> Result<bool> {
             let mut m = lock(&self.docs);
             let d = m.entry(task).or_default();
@@ -490,6 +521,8 @@ pub mod memory {
                 return Ok(false);
             }
             d.external_version = version;
+            d.write_backs.clear();
+            d.write_backs.insert(digest.to_owned(), at);
             Ok(true)
         }
     }

@@ -217,28 +217,40 @@ pub async fn doc_log_appends_loads_and_compacts(s: &RealtimeStores) {
 }
 
 /// A document is initialised once; an external change is claimed once per version and never
-/// when it is a recorded write-back.
+/// when its text is one the document knows (its seed, a recorded write-back, the last claim).
 pub async fn doc_init_and_claims_happen_once(s: &RealtimeStores) {
     let task = TaskId::new();
+    let claim = async |version: i64, digest: &str, secs: i64| {
+        s.docs.claim_external_change(task, version, digest, at(secs)).await.unwrap()
+    };
     // A claim may come before the document exists.
-    assert!(s.docs.claim_external_change(task, 3, "d3").await.unwrap());
-    assert!(!s.docs.claim_external_change(task, 3, "d3").await.unwrap(), "claimed twice");
-    assert!(!s.docs.claim_external_change(task, 2, "d2").await.unwrap(), "older version");
-    assert!(s.docs.init_doc(task, b"seed", at(0)).await.unwrap());
-    assert!(!s.docs.init_doc(task, b"again", at(1)).await.unwrap());
+    assert!(claim(3, "d3", 0).await);
+    assert!(!claim(3, "d3", 0).await, "claimed twice");
+    assert!(!claim(2, "d2", 0).await, "older version");
+    assert!(s.docs.init_doc(task, b"seed", "seeded", at(0)).await.unwrap());
+    assert!(!s.docs.init_doc(task, b"again", "again", at(1)).await.unwrap());
     let stored = s.docs.load_doc(task).await.unwrap();
     assert_eq!(stored.updates, vec![(1, b"seed".to_vec())]);
     assert_eq!(s.docs.append_doc_update(task, b"next", at(2)).await.unwrap(), 2);
 
     s.docs.record_write_back(task, "ours", at(10), at(0)).await.unwrap();
-    assert!(!s.docs.claim_external_change(task, 4, "ours").await.unwrap(), "a write-back");
-    assert!(s.docs.claim_external_change(task, 4, "theirs").await.unwrap());
+    assert!(!claim(4, "ours", 11).await, "a write-back");
+    // The seed text at a newer task version (another field changed, or another instance's edits
+    // await write-back) is not a change.
+    assert!(!claim(4, "seeded", 11).await, "the seed text");
+    assert!(claim(4, "theirs", 20).await);
+    assert!(!claim(5, "theirs", 21).await, "the claimed text is known");
+    // A claim forgets older texts: changing the description back to one is a change.
+    assert!(claim(5, "seeded", 30).await, "a text known before the last claim");
     // Old records are pruned by later ones.
-    s.docs.record_write_back(task, "newer", at(100), at(50)).await.unwrap();
-    assert!(s.docs.claim_external_change(task, 5, "ours").await.unwrap(), "pruned record");
-    assert!(!s.docs.claim_external_change(task, 6, "newer").await.unwrap());
+    s.docs.record_write_back(task, "ours", at(40), at(0)).await.unwrap();
+    s.docs.record_write_back(task, "newer", at(100), at(35)).await.unwrap();
+    assert!(claim(6, "seeded", 101).await, "pruned record");
+    assert!(!claim(6, "newer", 102).await, "version already claimed");
 
     let fresh = TaskId::new();
-    assert!(s.docs.init_doc(fresh, b"seed", at(0)).await.unwrap());
-    assert!(!s.docs.init_doc(fresh, b"seed", at(0)).await.unwrap());
+    assert!(s.docs.init_doc(fresh, b"seed", "s", at(0)).await.unwrap());
+    assert!(!s.docs.init_doc(fresh, b"seed", "s", at(0)).await.unwrap());
+    assert!(!s.docs.claim_external_change(fresh, 1, "s", at(1)).await.unwrap(), "its seed");
+    assert!(s.docs.claim_external_change(fresh, 1, "other", at(1)).await.unwrap());
 }

@@ -248,7 +248,7 @@ impl DocActor {
                 drop(txn);
                 seed.transact().encode_state_as_update_v1(&StateVector::default())
             };
-            if self.inner.store.init_doc(self.task, &state, now()).await? {
+            if self.inner.store.init_doc(self.task, &state, &digest(&description), now()).await? {
                 stored = StoredDoc { snapshot: None, snapshot_seq: 0, updates: vec![(1, state)] };
             } else {
                 // Another instance seeded it first: use theirs.
@@ -260,13 +260,17 @@ impl DocActor {
         self.synced_text = description.clone();
         if self.text() != description {
             // Either the description changed while the document was closed (apply it), or the
-            // document is ahead (a write-back was lost): the store's records tell which.
+            // document is ahead of it: edits another instance has not written back yet (its
+            // debounce), or a lost write-back. The store's records tell which: a text the
+            // document knows (its seed, a write-back, the last claimed change) is never claimed,
+            // whatever the task's version says (it also moves for other fields).
             if self
                 .inner
                 .store
-                .claim_external_change(self.task, task.version, &digest(&description))
+                .claim_external_change(self.task, task.version, &digest(&description), now())
                 .await?
             {
+                tracing::info!(task = %self.task, version = task.version, "pm-realtime: applying a description changed while the document was closed");
                 self.apply_external(&description).await;
             } else {
                 self.schedule_write_back();
@@ -460,7 +464,11 @@ impl DocActor {
         if self.text() == description {
             return;
         }
-        match self.inner.store.claim_external_change(self.task, version, &digest(description)).await
+        match self
+            .inner
+            .store
+            .claim_external_change(self.task, version, &digest(description), now())
+            .await
         {
             Ok(true) => self.apply_external(description).await,
             Ok(false) => {}

@@ -2,8 +2,8 @@
 //!
 //! Owns pm-realtime's tables (`migrations/postgres`, tracked in `_pm_realtime_migrations` so
 //! pm-core's and pm-permissions' migrators coexist in the same database) over one [`PgPool`].
-//! Writes are single statements except a document's append, init and compaction (one transaction
-//! each; an append holds the document's head row lock until commit); idempotency of notifications comes from the
+//! Writes are single statements except a document's append, init, compaction and external-change
+//! claim (one transaction each; an append holds the document's head row lock until commit); idempotency of notifications comes from the
 //! `UNIQUE (user_id, event_id)` constraint (`INSERT … ON CONFLICT DO NOTHING`), so concurrent
 //! consumers on several instances store each notification once.
 //!
@@ -234,7 +234,13 @@ impl NotificationStore for PostgresRealtimeStore {
 
 #[async_trait]
 impl DocStore for PostgresRealtimeStore {
-    async fn init_doc(&self, task: TaskId, state: &[u8], at: OffsetDateTime) -> Result<bool> {
+    async fn init_doc(
+        &self,
+        task: TaskId,
+        state: &[u8],
+        digest: &str,
+        at: OffsetDateTime,
+    ) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(st)?;
         // A head row may exist without content (an external change was claimed first).
         let done = sqlx::query(
@@ -253,6 +259,17 @@ impl DocStore for PostgresRealtimeStore {
         )
         .bind(task.0)
         .bind(state)
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        .map_err(st)?;
+        // The seed text is the document's own: never claimed as an external change.
+        sqlx::query(
+            "INSERT INTO rt_doc_write_backs (task_id, digest, at) VALUES ($1, $2, $3) \
+             ON CONFLICT (task_id, digest) DO UPDATE SET at = excluded.at",
+        )
+        .bind(task.0)
+        .bind(digest)
         .bind(at)
         .execute(&mut *tx)
         .await
@@ -378,7 +395,9 @@ impl DocStore for PostgresRealtimeStore {
         task: TaskId,
         version: i64,
         digest: &str,
+        at: OffsetDateTime,
     ) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(st)?;
         let done = sqlx::query(
             "INSERT INTO rt_docs (task_id, external_version) \
              SELECT $1, $2 WHERE NOT EXISTS \
@@ -389,10 +408,28 @@ impl DocStore for PostgresRealtimeStore {
         .bind(task.0)
         .bind(version)
         .bind(digest)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(st)?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        // The claimed text is now the only one the document knows (see the trait). The head row
+        // stays locked until commit, so claims of one document do not interleave here.
+        sqlx::query("DELETE FROM rt_doc_write_backs WHERE task_id = $1")
+            .bind(task.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(st)?;
+        sqlx::query("INSERT INTO rt_doc_write_backs (task_id, digest, at) VALUES ($1, $2, $3)")
+            .bind(task.0)
+            .bind(digest)
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(st)?;
+        tx.commit().await.map_err(st)?;
+        Ok(true)
     }
 }
 

@@ -1,8 +1,8 @@
 //! SQLite adapter (feature `sqlite`): the embedded default.
 //!
 //! One writer connection plus a read pool over a WAL database — normally the same file as
-//! pm-core's store. Writes are single statements except a document's append, init and compaction,
-//! each one transaction on the writer; idempotency of notifications comes from the `UNIQUE (user_id, event_id)` constraint
+//! pm-core's store. Writes are single statements except a document's append, init, compaction
+//! and external-change claim, each one transaction on the writer; idempotency of notifications comes from the `UNIQUE (user_id, event_id)` constraint
 //! (`INSERT … ON CONFLICT DO NOTHING`).
 //!
 //! Storage conventions (see `migrations/sqlite`): ids are hyphenated UUID text, timestamps are
@@ -273,7 +273,13 @@ impl NotificationStore for SqliteRealtimeStore {
 
 #[async_trait]
 impl DocStore for SqliteRealtimeStore {
-    async fn init_doc(&self, task: TaskId, state: &[u8], at: OffsetDateTime) -> Result<bool> {
+    async fn init_doc(
+        &self,
+        task: TaskId,
+        state: &[u8],
+        digest: &str,
+        at: OffsetDateTime,
+    ) -> Result<bool> {
         // IMMEDIATE: take the write lock up front (waiting up to the busy timeout); a deferred
         // transaction that read first fails at once when another process wrote meanwhile.
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
@@ -294,6 +300,17 @@ impl DocStore for SqliteRealtimeStore {
         )
         .bind(id_text(task))
         .bind(state)
+        .bind(micros(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(st)?;
+        // The seed text is the document's own: never claimed as an external change.
+        sqlx::query(
+            "INSERT INTO rt_doc_write_backs (task_id, digest, at) VALUES (?, ?, ?) \
+             ON CONFLICT (task_id, digest) DO UPDATE SET at = excluded.at",
+        )
+        .bind(id_text(task))
+        .bind(digest)
         .bind(micros(at))
         .execute(&mut *tx)
         .await
@@ -414,7 +431,9 @@ impl DocStore for SqliteRealtimeStore {
         task: TaskId,
         version: i64,
         digest: &str,
+        at: OffsetDateTime,
     ) -> Result<bool> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
         let done = sqlx::query(
             "INSERT INTO rt_docs (task_id, external_version) \
              SELECT ?1, ?2 WHERE NOT EXISTS \
@@ -425,10 +444,27 @@ impl DocStore for SqliteRealtimeStore {
         .bind(id_text(task))
         .bind(version)
         .bind(digest)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
         .map_err(st)?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        // The claimed text is now the only one the document knows (see the trait).
+        sqlx::query("DELETE FROM rt_doc_write_backs WHERE task_id = ?")
+            .bind(id_text(task))
+            .execute(&mut *tx)
+            .await
+            .map_err(st)?;
+        sqlx::query("INSERT INTO rt_doc_write_backs (task_id, digest, at) VALUES (?, ?, ?)")
+            .bind(id_text(task))
+            .bind(digest)
+            .bind(micros(at))
+            .execute(&mut *tx)
+            .await
+            .map_err(st)?;
+        tx.commit().await.map_err(st)?;
+        Ok(true)
     }
 }
 

@@ -435,6 +435,80 @@ async fn two_instances(w: &World, docs: Arc<dyn DocStore>, a: Arc<dyn Broker>, b
     carol.wait_for("the converged text", |t| t == converged).await;
 }
 
+/// Two instances over one store and bus whose write-backs wait (the debounce): edits made on
+/// instance one live only in the shared log when instance two opens the document.
+async fn debounced_pair(w: &World) -> (Collab, Collab, Arc<dyn DocStore>) {
+    let docs = memory_docs();
+    let config = CollabConfig { write_back_debounce: Duration::from_secs(3600), ..test_config() };
+    let a = InProcessBroker::new();
+    let b = a.instance();
+    let one = collab_with(w, docs.clone(), Arc::new(a), Arc::new(AllowAll), config.clone()).await;
+    let two = collab_with(w, docs.clone(), Arc::new(b), Arc::new(AllowAll), config).await;
+    (one, two, docs)
+}
+
+/// Waits until the store holds at least `n` updates (snapshot included) of the world's task.
+async fn wait_logged(w: &World, docs: &Arc<dyn DocStore>, n: usize) {
+    eventually("the edit to be logged", async || {
+        let stored = docs.load_doc(w.task.id).await.unwrap();
+        usize::from(stored.snapshot.is_some()) + stored.updates.len() >= n
+    })
+    .await;
+}
+
+/// The race behind the flaky `large_updates_cross_postgres_through_the_store`: instance two opens
+/// the document while instance one's edit awaits write-back, so the store holds more than the
+/// description. The description is the seed's text, not a change made while the document was
+/// closed: instance two must not apply it (that deleted the edit on every instance).
+#[tokio::test]
+async fn opening_on_a_second_instance_before_the_write_back_keeps_the_edits() {
+    let w = sqlite_world().await;
+    set_description(&w, "base").await;
+    let (one, two, docs) = debounced_pair(&w).await;
+    let mut ada = YClient::connect(&one, w.ada.id, w.task.id).await;
+    ada.wait_for("the seed", |t| t == "base").await;
+    ada.append(" ada").await;
+    wait_logged(&w, &docs, 2).await;
+    assert_eq!(description(&w).await, "base", "not written back yet");
+    // Another field changing moves the task's version, not its description: still no change.
+    w.touch_task("Renamed").await;
+
+    let mut bob = YClient::connect(&two, w.bob.id, w.task.id).await;
+    bob.wait_for("ada's edit", |t| t == "base ada").await;
+    ada.settle().await;
+    assert_eq!(ada.text(), "base ada", "the edit survived on instance one");
+    let stored = docs.load_doc(w.task.id).await.unwrap();
+    assert_eq!(stored.updates.len(), 2, "nothing but the seed and the edit was logged");
+}
+
+/// The same after an external change: the text the document applied is known to it, so a
+/// rename (a newer task version with that text) does not make it look new to an instance
+/// opening the document while edits await write-back.
+#[tokio::test]
+async fn a_claimed_description_is_not_applied_again_at_a_newer_version() {
+    let w = sqlite_world().await;
+    let (one, two, docs) = debounced_pair(&w).await;
+    let mut ada = YClient::connect(&one, w.ada.id, w.task.id).await;
+    ada.settle().await;
+    set_description(&w, "from rest").await;
+    ada.wait_for("the REST change", |t| t == "from rest").await;
+    w.touch_task("Renamed").await;
+    ada.append("!").await;
+    wait_logged(&w, &docs, 3).await;
+
+    let mut bob = YClient::connect(&two, w.bob.id, w.task.id).await;
+    bob.wait_for("ada's edit", |t| t == "from rest!").await;
+    ada.settle().await;
+    assert_eq!(ada.text(), "from rest!");
+    // A later REST change back to an older text is still a change.
+    set_description(&w, "").await;
+    ada.wait_for("the REST change", |t| t.is_empty()).await;
+    bob.wait_for("the REST change", |t| t.is_empty()).await;
+    set_description(&w, "from rest").await;
+    bob.wait_for("the REST change back", |t| t == "from rest").await;
+    ada.wait_for("the REST change back", |t| t == "from rest").await;
+}
+
 #[tokio::test]
 async fn two_instances_on_an_in_process_broker_converge() {
     let w = sqlite_world().await;
