@@ -559,18 +559,58 @@ async fn large_updates_cross_postgres_through_the_store() {
         let w = world(stores, Vec::new()).await;
         let a: Arc<dyn Broker> = Arc::new(PostgresBroker::connect(&url).await.unwrap());
         let b: Arc<dyn Broker> = Arc::new(PostgresBroker::connect(&url).await.unwrap());
-        let one = collab_with(&w, rt.docs.clone(), a, Arc::new(AllowAll), test_config()).await;
-        let two = collab_with(&w, rt.docs.clone(), b, Arc::new(AllowAll), test_config()).await;
-        let mut ada = YClient::connect(&one, w.ada.id, w.task.id).await;
-        let mut bob = YClient::connect(&two, w.bob.id, w.task.id).await;
-        ada.settle().await;
-        bob.settle().await;
-        let big = "x".repeat(20_000);
-        ada.append(&big).await;
-        bob.wait_for("the large edit", |t| t == big).await;
+        large_update_crosses(&w, rt.docs.clone(), a, b).await;
     }
     #[cfg(not(feature = "postgres"))]
     skip("large_updates_cross_postgres", "built without the `postgres` feature");
+}
+
+/// Ada appends 20,000 characters on instance one; Bob on instance two sees them. Under load
+/// instance two's actor may still be opening (reading the task, then the store) when the edit
+/// is logged: that is the race a seed-aware claim closes.
+async fn large_update_crosses(
+    w: &World,
+    docs: Arc<dyn DocStore>,
+    a: Arc<dyn Broker>,
+    b: Arc<dyn Broker>,
+) {
+    let one = collab_with(w, docs.clone(), a, Arc::new(AllowAll), test_config()).await;
+    let two = collab_with(w, docs, b, Arc::new(AllowAll), test_config()).await;
+    let mut ada = YClient::connect(&one, w.ada.id, w.task.id).await;
+    let mut bob = YClient::connect(&two, w.bob.id, w.task.id).await;
+    ada.settle().await;
+    bob.settle().await;
+    let big = "x".repeat(20_000);
+    ada.append(&big).await;
+    bob.wait_for("the large edit", |t| t == big).await;
+}
+
+/// The same through the Redis broker, which carries the update itself (no size limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_updates_cross_redis() {
+    #[cfg(feature = "redis")]
+    {
+        use pm_realtime::broker::redis::RedisBroker;
+        let Ok(url) = std::env::var("PM_TEST_REDIS_URL") else {
+            skip("large_updates_cross_redis", "PM_TEST_REDIS_URL is not set");
+            return;
+        };
+        let w = sqlite_world().await;
+        let a: Arc<dyn Broker> = Arc::new(RedisBroker::connect(&url).await.unwrap());
+        let b: Arc<dyn Broker> = Arc::new(RedisBroker::connect(&url).await.unwrap());
+        large_update_crosses(&w, memory_docs(), a, b).await;
+    }
+    #[cfg(not(feature = "redis"))]
+    skip("large_updates_cross_redis", "built without the `redis` feature");
+}
+
+/// The same on the in-process broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_updates_cross_an_in_process_broker() {
+    let w = sqlite_world().await;
+    let a = InProcessBroker::new();
+    let b = a.instance();
+    large_update_crosses(&w, memory_docs(), Arc::new(a), Arc::new(b)).await;
 }
 
 #[tokio::test]
