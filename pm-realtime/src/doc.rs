@@ -31,9 +31,11 @@
 //!   bind `ydoc.getText('description')`. A document without stored state is seeded from the
 //!   task's description once ([`DocStore::init_doc`]), so two instances opening it together do
 //!   not both insert the text.
-//! - **Every accepted update is logged before it is broadcast** ([`DocStore`]); the log is
-//!   compacted into a snapshot every [`CollabConfig::compact_every`] updates and when the
-//!   document closes. Compaction rebuilds the snapshot from the store (not from memory), so
+//! - **Every accepted update is logged before it is broadcast** ([`DocStore`]). One whose
+//!   logging fails is still shared, and the whole state is appended on a retry with backoff
+//!   (then other instances are told to reload): a store hiccup never strands an update in one
+//!   instance's memory until close. The log is compacted into a snapshot every
+//!   [`CollabConfig::compact_every`] updates and when the document closes. Compaction rebuilds the snapshot from the store (not from memory), so
 //!   updates written by other instances are never dropped.
 //! - **Write-back**: [`CollabConfig::write_back_debounce`] after the last change (and on close),
 //!   the text is written into the task description through [`Pm::update_task`] as the last

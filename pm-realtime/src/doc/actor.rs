@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use pm_core::event::Origin;
@@ -31,6 +32,10 @@ use crate::{Error, Result};
 
 /// How often a write-back retries after version conflicts before giving up until the next change.
 const WRITE_BACK_ATTEMPTS: usize = 5;
+/// First wait before persisting updates whose logging failed; doubles up to the maximum.
+const LOG_RETRY_MIN: Duration = Duration::from_millis(500);
+/// Longest wait between attempts to persist unlogged updates.
+const LOG_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// What an actor is asked to do.
 pub(crate) enum Command {
@@ -85,8 +90,12 @@ pub(crate) struct DocActor {
     close_codes: HashMap<ConnId, CloseCode>,
     /// Updates logged since the last compaction.
     logged_since_compaction: u32,
-    /// An update could not be logged: the flush appends the whole in-memory state.
+    /// An update could not be logged: the whole in-memory state is appended at `log_retry_at`
+    /// (and by the flush), after which other instances are told to reload.
     unlogged: bool,
+    /// When to retry persisting unlogged updates, and the wait after that attempt fails.
+    log_retry_at: Option<Instant>,
+    log_retry_backoff: Duration,
     /// When the text is due to be written back.
     write_back_at: Option<Instant>,
     /// The text the task description is known to hold.
@@ -116,6 +125,8 @@ impl DocActor {
             close_codes: HashMap::new(),
             logged_since_compaction: 0,
             unlogged: false,
+            log_retry_at: None,
+            log_retry_backoff: LOG_RETRY_MIN,
             write_back_at: None,
             synced_text: String::new(),
             editor: None,
@@ -144,6 +155,7 @@ impl DocActor {
         reload.tick().await; // the first tick is immediate; the document was just loaded
         loop {
             let due = self.write_back_at;
+            let retry = self.log_retry_at;
             let flow = tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => {
@@ -155,6 +167,10 @@ impl DocActor {
                 },
                 _ = sleep_until(due), if due.is_some() => {
                     self.write_back().await;
+                    Flow::Continue
+                }
+                _ = sleep_until(retry), if retry.is_some() => {
+                    self.persist_unlogged().await;
                     Flow::Continue
                 }
                 _ = reload.tick(), if self.opened => {
@@ -422,9 +438,39 @@ impl DocActor {
                 }
             }
             Err(e) => {
-                // Still applied and shared; the flush on close persists the whole state.
-                self.unlogged = true;
-                tracing::error!(task = %self.task, error = %e, "pm-realtime: logging a document update failed");
+                // Still applied and shared, but another instance can only learn of an update
+                // the broker cannot carry (and one that opens the document later, of any) from
+                // the store: retry soon rather than only at close.
+                tracing::error!(task = %self.task, error = %e, "pm-realtime: logging a document update failed; retrying");
+                if !self.unlogged {
+                    self.unlogged = true;
+                    self.log_retry_at = Some(Instant::now() + self.log_retry_backoff);
+                }
+            }
+        }
+    }
+
+    /// Appends the whole in-memory state (it covers every unlogged update; Yjs updates are
+    /// idempotent), then tells other instances to reload; on failure waits longer.
+    async fn persist_unlogged(&mut self) {
+        self.log_retry_at = None;
+        if !self.unlogged {
+            return;
+        }
+        let state =
+            self.awareness.doc().transact().encode_state_as_update_v1(&StateVector::default());
+        match self.inner.store.append_doc_update(self.task, &state, now()).await {
+            Ok(_) => {
+                self.unlogged = false;
+                self.log_retry_backoff = LOG_RETRY_MIN;
+                self.logged_since_compaction += 1;
+                tracing::info!(task = %self.task, "pm-realtime: persisted document updates whose logging had failed");
+                self.publish(wire::reload(), false).await;
+            }
+            Err(e) => {
+                self.log_retry_backoff = (self.log_retry_backoff * 2).min(LOG_RETRY_MAX);
+                self.log_retry_at = Some(Instant::now() + self.log_retry_backoff);
+                tracing::warn!(task = %self.task, error = %e, retry_in = ?self.log_retry_backoff, "pm-realtime: persisting unlogged document updates failed");
             }
         }
     }
@@ -606,13 +652,7 @@ impl DocActor {
 
     /// On close: persist anything unlogged, compact, and write back.
     async fn flush(&mut self) {
-        if self.unlogged {
-            let state =
-                self.awareness.doc().transact().encode_state_as_update_v1(&StateVector::default());
-            if self.inner.store.append_doc_update(self.task, &state, now()).await.is_ok() {
-                self.unlogged = false;
-            }
-        }
+        self.persist_unlogged().await;
         if self.logged_since_compaction > 0 {
             self.sync_with_store(true).await;
         }

@@ -613,6 +613,133 @@ async fn large_updates_cross_an_in_process_broker() {
     large_update_crosses(&w, memory_docs(), Arc::new(a), Arc::new(b)).await;
 }
 
+/// A document store whose next `fail` appends fail (a connection lost mid-edit).
+struct FailingAppends {
+    inner: Arc<dyn DocStore>,
+    fail: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl DocStore for FailingAppends {
+    async fn init_doc(
+        &self,
+        task: TaskId,
+        state: &[u8],
+        digest: &str,
+        at: time::OffsetDateTime,
+    ) -> pm_realtime::Result<bool> {
+        self.inner.init_doc(task, state, digest, at).await
+    }
+    async fn append_doc_update(
+        &self,
+        task: TaskId,
+        update: &[u8],
+        at: time::OffsetDateTime,
+    ) -> pm_realtime::Result<i64> {
+        use std::sync::atomic::Ordering;
+        if self.fail.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+        {
+            let lost = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected");
+            return Err(pm_realtime::Error::storage(lost));
+        }
+        self.inner.append_doc_update(task, update, at).await
+    }
+    async fn load_doc(&self, task: TaskId) -> pm_realtime::Result<store::StoredDoc> {
+        self.inner.load_doc(task).await
+    }
+    async fn compact_doc(
+        &self,
+        task: TaskId,
+        state: &[u8],
+        upto: i64,
+    ) -> pm_realtime::Result<bool> {
+        self.inner.compact_doc(task, state, upto).await
+    }
+    async fn record_write_back(
+        &self,
+        task: TaskId,
+        digest: &str,
+        at: time::OffsetDateTime,
+        before: time::OffsetDateTime,
+    ) -> pm_realtime::Result<()> {
+        self.inner.record_write_back(task, digest, at, before).await
+    }
+    async fn claim_external_change(
+        &self,
+        task: TaskId,
+        version: i64,
+        digest: &str,
+        at: time::OffsetDateTime,
+    ) -> pm_realtime::Result<bool> {
+        self.inner.claim_external_change(task, version, digest, at).await
+    }
+}
+
+/// An in-process broker refusing payloads over 1 KiB, as PostgreSQL's `NOTIFY` does over 8000
+/// bytes: large updates travel as reload notices.
+struct SmallPayloads(InProcessBroker);
+
+#[async_trait]
+impl Broker for SmallPayloads {
+    fn instance_id(&self) -> pm_realtime::broker::InstanceId {
+        self.0.instance_id()
+    }
+    async fn publish(&self, topic: &str, payload: Bytes) -> pm_realtime::Result<()> {
+        if payload.len() > 1024 {
+            return Err(pm_realtime::Error::PayloadTooLarge { size: payload.len(), limit: 1024 });
+        }
+        self.0.publish(topic, payload).await
+    }
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<pm_realtime::broker::BrokerMessage> {
+        self.0.subscribe()
+    }
+}
+
+/// Suspect (a) of the flaky PostgreSQL test: logging a large update fails on instance one, so
+/// its reload notice points at nothing. The update is persisted on a retry (not only when the
+/// document closes) and instance two then reloads it.
+#[tokio::test]
+async fn a_large_update_whose_logging_failed_reaches_the_other_instance_after_a_retry() {
+    let w = sqlite_world().await;
+    let docs = memory_docs();
+    let failing = Arc::new(FailingAppends { inner: docs.clone(), fail: 0.into() });
+    let a = InProcessBroker::new();
+    let b = a.instance();
+    let one = collab_with(
+        &w,
+        failing.clone(),
+        Arc::new(SmallPayloads(a)),
+        Arc::new(AllowAll),
+        test_config(),
+    )
+    .await;
+    let two = collab_with(
+        &w,
+        docs.clone(),
+        Arc::new(SmallPayloads(b)),
+        Arc::new(AllowAll),
+        test_config(),
+    )
+    .await;
+    let mut ada = YClient::connect(&one, w.ada.id, w.task.id).await;
+    let mut bob = YClient::connect(&two, w.bob.id, w.task.id).await;
+    ada.settle().await;
+    bob.settle().await;
+    // Small edits cross on the broker itself.
+    ada.append("small ").await;
+    bob.wait_for("the small edit", |t| t == "small ").await;
+
+    failing.fail.store(1, std::sync::atomic::Ordering::SeqCst);
+    let big = "x".repeat(5_000);
+    ada.append(&big).await;
+    bob.wait_for("the large edit", |t| t == format!("small {big}")).await;
+    assert_eq!(failing.fail.load(std::sync::atomic::Ordering::SeqCst), 0, "the failure happened");
+    // It is in the store, not only in instance one's memory.
+    let three = open_collab(&w, docs, test_config()).await;
+    let mut carol = YClient::connect(&three, w.ada.id, w.task.id).await;
+    carol.wait_for("the large edit", |t| t == format!("small {big}")).await;
+}
+
 #[tokio::test]
 async fn a_slow_consumer_is_closed_and_others_continue() {
     let w = sqlite_world().await;
