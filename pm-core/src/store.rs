@@ -338,3 +338,12 @@ pub async fn open(url: &str) -> Result<Stores> {
     }
     Err(crate::Error::invalid("database_url", "must start with sqlite: or postgres:"))
 }
+
+/// pm-core's PostgreSQL stores over an existing pool, for a host that shares one pool between all
+/// the crates on one database (pm-server does: one pool per process, see its `db` module) rather
+/// than letting each [`open`] its own. It also starts the event log's `LISTEN` task, on a dedicated connection
+/// outside the pool (see [`postgres::PostgresStore::from_pool`]). Does not migrate; call `stores.admin.migrate()`.
+#[cfg(feature = "postgres")]
+pub fn postgres_stores(pool: sqlx::postgres::PgPool) -> Stores {
+    Stores::from_adapter(Arc::new(postgres::PostgresStore::from_pool(pool)))
+}

@@ -369,6 +369,14 @@ pub async fn open(url: &str) -> Result<IntegrationStores> {
     Err(crate::Error::invalid("database_url", "must start with sqlite: or postgres:"))
 }
 
+/// pm-integrations' PostgreSQL stores over an existing pool, for a host that shares one pool between all
+/// the crates on one database (pm-server does: one pool per process, see its `db` module) rather
+/// than letting each [`open`] its own. Does not migrate; call `stores.admin.migrate()`.
+#[cfg(feature = "postgres")]
+pub fn postgres_stores(pool: sqlx::postgres::PgPool) -> IntegrationStores {
+    IntegrationStores::from_adapter(Arc::new(postgres::PostgresIntegrationStore::from_pool(pool)))
+}
+
 /// Adapter plumbing shared by the built-in stores.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod shared {

@@ -168,6 +168,14 @@ pub async fn open(url: &str) -> Result<AuthzStores> {
     Err(crate::Error::invalid("database_url", "must start with sqlite: or postgres:"))
 }
 
+/// pm-permissions' PostgreSQL stores over an existing pool, for a host that shares one pool between all
+/// the crates on one database (pm-server does: one pool per process, see its `db` module) rather
+/// than letting each [`open`] its own. Does not migrate; call `stores.admin.migrate()`.
+#[cfg(feature = "postgres")]
+pub fn postgres_stores(pool: sqlx::postgres::PgPool) -> AuthzStores {
+    AuthzStores::from_adapter(Arc::new(postgres::PostgresAuthzStore::from_pool(pool)))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers shared by the built-in adapters.
 

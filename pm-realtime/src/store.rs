@@ -303,6 +303,14 @@ pub async fn open(url: &str) -> Result<RealtimeStores> {
     Err(crate::Error::invalid("database_url", "must start with sqlite: or postgres:"))
 }
 
+/// pm-realtime's PostgreSQL stores over an existing pool, for a host that shares one pool between all
+/// the crates on one database (pm-server does: one pool per process, see its `db` module) rather
+/// than letting each [`open`] its own. Does not migrate; call `stores.admin.migrate()`.
+#[cfg(feature = "postgres")]
+pub fn postgres_stores(pool: sqlx::postgres::PgPool) -> RealtimeStores {
+    RealtimeStores::from_adapter(Arc::new(postgres::PostgresRealtimeStore::from_pool(pool)))
+}
+
 /// Adapter plumbing shared by the built-in stores.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod shared {

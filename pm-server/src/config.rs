@@ -16,6 +16,8 @@ use crate::auth::{AuthSettings, Registration};
 
 /// Default for `PM_DATABASE_URL`: a SQLite file in the working directory, created if missing.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://pm.db";
+/// Default for `PM_DATABASE_POOL_SIZE` (see [`crate::db::DEFAULT_POOL_SIZE`]).
+pub const DEFAULT_DATABASE_POOL_SIZE: &str = "16";
 /// Default for `PM_BIND`: loopback only, so a fresh install is not reachable from the network.
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 /// Default for `PM_LOG`: our own logs at `info`, sqlx's per-query logs silenced.
@@ -41,6 +43,13 @@ pub struct Config {
     #[arg(long, value_name = "URL", env = "PM_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true,
           value_parser = parse_database_url, hide_env_values = true)]
     pub database_url: String,
+
+    /// Most PostgreSQL connections this process opens for queries: one pool shared by every
+    /// crate's tables. The instance also holds `LISTEN` connections of its own (see
+    /// `pm_server::db::LISTEN_CONNECTIONS`); ignored for SQLite.
+    #[arg(long = "database-pool-size", value_name = "N", env = "PM_DATABASE_POOL_SIZE",
+          default_value = DEFAULT_DATABASE_POOL_SIZE, global = true, value_parser = parse_database_pool_size)]
+    pub database_pool_size: u32,
 
     /// Address to listen on, `host:port`.
     #[arg(long, value_name = "ADDR", env = "PM_BIND", default_value = DEFAULT_BIND, global = true, value_parser = parse_bind)]
@@ -289,6 +298,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("database_url", &self.database_url_redacted())
+            .field("database_pool_size", &self.database_pool_size)
             .field("bind", &self.bind)
             .field("log", &self.log)
             .field("shutdown_timeout", &self.shutdown_timeout)
@@ -339,6 +349,17 @@ fn parse_database_url(s: &str) -> Result<String, String> {
         Err("PM_DATABASE_URL (--database-url) must start with sqlite: or postgres:, \
              e.g. sqlite://pm.db"
             .to_owned())
+    }
+}
+
+fn parse_database_pool_size(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n @ 1..=crate::db::MAX_POOL_SIZE) => Ok(n),
+        _ => Err(format!(
+            "PM_DATABASE_POOL_SIZE (--database-pool-size) must be a whole number from 1 to {}, \
+             not {s:?}",
+            crate::db::MAX_POOL_SIZE
+        )),
     }
 }
 
@@ -542,6 +563,10 @@ mod tests {
         assert!(parse_ws_write_batch("0").unwrap_err().contains("PM_WS_WRITE_BATCH"));
         assert!(parse_ws_write_batch("5000").unwrap_err().contains("PM_WS_WRITE_BATCH"));
         assert!(parse_reuse_port("maybe").unwrap_err().contains("PM_REUSE_PORT"));
+        for bad in ["0", "1001", "-1", "many", ""] {
+            let err = parse_database_pool_size(bad).unwrap_err();
+            assert!(err.contains("PM_DATABASE_POOL_SIZE"), "{bad:?}: {err}");
+        }
     }
 
     #[test]
@@ -589,5 +614,11 @@ mod tests {
         assert_eq!(parse_ws_write_batch("1").unwrap(), 1);
         assert!(parse_reuse_port("1").unwrap());
         assert!(!parse_reuse_port("false").unwrap());
+        assert_eq!(parse_database_pool_size(DEFAULT_DATABASE_POOL_SIZE).unwrap(), 16);
+        assert_eq!(
+            parse_database_pool_size(DEFAULT_DATABASE_POOL_SIZE).unwrap(),
+            crate::db::DEFAULT_POOL_SIZE
+        );
+        assert_eq!(parse_database_pool_size("1000").unwrap(), 1000);
     }
 }

@@ -2,6 +2,8 @@
 //! same [`app`] the `pm-server` binary serves.
 //!
 //! - [`config`]: [`Config`](config::Config) from `PM_*` environment variables / flags;
+//! - [`db`]: the process's [`Database`](db::Database), whose connections every crate's stores
+//!   share (one PostgreSQL pool; on a SQLite file pm-core's one writer and its readers);
 //! - [`auth`]: credentials, sessions, API tokens and the `Authenticated` extractor;
 //! - [`authz`]: pm-permissions' engine as pm-core's authorizer, membership → role grants, and
 //!   the [`require`](authz::require) guard for host routes;
@@ -56,6 +58,7 @@ pub mod authz;
 pub mod chat;
 pub mod collab;
 pub mod config;
+pub mod db;
 pub mod error;
 pub mod extract;
 pub mod forwarded;

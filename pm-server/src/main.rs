@@ -55,6 +55,9 @@ async fn main() -> anyhow::Result<()> {
 
 /// The configured database with its schema up to date.
 struct Opened {
+    /// The process's database: every store below (and the workflow engine's, the realtime
+    /// broker's `NOTIFY`s) shares its one PostgreSQL pool.
+    database: pm_server::db::Database,
     stores: Stores,
     auth_store: Arc<dyn AuthStore>,
     pwa_stores: pm_server::pwa::store::PwaStores,
@@ -66,25 +69,27 @@ struct Opened {
 /// Opens the configured database and brings its schema up to date: pm-core's tables, then
 /// pm-server's authentication tables (which refer to pm-core's users), then pm-permissions'
 /// tables, then pm-realtime's, then pm-integrations' (each crate tracks its own migrations).
+/// On PostgreSQL all of them share one pool of `PM_DATABASE_POOL_SIZE` connections.
 async fn open_and_migrate(config: &Config) -> anyhow::Result<Opened> {
     let url = config.database_url_redacted();
-    let stores = pm_core::store::open(&config.database_url)
-        .await
-        .with_context(|| format!("opening database {url}"))?;
+    let database =
+        pm_server::db::Database::connect(&config.database_url, config.database_pool_size)
+            .await
+            .with_context(|| format!("opening database {url}"))?;
+    let stores = database.core_stores().await.with_context(|| format!("opening database {url}"))?;
     stores
         .admin
         .migrate()
         .await
         .with_context(|| format!("migrating {} database {url}", stores.admin.backend()))?;
-    let auth_store = pm_server::auth::store::open(&config.database_url)
-        .await
-        .with_context(|| format!("opening the auth tables of {url}"))?;
+    let auth_store =
+        database.auth_store().await.with_context(|| format!("opening the auth tables of {url}"))?;
     auth_store.migrate().await.with_context(|| format!("migrating the auth tables of {url}"))?;
     // The PWA tables are pm-server's too: the auth store's migrator created them already.
-    let pwa_stores = pm_server::pwa::store::open(&config.database_url)
-        .await
-        .with_context(|| format!("opening the PWA tables of {url}"))?;
-    let authz_stores = pm_permissions::store::open(&config.database_url)
+    let pwa_stores =
+        database.pwa_stores().await.with_context(|| format!("opening the PWA tables of {url}"))?;
+    let authz_stores = database
+        .authz_stores()
         .await
         .with_context(|| format!("opening the permission tables of {url}"))?;
     authz_stores
@@ -92,7 +97,8 @@ async fn open_and_migrate(config: &Config) -> anyhow::Result<Opened> {
         .migrate()
         .await
         .with_context(|| format!("migrating the permission tables of {url}"))?;
-    let realtime_stores = pm_realtime::store::open(&config.database_url)
+    let realtime_stores = database
+        .realtime_stores()
         .await
         .with_context(|| format!("opening the realtime tables of {url}"))?;
     realtime_stores
@@ -100,7 +106,8 @@ async fn open_and_migrate(config: &Config) -> anyhow::Result<Opened> {
         .migrate()
         .await
         .with_context(|| format!("migrating the realtime tables of {url}"))?;
-    let integration_stores = pm_integrations::store::open(&config.database_url)
+    let integration_stores = database
+        .integration_stores()
         .await
         .with_context(|| format!("opening the integration tables of {url}"))?;
     integration_stores
@@ -108,7 +115,15 @@ async fn open_and_migrate(config: &Config) -> anyhow::Result<Opened> {
         .migrate()
         .await
         .with_context(|| format!("migrating the integration tables of {url}"))?;
-    Ok(Opened { stores, auth_store, pwa_stores, authz_stores, realtime_stores, integration_stores })
+    Ok(Opened {
+        database,
+        stores,
+        auth_store,
+        pwa_stores,
+        authz_stores,
+        realtime_stores,
+        integration_stores,
+    })
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
@@ -217,6 +232,7 @@ async fn create_user(config: &Config, args: &CreateUser) -> anyhow::Result<()> {
 
 async fn serve(config: &Config) -> anyhow::Result<()> {
     let Opened {
+        database,
         stores,
         auth_store,
         pwa_stores,
@@ -270,15 +286,17 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     state.trusted_proxies = config.trusted_proxies();
     // One broker for everything that crosses instances: the hub's signals and the documents.
     let broker_kind = config.realtime_broker();
-    let broker = pm_server::realtime::open_broker(
-        broker_kind,
-        &config.database_url,
-        config.redis_url.as_deref(),
-    )
-    .await
-    .with_context(|| {
-        format!("connecting the {} realtime broker (PM_REALTIME_BROKER)", broker_kind.as_str())
-    })?;
+    let broker =
+        pm_server::realtime::open_broker_on(broker_kind, &database, config.redis_url.as_deref())
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting the {} realtime broker (PM_REALTIME_BROKER)",
+                    broker_kind.as_str()
+                )
+            })?;
+    // The document registry uses the realtime stores the hub gets (opened and migrated above).
+    let doc_store = realtime_stores.docs.clone();
     state.realtime = pm_server::realtime::Realtime::start(pm_server::realtime::RealtimeSetup {
         stores: state.stores.clone(),
         authz: Arc::new(pm_server::authz::ServerAuthorizer::new(state.permissions.clone())),
@@ -292,9 +310,6 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     })
     .await
     .context("starting the realtime hub")?;
-    let doc_store = pm_server::collab::open_registry_store(&config.database_url)
-        .await
-        .context("opening the collaborative-document tables")?;
     let state = state.with_collab(doc_store, broker, pm_realtime::doc::CollabConfig::default());
     let keyring = config.keyring();
     if keyring.is_none() {
@@ -356,8 +371,10 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         .smtp_url
         .clone()
         .map(|url| pm_server::workflows::SmtpSettings { url, from: config.smtp_from.clone() });
-    let engine = pm_server::workflows::open_engine(
-        &config.database_url,
+    let workflow_stores =
+        database.workflow_stores().await.context("opening the workflow tables")?;
+    let engine = pm_server::workflows::build_engine(
+        workflow_stores,
         state.pm.clone(),
         state.permissions.clone(),
         smtp,

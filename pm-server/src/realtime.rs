@@ -73,7 +73,26 @@ impl BrokerKind {
     }
 }
 
-/// Connects the broker of `kind`: PostgreSQL on `database_url`, Redis on `redis_url`.
+/// Connects the broker of `kind` for the process's `database`: on PostgreSQL the broker sends
+/// its `NOTIFY`s through the shared pool and only its `LISTEN` connection is its own (one of
+/// [`crate::db::LISTEN_CONNECTIONS`]); Redis on `redis_url`.
+pub async fn open_broker_on(
+    kind: BrokerKind,
+    database: &crate::db::Database,
+    redis_url: Option<&str>,
+) -> pm_realtime::Result<Arc<dyn Broker>> {
+    #[cfg(feature = "postgres")]
+    if let (BrokerKind::Postgres, Some(pool)) = (kind, database.postgres_pool()) {
+        let b = pm_realtime::broker::postgres::PostgresBroker::from_pool(pool.clone()).await?;
+        return Ok(Arc::new(b));
+    }
+    // Anything else (memory, Redis, or a `postgres` broker refused on a SQLite database) needs
+    // no pool of ours.
+    open_broker(kind, database.url(), redis_url).await
+}
+
+/// Connects the broker of `kind`: PostgreSQL on `database_url` (a pool of its own, for hosts
+/// without a [`crate::db::Database`]; see [`open_broker_on`]), Redis on `redis_url`.
 pub async fn open_broker(
     kind: BrokerKind,
     database_url: &str,

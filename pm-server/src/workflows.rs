@@ -201,6 +201,18 @@ pub async fn open_engine(
     messages: Option<Arc<dyn MessageSender>>,
 ) -> anyhow::Result<Engine> {
     let stores = pm_workflows::store::open(url).await?;
+    build_engine(stores, pm, permissions, smtp, messages).await
+}
+
+/// [`open_engine`] on stores the caller opened (pm-server's binary: on the process's shared
+/// pool, see [`crate::db::Database::workflow_stores`]); migrates them.
+pub async fn build_engine(
+    stores: pm_workflows::store::WorkflowStores,
+    pm: pm_core::Pm,
+    permissions: Arc<PermissionService>,
+    smtp: Option<SmtpSettings>,
+    messages: Option<Arc<dyn MessageSender>>,
+) -> anyhow::Result<Engine> {
     stores.admin.migrate().await?;
     let mailer: Option<Arc<dyn Mailer>> = match smtp {
         Some(s) => Some(Arc::new(SmtpMailer::new(&s.url, &s.from)?)),

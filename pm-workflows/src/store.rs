@@ -689,6 +689,14 @@ pub async fn open(url: &str) -> Result<WorkflowStores> {
     Err(Error::invalid("database_url", "no enabled workflow store adapter for this URL"))
 }
 
+/// pm-workflows' PostgreSQL stores over an existing pool, for a host that shares one pool between all
+/// the crates on one database (pm-server does: one pool per process, see its `db` module) rather
+/// than letting each [`open`] its own. Does not migrate; call `stores.admin.migrate()`.
+#[cfg(feature = "postgres")]
+pub fn postgres_stores(pool: sqlx::postgres::PgPool) -> WorkflowStores {
+    WorkflowStores::from_adapter(Arc::new(postgres::PostgresWorkflowStore::from_pool(pool)))
+}
+
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod shared {
     use crate::Error;

@@ -173,6 +173,22 @@ impl SqliteStore {
         store
     }
 
+    /// The pool of the single writer connection, for a host that lets other crates' SQLite
+    /// adapters write through it too (their `from_pools`): the process then has one writer on
+    /// the file, so crates queue for it in process instead of contending for SQLite's write
+    /// lock (`SQLITE_BUSY` after the busy timeout). pm-server does. The connection runs with
+    /// `wal_autocheckpoint=0`; the store's checkpointer copies the WAL back after pm-core's
+    /// commits and, since others' commits do not wake it, every few seconds regardless.
+    pub fn writer_pool(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// The read-only pool (for sharing, see [`SqliteStore::writer_pool`]). For an in-memory
+    /// database it is the writer's one pinned connection.
+    pub fn reader_pool(&self) -> &SqlitePool {
+        &self.reader
+    }
+
     /// A [`CreateBatcher`] over this store's writer, counters and wake-up.
     fn batcher(&self) -> CreateBatcher {
         CreateBatcher {
@@ -246,12 +262,26 @@ struct Checkpointer {
 /// How long the checkpointer lets commits accumulate before copying them back.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
+/// How often the checkpointer runs when no pm-core commit woke it: other crates writing through
+/// a shared writer (see `SqliteStore::writer_pool`) do not ping the wake-up, and their WAL
+/// frames must not pile up until pm-core's next commit. A passive checkpoint of an already
+/// copied WAL writes nothing.
+const CHECKPOINT_IDLE: Duration = Duration::from_secs(5);
+
 impl Checkpointer {
     /// Runs until the store's wake-up signal is gone (every store clone dropped).
     async fn run(self, mut commits: tokio::sync::watch::Receiver<u64>) {
-        while commits.changed().await.is_ok() {
-            tokio::time::sleep(CHECKPOINT_EVERY).await;
-            commits.mark_unchanged();
+        loop {
+            match tokio::time::timeout(CHECKPOINT_IDLE, commits.changed()).await {
+                Ok(Ok(())) => {
+                    tokio::time::sleep(CHECKPOINT_EVERY).await;
+                    commits.mark_unchanged();
+                }
+                // Every store clone is gone.
+                Ok(Err(_)) => return,
+                // Idle: copy back what other crates' commits left in the WAL.
+                Err(_) => {}
+            }
             if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&self.pool).await
             {
                 // A failed checkpoint loses nothing (the frames stay in the WAL); the next one

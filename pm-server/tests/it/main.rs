@@ -12,6 +12,7 @@ mod collab;
 mod faults;
 mod http;
 mod metrics;
+mod pool;
 mod readiness;
 mod realtime;
 mod serve;
@@ -20,10 +21,13 @@ mod workflows;
 
 use std::net::SocketAddr;
 
-/// Taken by every test that runs two pm-server instances on the shared PostgreSQL. An instance
-/// holds ~20 connections while idle (one pool per crate) and more under load, and the local
-/// server allows 100: two such tests at once, beside the rest of the suite, hit "sorry, too
-/// many clients already" (seen as pool timeouts and 10 s request timeouts under CI load).
+/// Taken by every test that runs two pm-server instances on the shared PostgreSQL. It was
+/// needed while an instance held ~20 connections idle (one pool per crate): two such tests at
+/// once, beside the rest of the suite, exceeded the local server's 100 ("sorry, too many
+/// clients already", seen as pool timeouts). A `pm-server` process now holds at most
+/// `PM_DATABASE_POOL_SIZE` (16) + 2 `LISTEN` connections (see `pool.rs`), but the in-process
+/// pairs (`realtime::multi`, `collab`) still open a pool per crate through the URL `open`s, and
+/// the permit is cheap: kept as a safety margin.
 pub static POSTGRES_PAIRS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 use axum::Router;

@@ -60,6 +60,12 @@ impl SqliteAuthStore {
             .map_err(st)?;
         Ok(Self { writer, reader })
     }
+
+    /// Wraps existing pools on the pm-core database file (e.g. pm-core's own writer and
+    /// readers, shared so the process has one writer). `writer` must allow writes.
+    pub fn from_pools(writer: SqlitePool, reader: SqlitePool) -> Self {
+        Self { writer, reader }
+    }
 }
 
 fn st(e: sqlx::Error) -> Error {

@@ -103,6 +103,16 @@ impl Drop for Instance {
 
 impl Instance {
     pub(crate) fn spawn(name: &'static str, database_url: &str, broker: Broker<'_>) -> Instance {
+        Self::spawn_with(name, database_url, broker, &[])
+    }
+
+    /// [`Instance::spawn`] with extra `PM_*` variables (`env`, set last so they win).
+    pub(crate) fn spawn_with(
+        name: &'static str,
+        database_url: &str,
+        broker: Broker<'_>,
+        env: &[(&str, &str)],
+    ) -> Instance {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("stderr.log");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -130,6 +140,7 @@ impl Instance {
                 cmd.env("PM_REALTIME_BROKER", "redis").env("PM_REDIS_URL", url);
             }
         }
+        cmd.envs(env.iter().copied());
         let child = cmd.spawn().expect("spawn pm-server");
         Instance { name, child, addr, base: format!("http://{addr}"), log, _dir: dir }
     }
