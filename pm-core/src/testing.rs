@@ -984,6 +984,34 @@ pub async fn events_and_cursors(stores: &Stores) {
         .unwrap();
     let woke = writer.await.unwrap();
     assert!(batch.iter().any(|e| e.task_id == Some(woke.id) && e.kind == EventKind::TaskCreated));
+
+    // Caught up, `next_batch_or_idle` says so once (an empty batch) after the quiet period, so
+    // a consumer can write its cursor; then it waits for the next event as `next_batch` does.
+    let idle = std::time::Duration::from_millis(30);
+    let quiet =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tail.next_batch_or_idle(10, idle))
+            .await
+            .expect("the idle signal came")
+            .unwrap();
+    assert!(quiet.is_empty(), "caught up: an empty batch, got {quiet:?}");
+    let stores3 = stores.clone();
+    let f3 = f.clone();
+    let writer = tokio::spawn(async move {
+        // Well past `idle`: a second idle signal would come first if it were repeated.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        stores3.tasks.create_task(&f3.origin(), &f3.new_task("after idle"), now()).await.unwrap()
+    });
+    let batch =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tail.next_batch_or_idle(10, idle))
+            .await
+            .expect("the tailer woke after idling")
+            .unwrap();
+    let later = writer.await.unwrap();
+    assert!(
+        batch.iter().any(|e| e.task_id == Some(later.id)),
+        "the idle signal is given once, then the next event: {batch:?}"
+    );
+    assert_eq!(tail.position(), batch.last().unwrap().seq);
 }
 
 /// Concurrent writers while a tailer follows the log: the tailer sees every event exactly once,

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pm_core::event::{Actor, Event, EventKind, Tailer};
+use pm_core::event::{Actor, Checkpoint, Event, EventKind, Tailer};
 use pm_core::id::{EventId, OrgId, ProjectId, StateId, TaskId, UserId};
 use pm_core::model::{Comment, Task};
 use pm_core::store::Stores;
@@ -230,18 +230,23 @@ impl NotificationConsumer {
                 }
             };
             let mut tailer = Tailer::new(self.stores.events.clone(), start);
+            // Re-deriving is idempotent (a notification exists once), so the cursor may trail.
+            let mut checkpoint = Checkpoint::new(start);
             let failed = loop {
-                let events = match tailer.next_batch(self.batch).await {
+                let events = match tailer.next_batch_or_idle(self.batch, Checkpoint::IDLE).await {
                     Ok(e) => e,
                     Err(e) => break e.into(),
                 };
-                if let Err(e) = self.process(&events).await {
-                    break e;
-                }
-                if let Some(last) = events.last()
-                    && let Err(e) = self.stores.events.save_cursor(CONSUMER, last.seq).await
-                {
-                    break e.into();
+                let created = match self.process(&events).await {
+                    Ok(n) => n,
+                    Err(e) => break e,
+                };
+                let at = tailer.position();
+                if checkpoint.due(at, created > 0, events.is_empty()) {
+                    if let Err(e) = self.stores.events.save_cursor(CONSUMER, at).await {
+                        break e.into();
+                    }
+                    checkpoint.saved(at);
                 }
             };
             tracing::warn!(error = %failed, "pm-realtime: notification consumer failed; restarting");

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pm_core::Pm;
-use pm_core::event::{Actor, Event, EventKind, Origin, Tailer};
+use pm_core::event::{Actor, Checkpoint, Event, EventKind, Origin, Tailer};
 use pm_core::id::{IntegrationId, OrgId, StateId, TaskId, UserId};
 use pm_core::model::{Email, StateCategory, Task, TaskPatch, TaskTitle};
 use pm_core::query::{PageRequest, TaskFilter};
@@ -540,12 +540,13 @@ async fn consume(ints: &Integrations, pm: &Pm, events: Arc<dyn EventLog>) -> Res
     let from = ints.stores.webhooks.cursor(CONSUMER).await?;
     let mut tail = Tailer::new(events, from);
     tail.poll = ints.worker.poll;
-    // The cursor is written when an event concerned an integration, else at most every few
-    // seconds: most of the log is other projects' business, and every write competes with
-    // pm-core's writer on a shared SQLite file. A restart re-reads at most that stretch.
-    let (mut saved, mut saved_at) = (from, std::time::Instant::now());
+    // The cursor is written when an event concerned an integration or the consumer is caught
+    // up, else at most every few seconds: most of the log is other projects' business, and
+    // every write competes with pm-core's writer on a shared SQLite file. A restart re-reads at
+    // most that stretch.
+    let mut checkpoint = Checkpoint::new(from).every(CURSOR_SAVE_EVERY);
     loop {
-        let batch = tail.next_batch(100).await?;
+        let batch = tail.next_batch_or_idle(100, Checkpoint::IDLE).await?;
         let mut acted = false;
         let mut by_org: BTreeMap<OrgId, Vec<Integration>> = BTreeMap::new();
         for e in &batch {
@@ -597,10 +598,10 @@ async fn consume(ints: &Integrations, pm: &Pm, events: Arc<dyn EventLog>) -> Res
                 }
             }
         }
-        let upto = batch.last().map_or(tail.position(), |e| e.seq);
-        if upto > saved && (acted || saved_at.elapsed() >= CURSOR_SAVE_EVERY) {
+        let upto = tail.position();
+        if checkpoint.due(upto, acted, batch.is_empty()) {
             ints.stores.webhooks.enqueue_outbound(CONSUMER, upto, &[]).await?;
-            (saved, saved_at) = (upto, std::time::Instant::now());
+            checkpoint.saved(upto);
         }
     }
 }

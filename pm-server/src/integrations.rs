@@ -33,7 +33,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pm_core::event::Tailer;
+use pm_core::event::{Checkpoint, Tailer};
 use pm_core::store::EventLog;
 use pm_integrations::clock::{Clock, SystemClock};
 use pm_integrations::crypto::Keyring;
@@ -277,7 +277,8 @@ impl Integrations {
     }
 
     /// Pushes local changes: every task/comment event after the cursor goes to the engine;
-    /// the cursor moves after each batch (at-least-once; a repeated push finds nothing to do).
+    /// the cursor trails by at most a [`Checkpoint`] (at-least-once; a repeated push finds
+    /// nothing to do).
     /// A retryable failure (rate limit, outage, concurrent write) is retried in place with
     /// backoff, up to [`PUSH_RETRIES`] times, then logged and skipped so one broken integration
     /// cannot stall every other; the next change of the task syncs it again.
@@ -289,8 +290,12 @@ impl Integrations {
         let from = self.stores.webhooks.cursor(SYNC_CONSUMER).await?;
         let mut tail = Tailer::new(events, from);
         tail.poll = self.worker.poll;
+        let mut checkpoint = Checkpoint::new(from);
         loop {
-            let batch = tail.next_batch(100).await.map_err(pm_integrations::Error::storage)?;
+            let batch = tail
+                .next_batch_or_idle(100, Checkpoint::IDLE)
+                .await
+                .map_err(pm_integrations::Error::storage)?;
             for e in &batch {
                 let mut attempt = 0;
                 loop {
@@ -307,8 +312,11 @@ impl Integrations {
                     }
                 }
             }
-            let upto = batch.last().map_or(tail.position(), |e| e.seq);
-            self.stores.webhooks.enqueue_outbound(SYNC_CONSUMER, upto, &[]).await?;
+            let upto = tail.position();
+            if checkpoint.due(upto, false, batch.is_empty()) {
+                self.stores.webhooks.enqueue_outbound(SYNC_CONSUMER, upto, &[]).await?;
+                checkpoint.saved(upto);
+            }
         }
     }
 
@@ -450,8 +458,14 @@ impl Integrations {
         let from = self.stores.webhooks.cursor(FANOUT_CONSUMER).await?;
         let mut tail = Tailer::new(events, from);
         tail.poll = self.worker.poll;
+        // Deliveries are enqueued with the cursor in one transaction; a batch that matched no
+        // subscription only moves the cursor, which may trail (re-reading finds nothing).
+        let mut checkpoint = Checkpoint::new(from);
         loop {
-            let batch = tail.next_batch(200).await.map_err(pm_integrations::Error::storage)?;
+            let batch = tail
+                .next_batch_or_idle(200, Checkpoint::IDLE)
+                .await
+                .map_err(pm_integrations::Error::storage)?;
             let subs = self.stores.webhooks.enabled_subscriptions().await?;
             let now = self.clock.now();
             let mut deliveries = Vec::new();
@@ -462,10 +476,17 @@ impl Integrations {
                     deliveries.push(OutboundDelivery::new(s.id, e, now));
                 }
             }
-            let upto = batch.last().map_or(tail.position(), |e| e.seq);
+            let upto = tail.position();
+            if !checkpoint.due(upto, !deliveries.is_empty(), batch.is_empty()) {
+                continue;
+            }
             match self.stores.webhooks.enqueue_outbound(FANOUT_CONSUMER, upto, &deliveries).await {
-                Ok(n) if n > 0 => self.wake_outbound(),
-                Ok(_) => {}
+                Ok(n) => {
+                    checkpoint.saved(upto);
+                    if n > 0 {
+                        self.wake_outbound();
+                    }
+                }
                 // A subscription deleted between the list and the insert: list again.
                 Err(pm_integrations::Error::NotFound { .. }) => {
                     return Ok(());

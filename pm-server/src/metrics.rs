@@ -256,9 +256,16 @@ pub async fn render(state: &AppState) -> String {
                 let name = pm_workflows::engine::CONSUMER;
                 consumers.push((name, log.load_cursor(name).await.ok()));
             }
-            if state.integrations.is_some() {
-                let name = crate::integrations::FANOUT_CONSUMER;
-                consumers.push((name, log.load_cursor(name).await.ok()));
+            // pm-integrations keeps its consumers' cursors in its own table (each moves in the
+            // transaction that enqueues the work it derived).
+            if let Some(ints) = &state.integrations {
+                for name in [
+                    crate::integrations::FANOUT_CONSUMER,
+                    crate::integrations::SYNC_CONSUMER,
+                    crate::chat::CONSUMER,
+                ] {
+                    consumers.push((name, ints.stores.webhooks.cursor(name).await.ok()));
+                }
             }
             for (name, cursor) in consumers {
                 if let Some(cursor) = cursor {

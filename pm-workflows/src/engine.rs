@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use pm_core::Pm;
-use pm_core::event::{Actor, Cause, Event, EventKind, Origin, Tailer};
+use pm_core::event::{Actor, Cause, Checkpoint, Event, EventKind, Origin, Tailer};
 use pm_core::id::{EventId, OrgId, ProjectId, StateId, TaskId, UserId, WorkflowId};
 use pm_core::model::{Comment, Markdown, Priority, Task, TaskPatch, TaskTitle};
 use serde::{Deserialize, Serialize};
@@ -642,25 +642,37 @@ impl Engine {
                 }
             };
             let mut tailer = Tailer::new(log.clone(), start);
+            // Dispatch is idempotent (an execution's trigger key is unique), so the cursor may
+            // trail the events already dispatched.
+            let mut checkpoint = Checkpoint::new(start);
             let failed: Error = loop {
-                let events = match tailer.next_batch(self.inner.config.batch).await {
+                let events = match tailer
+                    .next_batch_or_idle(self.inner.config.batch, Checkpoint::IDLE)
+                    .await
+                {
                     Ok(e) => e,
                     Err(e) => break e.into(),
                 };
                 let mut err = None;
+                let mut started = 0;
                 for e in &events {
-                    if let Err(x) = self.dispatch(e).await {
-                        err = Some(x);
-                        break;
+                    match self.dispatch(e).await {
+                        Ok(n) => started += n,
+                        Err(x) => {
+                            err = Some(x);
+                            break;
+                        }
                     }
                 }
                 if let Some(e) = err {
                     break e;
                 }
-                if let Some(last) = events.last()
-                    && let Err(e) = log.save_cursor(CONSUMER, last.seq).await
-                {
-                    break e.into();
+                let at = tailer.position();
+                if checkpoint.due(at, started > 0, events.is_empty()) {
+                    if let Err(e) = log.save_cursor(CONSUMER, at).await {
+                        break e.into();
+                    }
+                    checkpoint.saved(at);
                 }
             };
             if timers.is_finished() {

@@ -508,6 +508,46 @@ async fn outbound_webhooks_are_signed_retried_disabled_and_redelivered() {
     assert_eq!(status["items"][0]["status"], "done");
 }
 
+/// `/metrics` reports the integration consumers' lag from their own cursors (pm-integrations
+/// keeps them, not pm-core's event log), and each drains to zero once the consumer is caught
+/// up, although the cursors are no longer written after every batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integration_consumers_report_their_lag_and_catch_up() {
+    let (s, ints, _dir) = server(None).await;
+    let ints = ints.with_pm(s.state.pm.clone());
+    let _workers = ints.start(s.state.stores.events.clone());
+    let _chat =
+        pm_server::chat::start(ints.clone(), s.state.pm.clone(), s.state.stores.events.clone());
+    let (_, token) = s.user("lag@example.com").await;
+    let (_, project, _) = org_and_project(&s, &token, "lag", "LG").await;
+    for i in 0..20 {
+        s.call(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/tasks"),
+            Some(&token),
+            Some(json!({"title": format!("Task {i}")})),
+        )
+        .await
+        .ok(201);
+    }
+    let series = |name: &str| format!("pm_event_log_consumer_lag{{consumer=\"{name}\"}} ");
+    let mut text = String::new();
+    for _ in 0..100 {
+        let res = s.http.get(format!("{}/metrics", s.base)).send().await.unwrap();
+        text = res.text().await.unwrap();
+        let lags: Vec<Option<&str>> = ["outbound-webhooks", "sync-push", "chat-calendar"]
+            .iter()
+            .map(|n| text.lines().find_map(|l| l.strip_prefix(&series(n))))
+            .collect();
+        assert!(lags.iter().all(Option::is_some), "a consumer's lag is missing:\n{text}");
+        if lags.iter().all(|l| *l == Some("0")) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the integration consumers did not catch up:\n{text}");
+}
+
 /// Issue 9's drill: the receiver is down (connection refused) for a while; the delivery is retried
 /// on schedule, and arrives — once, signed — when the receiver is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
