@@ -100,6 +100,8 @@ pub enum NotificationKind {
     Commented,
     /// A task you watch or are assigned to changed state.
     StateChanged,
+    /// An automation rule (pm-workflows' notify action, an approval request) addressed you.
+    Automation,
 }
 
 impl NotificationKind {
@@ -110,6 +112,7 @@ impl NotificationKind {
             NotificationKind::Mentioned => "mentioned",
             NotificationKind::Commented => "commented",
             NotificationKind::StateChanged => "state_changed",
+            NotificationKind::Automation => "automation",
         }
     }
 
@@ -120,6 +123,7 @@ impl NotificationKind {
             "mentioned" => NotificationKind::Mentioned,
             "commented" => NotificationKind::Commented,
             "state_changed" => NotificationKind::StateChanged,
+            "automation" => NotificationKind::Automation,
             other => {
                 return Err(Error::invalid("kind", format!("unknown notification kind {other:?}")));
             }
@@ -263,21 +267,32 @@ impl NotificationConsumer {
         let mut created = 0;
         for event in events {
             for n in self.derive(event).await? {
-                if !self.notifications.create_notification(&n).await? {
-                    continue; // already derived (reprocessing after a crash, or another instance)
-                }
-                created += 1;
-                if let Some(hub) = &self.hub {
-                    hub.push_notification(&n);
-                }
-                for sink in &self.sinks {
-                    if let Err(e) = sink.deliver(&n).await {
-                        tracing::warn!(error = %e, notification = %n.id, "pm-realtime: a notification sink failed");
-                    }
+                if self.deliver(&n).await? {
+                    created += 1;
                 }
             }
         }
         Ok(created)
+    }
+
+    /// Stores `n` and, when it is new, pushes it live and hands it to every sink; returns
+    /// whether it was new. A notification is unique per user and `event_id`, so delivering it
+    /// again (reprocessing after a crash, another instance, a retried automation step) stores
+    /// and sends nothing. Also the way in for notifications not derived from the log, e.g. an
+    /// automation's notify action (pm-server's workflow notifier).
+    pub async fn deliver(&self, n: &Notification) -> Result<bool> {
+        if !self.notifications.create_notification(n).await? {
+            return Ok(false);
+        }
+        if let Some(hub) = &self.hub {
+            hub.push_notification(n);
+        }
+        for sink in &self.sinks {
+            if let Err(e) = sink.deliver(n).await {
+                tracing::warn!(error = %e, notification = %n.id, "pm-realtime: a notification sink failed");
+            }
+        }
+        Ok(true)
     }
 
     /// The notifications an event gives rise to (not yet stored).

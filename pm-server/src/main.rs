@@ -379,6 +379,10 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         state.permissions.clone(),
         smtp,
         Some(messages),
+        Some(Arc::new(pm_server::workflows::InAppNotifier::new(
+            state.realtime.clone(),
+            state.pm.clone(),
+        ))),
     )
     .await
     .context("starting the workflow engine (PM_SMTP_URL?)")?;

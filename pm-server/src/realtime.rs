@@ -201,12 +201,22 @@ struct Inner {
     hub: OnceCell<Hub>,
     /// The notification consumer's task, aborted on shutdown.
     consumer: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Delivers notifications not derived from the log (store, live push, sinks), like the
+    /// consumer does; set when the hub starts.
+    delivery: OnceCell<NotificationConsumer>,
 }
 
 impl Realtime {
     /// A realtime that starts on first use ([`Realtime::hub`]).
     pub fn new(setup: RealtimeSetup) -> Self {
-        Self { inner: Arc::new(Inner { setup, hub: OnceCell::new(), consumer: Mutex::new(None) }) }
+        Self {
+            inner: Arc::new(Inner {
+                setup,
+                hub: OnceCell::new(),
+                consumer: Mutex::new(None),
+                delivery: OnceCell::new(),
+            }),
+        }
     }
 
     /// A realtime started now (hub, broker listener, notification consumer).
@@ -236,6 +246,7 @@ impl Realtime {
                 for sink in &s.sinks {
                     consumer = consumer.with_sink(sink.clone());
                 }
+                let _ = self.inner.delivery.set(consumer.clone());
                 let consumer = consumer.spawn();
                 *lock(&self.inner.consumer) = Some(consumer.abort_handle());
                 tracing::info!(instance = %hub.instance_id(), "realtime hub started");
@@ -249,6 +260,19 @@ impl Realtime {
     pub async fn reauthorize_user(&self, user: pm_core::id::UserId) {
         if let Some(hub) = self.inner.hub.get() {
             hub.reauthorize_user(user).await;
+        }
+    }
+
+    /// Delivers `n` as the notification consumer does (stored once per user and `event_id`,
+    /// pushed live, handed to Web Push); returns whether it was new.
+    pub async fn deliver(
+        &self,
+        n: &pm_realtime::notification::Notification,
+    ) -> pm_realtime::Result<bool> {
+        self.hub().await?;
+        match self.inner.delivery.get() {
+            Some(d) => d.deliver(n).await,
+            None => Ok(false),
         }
     }
 

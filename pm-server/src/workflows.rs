@@ -5,23 +5,105 @@
 //! The engine is started by `serve` (it consumes the event log from its durable cursor, resumes
 //! interrupted executions and fires timers); the REST routes are in [`crate::api::workflows`].
 //! Provider messages go through Slack ([`crate::chat::SlackMessages`]) when the server runs
-//! with integrations; in-app notifications are not wired yet: that action fails with a clear
-//! "the host has no … configured" error.
+//! with integrations; in-app notifications (the notify action, approval requests) go through
+//! pm-realtime like the log-derived ones ([`InAppNotifier`]).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use pm_core::event::Actor;
-use pm_core::id::{OrgId, ProjectId, UserId};
+use pm_core::id::{EventId, OrgId, ProjectId, TaskId, UserId};
 use pm_permissions::PermissionService;
 use pm_permissions::model::{AssignmentFilter, Scope};
+use pm_realtime::notification::{Notification, NotificationId, NotificationKind};
 use pm_workflows::definition::Approvers;
 use pm_workflows::engine::{Engine, EngineConfig};
 use pm_workflows::ports::{
-    ApproverDirectory, HttpSender, Mail, Mailer, MessageSender, OutboundRequest, OutboundResponse,
-    Ports,
+    ApproverDirectory, HttpSender, Mail, Mailer, MessageSender, Notifier, OutboundRequest,
+    OutboundResponse, Ports,
 };
 use pm_workflows::{Error, Result};
+use sha2::{Digest, Sha256};
+
+/// In-app notifications from automation: each addressed user gets a notification of kind
+/// `automation`, stored, pushed live on `user:{id}` and handed to Web Push exactly as the ones
+/// pm-realtime derives from the log.
+///
+/// The engine passes an idempotency key per step (`<execution>:<step key>`, the same on a
+/// retry or after a crash); the notification's `event_id` is derived from it, and a
+/// notification is unique per user and `event_id`, so a repeated step notifies nobody twice.
+#[derive(Debug, Clone)]
+pub struct InAppNotifier {
+    realtime: crate::realtime::Realtime,
+    pm: pm_core::Pm,
+}
+
+impl InAppNotifier {
+    /// Over the server's realtime (its notification store, hub and sinks) and pm-core.
+    pub fn new(realtime: crate::realtime::Realtime, pm: pm_core::Pm) -> Self {
+        Self { realtime, pm }
+    }
+
+    /// A stable id per idempotency key (UUIDv8 from its SHA-256): not a log event's id, which
+    /// are UUIDv7, so the two never collide.
+    fn event_id(idempotency_key: &str) -> EventId {
+        let digest = Sha256::digest(idempotency_key.as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        EventId(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+    }
+}
+
+#[async_trait]
+impl Notifier for InAppNotifier {
+    async fn notify(
+        &self,
+        users: &[UserId],
+        task: Option<TaskId>,
+        message: &str,
+        idempotency_key: &str,
+    ) -> Result<()> {
+        let stores = self.pm.stores();
+        let (org_id, project_id) = match task {
+            Some(id) => {
+                let t = stores.tasks.get_task(id).await.map_err(|e| {
+                    Error::Action(format!("reading task {id} for a notification: {e}"))
+                })?;
+                (Some(t.org_id), Some(t.project_id))
+            }
+            None => (None, None),
+        };
+        // Sorted with the log's events by `seq`: it happened after everything committed so far.
+        let seq = stores
+            .events
+            .latest_seq()
+            .await
+            .map_err(|e| Error::Action(format!("reading the event log's head: {e}")))?;
+        let event_id = Self::event_id(idempotency_key);
+        let created_at = pm_core::model::now();
+        for &user_id in users {
+            let n = Notification {
+                id: NotificationId::new(),
+                user_id,
+                kind: NotificationKind::Automation,
+                event_id,
+                seq,
+                actor: Actor::System,
+                org_id,
+                project_id,
+                task_id: task,
+                summary: message.to_owned(),
+                created_at,
+                read_at: None,
+            };
+            self.realtime
+                .deliver(&n)
+                .await
+                .map_err(|e| Error::Action(format!("storing a notification for {user_id}: {e}")))?;
+        }
+        Ok(())
+    }
+}
 
 /// Approvers of a role are the users holding it (directly) in the organization or in the
 /// task's project, with an assignment active now; rights are re-read at every decision.
@@ -192,16 +274,18 @@ pub struct SmtpSettings {
 
 /// Opens pm-workflows' tables in the database at `url`, migrates them, and builds the engine
 /// with the server's adapters (`messages`: the provider message sender, e.g.
-/// [`crate::chat::SlackMessages`]). Does not start it (see [`Engine::spawn`]).
+/// [`crate::chat::SlackMessages`]; `notifier`: in-app notifications, e.g. [`InAppNotifier`]).
+/// Does not start it (see [`Engine::spawn`]).
 pub async fn open_engine(
     url: &str,
     pm: pm_core::Pm,
     permissions: Arc<PermissionService>,
     smtp: Option<SmtpSettings>,
     messages: Option<Arc<dyn MessageSender>>,
+    notifier: Option<Arc<dyn Notifier>>,
 ) -> anyhow::Result<Engine> {
     let stores = pm_workflows::store::open(url).await?;
-    build_engine(stores, pm, permissions, smtp, messages).await
+    build_engine(stores, pm, permissions, smtp, messages, notifier).await
 }
 
 /// [`open_engine`] on stores the caller opened (pm-server's binary: on the process's shared
@@ -212,6 +296,7 @@ pub async fn build_engine(
     permissions: Arc<PermissionService>,
     smtp: Option<SmtpSettings>,
     messages: Option<Arc<dyn MessageSender>>,
+    notifier: Option<Arc<dyn Notifier>>,
 ) -> anyhow::Result<Engine> {
     stores.admin.migrate().await?;
     let mailer: Option<Arc<dyn Mailer>> = match smtp {
@@ -222,7 +307,7 @@ pub async fn build_engine(
         mailer,
         http: Some(Arc::new(ReqwestHttp::default())),
         messages,
-        notifier: None,
+        notifier,
         approvers: Some(Arc::new(ServerApprovers::new(permissions))),
     };
     let engine = Engine::new(pm, stores, ports, EngineConfig::default());

@@ -47,6 +47,8 @@ pub enum NotificationKindBody {
     Commented,
     /// A task you watch or are assigned to changed state.
     StateChanged,
+    /// An automation rule addressed you (a workflow's notify action, an approval request).
+    Automation,
 }
 
 impl From<NotificationKind> for NotificationKindBody {
@@ -56,6 +58,7 @@ impl From<NotificationKind> for NotificationKindBody {
             NotificationKind::Mentioned => Self::Mentioned,
             NotificationKind::Commented => Self::Commented,
             NotificationKind::StateChanged => Self::StateChanged,
+            NotificationKind::Automation => Self::Automation,
         }
     }
 }

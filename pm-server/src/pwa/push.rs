@@ -200,6 +200,7 @@ pub fn payload(n: &Notification) -> serde_json::Value {
         NotificationKind::Mentioned => "You were mentioned",
         NotificationKind::Commented => "New comment",
         NotificationKind::StateChanged => "Status changed",
+        NotificationKind::Automation => "Automation",
     };
     let mut body = n.summary.clone();
     if body.len() > MAX_BODY_BYTES {
@@ -356,7 +357,9 @@ impl NotificationSink for PushSender {
         }
         let payload = payload(n).to_string().into_bytes();
         let urgency = match n.kind {
-            NotificationKind::Assigned | NotificationKind::Mentioned => "high",
+            NotificationKind::Assigned
+            | NotificationKind::Mentioned
+            | NotificationKind::Automation => "high",
             NotificationKind::Commented | NotificationKind::StateChanged => "normal",
         };
         for sub in subs {

@@ -319,7 +319,8 @@ async fn review_needs_two_of_three_managers_then_done_and_the_reporter_is_mailed
             "timeout_minutes": 1440,
             "on_approved": [
                 {"type": "action", "action": {"type": "transition", "to_state": w.done}},
-                {"type": "action", "action": {"type": "email", "to": ["reporter"], "subject": "{{task.reference}} approved", "body": "{{task.title}} is done."}}
+                {"type": "action", "action": {"type": "email", "to": ["reporter"], "subject": "{{task.reference}} approved", "body": "{{task.title}} is done."}},
+                {"type": "action", "action": {"type": "notify", "to": ["reporter"], "message": "{{task.reference}} was approved"}}
             ],
             "on_timeout": [
                 {"type": "action", "action": {"type": "set_fields", "fields": {"priority": "urgent"}}},
@@ -368,6 +369,28 @@ async fn review_needs_two_of_three_managers_then_done_and_the_reporter_is_mailed
         (approval["eligible"].as_array().unwrap().len(), approval["needed"].as_u64()),
         (3, Some(2))
     );
+    // Every eligible manager is told in-app (stored, listed, counted as unread); Bob is not.
+    let reference = a.ok(Method::GET, &format!("/tasks/{}", w.task), None, 200).await["reference"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (_, pm) in &w.pms {
+        let n = eventually("the approver's notification", async || {
+            let list = pm.ok(Method::GET, "/me/notifications", None, 200).await;
+            list["items"].as_array().unwrap().iter().find(|n| n["kind"] == "automation").cloned()
+        })
+        .await;
+        assert_eq!(n["kind"], "automation", "{n}");
+        assert_eq!(n["summary"], format!("Approval requested: {reference}"));
+        assert_eq!(n["task_id"], json!(w.task));
+        let unread = pm.ok(Method::GET, "/me/notifications/unread-count", None, 200).await;
+        assert!(unread["count"].as_u64().unwrap() >= 1, "{unread}");
+    }
+    let bobs = w.bob.1.ok(Method::GET, "/me/notifications", None, 200).await;
+    assert!(
+        bobs["items"].as_array().unwrap().iter().all(|n| n["kind"] != "automation"),
+        "not an approver: {bobs}"
+    );
     let decide = format!("/approvals/{}/decision", approval["id"].as_str().unwrap());
     let (status, _) = w.bob.1.call(Method::POST, &decide, Some(json!({"approve": true}))).await;
     assert_eq!(status, 403, "not a project manager");
@@ -406,6 +429,16 @@ async fn review_needs_two_of_three_managers_then_done_and_the_reporter_is_mailed
         )
         .await;
     assert_eq!(replay["identical"], true);
+    // The notify action reached the reporter in-app, once.
+    let mine = a.ok(Method::GET, "/me/notifications", None, 200).await;
+    let approved: Vec<&Value> = mine["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["summary"] == format!("{reference} was approved"))
+        .collect();
+    assert_eq!(approved.len(), 1, "{mine}");
+    assert_eq!(approved[0]["kind"], "automation");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(smtp.messages().len(), 1, "exactly one e-mail");
 }

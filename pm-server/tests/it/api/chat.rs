@@ -115,6 +115,7 @@ async fn setup_with(
             state.permissions.clone(),
             None,
             Some(messages),
+            None,
         )
         .await
         .unwrap();

@@ -22,6 +22,7 @@ async fn server() -> Server {
         state.permissions.clone(),
         None,
         None,
+        None,
     )
     .await
     .unwrap();
