@@ -8,6 +8,11 @@
 //! wait becomes [`Error::Provider`] with `retry_after`, so the caller's queue schedules the retry
 //! instead of holding a worker. The wait is shared per provider (key and base URL) across every
 //! client in the process: requests sent while a limit lasts wait for it first. Every other non-2xx is an `Error::Provider` naming the status.
+//!
+//! [`ApiClient::for_context`] connects only to the addresses the SSRF policy approved for the
+//! context's host ([`ProviderContext::pinned`](crate::provider::ProviderContext::pinned)) and
+//! follows no redirects, as outbound webhooks do: an integration's `base_url` is chosen by its
+//! manager, and a second DNS answer must not lead the server to an internal address.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -69,15 +74,37 @@ pub struct ApiClient {
 impl ApiClient {
     /// A client for `provider` at `base_url` (no trailing slash needed).
     pub fn new(provider: &'static str, base_url: &str) -> Result<Self> {
-        let http = reqwest::Client::builder()
+        Self::build(provider, base_url, None)
+    }
+
+    /// A client for `provider` at the context's base URL, connecting only to the addresses
+    /// the SSRF policy approved when the context was made (if it pinned any) and following no
+    /// redirects (a redirect would lead to an unchecked host).
+    pub fn for_context(
+        provider: &'static str,
+        ctx: &crate::provider::ProviderContext,
+    ) -> Result<Self> {
+        Self::build(provider, &ctx.base_url, ctx.pinned.as_ref())
+    }
+
+    fn build(
+        provider: &'static str,
+        base_url: &str,
+        pinned: Option<&crate::provider::PinnedHost>,
+    ) -> Result<Self> {
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
-            .user_agent("pm-integrations/1")
-            .build()
-            .map_err(|e| Error::Provider {
-                provider: provider.into(),
-                message: format!("cannot build HTTP client: {e}"),
-                retry_after: None,
-            })?;
+            .user_agent("pm-integrations/1");
+        if let Some(p) = pinned {
+            builder = builder
+                .resolve_to_addrs(&p.host, &p.addrs)
+                .redirect(reqwest::redirect::Policy::none());
+        }
+        let http = builder.build().map_err(|e| Error::Provider {
+            provider: provider.into(),
+            message: format!("cannot build HTTP client: {e}"),
+            retry_after: None,
+        })?;
         Ok(Self {
             provider,
             base: base_url.trim_end_matches('/').to_owned(),

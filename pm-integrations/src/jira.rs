@@ -109,7 +109,7 @@ fn item(ctx: &ProviderContext, issue: &Value) -> Result<ExternalItem> {
 }
 
 fn client(ctx: &ProviderContext) -> Result<ApiClient> {
-    ApiClient::new("jira", &ctx.base_url)
+    ApiClient::for_context("jira", ctx)
 }
 
 /// One issue as Jira has it now.

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use pm_core::id::{IntegrationId, OrgId, ProjectId, TaskId, UserId};
+use pm_core::id::{CommentId, EventId, IntegrationId, OrgId, ProjectId, TaskId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -76,6 +76,10 @@ typed_id! {
     ConflictId,
     /// Identifies a [`LogEntry`].
     LogId,
+    /// Identifies a [`CommentLink`].
+    CommentLinkId,
+    /// Identifies a [`SyncFailure`].
+    SyncFailureId,
     /// Identifies a [`Subscription`].
     SubscriptionId,
     /// Identifies an [`OutboundDelivery`].
@@ -495,6 +499,84 @@ pub struct SyncConflict {
     pub detected_at: OffsetDateTime,
     /// When acknowledged.
     pub resolved_at: Option<OffsetDateTime>,
+}
+
+/// A pm comment and the provider comment it is synced with (a GitHub issue comment). Both
+/// fingerprints are of the body as each side held it after the last sync — the provider's with
+/// pm's marker stripped — so a change coming back that equals what we wrote is our echo.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommentLink {
+    /// Id.
+    pub id: CommentLinkId,
+    /// Integration.
+    pub integration_id: IntegrationId,
+    /// The task the comment is on.
+    pub task_id: TaskId,
+    /// pm's comment (unique per integration).
+    pub comment_id: CommentId,
+    /// The provider's item the comment is on (`octo/repo#7`).
+    pub external_id: String,
+    /// The provider's comment id (unique per integration).
+    pub external_comment_id: String,
+    /// Fingerprint of pm's body at the last sync.
+    pub local_fingerprint: String,
+    /// Fingerprint of the provider's body at the last sync.
+    pub remote_fingerprint: String,
+    /// Created.
+    pub created_at: OffsetDateTime,
+    /// Last synced.
+    pub updated_at: OffsetDateTime,
+}
+
+/// An outbound side effect about to be attempted (an item create, a Slack message), recorded
+/// first so a replay can tell "done" from "never tried" — providers without idempotency keys
+/// give nothing else to go on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Intent {
+    /// The caller's idempotency key (unique).
+    pub key: String,
+    /// Integration.
+    pub integration_id: IntegrationId,
+    /// What it is, e.g. `item.create`, `slack.message`.
+    pub kind: String,
+    /// When this attempt started.
+    pub started_at: OffsetDateTime,
+}
+
+/// What [`begin_intent`](crate::store::SyncStateStore::begin_intent) found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IntentClaim {
+    /// Ours to attempt: new, or taken over from a sender that stopped before its lease ended.
+    Claimed,
+    /// Done already; the recorded result.
+    Done(Value),
+    /// Another sender is attempting it now (pending, within its lease).
+    InFlight,
+}
+
+/// A push the sync pusher gave up on: the event, the integration, how often it was tried and
+/// the last error — kept visible (API) rather than dropped.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SyncFailure {
+    /// Id.
+    pub id: SyncFailureId,
+    /// Integration.
+    pub integration_id: IntegrationId,
+    /// The task concerned, if any.
+    pub task_id: Option<TaskId>,
+    /// The pm event that was being pushed.
+    pub event_id: EventId,
+    /// Its log position.
+    pub event_seq: i64,
+    /// Its kind (`task.updated`).
+    pub event_kind: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// The last error.
+    pub error: String,
+    /// When the pusher gave up.
+    #[serde(with = "time::serde::rfc3339")]
+    pub failed_at: OffsetDateTime,
 }
 
 /// Direction of a logged exchange.

@@ -636,6 +636,7 @@ impl OAuth {
             base_url: base_url.to_owned(),
             access_token: Some(self.access_token(integration.id).await?),
             config: integration.config.clone(),
+            pinned: None,
         })
     }
 

@@ -171,6 +171,20 @@ pub struct ProviderContext {
     pub access_token: Option<Secret>,
     /// The integration's provider-specific configuration (repository, project key, calendar).
     pub config: Value,
+    /// The addresses `base_url`'s host resolved to when the SSRF policy checked them: clients
+    /// built with [`ApiClient::for_context`](crate::http::ApiClient::for_context) connect only
+    /// to these (no second lookup that DNS rebinding could answer differently). `None`: resolve
+    /// normally (tests, a host's own contexts).
+    pub pinned: Option<PinnedHost>,
+}
+
+/// A host name and the checked addresses connections to it must use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedHost {
+    /// The host name as in the URL.
+    pub host: String,
+    /// Its addresses, each approved by the SSRF policy.
+    pub addrs: Vec<std::net::SocketAddr>,
 }
 
 /// How a provider's fields and states map onto pm's.

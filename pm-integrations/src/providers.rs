@@ -140,7 +140,7 @@ impl GitHub {
     ) -> Result<i64> {
         let repo = Self::repository(ctx)?;
         let number = Self::number(repo, external_id)?;
-        let client = crate::http::ApiClient::new("github", &ctx.base_url)?;
+        let client = crate::http::ApiClient::for_context("github", ctx)?;
         let res = client
             .json(
                 reqwest::Method::POST,
@@ -154,6 +154,54 @@ impl GitHub {
             message: "comment response has no id".into(),
             retry_after: None,
         })
+    }
+
+    /// Replaces the body of issue comment `comment_id` of the configured repository.
+    pub async fn edit_comment(
+        &self,
+        ctx: &ProviderContext,
+        comment_id: &str,
+        body: &str,
+    ) -> Result<()> {
+        let repo = Self::repository(ctx)?;
+        let id = Self::comment_number(comment_id)?;
+        let client = crate::http::ApiClient::for_context("github", ctx)?;
+        client
+            .json(
+                reqwest::Method::PATCH,
+                &format!("/repos/{repo}/issues/comments/{id}"),
+                ctx.access_token.as_ref(),
+                Some(&json!({ "body": body })),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes issue comment `comment_id` of the configured repository; one already gone
+    /// (404) counts as deleted.
+    pub async fn delete_comment(&self, ctx: &ProviderContext, comment_id: &str) -> Result<()> {
+        let repo = Self::repository(ctx)?;
+        let id = Self::comment_number(comment_id)?;
+        let client = crate::http::ApiClient::for_context("github", ctx)?;
+        match client
+            .json(
+                reqwest::Method::DELETE,
+                &format!("/repos/{repo}/issues/comments/{id}"),
+                ctx.access_token.as_ref(),
+                None,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Error::Provider { message, .. }) if message.starts_with("HTTP 404 ") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn comment_number(comment_id: &str) -> Result<u64> {
+        comment_id
+            .parse()
+            .map_err(|_| Error::invalid("external_comment_id", "not a GitHub comment id"))
     }
 
     fn number(repo: &str, external_id: &str) -> Result<u64> {
@@ -175,7 +223,7 @@ impl Provider for GitHub {
         since: Option<OffsetDateTime>,
     ) -> Result<Vec<ExternalItem>> {
         let repo = Self::repository(ctx)?;
-        let client = crate::http::ApiClient::new("github", &ctx.base_url)?;
+        let client = crate::http::ApiClient::for_context("github", ctx)?;
         let since = since
             .and_then(|t| t.format(&Rfc3339).ok())
             .map(|t| {
@@ -209,7 +257,7 @@ impl Provider for GitHub {
     async fn fetch(&self, ctx: &ProviderContext, external_id: &str) -> Result<ExternalItem> {
         let repo = Self::repository(ctx)?;
         let number = Self::number(repo, external_id)?;
-        let client = crate::http::ApiClient::new("github", &ctx.base_url)?;
+        let client = crate::http::ApiClient::for_context("github", ctx)?;
         let res = client
             .json(
                 reqwest::Method::GET,
@@ -234,7 +282,7 @@ impl Provider for GitHub {
         fields: &Snapshot,
     ) -> Result<ExternalItem> {
         let repo = Self::repository(ctx)?;
-        let client = crate::http::ApiClient::new("github", &ctx.base_url)?;
+        let client = crate::http::ApiClient::for_context("github", ctx)?;
         let mut body = serde_json::Map::new();
         for (ours, theirs) in
             [("title", "title"), ("description", "body"), ("state", "state"), ("labels", "labels")]

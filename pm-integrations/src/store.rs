@@ -19,6 +19,11 @@
 //!   is idempotent per (subscription, event);
 //! - a failed outbound attempt increments the subscription's failure streak and disables it at
 //!   the threshold, in the same transaction; a success resets the streak;
+//! - a comment link is unique per (integration, pm comment) and per (integration, provider
+//!   comment); linking the same pm comment twice returns the existing link;
+//! - an intent is unique per key: [`SyncStateStore::begin_intent`] claims it for exactly one of
+//!   concurrent callers, reports a done one with its result, and lets a pending one be taken
+//!   over only once it is older than the caller's lease;
 //! - lists are newest first with a keyset cursor (the row's UUIDv7 id).
 //!
 //! Built-in adapters: [`sqlite`] (feature `sqlite`) and [`postgres`] (feature `postgres`). Their
@@ -28,7 +33,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pm_core::id::{IntegrationId, OrgId, TaskId};
+use pm_core::id::{CommentId, IntegrationId, OrgId, TaskId};
 use time::OffsetDateTime;
 
 use crate::Result;
@@ -198,6 +203,74 @@ pub trait MappingStore: Send + Sync {
     async fn resolve_conflict(&self, id: ConflictId, at: OffsetDateTime) -> Result<SyncConflict>;
 }
 
+/// Sync state beside the mappings: comment links, intents (outbound side effects recorded
+/// before they are attempted) and the pushes given up on.
+#[async_trait]
+pub trait SyncStateStore: Send + Sync {
+    /// Stores a link unless the pm comment is linked already (then returns that link and
+    /// `false`). `AlreadyExists` if the provider comment is linked to another pm comment.
+    async fn link_comment(&self, l: &CommentLink) -> Result<(CommentLink, bool)>;
+    /// The link of a pm comment.
+    async fn comment_link(
+        &self,
+        integration: IntegrationId,
+        comment: CommentId,
+    ) -> Result<Option<CommentLink>>;
+    /// The link of a provider comment.
+    async fn comment_link_by_external(
+        &self,
+        integration: IntegrationId,
+        external_comment_id: &str,
+    ) -> Result<Option<CommentLink>>;
+    /// Records the bodies both sides hold after a sync of the comment. `NotFound` (`comment
+    /// link`) when it is gone.
+    async fn update_comment_link(
+        &self,
+        id: CommentLinkId,
+        local_fingerprint: &str,
+        remote_fingerprint: &str,
+        at: OffsetDateTime,
+    ) -> Result<()>;
+    /// Deletes a link; `true` if it existed.
+    async fn delete_comment_link(&self, id: CommentLinkId) -> Result<bool>;
+    /// Records `intent` as pending unless its key is known: a done intent comes back as
+    /// [`IntentClaim::Done`], a pending one started after `stale_before` as
+    /// [`IntentClaim::InFlight`]; an older pending one is taken over (its start becomes
+    /// `intent.started_at`) and claimed. `NotFound` (`integration`) if the integration is gone.
+    async fn begin_intent(
+        &self,
+        intent: &Intent,
+        stale_before: OffsetDateTime,
+    ) -> Result<IntentClaim>;
+    /// Marks a claimed intent done with its result.
+    async fn finish_intent(
+        &self,
+        key: &str,
+        result: &serde_json::Value,
+        at: OffsetDateTime,
+    ) -> Result<()>;
+    /// Forgets a pending intent whose attempt failed for certain (nothing happened remotely),
+    /// so a retry may claim it again.
+    async fn abandon_intent(&self, key: &str) -> Result<()>;
+    /// How many intents of `kind` of the integration are pending and started after `since`.
+    async fn intents_in_flight(
+        &self,
+        integration: IntegrationId,
+        kind: &str,
+        since: OffsetDateTime,
+    ) -> Result<u64>;
+    /// Records a push given up on; a second record of the same (integration, event) replaces
+    /// the first (its attempts and error are the latest).
+    async fn record_sync_failure(&self, f: &SyncFailure) -> Result<()>;
+    /// An integration's push failures, newest first.
+    async fn list_sync_failures(
+        &self,
+        integration: IntegrationId,
+        limit: u32,
+        before: Option<SyncFailureId>,
+    ) -> Result<Page<SyncFailure>>;
+}
+
 /// The exchange log.
 #[async_trait]
 pub trait LogStore: Send + Sync {
@@ -294,6 +367,8 @@ pub struct IntegrationStores {
     pub inbound: Arc<dyn InboundStore>,
     /// Mappings and conflicts.
     pub mappings: Arc<dyn MappingStore>,
+    /// Comment links, intents and push failures.
+    pub sync_state: Arc<dyn SyncStateStore>,
     /// Logs.
     pub logs: Arc<dyn LogStore>,
     /// Outbound webhooks.
@@ -312,6 +387,7 @@ impl IntegrationStores {
             + OAuthStore
             + InboundStore
             + MappingStore
+            + SyncStateStore
             + LogStore
             + WebhookStore
             + IntegrationAdmin
@@ -324,6 +400,7 @@ impl IntegrationStores {
             oauth: s.clone(),
             inbound: s.clone(),
             mappings: s.clone(),
+            sync_state: s.clone(),
             logs: s.clone(),
             webhooks: s.clone(),
             admin: s,

@@ -6,7 +6,7 @@
 //! panic with a message on failure, like any test.
 
 use pm_core::event::{Actor, Event, EventKind};
-use pm_core::id::{EventId, IntegrationId, OrgId, ProjectId, TaskId, UserId};
+use pm_core::id::{CommentId, EventId, IntegrationId, OrgId, ProjectId, TaskId, UserId};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -26,6 +26,9 @@ pub async fn run_all(stores: &IntegrationStores) {
     oauth_tokens_are_sealed_versioned_and_deleted(stores).await;
     inbound_deliveries_dedupe_and_queue(stores).await;
     mappings_are_idempotent_and_syncs_atomic(stores).await;
+    comment_links_are_unique_both_ways(stores).await;
+    intents_are_claimed_once_and_taken_over_when_stale(stores).await;
+    sync_failures_are_recorded_once_per_event_and_listed(stores).await;
     logs_page_newest_first_and_stay_redacted(stores).await;
     subscriptions_are_versioned(stores).await;
     outbound_deliveries_enqueue_retry_and_disable(stores).await;
@@ -659,4 +662,141 @@ pub async fn outbound_deliveries_enqueue_retry_and_disable(stores: &IntegrationS
     assert_eq!((back.enabled, back.consecutive_failures, back.disabled_reason), (true, 0, None));
     stores.webhooks.delete_subscription(s.id).await.unwrap();
     assert!(matches!(stores.webhooks.get_outbound(dead.id).await, Err(Error::NotFound { .. })));
+}
+
+/// A comment link is unique per pm comment (linking again returns it) and per provider comment
+/// (`AlreadyExists`); fingerprints update; deleting reports whether it existed; links go with
+/// their integration.
+pub async fn comment_links_are_unique_both_ways(stores: &IntegrationStores) {
+    let i = integration(stores).await;
+    let s = &stores.sync_state;
+    let link = CommentLink {
+        id: CommentLinkId::new(),
+        integration_id: i.id,
+        task_id: TaskId::new(),
+        comment_id: CommentId::new(),
+        external_id: "octo/repo#1".into(),
+        external_comment_id: "9001".into(),
+        local_fingerprint: "l1".into(),
+        remote_fingerprint: "r1".into(),
+        created_at: at(1),
+        updated_at: at(1),
+    };
+    let (stored, new) = s.link_comment(&link).await.expect("link");
+    assert!(new);
+    assert_eq!(stored, link);
+    let again = CommentLink {
+        id: CommentLinkId::new(),
+        external_comment_id: "9002".into(),
+        ..link.clone()
+    };
+    let (existing, new) = s.link_comment(&again).await.expect("link again");
+    assert!(!new, "the pm comment is linked already");
+    assert_eq!(existing.id, link.id);
+    let other =
+        CommentLink { id: CommentLinkId::new(), comment_id: CommentId::new(), ..link.clone() };
+    assert!(matches!(s.link_comment(&other).await, Err(Error::AlreadyExists { .. })));
+    let by_external =
+        s.comment_link_by_external(i.id, "9001").await.expect("read").expect("linked");
+    assert_eq!(by_external.comment_id, link.comment_id);
+    s.update_comment_link(link.id, "l2", "r2", at(2)).await.expect("update");
+    let updated = s.comment_link(i.id, link.comment_id).await.expect("read").expect("linked");
+    assert_eq!(
+        (updated.local_fingerprint.as_str(), updated.remote_fingerprint.as_str()),
+        ("l2", "r2")
+    );
+    assert_eq!(updated.updated_at, at(2));
+    assert!(s.delete_comment_link(link.id).await.expect("delete"));
+    assert!(!s.delete_comment_link(link.id).await.expect("delete again"));
+    assert!(matches!(
+        s.update_comment_link(link.id, "l", "r", at(3)).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(s.comment_link(i.id, link.comment_id).await.expect("read").is_none());
+    s.link_comment(&link).await.expect("relink");
+    stores.integrations.delete_integration(i.id).await.expect("delete integration");
+    assert!(s.comment_link(i.id, link.comment_id).await.expect("read").is_none());
+}
+
+/// An intent is claimed by one caller; a second sees it in flight, or done with its result;
+/// a stale pending one is taken over; abandoning frees the key; in-flight counts honour kind
+/// and age.
+pub async fn intents_are_claimed_once_and_taken_over_when_stale(stores: &IntegrationStores) {
+    let i = integration(stores).await;
+    let s = &stores.sync_state;
+    let key = format!("test:{}", uuid::Uuid::now_v7());
+    let intent = Intent {
+        key: key.clone(),
+        integration_id: i.id,
+        kind: "item.create".into(),
+        started_at: at(100),
+    };
+    assert_eq!(s.begin_intent(&intent, at(0)).await.expect("begin"), IntentClaim::Claimed);
+    assert_eq!(s.begin_intent(&intent, at(50)).await.expect("again"), IntentClaim::InFlight);
+    assert_eq!(s.intents_in_flight(i.id, "item.create", at(99)).await.expect("count"), 1);
+    assert_eq!(s.intents_in_flight(i.id, "item.create", at(100)).await.expect("count"), 0);
+    assert_eq!(s.intents_in_flight(i.id, "slack.message", at(0)).await.expect("count"), 0);
+    // Its sender died: past its lease the next caller takes it over.
+    let later = Intent { started_at: at(200), ..intent.clone() };
+    assert_eq!(s.begin_intent(&later, at(150)).await.expect("take over"), IntentClaim::Claimed);
+    assert_eq!(s.intents_in_flight(i.id, "item.create", at(150)).await.expect("count"), 1);
+    s.finish_intent(&key, &json!({"ts": "1.2"}), at(201)).await.expect("finish");
+    assert_eq!(
+        s.begin_intent(&Intent { started_at: at(900), ..intent.clone() }, at(800))
+            .await
+            .expect("done"),
+        IntentClaim::Done(json!({"ts": "1.2"}))
+    );
+    assert_eq!(s.intents_in_flight(i.id, "item.create", at(0)).await.expect("count"), 0);
+    s.abandon_intent(&key).await.expect("abandon leaves a done intent");
+    assert!(matches!(
+        s.begin_intent(&intent, at(0)).await.expect("still done"),
+        IntentClaim::Done(_)
+    ));
+    let other = Intent { key: format!("test:{}", uuid::Uuid::now_v7()), ..intent.clone() };
+    assert_eq!(s.begin_intent(&other, at(0)).await.expect("begin"), IntentClaim::Claimed);
+    s.abandon_intent(&other.key).await.expect("abandon");
+    assert_eq!(s.begin_intent(&other, at(0)).await.expect("free again"), IntentClaim::Claimed);
+    assert!(matches!(
+        s.finish_intent("test:unknown", &json!(null), at(1)).await,
+        Err(Error::NotFound { .. })
+    ));
+    let orphan = Intent {
+        integration_id: IntegrationId::new(),
+        key: format!("test:{}", uuid::Uuid::now_v7()),
+        ..intent
+    };
+    assert!(matches!(s.begin_intent(&orphan, at(0)).await, Err(Error::NotFound { .. })));
+}
+
+/// A failure is stored once per (integration, event) — a second record updates it — and listed
+/// newest first with a cursor.
+pub async fn sync_failures_are_recorded_once_per_event_and_listed(stores: &IntegrationStores) {
+    let i = integration(stores).await;
+    let s = &stores.sync_state;
+    let failure = |seq: i64| SyncFailure {
+        id: SyncFailureId::new(),
+        integration_id: i.id,
+        task_id: Some(TaskId::new()),
+        event_id: EventId::new(),
+        event_seq: seq,
+        event_kind: "task.updated".into(),
+        attempts: 1,
+        error: "provider github failed: HTTP 502".into(),
+        failed_at: at(seq),
+    };
+    let (a, b) = (failure(1), failure(2));
+    s.record_sync_failure(&a).await.expect("record");
+    s.record_sync_failure(&b).await.expect("record");
+    let retried =
+        SyncFailure { id: SyncFailureId::new(), attempts: 7, error: "later".into(), ..b.clone() };
+    s.record_sync_failure(&retried).await.expect("record again");
+    let page = s.list_sync_failures(i.id, 1, None).await.expect("list");
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].id, b.id, "newest first, one row per event");
+    assert_eq!((page.items[0].attempts, page.items[0].error.as_str()), (7, "later"));
+    let rest = s.list_sync_failures(i.id, 10, page.next.map(SyncFailureId)).await.expect("list");
+    assert_eq!(rest.items, vec![a]);
+    assert!(rest.next.is_none());
+    assert!(matches!(s.list_sync_failures(i.id, 0, None).await, Err(Error::Invalid { .. })));
 }

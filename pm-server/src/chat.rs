@@ -16,6 +16,17 @@
 //!   call that fails is tried three times, then logged (`event.failed`) and passed, so one
 //!   provider's outage does not hold the others' events; the store failing stops the consumer
 //!   before its cursor moves (at-least-once).
+//! - **Slack messages are sent once per key** ([`post_once`]): Slack has no idempotency key
+//!   for `chat.postMessage`, so the intent (`notify:<event id>:<integration>` for
+//!   notifications, the workflow step's idempotency key for workflow messages) is recorded
+//!   before the call and marked done with the message's `ts` right after. A replay (a restart
+//!   re-reading the log stretch its cursor had not saved, a second instance, the workflow
+//!   engine retrying a step whose record was lost) finds it done and does not post again. What
+//!   remains is the call itself: a sender dying after Slack accepted the message and before
+//!   the record leaves the intent pending; after [`SEND_LEASE`] a replay takes it over and
+//!   posts again — at-least-once, since a lost response cannot be told from a message never
+//!   sent, and a missing notification is worse than a rare duplicate. Within the lease a
+//!   replay does not post (another sender may be mid-call).
 //! - **Calendar pushes in** ([`on_inbound`], called by the inbound processor): a Google ping
 //!   pulls `events.list` since the stored `syncToken`; a Graph notification fetches the event;
 //!   lifecycle notifications renew (`reauthorizationRequired`) or recreate
@@ -44,8 +55,8 @@ use pm_core::store::EventLog;
 use pm_integrations::calendar::{CalendarClient, EventDraft, Watch, format_date};
 use pm_integrations::crypto::Secret;
 use pm_integrations::model::{
-    CredentialKind, ExternalMapping, InboundDelivery, Integration, IntegrationPatch, MappingId,
-    SyncedBase,
+    CredentialKind, ExternalMapping, InboundDelivery, Integration, IntegrationPatch, Intent,
+    IntentClaim, MappingId, SyncedBase,
 };
 use pm_integrations::provider::{InboundEvent, ProviderKey};
 use pm_integrations::slack::{
@@ -646,14 +657,28 @@ async fn notify_slack(
         }
         _ => format!("{headline} on {} by {who}: now {}", task.reference, c.state),
     };
-    let token = access_token(ints, i.id).await?;
-    let client = SlackClient::new(&ints.chat.apis.slack)?;
     let m = Message {
         channel: channel.to_owned(),
         text: headline.clone(),
         blocks: slack::notification(&headline, &c, &states),
     };
-    let ts = client.post_message(&token, &m).await?;
+    let ts = match post_once(ints, i, &format!("notify:{}:{}", e.id.0, i.id.0), &m).await? {
+        Posted::Now(ts) => ts,
+        Posted::Before(_) => return Ok(()),
+        Posted::InFlight => {
+            ints.log(entry(
+                Some(i.id),
+                "slack",
+                Direction::Outbound,
+                "slack.notification_in_flight",
+                true,
+                json!({"event": e.kind.as_str(), "task": task.reference}),
+                ints.clock.now(),
+            ))
+            .await;
+            return Ok(());
+        }
+    };
     ints.log(entry(
         Some(i.id),
         "slack",
@@ -665,6 +690,67 @@ async fn notify_slack(
     ))
     .await;
     Ok(())
+}
+
+/// How long a Slack send may stay pending before a replay takes it over (its sender died
+/// mid-call): well past the client's request timeout.
+pub const SEND_LEASE: Duration = Duration::from_secs(60);
+
+/// What [`post_once`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Posted {
+    /// Posted now; the message's `ts`.
+    Now(String),
+    /// Posted before under this key; its `ts`.
+    Before(String),
+    /// Another sender holds the key (within [`SEND_LEASE`]); nothing posted.
+    InFlight,
+}
+
+/// Posts `m` with `i`'s token unless a message was posted under `key` before: the intent is
+/// recorded first and marked done with the `ts` after (see the module docs for what a crash
+/// in between does). A send Slack refused is forgotten, so a retry posts.
+pub async fn post_once(
+    ints: &Integrations,
+    i: &Integration,
+    key: &str,
+    m: &Message,
+) -> Result<Posted, ApiError> {
+    let now = ints.clock.now();
+    let intent = Intent {
+        key: format!("slack.message:{key}"),
+        integration_id: i.id,
+        kind: "slack.message".into(),
+        started_at: now,
+    };
+    match ints.stores.sync_state.begin_intent(&intent, now - SEND_LEASE).await? {
+        IntentClaim::Claimed => {}
+        IntentClaim::Done(r) => {
+            return Ok(Posted::Before(r["ts"].as_str().unwrap_or_default().to_owned()));
+        }
+        IntentClaim::InFlight => return Ok(Posted::InFlight),
+    }
+    let sent = async {
+        let token = access_token(ints, i.id).await?;
+        let client = SlackClient::new(&ints.chat.apis.slack)?;
+        Ok::<_, ApiError>(client.post_message(&token, m).await?)
+    }
+    .await;
+    match sent {
+        Ok(ts) => {
+            ints.stores
+                .sync_state
+                .finish_intent(&intent.key, &json!({ "ts": ts }), ints.clock.now())
+                .await?;
+            Ok(Posted::Now(ts))
+        }
+        Err(e) => {
+            if let Err(err) = ints.stores.sync_state.abandon_intent(&intent.key).await {
+                tracing::warn!(error = %err, "cannot drop a Slack send intent");
+            }
+            Err(e)
+        }
+    }
 }
 
 fn due_snapshot(due: Option<time::Date>, title: &str) -> Snapshot {
@@ -1012,9 +1098,9 @@ pub async fn renew_watches_once(ints: &Integrations) -> Result<usize, ApiError> 
 /// pm-workflows' `message` action (the [`MessageSender`](pm_workflows::ports::MessageSender)
 /// port) over Slack: the organization's enabled Slack integration whose `channel` is the
 /// action's channel, else its oldest enabled Slack integration, posts the text with
-/// `chat.postMessage`. Slack has no idempotency key for bot messages, so a crash between the
-/// post and the engine's record can repeat a message (the engine records the step before and
-/// after, making that window small).
+/// `chat.postMessage`, once per the step's idempotency key ([`post_once`]): a replayed step
+/// whose message was posted gets the first post's result back. A step replayed while another
+/// sender holds the key fails retryably (the engine tries again after its backoff).
 #[derive(Debug, Clone)]
 pub struct SlackMessages {
     ints: Integrations,
@@ -1068,8 +1154,6 @@ impl pm_workflows::ports::MessageSender for SlackMessages {
                 "the organization has no enabled Slack integration",
             ));
         };
-        let token = access_token(&self.ints, i.id).await.map_err(failed)?;
-        let client = SlackClient::new(&self.ints.chat.apis.slack).map_err(|e| failed(e.into()))?;
         let m = Message {
             channel: channel.to_owned(),
             text: text.to_owned(),
@@ -1078,7 +1162,18 @@ impl pm_workflows::ports::MessageSender for SlackMessages {
                 json!({"type": "context", "elements": [{"type": "mrkdwn", "text": "Sent by a pm workflow"}]}),
             ],
         };
-        let ts = client.post_message(&token, &m).await.map_err(|e| failed(e.into()))?;
+        let ts = match post_once(&self.ints, i, idempotency_key, &m).await.map_err(failed)? {
+            Posted::Now(ts) => ts,
+            Posted::Before(ts) => {
+                return Ok(json!({"provider": "slack", "integration_id": i.id.0,
+                                 "channel": channel, "ts": ts, "replayed": true}));
+            }
+            Posted::InFlight => {
+                return Err(E::Action(format!(
+                    "Slack: a message with idempotency key {idempotency_key:?} is being sent"
+                )));
+            }
+        };
         self.ints
             .log(entry(
                 Some(i.id),

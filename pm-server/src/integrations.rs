@@ -12,9 +12,15 @@
 //!   later can be overtaken, and when it finally runs the engine drops it as stale (the
 //!   provider's change time is older than the state already synced);
 //! - the **sync pusher** tails pm-core's event log from its own durable cursor
-//!   ([`SYNC_CONSUMER`]) and hands task and comment events to the [`SyncEngine`], which pushes
-//!   local changes of integrated projects to the provider (never the integration's own
-//!   applies: echo suppression by actor);
+//!   ([`SYNC_CONSUMER`]) and hands task and comment events to the [`SyncEngine`], one target
+//!   integration at a time, which pushes local changes of integrated projects to the provider
+//!   (never the integration's own applies: echo suppression by actor). A failure that may pass
+//!   (outage, rate limit, concurrent write, a create in flight) is retried in place with
+//!   exponential backoff capped at [`WorkerConfig::push_backoff_cap`], up to
+//!   [`WorkerConfig::push_retries`] times; then — or at once for a failure retrying cannot fix
+//!   — the push is recorded as a sync failure (listed by
+//!   `GET /integrations/{id}/sync-failures`) and logged (`sync.push_gave_up`), and the pusher
+//!   moves on so one broken integration cannot stall the others;
 //! - the **outbound fan-out** tails pm-core's event log from a durable cursor (kept in
 //!   pm-integrations' own table, advanced in the same transaction as the enqueue) and enqueues
 //!   one delivery per matching subscription;
@@ -70,13 +76,19 @@ pub struct WorkerConfig {
     pub request_timeout: Duration,
     /// Items claimed per round.
     pub batch: u32,
-    /// Poll interval when no wake-up arrives.
+    /// Poll interval when no wake-up arrives; also the first step of the sync pusher's
+    /// backoff.
     pub poll: Duration,
+    /// Retries of one push before the sync pusher records it as failed.
+    pub push_retries: u32,
+    /// Longest wait between two retries of a push; a provider asking for a longer wait
+    /// (`Retry-After`) gets the push recorded as failed instead of the pusher stalled.
+    pub push_backoff_cap: Duration,
 }
 
 impl Default for WorkerConfig {
     /// Retries after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (the Standard Webhooks schedule);
-    /// disabled after 20 failures in a row.
+    /// disabled after 20 failures in a row. Pushes: 6 retries after 2, 4, 8, 16, 30, 30 s.
     fn default() -> Self {
         let m = 60;
         Self {
@@ -88,6 +100,8 @@ impl Default for WorkerConfig {
             request_timeout: Duration::from_secs(10),
             batch: 50,
             poll: Duration::from_secs(1),
+            push_retries: 6,
+            push_backoff_cap: Duration::from_secs(30),
         }
     }
 }
@@ -276,12 +290,9 @@ impl Integrations {
         }
     }
 
-    /// Pushes local changes: every task/comment event after the cursor goes to the engine;
-    /// the cursor trails by at most a [`Checkpoint`] (at-least-once; a repeated push finds
-    /// nothing to do).
-    /// A retryable failure (rate limit, outage, concurrent write) is retried in place with
-    /// backoff, up to [`PUSH_RETRIES`] times, then logged and skipped so one broken integration
-    /// cannot stall every other; the next change of the task syncs it again.
+    /// Pushes local changes: every task/comment event after the cursor goes to the engine, for
+    /// each integration it concerns; the cursor trails by at most a [`Checkpoint`]
+    /// (at-least-once; a repeated push finds nothing to do).
     async fn sync_push(
         &self,
         engine: &SyncEngine,
@@ -297,19 +308,8 @@ impl Integrations {
                 .await
                 .map_err(pm_integrations::Error::storage)?;
             for e in &batch {
-                let mut attempt = 0;
-                loop {
-                    match engine.on_event(e).await {
-                        Ok(_) => break,
-                        Err(err) if retryable(&err) && attempt < PUSH_RETRIES => {
-                            attempt += 1;
-                            tokio::time::sleep(retry_delay(&err, attempt, self.worker.poll)).await;
-                        }
-                        Err(err) => {
-                            tracing::warn!(error = %err, seq = e.seq, "sync push gave up on an event");
-                            break;
-                        }
-                    }
+                for i in engine.targets(e).await? {
+                    self.push_with_retries(engine, &i, e).await?;
                 }
             }
             let upto = tail.position();
@@ -318,6 +318,58 @@ impl Integrations {
                 checkpoint.saved(upto);
             }
         }
+    }
+
+    /// Pushes `e` to `i`, retrying what may pass with capped exponential backoff; what still
+    /// fails is recorded as a sync failure and logged. Errs only when that record cannot be
+    /// written (the pusher restarts from its cursor and tries again).
+    async fn push_with_retries(
+        &self,
+        engine: &SyncEngine,
+        i: &Integration,
+        e: &pm_core::event::Event,
+    ) -> pm_integrations::Result<()> {
+        let mut attempts = 0u32;
+        let err = loop {
+            attempts += 1;
+            let err = match engine.push_event(i, e).await {
+                Ok(_) => return Ok(()),
+                Err(err) => err,
+            };
+            if !retryable(&err) || attempts > self.worker.push_retries {
+                break err;
+            }
+            match push_delay(&err, attempts, self.worker.poll, self.worker.push_backoff_cap) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => break err,
+            }
+        };
+        let now = self.clock.now();
+        let failure = SyncFailure {
+            id: SyncFailureId::new(),
+            integration_id: i.id,
+            task_id: e.task_id,
+            event_id: e.id,
+            event_seq: e.seq,
+            event_kind: e.kind.as_str().to_owned(),
+            attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
+            error: err.to_string(),
+            failed_at: now,
+        };
+        self.stores.sync_state.record_sync_failure(&failure).await?;
+        tracing::warn!(error = %err, seq = e.seq, integration = %i.id, "sync push gave up on an event");
+        self.log(entry(
+            Some(i.id),
+            i.provider.as_str(),
+            Direction::Outbound,
+            "sync.push_gave_up",
+            false,
+            json!({"task_id": e.task_id, "event_id": e.id, "event_seq": e.seq,
+                   "event_kind": e.kind.as_str(), "attempts": attempts, "error": err.to_string()}),
+            now,
+        ))
+        .await;
+        Ok(())
     }
 
     async fn run_inbound(self) {
@@ -619,9 +671,6 @@ impl Integrations {
     }
 }
 
-/// In-place retries of one event by the sync pusher.
-pub const PUSH_RETRIES: u32 = 5;
-
 /// Retries of an inbound delivery whose apply failed transiently.
 pub const INBOUND_RETRIES: usize = 8;
 
@@ -640,6 +689,23 @@ fn retryable(e: &pm_integrations::Error) -> bool {
         | E::Crypto(_)
         | E::NeedsReconnect { .. } => false,
     }
+}
+
+/// How long the sync pusher waits before retry `attempt` (1-based): the provider's
+/// `Retry-After` when it gave one, else `base` doubled per attempt; never longer than `cap` —
+/// `None` when the provider asks for longer (the push is recorded as failed rather than the
+/// pusher stalled for every integration).
+fn push_delay(
+    e: &pm_integrations::Error,
+    attempt: u32,
+    base: Duration,
+    cap: Duration,
+) -> Option<Duration> {
+    if let pm_integrations::Error::Provider { retry_after: Some(s), .. } = e {
+        let wait = Duration::from_secs(*s);
+        return (wait <= cap).then_some(wait);
+    }
+    Some(base.saturating_mul(1u32 << attempt.min(16)).min(cap))
 }
 
 /// How long to wait before retry `attempt` (1-based): the provider's `Retry-After` when it
@@ -761,6 +827,27 @@ pub fn parse_keyring(spec: &str) -> pm_integrations::Result<Keyring> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn push_backoff_doubles_up_to_the_cap_and_long_limits_give_up() {
+        let outage = pm_integrations::Error::Provider {
+            provider: "github".into(),
+            message: "HTTP 502".into(),
+            retry_after: None,
+        };
+        let (base, cap) = (Duration::from_millis(100), Duration::from_millis(700));
+        let waits: Vec<_> =
+            (1..=5).map(|n| push_delay(&outage, n, base, cap).unwrap().as_millis()).collect();
+        assert_eq!(waits, [200, 400, 700, 700, 700]);
+        let limited = |s| pm_integrations::Error::Provider {
+            provider: "github".into(),
+            message: "rate limited".into(),
+            retry_after: Some(s),
+        };
+        let cap = Duration::from_secs(30);
+        assert_eq!(push_delay(&limited(3), 1, base, cap), Some(Duration::from_secs(3)));
+        assert_eq!(push_delay(&limited(3600), 1, base, cap), None);
+    }
 
     #[test]
     fn keyrings_parse_with_rotation() {

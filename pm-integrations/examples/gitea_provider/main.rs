@@ -105,6 +105,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         base_url: server.uri(),
         access_token: Some(Secret::new("gitea-oauth-access-token")),
         config: json!({"repository": "octo/app"}),
+        pinned: None,
     };
     let mappings = gitea.default_mappings();
     for item in gitea.pull(&ctx, None).await? {

@@ -91,7 +91,7 @@ impl Gitea {
 
     fn client(ctx: &ProviderContext) -> Result<ApiClient> {
         // Rate limits (429/503 + Retry-After) are honoured by the shared client.
-        ApiClient::new("gitea", &ctx.base_url)
+        ApiClient::for_context("gitea", ctx)
     }
 }
 

@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pm_core::id::{IntegrationId, OrgId, TaskId};
+use pm_core::id::{CommentId, IntegrationId, OrgId, TaskId};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::types::Json;
@@ -1121,6 +1121,303 @@ impl MappingStore for PostgresIntegrationStore {
         .await
         .map_err(st)?;
         row.ok_or_else(|| Error::not_found("conflict"))?.try_into()
+    }
+}
+
+// --- sync state: comment links, intents, push failures ----------------------------------------
+
+#[derive(sqlx::FromRow)]
+struct CommentLinkRow {
+    id: Uuid,
+    integration_id: Uuid,
+    task_id: Uuid,
+    comment_id: Uuid,
+    external_id: String,
+    external_comment_id: String,
+    local_fingerprint: String,
+    remote_fingerprint: String,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+}
+
+impl TryFrom<CommentLinkRow> for CommentLink {
+    type Error = Error;
+    fn try_from(r: CommentLinkRow) -> Result<Self> {
+        Ok(CommentLink {
+            id: r.id.into(),
+            integration_id: r.integration_id.into(),
+            task_id: r.task_id.into(),
+            comment_id: r.comment_id.into(),
+            external_id: r.external_id,
+            external_comment_id: r.external_comment_id,
+            local_fingerprint: r.local_fingerprint,
+            remote_fingerprint: r.remote_fingerprint,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct SyncFailureRow {
+    id: Uuid,
+    integration_id: Uuid,
+    task_id: Option<Uuid>,
+    event_id: Uuid,
+    event_seq: i64,
+    event_kind: String,
+    attempts: i32,
+    error: String,
+    failed_at: OffsetDateTime,
+}
+
+impl TryFrom<SyncFailureRow> for SyncFailure {
+    type Error = Error;
+    fn try_from(r: SyncFailureRow) -> Result<Self> {
+        Ok(SyncFailure {
+            id: r.id.into(),
+            integration_id: r.integration_id.into(),
+            task_id: r.task_id.map(Into::into),
+            event_id: r.event_id.into(),
+            event_seq: r.event_seq,
+            event_kind: r.event_kind,
+            attempts: r.attempts,
+            error: r.error,
+            failed_at: r.failed_at,
+        })
+    }
+}
+
+#[async_trait]
+impl SyncStateStore for PostgresIntegrationStore {
+    async fn link_comment(&self, l: &CommentLink) -> Result<(CommentLink, bool)> {
+        let inserted: Option<CommentLinkRow> = sqlx::query_as(
+            "INSERT INTO int_comment_links (id, integration_id, task_id, comment_id, external_id, \
+             external_comment_id, local_fingerprint, remote_fingerprint, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (integration_id, comment_id) DO NOTHING RETURNING *",
+        )
+        .bind(u(l.id))
+        .bind(u(l.integration_id))
+        .bind(u(l.task_id))
+        .bind(u(l.comment_id))
+        .bind(&l.external_id)
+        .bind(&l.external_comment_id)
+        .bind(&l.local_fingerprint)
+        .bind(&l.remote_fingerprint)
+        .bind(l.created_at)
+        .bind(l.updated_at)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique(&e) {
+                Error::AlreadyExists { entity: "comment link" }
+            } else {
+                fk("integration")(e)
+            }
+        })?;
+        if let Some(r) = inserted {
+            return Ok((r.try_into()?, true));
+        }
+        let existing = self
+            .comment_link(l.integration_id, l.comment_id)
+            .await?
+            .ok_or_else(|| Error::not_found("comment link"))?;
+        Ok((existing, false))
+    }
+
+    async fn comment_link(
+        &self,
+        integration: IntegrationId,
+        comment: CommentId,
+    ) -> Result<Option<CommentLink>> {
+        let row: Option<CommentLinkRow> = sqlx::query_as(
+            "SELECT * FROM int_comment_links WHERE integration_id = $1 AND comment_id = $2",
+        )
+        .bind(u(integration))
+        .bind(u(comment))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(st)?;
+        row.map(CommentLink::try_from).transpose()
+    }
+
+    async fn comment_link_by_external(
+        &self,
+        integration: IntegrationId,
+        external_comment_id: &str,
+    ) -> Result<Option<CommentLink>> {
+        let row: Option<CommentLinkRow> = sqlx::query_as(
+            "SELECT * FROM int_comment_links WHERE integration_id = $1 \
+             AND external_comment_id = $2",
+        )
+        .bind(u(integration))
+        .bind(external_comment_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(st)?;
+        row.map(CommentLink::try_from).transpose()
+    }
+
+    async fn update_comment_link(
+        &self,
+        id: CommentLinkId,
+        local_fingerprint: &str,
+        remote_fingerprint: &str,
+        at: OffsetDateTime,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE int_comment_links SET local_fingerprint = $1, remote_fingerprint = $2, \
+             updated_at = $3 WHERE id = $4",
+        )
+        .bind(local_fingerprint)
+        .bind(remote_fingerprint)
+        .bind(at)
+        .bind(u(id))
+        .execute(&self.pool)
+        .await
+        .map_err(st)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("comment link"));
+        }
+        Ok(())
+    }
+
+    async fn delete_comment_link(&self, id: CommentLinkId) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM int_comment_links WHERE id = $1")
+            .bind(u(id))
+            .execute(&self.pool)
+            .await
+            .map_err(st)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn begin_intent(
+        &self,
+        intent: &Intent,
+        stale_before: OffsetDateTime,
+    ) -> Result<IntentClaim> {
+        // The upsert takes the row lock: of concurrent callers exactly one inserts or takes a
+        // stale row over; the others see the row as it is after that one commits.
+        let claimed: Option<String> = sqlx::query_scalar(
+            "INSERT INTO int_intents (key, integration_id, kind, status, result, started_at, \
+             finished_at) VALUES ($1, $2, $3, 'pending', NULL, $4, NULL) \
+             ON CONFLICT (key) DO UPDATE SET started_at = excluded.started_at \
+             WHERE int_intents.status = 'pending' AND int_intents.started_at < $5 \
+             RETURNING key",
+        )
+        .bind(&intent.key)
+        .bind(u(intent.integration_id))
+        .bind(&intent.kind)
+        .bind(intent.started_at)
+        .bind(stale_before)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(fk("integration"))?;
+        if claimed.is_some() {
+            return Ok(IntentClaim::Claimed);
+        }
+        let row: Option<(String, Option<Value>)> =
+            sqlx::query_as("SELECT status, result FROM int_intents WHERE key = $1")
+                .bind(&intent.key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(st)?;
+        Ok(match row {
+            Some((status, result)) if status == "done" => {
+                IntentClaim::Done(result.unwrap_or(Value::Null))
+            }
+            Some(_) => IntentClaim::InFlight,
+            // Abandoned in between: the caller may try again.
+            None => IntentClaim::InFlight,
+        })
+    }
+
+    async fn finish_intent(&self, key: &str, result: &Value, at: OffsetDateTime) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE int_intents SET status = 'done', result = $1, finished_at = $2 WHERE key = $3",
+        )
+        .bind(Json(result))
+        .bind(at)
+        .bind(key)
+        .execute(&self.pool)
+        .await
+        .map_err(st)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("intent"));
+        }
+        Ok(())
+    }
+
+    async fn abandon_intent(&self, key: &str) -> Result<()> {
+        sqlx::query("DELETE FROM int_intents WHERE key = $1 AND status = 'pending'")
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(st)?;
+        Ok(())
+    }
+
+    async fn intents_in_flight(
+        &self,
+        integration: IntegrationId,
+        kind: &str,
+        since: OffsetDateTime,
+    ) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM int_intents WHERE integration_id = $1 AND kind = $2 \
+             AND status = 'pending' AND started_at > $3",
+        )
+        .bind(u(integration))
+        .bind(kind)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(st)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn record_sync_failure(&self, f: &SyncFailure) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO int_sync_failures (id, integration_id, task_id, event_id, event_seq, \
+             event_kind, attempts, error, failed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (integration_id, event_id) DO UPDATE SET attempts = excluded.attempts, \
+             error = excluded.error, failed_at = excluded.failed_at",
+        )
+        .bind(u(f.id))
+        .bind(u(f.integration_id))
+        .bind(ou(f.task_id))
+        .bind(f.event_id.0)
+        .bind(f.event_seq)
+        .bind(&f.event_kind)
+        .bind(f.attempts)
+        .bind(&f.error)
+        .bind(f.failed_at)
+        .execute(&self.pool)
+        .await
+        .map_err(fk("integration"))?;
+        Ok(())
+    }
+
+    async fn list_sync_failures(
+        &self,
+        integration: IntegrationId,
+        limit: u32,
+        before: Option<SyncFailureId>,
+    ) -> Result<Page<SyncFailure>> {
+        check_limit(limit)?;
+        let rows: Vec<SyncFailureRow> = sqlx::query_as(
+            "SELECT * FROM int_sync_failures WHERE integration_id = $1 \
+             AND ($2::uuid IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
+        )
+        .bind(u(integration))
+        .bind(ou(before))
+        .bind(ou(before))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(st)?;
+        Ok(Page::from_rows(convert(rows)?, limit, |f: &SyncFailure| f.id.0))
     }
 }
 

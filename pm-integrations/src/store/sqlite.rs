@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pm_core::id::{IntegrationId, OrgId, TaskId};
+use pm_core::id::{CommentId, IntegrationId, OrgId, TaskId};
 use serde_json::Value;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -1167,6 +1167,303 @@ impl MappingStore for SqliteIntegrationStore {
         .await
         .map_err(st)?;
         row.ok_or_else(|| Error::not_found("conflict"))?.try_into()
+    }
+}
+
+// --- sync state: comment links, intents, push failures ----------------------------------------
+
+#[derive(sqlx::FromRow)]
+struct CommentLinkRow {
+    id: String,
+    integration_id: String,
+    task_id: String,
+    comment_id: String,
+    external_id: String,
+    external_comment_id: String,
+    local_fingerprint: String,
+    remote_fingerprint: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<CommentLinkRow> for CommentLink {
+    type Error = Error;
+    fn try_from(r: CommentLinkRow) -> Result<Self> {
+        Ok(CommentLink {
+            id: parse_id(&r.id)?,
+            integration_id: parse_id(&r.integration_id)?,
+            task_id: parse_id(&r.task_id)?,
+            comment_id: parse_id(&r.comment_id)?,
+            external_id: r.external_id,
+            external_comment_id: r.external_comment_id,
+            local_fingerprint: r.local_fingerprint,
+            remote_fingerprint: r.remote_fingerprint,
+            created_at: from_us(r.created_at)?,
+            updated_at: from_us(r.updated_at)?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct SyncFailureRow {
+    id: String,
+    integration_id: String,
+    task_id: Option<String>,
+    event_id: String,
+    event_seq: i64,
+    event_kind: String,
+    attempts: i32,
+    error: String,
+    failed_at: i64,
+}
+
+impl TryFrom<SyncFailureRow> for SyncFailure {
+    type Error = Error;
+    fn try_from(r: SyncFailureRow) -> Result<Self> {
+        Ok(SyncFailure {
+            id: parse_id(&r.id)?,
+            integration_id: parse_id(&r.integration_id)?,
+            task_id: parse_opt(r.task_id.as_deref())?,
+            event_id: parse_id(&r.event_id)?,
+            event_seq: r.event_seq,
+            event_kind: r.event_kind,
+            attempts: r.attempts,
+            error: r.error,
+            failed_at: from_us(r.failed_at)?,
+        })
+    }
+}
+
+#[async_trait]
+impl SyncStateStore for SqliteIntegrationStore {
+    async fn link_comment(&self, l: &CommentLink) -> Result<(CommentLink, bool)> {
+        let inserted: Option<CommentLinkRow> = sqlx::query_as(
+            "INSERT INTO int_comment_links (id, integration_id, task_id, comment_id, external_id, \
+             external_comment_id, local_fingerprint, remote_fingerprint, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (integration_id, comment_id) DO NOTHING RETURNING *",
+        )
+        .bind(t(l.id))
+        .bind(t(l.integration_id))
+        .bind(t(l.task_id))
+        .bind(t(l.comment_id))
+        .bind(&l.external_id)
+        .bind(&l.external_comment_id)
+        .bind(&l.local_fingerprint)
+        .bind(&l.remote_fingerprint)
+        .bind(us(l.created_at))
+        .bind(us(l.updated_at))
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(|e| {
+            if is_unique(&e) {
+                Error::AlreadyExists { entity: "comment link" }
+            } else {
+                fk("integration")(e)
+            }
+        })?;
+        if let Some(r) = inserted {
+            return Ok((r.try_into()?, true));
+        }
+        let existing = self
+            .comment_link(l.integration_id, l.comment_id)
+            .await?
+            .ok_or_else(|| Error::not_found("comment link"))?;
+        Ok((existing, false))
+    }
+
+    async fn comment_link(
+        &self,
+        integration: IntegrationId,
+        comment: CommentId,
+    ) -> Result<Option<CommentLink>> {
+        // The writer: a link is read right after it is written (echo checks), and a read-pool
+        // snapshot may predate it.
+        let row: Option<CommentLinkRow> = sqlx::query_as(
+            "SELECT * FROM int_comment_links WHERE integration_id = ? AND comment_id = ?",
+        )
+        .bind(t(integration))
+        .bind(t(comment))
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(st)?;
+        row.map(CommentLink::try_from).transpose()
+    }
+
+    async fn comment_link_by_external(
+        &self,
+        integration: IntegrationId,
+        external_comment_id: &str,
+    ) -> Result<Option<CommentLink>> {
+        let row: Option<CommentLinkRow> = sqlx::query_as(
+            "SELECT * FROM int_comment_links WHERE integration_id = ? AND external_comment_id = ?",
+        )
+        .bind(t(integration))
+        .bind(external_comment_id)
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(st)?;
+        row.map(CommentLink::try_from).transpose()
+    }
+
+    async fn update_comment_link(
+        &self,
+        id: CommentLinkId,
+        local_fingerprint: &str,
+        remote_fingerprint: &str,
+        at: OffsetDateTime,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE int_comment_links SET local_fingerprint = ?, remote_fingerprint = ?, \
+             updated_at = ? WHERE id = ?",
+        )
+        .bind(local_fingerprint)
+        .bind(remote_fingerprint)
+        .bind(us(at))
+        .bind(t(id))
+        .execute(&self.writer)
+        .await
+        .map_err(st)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("comment link"));
+        }
+        Ok(())
+    }
+
+    async fn delete_comment_link(&self, id: CommentLinkId) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM int_comment_links WHERE id = ?")
+            .bind(t(id))
+            .execute(&self.writer)
+            .await
+            .map_err(st)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn begin_intent(
+        &self,
+        intent: &Intent,
+        stale_before: OffsetDateTime,
+    ) -> Result<IntentClaim> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
+        let claimed: Option<String> = sqlx::query_scalar(
+            "INSERT INTO int_intents (key, integration_id, kind, status, result, started_at, \
+             finished_at) VALUES (?, ?, ?, 'pending', NULL, ?, NULL) \
+             ON CONFLICT (key) DO UPDATE SET started_at = excluded.started_at \
+             WHERE int_intents.status = 'pending' AND int_intents.started_at < ? \
+             RETURNING key",
+        )
+        .bind(&intent.key)
+        .bind(t(intent.integration_id))
+        .bind(&intent.kind)
+        .bind(us(intent.started_at))
+        .bind(us(stale_before))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(fk("integration"))?;
+        let claim = if claimed.is_some() {
+            IntentClaim::Claimed
+        } else {
+            let (status, result): (String, Option<String>) =
+                sqlx::query_as("SELECT status, result FROM int_intents WHERE key = ?")
+                    .bind(&intent.key)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(st)?;
+            match (status.as_str(), result) {
+                ("done", Some(r)) => IntentClaim::Done(from_json("intent result", &r)?),
+                ("done", None) => IntentClaim::Done(Value::Null),
+                _ => IntentClaim::InFlight,
+            }
+        };
+        tx.commit().await.map_err(st)?;
+        Ok(claim)
+    }
+
+    async fn finish_intent(&self, key: &str, result: &Value, at: OffsetDateTime) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE int_intents SET status = 'done', result = ?, finished_at = ? WHERE key = ?",
+        )
+        .bind(to_json(result))
+        .bind(us(at))
+        .bind(key)
+        .execute(&self.writer)
+        .await
+        .map_err(st)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("intent"));
+        }
+        Ok(())
+    }
+
+    async fn abandon_intent(&self, key: &str) -> Result<()> {
+        sqlx::query("DELETE FROM int_intents WHERE key = ? AND status = 'pending'")
+            .bind(key)
+            .execute(&self.writer)
+            .await
+            .map_err(st)?;
+        Ok(())
+    }
+
+    async fn intents_in_flight(
+        &self,
+        integration: IntegrationId,
+        kind: &str,
+        since: OffsetDateTime,
+    ) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM int_intents WHERE integration_id = ? AND kind = ? \
+             AND status = 'pending' AND started_at > ?",
+        )
+        .bind(t(integration))
+        .bind(kind)
+        .bind(us(since))
+        .fetch_one(&self.writer)
+        .await
+        .map_err(st)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn record_sync_failure(&self, f: &SyncFailure) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO int_sync_failures (id, integration_id, task_id, event_id, event_seq, \
+             event_kind, attempts, error, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (integration_id, event_id) DO UPDATE SET attempts = excluded.attempts, \
+             error = excluded.error, failed_at = excluded.failed_at",
+        )
+        .bind(t(f.id))
+        .bind(t(f.integration_id))
+        .bind(ot(f.task_id))
+        .bind(t(f.event_id.0))
+        .bind(f.event_seq)
+        .bind(&f.event_kind)
+        .bind(f.attempts)
+        .bind(&f.error)
+        .bind(us(f.failed_at))
+        .execute(&self.writer)
+        .await
+        .map_err(fk("integration"))?;
+        Ok(())
+    }
+
+    async fn list_sync_failures(
+        &self,
+        integration: IntegrationId,
+        limit: u32,
+        before: Option<SyncFailureId>,
+    ) -> Result<Page<SyncFailure>> {
+        check_limit(limit)?;
+        let rows: Vec<SyncFailureRow> = sqlx::query_as(
+            "SELECT * FROM int_sync_failures WHERE integration_id = ? AND (? IS NULL OR id < ?) \
+             ORDER BY id DESC LIMIT ?",
+        )
+        .bind(t(integration))
+        .bind(ot(before))
+        .bind(ot(before))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(st)?;
+        Ok(Page::from_rows(convert(rows)?, limit, |f: &SyncFailure| f.id.0))
     }
 }
 

@@ -20,6 +20,16 @@
 //!   [`fingerprint`]) is ignored; a webhook older than the last state we synced
 //!   (`remote_updated_at`) is stale and ignored.
 //!
+//! - **Create races**: before creating an item for an unmapped task, the pusher records an
+//!   [`Intent`] (`item.create`, keyed by integration and task); the mapping is stored when the
+//!   provider answers, then the intent is dropped. A webhook for an item we do not know that
+//!   arrives while a create of the integration is in flight — possibly the webhook of that very
+//!   create, racing its response — is deferred (a retryable [`Error::Conflict`]) instead of
+//!   creating a second task; once the mapping exists the retry is an ordinary (echo) sync. A
+//!   second pusher finding the intent in flight is deferred the same way. An intent older than
+//!   [`CREATE_LEASE`] belongs to a pusher that died and is taken over.
+//! - **Comments** both ways: see [`comments`].
+//!
 //! Snapshots speak one vocabulary on both sides: `title`, `description` (markdown, empty =
 //! `null`), `state` (the **provider's** state name: our task's category is mapped through the
 //! integration's state mapping), `labels` (sorted names), `due` (`YYYY-MM-DD`). Only fields the
@@ -38,12 +48,14 @@ use pm_core::service::CreateTask;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+pub mod comments;
+
 use super::{ChangeTimes, MergeOutcome, Snapshot, fingerprint, merge};
 use crate::clock::Clock;
 use crate::crypto::{Keyring, Secret};
 use crate::model::*;
 use crate::oauth::OAuth;
-use crate::provider::{Capability, InboundEvent, Mappings, Provider, ProviderContext};
+use crate::provider::{Capability, InboundEvent, Mappings, PinnedHost, Provider, ProviderContext};
 use crate::providers::Registry;
 use crate::ssrf::TargetPolicy;
 use crate::store::IntegrationStores;
@@ -51,6 +63,13 @@ use crate::{Error, Result};
 
 /// Fields the engine knows how to read and write on a task.
 pub const SYNCED_FIELDS: [&str; 5] = ["title", "description", "state", "labels", "due"];
+
+/// How long an item create may be in flight before another pusher takes it over (the first
+/// died between recording its intent and storing the mapping).
+pub const CREATE_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The intent kind of item creates.
+const CREATE_INTENT: &str = "item.create";
 
 /// Colour of labels the sync creates for names the organization does not have yet.
 const NEW_LABEL_COLOR: &str = "#6b7280";
@@ -160,9 +179,10 @@ impl SyncEngine {
             && info.capabilities.contains(&Capability::Pull)
     }
 
-    /// The API base URL: `config.base_url`, else the provider's public API. Checked with the
-    /// SSRF policy (an integration manager must not make the server call internal hosts).
-    async fn base_url(&self, i: &Integration) -> Result<String> {
+    /// The API base URL: `config.base_url`, else the provider's public API — checked with the
+    /// SSRF policy (an integration manager must not make the server call internal hosts), with
+    /// the approved addresses of its host to pin connections to.
+    async fn base_url(&self, i: &Integration) -> Result<(String, Option<PinnedHost>)> {
         let raw = match (i.config["base_url"].as_str(), i.provider.as_str()) {
             (Some(u), _) => u,
             (None, "github") => "https://api.github.com",
@@ -177,8 +197,13 @@ impl SyncEngine {
             }
         };
         let url = self.targets.parse_url("config.base_url", raw)?;
-        self.targets.resolve(&url).await?;
-        Ok(url.as_str().trim_end_matches('/').to_owned())
+        let addrs = self.targets.resolve(&url).await?;
+        // An IP literal is connected to as is; a name is pinned to what was just checked.
+        let pinned = match url.host() {
+            Some(url::Host::Domain(host)) => Some(PinnedHost { host: host.to_owned(), addrs }),
+            _ => None,
+        };
+        Ok((url.as_str().trim_end_matches('/').to_owned(), pinned))
     }
 
     /// The token to call the provider with: the integration's API token (a GitHub PAT, a Jira
@@ -207,10 +232,12 @@ impl SyncEngine {
 
     /// What the provider needs to call its API for `i`.
     pub async fn context(&self, i: &Integration) -> Result<ProviderContext> {
+        let (base_url, pinned) = self.base_url(i).await?;
         Ok(ProviderContext {
-            base_url: self.base_url(i).await?,
+            base_url,
             access_token: self.token(i).await?,
             config: i.config.clone(),
+            pinned,
         })
     }
 
@@ -248,6 +275,9 @@ impl SyncEngine {
         let Some(external_id) = ev.external_id.as_deref() else {
             return Ok(Applied::Skipped("no item"));
         };
+        if ev.kind.starts_with("issue_comment.") && i.provider.as_str() == "github" {
+            return self.apply_inbound_comment(i, external_id, ev).await;
+        }
         if ev.kind.ends_with("deleted") || ev.kind.ends_with(".transferred") {
             return Ok(Applied::Skipped("item deleted"));
         }
@@ -256,6 +286,7 @@ impl SyncEngine {
             return Ok(Applied::Skipped("no synced fields"));
         }
         let Some(m) = self.stores.mappings.mapping_by_external(i.id, external_id).await? else {
+            self.defer_if_creating(i).await?;
             let url = ev.raw["issue"]["html_url"].as_str().map(str::to_owned);
             return self.create_local(i, external_id, url, remote, ev.changed_at).await;
         };
@@ -270,6 +301,19 @@ impl SyncEngine {
         }
         let ctx = self.context(i).await?;
         self.sync_mapping(i, &ctx, provider.as_ref(), m, remote, ev.changed_at).await
+    }
+
+    /// Fails with a retryable `Conflict` while an item create of `i` is in flight: an item we
+    /// do not know may be the one being created, whose mapping is not stored yet.
+    async fn defer_if_creating(&self, i: &Integration) -> Result<()> {
+        let since = self.clock.now() - CREATE_LEASE;
+        if self.stores.sync_state.intents_in_flight(i.id, CREATE_INTENT, since).await? > 0 {
+            return Err(Error::Conflict {
+                entity: "external mapping (an item create is in flight)",
+                current: 0,
+            });
+        }
+        Ok(())
     }
 
     /// First sight of an item: the mapping, then the task under the mapping's task id.
@@ -471,54 +515,73 @@ impl SyncEngine {
 
     // --- outbound --------------------------------------------------------------------------
 
-    /// Reacts to one pm event: pushes task creations/updates and new comments of integrated
-    /// projects to every enabled syncing integration of the project — except the integration
-    /// whose own apply caused the event (echo suppression by actor), and events older than the
-    /// integration (no history replay on connect; use export for that).
+    /// Reacts to one pm event: pushes task creations/updates and comment creations, edits and
+    /// deletions of integrated projects to every enabled syncing integration of the project
+    /// ([`SyncEngine::targets`]). Stops at the first failure; callers that want to retry or
+    /// record failures per integration use [`SyncEngine::targets`] and
+    /// [`SyncEngine::push_event`].
     pub async fn on_event(&self, e: &Event) -> Result<Vec<Applied>> {
-        let (Some(org), Some(project), Some(task)) = (e.org_id, e.project_id, e.task_id) else {
+        let mut done = Vec::new();
+        for i in self.targets(e).await? {
+            done.push(self.push_event(&i, e).await?);
+        }
+        Ok(done)
+    }
+
+    /// The integrations event `e` is to be pushed to: the enabled syncing integrations of its
+    /// project created before it (no history replay on connect; use export for that), for the
+    /// kinds the sync pushes.
+    pub async fn targets(&self, e: &Event) -> Result<Vec<Integration>> {
+        let (Some(org), Some(project), Some(_)) = (e.org_id, e.project_id, e.task_id) else {
             return Ok(Vec::new());
         };
         if !matches!(
             e.kind,
-            EventKind::TaskCreated | EventKind::TaskUpdated | EventKind::CommentCreated
+            EventKind::TaskCreated
+                | EventKind::TaskUpdated
+                | EventKind::CommentCreated
+                | EventKind::CommentUpdated
+                | EventKind::CommentDeleted
         ) {
             return Ok(Vec::new());
         }
-        let mut done = Vec::new();
+        let mut out = Vec::new();
         for i in self.stores.integrations.list_integrations(org).await? {
             if i.project_id != project || !i.enabled || e.at < i.created_at {
                 continue;
             }
-            if e.actor == Actor::Integration(i.id) {
-                done.push(Applied::Skipped("echo"));
-                continue;
-            }
-            let provider = self.provider(&i)?;
-            if !Self::syncs(provider.as_ref()) {
-                continue;
-            }
-            let r = if e.kind == EventKind::CommentCreated {
-                self.push_comment(&i, provider.as_ref(), task, &e.payload).await
-            } else {
-                self.push_task(&i, task).await
-            };
-            match r {
-                Ok(a) => done.push(a),
-                Err(err) => {
-                    self.log(
-                        &i,
-                        Direction::Outbound,
-                        "sync.push_failed",
-                        false,
-                        json!({"task_id": task, "event_seq": e.seq, "error": err.to_string()}),
-                    )
-                    .await;
-                    return Err(err);
-                }
+            if Self::syncs(self.provider(&i)?.as_ref()) {
+                out.push(i);
             }
         }
-        Ok(done)
+        Ok(out)
+    }
+
+    /// Pushes event `e` to integration `i` — except when the integration's own apply caused it
+    /// (echo suppression by actor). A failure is logged (`sync.push_failed`) and returned.
+    pub async fn push_event(&self, i: &Integration, e: &Event) -> Result<Applied> {
+        let Some(task) = e.task_id else { return Ok(Applied::Skipped("no task")) };
+        if e.actor == Actor::Integration(i.id) {
+            return Ok(Applied::Skipped("echo"));
+        }
+        let provider = self.provider(i)?;
+        let r = match e.kind {
+            EventKind::CommentCreated | EventKind::CommentUpdated | EventKind::CommentDeleted => {
+                self.push_comment_event(i, provider.as_ref(), task, e).await
+            }
+            _ => self.push_task(i, task).await,
+        };
+        if let Err(err) = &r {
+            self.log(
+                i,
+                Direction::Outbound,
+                "sync.push_failed",
+                false,
+                json!({"task_id": task, "event_seq": e.seq, "error": err.to_string()}),
+            )
+            .await;
+        }
+        r
     }
 
     /// Pushes one task of `i`'s project: creates the item when unmapped, else fetches it and
@@ -548,44 +611,79 @@ impl SyncEngine {
             }
             None => {
                 let ctx = self.context(i).await?;
-                let item = provider.push(&ctx, None, &local).await?;
-                let remote = fill(&remote_snapshot(&item.fields, &i.mappings), &local);
                 let now = self.clock.now();
-                let new = ExternalMapping {
-                    id: MappingId::new(),
+                let intent = Intent {
+                    key: format!("{CREATE_INTENT}:{}:{}", i.id.0, task.id.0),
                     integration_id: i.id,
-                    task_id: task.id,
-                    external_id: item.external_id.clone(),
-                    external_url: item.url.clone(),
-                    base: remote.clone(),
-                    remote_updated_at: item.updated_at,
-                    pushed_fingerprint: Some(fingerprint(&remote)),
-                    version: 1,
-                    created_at: now,
-                    updated_at: now,
+                    kind: CREATE_INTENT.to_owned(),
+                    started_at: now,
                 };
-                let (m, _) = match self.stores.mappings.create_mapping(&new).await {
-                    Ok(r) => r,
-                    // Mapped concurrently (an export racing the pusher).
-                    Err(Error::AlreadyExists { .. }) => return Ok(Applied::Skipped("mapped")),
-                    Err(e) => return Err(e),
-                };
-                self.log(
-                    i,
-                    Direction::Outbound,
-                    "sync.item_created",
-                    true,
-                    json!({"external_id": item.external_id, "task_id": task.id}),
-                )
-                .await;
-                // What the create could not set (GitHub opens every new issue) is pushed now.
-                if remote != local {
-                    self.sync_mapping(i, &ctx, provider.as_ref(), m, remote, item.updated_at)
-                        .await?;
+                match self.stores.sync_state.begin_intent(&intent, now - CREATE_LEASE).await? {
+                    IntentClaim::Claimed => {}
+                    // Another pusher (an export, another instance) is creating it: once its
+                    // mapping exists a retry syncs whatever this event changed.
+                    IntentClaim::InFlight | IntentClaim::Done(_) => {
+                        return Err(Error::Conflict {
+                            entity: "external mapping (an item create is in flight)",
+                            current: 0,
+                        });
+                    }
                 }
-                Ok(Applied::Created { task_id: task.id, external_id: item.external_id })
+                let created = self.create_remote(i, &ctx, provider.as_ref(), &task, &local).await;
+                // The mapping answers from now on (or nothing was created): either way the
+                // intent has done its job. Dropping it may fail without harm — it expires.
+                if let Err(e) = self.stores.sync_state.abandon_intent(&intent.key).await {
+                    tracing::warn!(error = %e, "cannot drop an item-create intent");
+                }
+                created
             }
         }
+    }
+
+    /// Creates the item for unmapped `task` and maps it (the caller holds the create intent).
+    async fn create_remote(
+        &self,
+        i: &Integration,
+        ctx: &ProviderContext,
+        provider: &dyn Provider,
+        task: &Task,
+        local: &Snapshot,
+    ) -> Result<Applied> {
+        let item = provider.push(ctx, None, local).await?;
+        let remote = fill(&remote_snapshot(&item.fields, &i.mappings), local);
+        let now = self.clock.now();
+        let new = ExternalMapping {
+            id: MappingId::new(),
+            integration_id: i.id,
+            task_id: task.id,
+            external_id: item.external_id.clone(),
+            external_url: item.url.clone(),
+            base: remote.clone(),
+            remote_updated_at: item.updated_at,
+            pushed_fingerprint: Some(fingerprint(&remote)),
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        let (m, _) = match self.stores.mappings.create_mapping(&new).await {
+            Ok(r) => r,
+            // Mapped concurrently (an export racing the pusher).
+            Err(Error::AlreadyExists { .. }) => return Ok(Applied::Skipped("mapped")),
+            Err(e) => return Err(e),
+        };
+        self.log(
+            i,
+            Direction::Outbound,
+            "sync.item_created",
+            true,
+            json!({"external_id": item.external_id, "task_id": task.id}),
+        )
+        .await;
+        // What the create could not set (GitHub opens every new issue) is pushed now.
+        if &remote != local {
+            self.sync_mapping(i, ctx, provider, m, remote, item.updated_at).await?;
+        }
+        Ok(Applied::Created { task_id: task.id, external_id: item.external_id })
     }
 
     /// Posts a new comment of a mapped task to the item.

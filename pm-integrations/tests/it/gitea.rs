@@ -28,6 +28,7 @@ fn ctx(server: &MockServer) -> ProviderContext {
         base_url: server.uri(),
         access_token: Some(Secret::new("gitea-token")),
         config: json!({"repository": "octo/app"}),
+        pinned: None,
     }
 }
 

@@ -1,13 +1,14 @@
 //! The GitHub provider against a wiremock server shaped like GitHub's REST API: pulling issues
 //! (pull requests skipped, all pages), creating and updating issues, comments, and rate limits
-//! (a 429 with `Retry-After` is waited out; a long one is handed back to the caller).
+//! (a 429 with `Retry-After` is waited out; a long one is handed back to the caller), and
+//! connections pinned to the addresses the SSRF policy approved.
 
 use std::time::{Duration, Instant};
 
 use pm_integrations::Error;
 use pm_integrations::crypto::Secret;
 use pm_integrations::http::ApiClient;
-use pm_integrations::provider::{Provider, ProviderContext};
+use pm_integrations::provider::{PinnedHost, Provider, ProviderContext};
 use pm_integrations::providers::GitHub;
 use pm_integrations::sync::Snapshot;
 use serde_json::json;
@@ -19,6 +20,7 @@ fn ctx(server: &MockServer) -> ProviderContext {
         base_url: server.uri(),
         access_token: Some(Secret::new("gho_test")),
         config: json!({"repository": "octo/repo"}),
+        pinned: None,
     }
 }
 
@@ -197,4 +199,39 @@ async fn a_limit_holds_for_every_request_to_the_provider_and_dates_count() {
     let reqs = server.received_requests().await.unwrap();
     assert_eq!(reqs.len(), 3);
     assert_eq!(reqs[0].method.as_str(), "GET", "the 503 came first");
+}
+
+/// A context pinned to approved addresses connects there without looking the name up again
+/// (DNS rebinding cannot swap in an internal address) and follows no redirect.
+#[tokio::test]
+async fn pinned_contexts_connect_only_to_the_approved_addresses() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/repos/octo/repo/issues/1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(issue(1, "One")))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/octo/repo/issues/2"))
+        .respond_with(
+            ResponseTemplate::new(302).insert_header("location", "http://127.0.0.1:9/internal"),
+        )
+        .mount(&server)
+        .await;
+    let addr = *server.address();
+    // `.invalid` never resolves: only the pin can get a connection to the mock.
+    let pinned = ProviderContext {
+        base_url: format!("http://api.github.invalid:{}", addr.port()),
+        pinned: Some(PinnedHost { host: "api.github.invalid".into(), addrs: vec![addr] }),
+        ..ctx(&server)
+    };
+    assert_eq!(GitHub.fetch(&pinned, "octo/repo#1").await.unwrap().fields["title"], "One");
+    match GitHub.fetch(&pinned, "octo/repo#2").await {
+        Err(Error::Provider { message, .. }) => assert!(message.contains("302"), "{message}"),
+        other => panic!("a redirect must not be followed, got {other:?}"),
+    }
+    let unpinned = ProviderContext { pinned: None, ..pinned };
+    assert!(GitHub.fetch(&unpinned, "octo/repo#1").await.is_err(), "the name does not resolve");
+    server.verify().await;
 }

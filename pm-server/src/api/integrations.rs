@@ -2,7 +2,8 @@
 //! (CRUD, logs), and outbound webhook subscriptions (CRUD with event filters, secret rotation,
 //! delivery log, manual redelivery), and OAuth 2 connections (connect → provider → callback,
 //! disconnect with revocation), and the two-way sync's surface: task ↔ item mappings, conflicts
-//! (listed, settled by choosing local, remote or a value) and the project export.
+//! (listed, settled by choosing local, remote or a value), the pushes the sync gave up on, and
+//! the project export.
 //!
 //! Invariants: an inbound request is verified on its raw bytes before anything else looks at
 //! it — a bad signature is a 401 problem, logged, and nothing is stored or processed; a replayed
@@ -58,6 +59,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(redeliver))
         .routes(routes!(list_mappings))
         .routes(routes!(list_conflicts))
+        .routes(routes!(list_sync_failures))
         .routes(routes!(resolve_conflict))
         .routes(routes!(export_integration))
 }
@@ -1497,6 +1499,73 @@ async fn list_conflicts(
         .list_conflicts(i.id, q.unresolved.unwrap_or(false), limit, before.map(ConflictId))
         .await?;
     Ok(page(p, ConflictBody::from, &uri))
+}
+
+/// A push the sync gave up on after its retries (or at once, for an error retrying cannot
+/// fix): the event, how often it was tried and the last error. The next change of the task
+/// syncs it again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SyncFailureBody {
+    /// Id.
+    pub id: Uuid,
+    /// The task, if the event concerned one.
+    pub task_id: Option<Uuid>,
+    /// The pm event that was being pushed.
+    pub event_id: Uuid,
+    /// Its position in the event log.
+    pub event_seq: i64,
+    /// Its kind (`task.updated`, `comment.created`, …).
+    pub event_kind: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// The last error.
+    pub error: String,
+    /// When the sync gave up.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub failed_at: OffsetDateTime,
+}
+
+impl From<SyncFailure> for SyncFailureBody {
+    fn from(f: SyncFailure) -> Self {
+        Self {
+            id: f.id.0,
+            task_id: f.task_id.map(|t| t.0),
+            event_id: f.event_id.0,
+            event_seq: f.event_seq,
+            event_kind: f.event_kind,
+            attempts: f.attempts,
+            error: f.error,
+            failed_at: f.failed_at,
+        }
+    }
+}
+
+/// Lists the pushes the sync of an integration gave up on, newest first.
+#[utoipa::path(get, path = "/integrations/{integration_id}/sync-failures", tag = "integrations", operation_id = "list_integration_sync_failures",
+    params(("integration_id" = Uuid, Path, description = "Integration id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of push failures", body = PageBody<SyncFailureBody>),
+        (status = 400, description = "Bad id, limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such integration", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn list_sync_failures(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+    Query(q): Query<PageQuery>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let (limit, before) = q.parse()?;
+    let i = load_integration(&s, &who, id).await?;
+    let p = integrations(&s)?
+        .stores
+        .sync_state
+        .list_sync_failures(i.id, limit, before.map(SyncFailureId))
+        .await?;
+    Ok(page(p, SyncFailureBody::from, &uri))
 }
 
 /// How to settle a conflict.

@@ -73,6 +73,7 @@ async fn setup_with(
         request_timeout: Duration::from_secs(5),
         batch: 50,
         poll: Duration::from_millis(50),
+        ..WorkerConfig::default()
     };
     ints.chat.apis.slack = format!("{}/api", mock.uri());
     ints.chat.apis.google_calendar = format!("{}/calendar/v3", mock.uri());
@@ -616,6 +617,59 @@ async fn a_workflow_message_action_reaches_slack() {
         wait_for(&t.mock, "POST", "/api/chat.postMessage", |b| b["text"] == "New task PL-1").await;
     assert_eq!(posted["channel"], "#C0PM");
     assert!(blocks_text(&posted).contains("Sent by a pm workflow"));
+}
+
+/// Slack has no idempotency key: the intent is recorded before `chat.postMessage` and marked
+/// done with the `ts` after, so a replayed workflow step (its own record lost) does not post
+/// twice; a send left pending by a sender that died is posted again once its lease is over
+/// (at-least-once), and not while another sender may still be in the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_message_is_posted_once_per_idempotency_key() {
+    use pm_integrations::model::{Intent, IntentClaim};
+    use pm_workflows::ports::MessageSender;
+    let t = setup("once.slack@example.com", "slack", json!({"channel": "C0PM"})).await;
+    t.slack_knows_u1().await;
+    let org = pm_core::id::OrgId(t.org.parse().unwrap());
+    let sender = pm_server::chat::SlackMessages::new(t.ints.clone());
+    let posts = |text: &'static str| {
+        let mock = &t.mock;
+        async move {
+            seen(mock, "POST", "/api/chat.postMessage")
+                .await
+                .iter()
+                .filter(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["text"] == text)
+                .count()
+        }
+    };
+
+    let first = sender.send(org, "slack", "#C0PM", "once", "run-1/step-0").await.unwrap();
+    let again = sender.send(org, "slack", "#C0PM", "once", "run-1/step-0").await.unwrap();
+    assert_eq!(again["ts"], first["ts"]);
+    assert_eq!(again["replayed"], true);
+    assert_eq!(posts("once").await, 1, "a replay does not post again");
+
+    // A sender died mid-call two minutes ago: past the lease, the replay posts.
+    let integration = pm_core::id::IntegrationId(t.integration.parse().unwrap());
+    let now = time::OffsetDateTime::now_utc();
+    let stale = Intent {
+        key: "slack.message:run-2/step-0".into(),
+        integration_id: integration,
+        kind: "slack.message".into(),
+        started_at: now - Duration::from_secs(120),
+    };
+    let claim = t.ints.stores.sync_state.begin_intent(&stale, now - Duration::from_secs(600));
+    assert_eq!(claim.await.unwrap(), IntentClaim::Claimed);
+    let r = sender.send(org, "slack", "#C0PM", "taken over", "run-2/step-0").await.unwrap();
+    assert!(r.get("replayed").is_none(), "{r}");
+    assert_eq!(posts("taken over").await, 1);
+
+    // Another sender holds the key right now: nothing is posted, the step is retried later.
+    let busy = Intent { key: "slack.message:run-3/step-0".into(), started_at: now, ..stale };
+    let claim = t.ints.stores.sync_state.begin_intent(&busy, now - Duration::from_secs(600));
+    assert_eq!(claim.await.unwrap(), IntentClaim::Claimed);
+    let err = sender.send(org, "slack", "#C0PM", "busy", "run-3/step-0").await.unwrap_err();
+    assert!(matches!(err, pm_workflows::Error::Action(_)), "{err:?}");
+    assert_eq!(posts("busy").await, 0);
 }
 
 // --- calendars ---------------------------------------------------------------------------------

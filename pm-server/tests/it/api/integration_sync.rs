@@ -46,6 +46,8 @@ async fn server() -> (Server, Integrations, Workers, tempfile::TempDir) {
         request_timeout: Duration::from_secs(5),
         batch: 50,
         poll: Duration::from_millis(50),
+        push_retries: 3,
+        push_backoff_cap: Duration::from_millis(300),
     };
     let for_state = ints.clone();
     let s =
@@ -85,6 +87,15 @@ struct GitHubState {
     requests: Vec<(String, String, Instant)>,
     /// PATCHes still to answer with a secondary-rate-limit 429.
     limit_patches: u32,
+    /// Issue PATCHes answer 502 while set (an outage).
+    fail_patches: bool,
+    /// How long issue creates take to answer (the issue exists as soon as the request
+    /// arrives, as on GitHub, whose webhook may beat the response).
+    create_delay: Duration,
+    /// Issue comments by id.
+    comments: BTreeMap<u64, Value>,
+    /// Comments created so far (ids are never reused).
+    comment_count: u64,
 }
 
 /// GitHub's issues API for `octo/repo`: create, get, update, comment — with bearer auth.
@@ -191,7 +202,7 @@ impl Respond for GitHub {
                     at,
                 );
                 st.issues.insert(number, issue.clone());
-                ResponseTemplate::new(201).set_body_json(issue)
+                ResponseTemplate::new(201).set_body_json(issue).set_delay(st.create_delay)
             }
             ("GET", ["repos", "octo", "repo", "issues", n]) => {
                 match n.parse::<u64>().ok().and_then(|n| st.issues.get(&n)) {
@@ -199,7 +210,23 @@ impl Respond for GitHub {
                     None => not_found(),
                 }
             }
+            ("PATCH", ["repos", "octo", "repo", "issues", "comments", id]) => {
+                let Some(c) = id.parse::<u64>().ok().and_then(|id| st.comments.get_mut(&id)) else {
+                    return not_found();
+                };
+                c["body"] = body["body"].clone();
+                ResponseTemplate::new(200).set_body_json(c.clone())
+            }
+            ("DELETE", ["repos", "octo", "repo", "issues", "comments", id]) => {
+                match id.parse::<u64>().ok().and_then(|id| st.comments.remove(&id)) {
+                    Some(_) => ResponseTemplate::new(204),
+                    None => not_found(),
+                }
+            }
             ("PATCH", ["repos", "octo", "repo", "issues", n]) => {
+                if st.fail_patches {
+                    return ResponseTemplate::new(502).set_body_string("Bad Gateway");
+                }
                 if st.limit_patches > 0 {
                     st.limit_patches -= 1;
                     return ResponseTemplate::new(429).insert_header("retry-after", "1").set_body_json(
@@ -223,10 +250,16 @@ impl Respond for GitHub {
                 issue["updated_at"] = json!(at);
                 ResponseTemplate::new(200).set_body_json(issue.clone())
             }
-            ("POST", ["repos", "octo", "repo", "issues", _, "comments"]) => ResponseTemplate::new(
-                201,
-            )
-            .set_body_json(json!({"id": 555, "body": body["body"], "user": {"login": "pm-bot"}})),
+            ("POST", ["repos", "octo", "repo", "issues", n, "comments"]) => {
+                st.comment_count += 1;
+                let id = 554 + st.comment_count;
+                let at = Self::stamp(&mut st);
+                let c = json!({"id": id, "body": body["body"], "user": {"login": "pm-bot"},
+                    "issue_url": format!("https://api.github.com/repos/octo/repo/issues/{n}"),
+                    "created_at": at, "updated_at": at});
+                st.comments.insert(id, c.clone());
+                ResponseTemplate::new(201).set_body_json(c)
+            }
             _ => not_found(),
         }
     }
@@ -251,6 +284,34 @@ async fn github_hook(s: &Server, id: &str, secret: &str, action: &str, issue: &V
         .header(GITHUB_SIGNATURE, hub_signature(secret.as_bytes(), body.as_bytes()))
         .header(GITHUB_DELIVERY, &delivery)
         .header(GITHUB_EVENT, "issues")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    delivery
+}
+
+/// Sends a signed GitHub `issue_comment` webhook; returns the delivery id.
+async fn comment_hook(
+    s: &Server,
+    id: &str,
+    secret: &str,
+    action: &str,
+    issue: &Value,
+    comment: &Value,
+) -> String {
+    let delivery = uuid::Uuid::now_v7().to_string();
+    let body = json!({"action": action, "issue": issue, "comment": comment,
+        "repository": {"full_name": "octo/repo", "id": 42}, "sender": {"login": "octocat"}})
+    .to_string();
+    let res = s
+        .http
+        .post(format!("{}/api/v1/hooks/github/{id}", s.base))
+        .header(GITHUB_SIGNATURE, hub_signature(secret.as_bytes(), body.as_bytes()))
+        .header(GITHUB_DELIVERY, &delivery)
+        .header(GITHUB_EVENT, "issue_comment")
         .header("content-type", "application/json")
         .body(body)
         .send()
@@ -811,4 +872,185 @@ async fn jira_round_trips_both_ways_exports_a_project_and_transitions() {
     let events = processed(&ints, &id, "jira-delivery-2").await;
     assert!(events.contains("echo") || events.contains("unchanged"), "{events}");
     assert_eq!(task(&s, task_id).await.version, version);
+}
+
+// --- comments, create races, push failures --------------------------------------------------------
+
+async fn comments_of(s: &Server, id: TaskId) -> Vec<pm_core::model::Comment> {
+    s.state.pm.list_comments(&Origin::system(), id).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_comments_sync_both_ways_with_edits_deletes_and_echoes_ignored() {
+    let (s, ints, _workers, _dir) = server().await;
+    let (mock, gh) = github_mock().await;
+    let (token, _, id, secret, _) = github_setup(&s, "ghcomments", &mock.uri()).await;
+    let issue = gh.create_remote("Discuss", "", &[]);
+    let d = github_hook(&s, &id, &secret, "opened", &issue).await;
+    processed(&ints, &id, &d).await;
+    let task_id = mapped_task(&s, &token, &id, "octo/repo#1").await;
+
+    // GitHub → pm: a comment on the issue becomes a comment on the task, with its byline.
+    let theirs = json!({"id": 9001, "body": "Seen on **prod**", "user": {"login": "octocat"},
+                        "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"});
+    let d = comment_hook(&s, &id, &secret, "created", &issue, &theirs).await;
+    processed(&ints, &id, &d).await;
+    let cs = comments_of(&s, task_id).await;
+    assert_eq!(cs.len(), 1);
+    assert_eq!(cs[0].body.as_str(), "**@octocat** on GitHub:\n\nSeen on **prod**");
+    // Redelivered under a new id: still one.
+    let d = comment_hook(&s, &id, &secret, "created", &issue, &theirs).await;
+    assert!(processed(&ints, &id, &d).await.contains("echo"));
+    assert_eq!(comments_of(&s, task_id).await.len(), 1);
+
+    // Edited on GitHub: the pm comment follows.
+    let mut edited = theirs.clone();
+    edited["body"] = json!("Seen on **staging** too");
+    let d = comment_hook(&s, &id, &secret, "edited", &issue, &edited).await;
+    processed(&ints, &id, &d).await;
+    let cs = comments_of(&s, task_id).await;
+    assert_eq!(cs[0].body.as_str(), "**@octocat** on GitHub:\n\nSeen on **staging** too");
+    let from_github = cs[0].id;
+
+    // pm → GitHub: a comment written in pm is posted, with our marker.
+    let mine = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/tasks/{}/comments", task_id.0),
+            Some(&token),
+            Some(json!({"body": "Fixed in #12"})),
+        )
+        .await;
+    let mine_id = mine.ok(201)["id"].as_str().unwrap().to_owned();
+    let posted = eventually!("the comment on GitHub", {
+        gh.0.lock()
+            .unwrap()
+            .comments
+            .values()
+            .find(|c| c["body"].as_str().is_some_and(|b| b.starts_with("Fixed in #12")))
+            .cloned()
+    });
+    assert!(posted["body"].as_str().unwrap().contains(&format!("<!-- pm:comment:{mine_id} -->")));
+    // Its webhook comes back: nothing is added in pm.
+    let d = comment_hook(&s, &id, &secret, "created", &issue, &posted).await;
+    assert!(processed(&ints, &id, &d).await.contains("echo"));
+    assert_eq!(comments_of(&s, task_id).await.len(), 2);
+
+    // Edited in pm: PATCHed on GitHub; its webhook is an echo.
+    s.call(
+        Method::PATCH,
+        &format!("/api/v1/comments/{mine_id}"),
+        Some(&token),
+        Some(json!({"body": "Fixed in #13", "version": 1})),
+    )
+    .await
+    .ok(200);
+    let number = posted["id"].as_u64().unwrap();
+    let patched = eventually!("the edit on GitHub", {
+        let c = gh.0.lock().unwrap().comments[&number].clone();
+        c["body"].as_str().unwrap().starts_with("Fixed in #13").then_some(c)
+    });
+    let d = comment_hook(&s, &id, &secret, "edited", &issue, &patched).await;
+    assert!(processed(&ints, &id, &d).await.contains("echo"));
+    let version = comments_of(&s, task_id)
+        .await
+        .iter()
+        .find(|c| c.id.0.to_string() == mine_id)
+        .unwrap()
+        .version;
+    assert_eq!(version, 2, "the echo wrote nothing");
+    // None of GitHub's own comments went back to GitHub, and nothing was posted twice.
+    let posts = gh.requests("POST").iter().filter(|(p, _)| p.ends_with("/comments")).count();
+    assert_eq!(posts, 1);
+    assert!(gh.requests("PATCH").iter().all(|(p, _)| !p.ends_with("/comments/9001")));
+
+    // Deleted on GitHub: gone in pm. Deleted in pm: gone on GitHub.
+    let d = comment_hook(&s, &id, &secret, "deleted", &issue, &edited).await;
+    processed(&ints, &id, &d).await;
+    assert!(comments_of(&s, task_id).await.iter().all(|c| c.id != from_github));
+    s.call(Method::DELETE, &format!("/api/v1/comments/{mine_id}"), Some(&token), None)
+        .await
+        .ok(204);
+    eventually!("the deletion on GitHub", {
+        (!gh.0.lock().unwrap().comments.contains_key(&number)).then_some(())
+    });
+    assert!(comments_of(&s, task_id).await.is_empty());
+}
+
+/// The webhook of an issue we are creating can arrive before GitHub answered the create (and so
+/// before the mapping exists): it must not create a second task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_racing_our_own_create_does_not_duplicate_the_task() {
+    let (s, ints, _workers, _dir) = server().await;
+    let (mock, gh) = github_mock().await;
+    let (token, project, id, secret, _) = github_setup(&s, "ghrace", &mock.uri()).await;
+    gh.0.lock().unwrap().create_delay = Duration::from_millis(1500);
+    let created = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/tasks"),
+            Some(&token),
+            Some(json!({"title": "Race me"})),
+        )
+        .await;
+    let task_id = TaskId(created.ok(201)["id"].as_str().unwrap().parse().unwrap());
+    // The issue exists on GitHub while the create's response is still on its way.
+    let issue = eventually!("the create to reach GitHub", gh.find("Race me"));
+    let d = github_hook(&s, &id, &secret, "opened", &issue).await;
+    let events = processed(&ints, &id, &d).await;
+    assert!(events.contains("echo") || events.contains("unchanged"), "{events}");
+    assert_eq!(mapped_task(&s, &token, &id, "octo/repo#1").await, task_id);
+    let tasks =
+        s.call(Method::GET, &format!("/api/v1/projects/{project}/tasks"), Some(&token), None).await;
+    assert_eq!(tasks.ok(200)["items"].as_array().unwrap().len(), 1, "no duplicate task");
+    assert_eq!(gh.requests("POST").len(), 1, "one issue created");
+}
+
+/// A push that keeps failing is retried with growing, capped waits, then recorded as a sync
+/// failure (listed through the API, logged) — and the pusher goes on with other work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_that_keeps_failing_is_retried_with_backoff_then_recorded() {
+    let (s, ints, _workers, _dir) = server().await;
+    let (mock, gh) = github_mock().await;
+    let (token, project, id, secret, _) = github_setup(&s, "ghfail", &mock.uri()).await;
+    let issue = gh.create_remote("Flaky", "", &[]);
+    let d = github_hook(&s, &id, &secret, "opened", &issue).await;
+    processed(&ints, &id, &d).await;
+    let task_id = mapped_task(&s, &token, &id, "octo/repo#1").await;
+
+    gh.0.lock().unwrap().fail_patches = true;
+    patch_task(&s, &token, task_id, json!({"title": "Flaky, renamed"})).await;
+    let path = format!("/api/v1/integrations/{id}/sync-failures");
+    let failure = eventually!("the failure to be recorded", {
+        let res = s.call(Method::GET, &path, Some(&token), None).await;
+        res.ok(200)["items"].as_array().unwrap().first().cloned()
+    });
+    assert_eq!(failure["task_id"], task_id.0.to_string());
+    assert_eq!(failure["event_kind"], "task.updated");
+    assert_eq!(failure["attempts"], 4, "one try and three retries: {failure}");
+    assert!(failure["error"].as_str().unwrap().contains("502"), "{failure}");
+    // Backoff: 100 ms, 200 ms, then capped at 300 ms (poll 50 ms doubled per retry).
+    let patches = gh.requests("PATCH");
+    assert_eq!(patches.len(), 4);
+    let gaps: Vec<Duration> = patches.windows(2).map(|w| w[1].1 - w[0].1).collect();
+    for (gap, least) in gaps.iter().zip([100, 200, 300]) {
+        assert!(*gap >= Duration::from_millis(least), "{gaps:?}");
+    }
+    assert!(gaps[2] < Duration::from_millis(1500), "capped: {gaps:?}");
+    let logs = ints.stores.logs.list_logs(None, 100, None).await.unwrap();
+    assert!(logs.items.iter().any(|l| l.operation == "sync.push_gave_up" && !l.ok));
+
+    // The pusher moved on: a new task still becomes an issue.
+    gh.0.lock().unwrap().fail_patches = false;
+    s.call(
+        Method::POST,
+        &format!("/api/v1/projects/{project}/tasks"),
+        Some(&token),
+        Some(json!({"title": "After the outage"})),
+    )
+    .await
+    .ok(201);
+    eventually!("the next push", gh.find("After the outage"));
+    let bad = s.call(Method::GET, &format!("{path}?limit=0"), Some(&token), None).await;
+    assert!(bad.problem(400).to_string().contains("limit"));
 }

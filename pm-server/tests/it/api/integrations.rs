@@ -48,6 +48,7 @@ async fn server_with(
         request_timeout: Duration::from_secs(5),
         batch: 50,
         poll: Duration::from_millis(50),
+        ..WorkerConfig::default()
     };
     let for_state = ints.clone();
     let s =
