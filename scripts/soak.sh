@@ -93,7 +93,8 @@ cat >"$lua" <<LUA
 local token = "$token"
 local project = "$project"
 local ids = { "$first" }
-local counts = { ["2xx"] = 0, ["4xx"] = 0, ["5xx"] = 0 }
+-- Global, not local: done() reads it from each thread with thread:get.
+counts = { ["2xx"] = 0, ["4xx"] = 0, ["5xx"] = 0 }
 local threads = {}
 local n = 0
 function setup(thread) table.insert(threads, thread) end
