@@ -229,9 +229,33 @@ impl SessionQueue {
         } else {
             return None;
         };
+        o.release_idle_capacity();
         drop(o);
         self.room.notify_waiters();
         Some(Some(Outgoing::Frame(frame)))
+    }
+}
+
+/// Entries a drained lane or slot map may keep allocated (see
+/// [`Outbox::release_idle_capacity`]).
+const IDLE_CAPACITY: usize = 8;
+
+impl Outbox {
+    /// Frees what a burst grew, once it has drained. Collections keep their capacity when
+    /// emptied, and a session spends most of its life idle: a replay of thousands of events, or
+    /// the presence joins of a few hundred members (one slot each), would otherwise stay
+    /// allocated on every connection that saw them: tens of KB each, times every connection.
+    fn release_idle_capacity(&mut self) {
+        if self.control.is_empty() && self.control.capacity() > IDLE_CAPACITY {
+            self.control = VecDeque::new();
+        }
+        if self.durable.is_empty() && self.durable.capacity() > IDLE_CAPACITY {
+            self.durable = VecDeque::new();
+        }
+        if self.slot_order.is_empty() && self.slot_order.capacity() > IDLE_CAPACITY {
+            self.slot_order = VecDeque::new();
+            self.slots = HashMap::new();
+        }
     }
 }
 
@@ -324,5 +348,36 @@ mod tests {
             got.push(f.to_string());
         }
         assert_eq!(got, ["presence", "123456"]);
+    }
+
+    #[test]
+    fn a_drained_burst_gives_its_memory_back() {
+        let q = SessionQueue::new(QueueLimits { max_bytes: 1 << 20, max_slots: 1024 });
+        let channel = Channel::User(UserId::new());
+        for _ in 0..300 {
+            let key = SlotKey { channel, user: Some(UserId::new()), kind: SignalKind::Presence };
+            q.push_signal(key, "joined".into());
+            assert!(q.push(Lane::Durable, "event".into()));
+            assert!(q.push(Lane::Control, "pong".into()));
+        }
+        let capacities = |q: &SessionQueue| {
+            let o = q.lock();
+            [
+                o.control.capacity(),
+                o.durable.capacity(),
+                o.slots.capacity(),
+                o.slot_order.capacity(),
+            ]
+        };
+        assert!(capacities(&q).iter().all(|&c| c >= 300), "{:?}", capacities(&q));
+        let mut taken = 0;
+        while let Some(Outgoing::Frame(_)) = q.take().flatten() {
+            taken += 1;
+        }
+        assert_eq!(taken, 900);
+        assert!(capacities(&q).iter().all(|&c| c <= IDLE_CAPACITY), "{:?}", capacities(&q));
+        // And the queue works as before afterwards.
+        assert!(q.push(Lane::Durable, "after".into()));
+        assert_eq!(q.take(), Some(Some(Outgoing::Frame("after".into()))));
     }
 }

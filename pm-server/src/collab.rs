@@ -11,17 +11,19 @@
 //! - y-websocket connects to `serverUrl + '/' + room`: with `serverUrl =
 //!   ws://host/api/v1/collab` and the task id as the room, the path matches.
 //! - Small socket buffers (tungstenite's defaults allocate 128 KiB per connection) and a maximum
-//!   message size of [`CollabConfig::max_message_bytes`].
+//!   message size of [`CollabConfig::max_message_bytes`]; a large message (a document's state on
+//!   sync) is written in fragments by [`crate::ws`], so it does not stay in the connection's
+//!   write buffer.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::response::Response;
+use futures_util::StreamExt as _;
 use pm_core::event::Actor;
 use pm_core::id::TaskId;
 use pm_realtime::broker::{Broker, InProcessBroker};
@@ -37,11 +39,10 @@ use crate::api::common::Problem;
 use crate::auth::{Authenticated, Scope};
 use crate::error::ApiError;
 use crate::extract::Path;
+use crate::ws::{self, CloseFrame, Message, Socket, Upgrade, UpgradeRejection};
 
-/// Socket read buffer: y-protocol messages are small; large ones grow it as needed.
-const READ_BUFFER: usize = 8 * 1024;
-/// Socket write buffer before a flush.
-const WRITE_BUFFER: usize = 8 * 1024;
+/// Socket read buffer, and write buffer before a flush: y-protocol messages are mostly small.
+const BUFFER: usize = 8 * 1024;
 /// How often the server pings (as y-websocket's server does); a connection that sends nothing,
 /// not even a pong, for [`IDLE_TIMEOUT`] is closed (half-open TCP connections would otherwise
 /// hold their document open forever).
@@ -153,7 +154,7 @@ async fn collab_document(
     State(s): State<AppState>,
     CollabCaller(who): CollabCaller,
     Path(task): Path<Uuid>,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    upgrade: Result<Upgrade, UpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let task = TaskId(task);
     let actor = Actor::User(who.user_id);
@@ -174,32 +175,28 @@ async fn collab_document(
     })?;
     let max = s.collab.config().max_message_bytes;
     let collab = s.collab.clone();
-    Ok(upgrade
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(WRITE_BUFFER + 2 * max)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| async move {
-            match collab.connect_as(actor, task, limit).await {
-                Ok((connection, outbound)) => run(socket, connection, outbound).await,
-                Err(e) => {
-                    // Authorized a moment ago; the task vanished or storage failed meanwhile.
-                    tracing::warn!(%task, error = %e, "collab connection refused after upgrade");
-                    close(socket, 1008, "not available").await;
-                }
+    // One whole message may wait in the write buffer beyond the buffer itself.
+    let config = ws::config(BUFFER, max, max);
+    Ok(upgrade.on_upgrade(config, move |socket| async move {
+        match collab.connect_as(actor, task, limit).await {
+            Ok((connection, outbound)) => run(socket, connection, outbound).await,
+            Err(e) => {
+                // Authorized a moment ago; the task vanished or storage failed meanwhile.
+                tracing::warn!(%task, error = %e, "collab connection refused after upgrade");
+                close(socket, 1008, "not available").await;
             }
-        }))
+        }
+    }))
 }
 
 /// Pumps frames both ways until either side closes.
-async fn run(mut socket: WebSocket, connection: DocConnection, mut outbound: DocOutbound) {
+async fn run(mut socket: Socket, connection: DocConnection, mut outbound: DocOutbound) {
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let mut last_heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            incoming = socket.recv() => {
+            incoming = socket.next() => {
                 last_heard = tokio::time::Instant::now();
                 match incoming {
                     Some(Ok(Message::Binary(bytes))) => connection.receive(bytes).await,
@@ -207,8 +204,8 @@ async fn run(mut socket: WebSocket, connection: DocConnection, mut outbound: Doc
                         close(socket, 1003, "binary y-protocol frames only").await;
                         return;
                     }
-                    // Pings are answered by the socket itself.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    // Pings are answered by the socket itself; reading yields whole messages.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Close(_)) | Err(_)) | None => return,
                 }
             },
@@ -217,13 +214,13 @@ async fn run(mut socket: WebSocket, connection: DocConnection, mut outbound: Doc
                     close(socket, 4000, "idle timeout").await;
                     return;
                 }
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                if ws::send(&mut socket, Message::Ping(Default::default())).await.is_err() {
                     return;
                 }
             },
             out = outbound.recv() => match out {
                 Some(DocOutgoing::Message(bytes)) => {
-                    if socket.send(Message::Binary(bytes)).await.is_err() {
+                    if ws::send(&mut socket, Message::Binary(bytes)).await.is_err() {
                         return;
                     }
                 }
@@ -240,7 +237,7 @@ async fn run(mut socket: WebSocket, connection: DocConnection, mut outbound: Doc
     }
 }
 
-async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
-    let frame = CloseFrame { code, reason: reason.into() };
-    let _ = socket.send(Message::Close(Some(frame))).await;
+async fn close(mut socket: Socket, code: u16, reason: &'static str) {
+    let frame = CloseFrame { code: code.into(), reason: reason.into() };
+    let _ = ws::send(&mut socket, Message::Close(Some(frame))).await;
 }

@@ -71,6 +71,7 @@ pub mod ratelimit;
 pub mod realtime;
 pub mod web;
 pub mod workflows;
+pub mod ws;
 
 use auth::Auth;
 use error::ApiError;

@@ -31,7 +31,9 @@
 //! - the hub's `Close(code)` (4008 slow consumer, 4000 heartbeat timeout, 4001 token expired,
 //!   1001 shutdown) becomes a close frame with that code and reason;
 //! - buffers are small (`BUFFER_BYTES` instead of tungstenite's 128 KiB each way) because the
-//!   hub's per-session queue already bounds what waits for a slow client;
+//!   hub's per-session queue already bounds what waits for a slow client, and stay small: a
+//!   large frame (a long presence list, an event with a long description) is written as
+//!   fragments by [`crate::ws`], so it does not grow the connection's write buffer for good;
 //! - **writes are coalesced**: when the writer wakes for one frame it also takes whatever else
 //!   the session has ready (up to `HubConfig::write_batch`, `PM_WS_WRITE_BATCH`, and
 //!   [`BATCH_BYTES`]), feeds them all and flushes once, so a burst costs a few `send` calls
@@ -41,9 +43,7 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -53,6 +53,7 @@ use pm_realtime::protocol::{ErrorCode, ServerFrame};
 use pm_realtime::session::{Frame, Outgoing};
 use pm_realtime::{Hub, SessionHandle};
 use serde::Deserialize;
+use tungstenite::Utf8Bytes;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -62,6 +63,7 @@ use crate::AppState;
 use crate::auth::{Scope, unauthorized};
 use crate::error::ApiError;
 use crate::extract::Query;
+use crate::ws::{self, CloseFrame, Message, Socket, Upgrade, UpgradeRejection};
 
 /// The subprotocol of this version of the realtime protocol.
 pub const PROTOCOL: &str = "pm.v1";
@@ -119,13 +121,13 @@ async fn websocket(
     State(s): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<WsQuery>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<Upgrade, UpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let offered = offered_protocols(&headers);
     let token = credential(&headers, &offered, q.access_token.as_deref())?;
     // Before anything else: an unauthenticated client never gets a WebSocket.
     let who = s.auth.authenticate(&token).await?;
-    let upgrade = upgrade.map_err(upgrade_rejection)?;
+    let mut upgrade = upgrade.map_err(upgrade_rejection)?;
     let hub = s
         .realtime
         .hub()
@@ -133,20 +135,16 @@ async fn websocket(
         .map_err(|e| ApiError::unavailable("the realtime hub is not available", e))?
         .clone();
     let config = hub.config();
-    let mut upgrade = upgrade
-        .read_buffer_size(BUFFER_BYTES)
-        .write_buffer_size(BUFFER_BYTES)
-        // The hub's queue bounds what may wait for a client; a write buffer past it is a bug.
-        .max_write_buffer_size(config.max_queue_bytes + 2 * BUFFER_BYTES)
-        .max_message_size(config.max_frame_bytes)
-        .max_frame_size(config.max_frame_bytes);
+    // The hub's queue bounds what may wait for a client; a write buffer past it is a bug.
+    let socket_config =
+        ws::config(BUFFER_BYTES, config.max_frame_bytes, config.max_queue_bytes + BUFFER_BYTES);
     if offered.iter().any(|p| p == PROTOCOL) {
-        upgrade = upgrade.protocols([PROTOCOL]);
+        upgrade = upgrade.protocol(PROTOCOL);
     }
     let actor = Actor::User(who.user_id);
     let options =
         SessionOptions { expires_at: who.expires_at, read_only: who.scope == Scope::Read };
-    Ok(upgrade.on_upgrade(move |socket| drive(socket, hub, actor, options)))
+    Ok(upgrade.on_upgrade(socket_config, move |socket| drive(socket, hub, actor, options)))
 }
 
 /// Every subprotocol the client offered (`Sec-WebSocket-Protocol` may repeat and holds a
@@ -190,16 +188,8 @@ fn credential(
     }
 }
 
-fn upgrade_rejection(r: WebSocketUpgradeRejection) -> ApiError {
-    let status = r.status();
-    let (slug, title) = if status == StatusCode::UPGRADE_REQUIRED {
-        ("upgrade-required", "Upgrade required")
-    } else if status == StatusCode::METHOD_NOT_ALLOWED {
-        ("method-not-allowed", "Method not allowed")
-    } else {
-        ("not-a-websocket", "Not a WebSocket request")
-    };
-    ApiError::new(status, slug, title, r.body_text())
+fn upgrade_rejection(r: UpgradeRejection) -> ApiError {
+    r.into()
 }
 
 /// Why the reader stopped.
@@ -212,7 +202,7 @@ enum ReadEnd {
 
 /// Runs one connection: a hub session fed by the reader half and drained by the writer half;
 /// whichever ends first ends both, and dropping the session handle leaves every channel.
-pub async fn drive(socket: WebSocket, hub: Hub, actor: Actor, options: SessionOptions) {
+pub async fn drive(socket: Socket, hub: Hub, actor: Actor, options: SessionOptions) {
     let (handle, mut outbound) = hub.connect_with(actor, options);
     let config = hub.config();
     let idle = config.idle_timeout;
@@ -254,7 +244,7 @@ pub async fn drive(socket: WebSocket, hub: Hub, actor: Actor, options: SessionOp
             let closing = closing || fill_batch(&mut batch, batch_cap, || outbound.try_recv());
             let written = tokio::time::timeout(send_timeout, async {
                 for msg in batch.drain(..) {
-                    sink.feed(msg).await?;
+                    ws::feed(&mut sink, msg).await?;
                 }
                 sink.flush().await
             })
@@ -275,7 +265,7 @@ pub async fn drive(socket: WebSocket, hub: Hub, actor: Actor, options: SessionOp
     };
     match end {
         ReadEnd::Close(code, reason) => {
-            let frame = CloseFrame { code, reason: reason.into() };
+            let frame = CloseFrame { code: code.into(), reason: reason.into() };
             let _ = tokio::time::timeout(
                 Duration::from_secs(1),
                 sink.send(Message::Close(Some(frame))),
@@ -291,7 +281,7 @@ pub async fn drive(socket: WebSocket, hub: Hub, actor: Actor, options: SessionOp
 }
 
 async fn read_loop(
-    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    stream: &mut futures_util::stream::SplitStream<Socket>,
     handle: &SessionHandle,
     local: &tokio::sync::mpsc::Sender<Message>,
     idle: Duration,
@@ -320,17 +310,17 @@ async fn read_loop(
                 handle.heartbeat();
             }
             Message::Close(_) => return ReadEnd::Gone,
+            // Reading yields whole messages, never raw frames.
+            Message::Frame(_) => {}
         }
     }
 }
 
 /// A read error: an oversize message is closed with 1009; anything else (a reset, a protocol
 /// violation tungstenite already answered) just ends the connection.
-fn read_error(e: axum::Error) -> ReadEnd {
-    match e.into_inner().downcast::<tungstenite::Error>() {
-        Ok(e) if matches!(*e, tungstenite::Error::Capacity(_)) => {
-            ReadEnd::Close(CLOSE_TOO_BIG, "message too big")
-        }
+fn read_error(e: tungstenite::Error) -> ReadEnd {
+    match e {
+        tungstenite::Error::Capacity(_) => ReadEnd::Close(CLOSE_TOO_BIG, "message too big"),
         _ => ReadEnd::Gone,
     }
 }
@@ -344,7 +334,7 @@ fn push_outgoing(batch: &mut Vec<Message>, out: Outgoing) -> bool {
         }
         Outgoing::Close(code) => {
             batch.push(Message::Close(Some(CloseFrame {
-                code: code.code,
+                code: code.code.into(),
                 reason: code.reason.into(),
             })));
             true
@@ -375,6 +365,7 @@ fn message_len(m: &Message) -> usize {
     match m {
         Message::Text(t) => t.len(),
         Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+        Message::Frame(f) => f.len(),
         Message::Close(_) => 0,
     }
 }

@@ -445,3 +445,27 @@ async fn a_burst_arrives_complete_and_in_order_in_small_batches() {
 async fn a_burst_arrives_complete_and_in_order_in_default_batches() {
     a_burst_arrives_complete_and_in_order(HubConfig::default().write_batch).await;
 }
+
+/// A frame larger than the transport's fragment size (an event carrying a 24 KB description,
+/// multi-byte characters included) is written as a fragmented message (`pm_server::ws`) and
+/// arrives whole and valid at a stock client; the connection carries on afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_event_arrives_whole_and_the_connection_carries_on() {
+    let s = Server::start().await;
+    let (_, t) = s.user("large@example.com").await;
+    let (_, project, _) = org_and_project(&s, &t, "large", "LRG").await;
+    let pch = format!("project:{project}");
+    let mut ws = Ws::connect(&s.base, &t).await;
+    ws.subscribe(&pch, None).await;
+    let description = "é€ large, ".repeat(2_000);
+    assert!(description.len() > 10 * pm_server::ws::FRAGMENT_BYTES);
+    let task =
+        create_task(&s, &t, &project, json!({"title": "Large", "description": description})).await;
+    let id = task["id"].as_str().unwrap();
+    let v = ws.next_durable().await;
+    assert_event(&v, &pch, "task.created", id);
+    assert_eq!(v["event"]["payload"]["task"]["description"], description, "reassembled exactly");
+    let small = create_task(&s, &t, &project, json!({"title": "Small after"})).await;
+    assert_event(&ws.next_durable().await, &pch, "task.created", small["id"].as_str().unwrap());
+    ws.ping().await;
+}
