@@ -37,7 +37,7 @@
 //! |---|---|---|
 //! | `WS_HOLD_CONNS` | 2 000 | WebSocket connections in total |
 //! | `WS_HOLD_SERVERS`, `WS_HOLD_CLIENTS` | 2, 2 | server and client processes |
-//! | `WS_HOLD_USERS` | 1 | users the connections belong to (round robin; more hit a 500 in setup on SQLite, see BENCHMARKS.md) |
+//! | `WS_HOLD_USERS` | 1 | users the connections belong to (round robin; the BENCHMARKS.md run uses 200, so presence lists are realistic) |
 //! | `WS_HOLD_IN_FLIGHT` | 200 | concurrent handshakes per client process |
 //! | `WS_HOLD_SECONDS` | 10 | hold time before measuring |
 //! | `WS_HOLD_DATABASE_URL` | a temp SQLite file | the servers' shared database |
