@@ -141,6 +141,20 @@ impl ApiError {
         e
     }
 
+    /// A storage failure: 503 with `Retry-After` when the database is momentarily out of reach
+    /// (no pooled connection within the pool's timeout, the connection lost, the server
+    /// overloaded or restarting, a lock or serialization conflict that a retry resolves) — the
+    /// request did nothing and may be sent again — else 500. Either way the cause is logged,
+    /// not sent.
+    pub fn storage(cause: Box<dyn std::error::Error + Send + Sync + 'static>) -> Self {
+        if is_transient(&*cause) {
+            Self::unavailable("the database is busy or unreachable; retry shortly", cause)
+                .with_header("retry-after", "1")
+        } else {
+            Self::internal(cause)
+        }
+    }
+
     /// 500 with a generic body; `cause` is logged, not sent.
     pub fn internal(cause: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
         let mut e = Self::new(
@@ -207,6 +221,29 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Whether a storage error (or one of its sources) is a database condition that passes: see
+/// [`ApiError::storage`].
+fn is_transient(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(db) = e.downcast_ref::<sqlx::Error>() {
+            return match db {
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+                sqlx::Error::Database(d) => matches!(
+                    d.code().as_deref(),
+                    // SQLite: SQLITE_BUSY, SQLITE_BUSY_SNAPSHOT (after the busy timeout).
+                    // PostgreSQL: serialization failure, deadlock, too many connections,
+                    // administrator shutdown, cannot connect now.
+                    Some("5" | "517" | "40001" | "40P01" | "53300" | "57P01" | "57P03")
+                ),
+                _ => false,
+            };
+        }
+        next = e.source();
+    }
+    false
+}
+
 impl From<pm_core::Error> for ApiError {
     fn from(err: pm_core::Error) -> Self {
         use pm_core::Error as E;
@@ -235,7 +272,7 @@ impl From<pm_core::Error> for ApiError {
             E::Forbidden(reason) => {
                 ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", reason)
             }
-            E::Storage(cause) => ApiError::internal(cause),
+            E::Storage(cause) => ApiError::storage(cause),
         }
     }
 }
@@ -253,7 +290,7 @@ impl From<pm_realtime::Error> for ApiError {
             }
             e @ E::PayloadTooLarge { .. } => ApiError::internal(e),
             E::Broker(cause) => ApiError::unavailable("the realtime broker is unavailable", cause),
-            E::Storage(cause) => ApiError::internal(cause),
+            E::Storage(cause) => ApiError::storage(cause),
         }
     }
 }
@@ -310,7 +347,7 @@ impl From<pm_integrations::Error> for ApiError {
                 format!("the {provider} connection must be connected again ({reason})"),
             )
             .with("provider", provider),
-            E::Storage(cause) => ApiError::internal(cause),
+            E::Storage(cause) => ApiError::storage(cause),
         }
     }
 }
@@ -340,7 +377,7 @@ impl From<pm_workflows::Error> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "script-error", "Script error", detail)
             }
             e @ E::Action(_) => ApiError::unavailable("a workflow action failed", e),
-            E::Storage(cause) => ApiError::internal(cause),
+            E::Storage(cause) => ApiError::storage(cause),
         }
     }
 }
@@ -396,7 +433,7 @@ impl From<pm_permissions::Error> for ApiError {
             E::Forbidden(reason) => {
                 ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", reason)
             }
-            E::Storage(cause) => ApiError::internal(cause),
+            E::Storage(cause) => ApiError::storage(cause),
         }
     }
 }
@@ -432,6 +469,24 @@ mod tests {
         let e = ApiError::from(pm_core::Error::storage(cause));
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!e.body().to_string().contains("secret"));
+    }
+
+    #[test]
+    fn a_database_out_of_reach_is_503_with_retry_after_and_other_storage_errors_500() {
+        for transient in [sqlx::Error::PoolTimedOut, sqlx::Error::PoolClosed] {
+            let e = ApiError::from(pm_core::Error::storage(transient));
+            assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let res = e.into_response();
+            assert_eq!(res.headers()["retry-after"], "1");
+        }
+        // Wrapped one level down (as pm-integrations and pm-workflows report theirs).
+        let wrapped = pm_core::Error::storage(pm_core::Error::storage(sqlx::Error::PoolTimedOut));
+        assert_eq!(ApiError::from(wrapped).status(), StatusCode::SERVICE_UNAVAILABLE);
+        let row = sqlx::Error::RowNotFound;
+        assert_eq!(
+            ApiError::from(pm_core::Error::storage(row)).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 
     #[test]
