@@ -264,16 +264,7 @@ impl DocStore for PostgresRealtimeStore {
         .await
         .map_err(st)?;
         // The seed text is the document's own: never claimed as an external change.
-        sqlx::query(
-            "INSERT INTO rt_doc_write_backs (task_id, digest, at) VALUES ($1, $2, $3) \
-             ON CONFLICT (task_id, digest) DO UPDATE SET at = excluded.at",
-        )
-        .bind(task.0)
-        .bind(digest)
-        .bind(at)
-        .execute(&mut *tx)
-        .await
-        .map_err(st)?;
+        remember_text(&mut tx, task, digest, at).await?;
         tx.commit().await.map_err(st)?;
         Ok(true)
     }
@@ -376,16 +367,7 @@ impl DocStore for PostgresRealtimeStore {
             .execute(&mut *tx)
             .await
             .map_err(st)?;
-        sqlx::query(
-            "INSERT INTO rt_doc_write_backs (task_id, digest, at) VALUES ($1, $2, $3) \
-             ON CONFLICT (task_id, digest) DO UPDATE SET at = excluded.at",
-        )
-        .bind(task.0)
-        .bind(digest)
-        .bind(at)
-        .execute(&mut *tx)
-        .await
-        .map_err(st)?;
+        remember_text(&mut tx, task, digest, at).await?;
         tx.commit().await.map_err(st)?;
         Ok(())
     }
@@ -421,13 +403,7 @@ impl DocStore for PostgresRealtimeStore {
             .execute(&mut *tx)
             .await
             .map_err(st)?;
-        sqlx::query("INSERT INTO rt_doc_write_backs (task_id, digest, at) VALUES ($1, $2, $3)")
-            .bind(task.0)
-            .bind(digest)
-            .bind(at)
-            .execute(&mut *tx)
-            .await
-            .map_err(st)?;
+        remember_text(&mut tx, task, digest, at).await?;
         tx.commit().await.map_err(st)?;
         Ok(true)
     }
@@ -444,4 +420,25 @@ impl RealtimeAdmin for PostgresRealtimeStore {
     fn backend(&self) -> &'static str {
         "postgres"
     }
+}
+
+/// Records that the document knows the description text with `digest` (as of `at`): such a text
+/// is never taken for an outside change (see `DocStore::claim_external_change`).
+async fn remember_text(
+    conn: &mut sqlx::PgConnection,
+    task: TaskId,
+    digest: &str,
+    at: OffsetDateTime,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO rt_doc_write_backs (task_id, digest, at) VALUES ($1, $2, $3) \
+         ON CONFLICT (task_id, digest) DO UPDATE SET at = excluded.at",
+    )
+    .bind(task.0)
+    .bind(digest)
+    .bind(at)
+    .execute(conn)
+    .await
+    .map_err(st)?;
+    Ok(())
 }

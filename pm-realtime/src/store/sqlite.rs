@@ -305,16 +305,7 @@ impl DocStore for SqliteRealtimeStore {
         .await
         .map_err(st)?;
         // The seed text is the document's own: never claimed as an external change.
-        sqlx::query(
-            "INSERT INTO rt_doc_write_backs (task_id, digest, at) VALUES (?, ?, ?) \
-             ON CONFLICT (task_id, digest) DO UPDATE SET at = excluded.at",
-        )
-        .bind(id_text(task))
-        .bind(digest)
-        .bind(micros(at))
-        .execute(&mut *tx)
-        .await
-        .map_err(st)?;
+        remember_text(&mut tx, task, digest, at).await?;
         tx.commit().await.map_err(st)?;
         Ok(true)
     }
@@ -412,16 +403,7 @@ impl DocStore for SqliteRealtimeStore {
             .execute(&mut *tx)
             .await
             .map_err(st)?;
-        sqlx::query(
-            "INSERT INTO rt_doc_write_backs (task_id, digest, at) VALUES (?, ?, ?) \
-             ON CONFLICT (task_id, digest) DO UPDATE SET at = excluded.at",
-        )
-        .bind(id_text(task))
-        .bind(digest)
-        .bind(micros(at))
-        .execute(&mut *tx)
-        .await
-        .map_err(st)?;
+        remember_text(&mut tx, task, digest, at).await?;
         tx.commit().await.map_err(st)?;
         Ok(())
     }
@@ -456,13 +438,7 @@ impl DocStore for SqliteRealtimeStore {
             .execute(&mut *tx)
             .await
             .map_err(st)?;
-        sqlx::query("INSERT INTO rt_doc_write_backs (task_id, digest, at) VALUES (?, ?, ?)")
-            .bind(id_text(task))
-            .bind(digest)
-            .bind(micros(at))
-            .execute(&mut *tx)
-            .await
-            .map_err(st)?;
+        remember_text(&mut tx, task, digest, at).await?;
         tx.commit().await.map_err(st)?;
         Ok(true)
     }
@@ -479,4 +455,25 @@ impl RealtimeAdmin for SqliteRealtimeStore {
     fn backend(&self) -> &'static str {
         "sqlite"
     }
+}
+
+/// Records that the document knows the description text with `digest` (as of `at`): such a text
+/// is never taken for an outside change (see `DocStore::claim_external_change`).
+async fn remember_text(
+    conn: &mut sqlx::SqliteConnection,
+    task: TaskId,
+    digest: &str,
+    at: OffsetDateTime,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO rt_doc_write_backs (task_id, digest, at) VALUES (?, ?, ?) \
+         ON CONFLICT (task_id, digest) DO UPDATE SET at = excluded.at",
+    )
+    .bind(id_text(task))
+    .bind(digest)
+    .bind(micros(at))
+    .execute(conn)
+    .await
+    .map_err(st)?;
+    Ok(())
 }
