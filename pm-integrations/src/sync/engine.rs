@@ -29,6 +29,8 @@
 //!   second pusher finding the intent in flight is deferred the same way. An intent older than
 //!   [`CREATE_LEASE`] belongs to a pusher that died and is taken over.
 //! - **Comments** both ways: see [`comments`].
+//! - **Failed pushes** wait in a durable retry queue instead of holding the pusher: see
+//!   [`retry`].
 //!
 //! Snapshots speak one vocabulary on both sides: `title`, `description` (markdown, empty =
 //! `null`), `state` (the **provider's** state name: our task's category is mapped through the
@@ -49,6 +51,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 pub mod comments;
+pub mod retry;
 
 use super::{ChangeTimes, MergeOutcome, Snapshot, fingerprint, merge};
 use crate::clock::Clock;

@@ -10,6 +10,13 @@
 //!   comment, edits PATCHed, deletions DELETEd. What we post ends with an invisible marker
 //!   (`<!-- pm:comment:<id> -->`), so the webhook for our own comment is recognised even when
 //!   it arrives before the link is saved.
+//! - **Whose comment it is**: a link remembers the side the comment was written on
+//!   ([`CommentLink::origin`]). Only comments written in pm are pushed back when edited or
+//!   deleted in pm. A comment copied from GitHub is someone else's comment there — GitHub
+//!   would refuse our edit (403), and rightly — so editing or deleting it in pm stays local:
+//!   nothing is sent, nothing is recorded as a failure. Its author stays its owner: an edit on
+//!   GitHub replaces the pm copy (a local edit included); once deleted in pm it stays deleted
+//!   (the link remains, so a later GitHub edit does not bring it back).
 //! - **Echo suppression** by fingerprint: the link holds a digest of the body each side held
 //!   after the last sync. A change whose body equals it is the other side's copy of our own
 //!   write and is ignored — whoever the actor (inbound comments are written as a user, since
@@ -27,6 +34,7 @@ use sha2::{Digest, Sha256};
 use super::{Applied, SyncEngine, core};
 use crate::model::{CommentLink, CommentLinkId, Direction, Integration};
 use crate::provider::{InboundEvent, Provider};
+use crate::sync::Side;
 use crate::{Error, Result};
 
 const MARKER_PREFIX: &str = "<!-- pm:comment:";
@@ -58,18 +66,6 @@ pub fn body_fingerprint(body: &str) -> String {
 /// The pm body of a comment written on GitHub by `login`.
 fn attributed(login: &str, body: &str) -> String {
     format!("**@{login}** on GitHub:\n\n{}", body.trim_end())
-}
-
-/// What of a pm body goes to GitHub: without the attribution line of a comment that came from
-/// there.
-fn unattributed(body: &str) -> &str {
-    if body.starts_with("**@")
-        && let Some((head, rest)) = body.split_once("\n\n")
-        && head.ends_with("** on GitHub:")
-    {
-        return rest;
-    }
-    body
 }
 
 impl SyncEngine {
@@ -129,6 +125,7 @@ impl SyncEngine {
                 external_comment_id: cid,
                 local_fingerprint: body_fingerprint(body),
                 remote_fingerprint: remote_fp,
+                origin: Side::Local,
                 created_at: now,
                 updated_at: now,
             };
@@ -154,6 +151,7 @@ impl SyncEngine {
                 external_comment_id: cid.clone(),
                 local_fingerprint: body_fingerprint(&local),
                 remote_fingerprint: remote_fp,
+                origin: Side::Remote,
                 created_at: now,
                 updated_at: now,
             })
@@ -209,10 +207,9 @@ impl SyncEngine {
             };
             // A comment first written in pm keeps its plain body; one from GitHub its byline.
             let login = comment["user"]["login"].as_str().unwrap_or("someone");
-            let local = if unattributed(current.body.as_str()) == current.body.as_str() {
-                body.to_owned()
-            } else {
-                attributed(login, body)
+            let local = match l.origin {
+                Side::Local => body.to_owned(),
+                Side::Remote => attributed(login, body),
             };
             let local_fp = body_fingerprint(&local);
             // The link first: the edit's event then finds its body already synced.
@@ -281,6 +278,26 @@ impl SyncEngine {
             return self.push_comment(i, provider, task, &e.payload).await;
         }
         let link = self.stores.sync_state.comment_link(i.id, comment_id).await?;
+        if let Some(l) = link.as_ref().filter(|l| l.origin == Side::Remote) {
+            // The creation of our own copy (written as the reporter, so not caught by actor).
+            if e.kind == EventKind::CommentCreated {
+                return Ok(Applied::Skipped("echo"));
+            }
+            // Someone else's comment on GitHub: a pm edit or deletion stays local (the link
+            // stays too, so GitHub's later edits of a comment deleted here do not revive it).
+            self.log(
+                i,
+                Direction::Outbound,
+                "sync.comment_kept_local",
+                true,
+                json!({
+                    "external_id": l.external_id, "comment_id": comment_id,
+                    "external_comment_id": l.external_comment_id, "event_kind": e.kind.as_str(),
+                }),
+            )
+            .await;
+            return Ok(Applied::Skipped("comment written on the provider"));
+        }
         if e.kind == EventKind::CommentDeleted {
             let Some(l) = link else { return Ok(Applied::Skipped("not linked")) };
             let ctx = self.context(i).await?;
@@ -305,9 +322,10 @@ impl SyncEngine {
             Err(pm_core::Error::NotFound { .. }) => return Ok(Applied::Skipped("comment deleted")),
             Err(e) => return Err(core(e)),
         };
-        let local_fp = body_fingerprint(current.body.as_str());
-        let remote_body = unattributed(current.body.as_str());
-        let remote_fp = body_fingerprint(remote_body);
+        // Written in pm (a provider's comment returned above): the same text on both sides.
+        let remote_body = current.body.as_str();
+        let local_fp = body_fingerprint(remote_body);
+        let remote_fp = local_fp.clone();
         let ctx = self.context(i).await?;
         let now = self.clock.now();
         match link {
@@ -351,6 +369,7 @@ impl SyncEngine {
                     external_comment_id: remote_id.clone(),
                     local_fingerprint: local_fp,
                     remote_fingerprint: remote_fp,
+                    origin: Side::Local,
                     created_at: now,
                     updated_at: now,
                 };
@@ -393,8 +412,6 @@ mod tests {
         assert_eq!(split_marker(&posted), (Some(id), "Looks good"));
         assert_eq!(split_marker("plain <!-- note -->"), (None, "plain <!-- note -->"));
         assert_eq!(body_fingerprint("a\r\nb  "), body_fingerprint("a\nb"));
-        let from_github = attributed("octocat", "hi");
-        assert_eq!(unattributed(&from_github), "hi");
-        assert_eq!(unattributed("**bold** start\n\nrest"), "**bold** start\n\nrest");
+        assert_eq!(attributed("octocat", "hi\n"), "**@octocat** on GitHub:\n\nhi");
     }
 }
