@@ -8,7 +8,10 @@
 //! different fields on both sides merging, the same field edited on both sides following its
 //! policy and recorded as a conflict (listed and settled through the API), our own echo
 //! ignored, a 429 with `Retry-After` waited out, Jira export (idempotent) and transitions, and
-//! the API token unreadable in the raw database row.
+//! the API token unreadable in the raw database row; comments both ways (GitHub and Jira), with
+//! comments written on GitHub staying local when edited in pm; failing pushes parked in the
+//! durable retry queue while other pushes go on (across a restart too), and recorded failures
+//! retried or dismissed through the API.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -650,6 +653,11 @@ async fn a_429_with_retry_after_is_waited_out_before_the_next_request() {
 struct JiraState {
     issues: BTreeMap<String, Value>,
     requests: Vec<(String, String, Value)>,
+    /// Issue comments by id (ids are never reused).
+    comments: BTreeMap<String, Value>,
+    /// How long comment creates take to answer (the comment exists, and its webhook may be
+    /// sent, as soon as the request arrives).
+    comment_delay: Duration,
 }
 
 /// Jira Cloud REST v3 for project PROJ: issues (create/get/edit), transitions, comments — with
@@ -762,6 +770,29 @@ impl Respond for Jira {
                 f["status"] = json!({"name": name});
                 f["updated"] = json!(jira_now());
                 ResponseTemplate::new(204)
+            }
+            ("POST", ["rest", "api", "3", "issue", key, "comment"]) => {
+                if !st.issues.contains_key(*key) {
+                    return missing();
+                }
+                let id = (10_000 + st.requests.len()).to_string();
+                let c = json!({"id": id, "body": body["body"], "created": jira_now(),
+                    "updated": jira_now(),
+                    "author": {"accountId": "bot-1", "displayName": "pm bot"}});
+                st.comments.insert(id, c.clone());
+                ResponseTemplate::new(201).set_body_json(c).set_delay(st.comment_delay)
+            }
+            ("PUT", ["rest", "api", "3", "issue", _, "comment", id]) => {
+                let Some(c) = st.comments.get_mut(*id) else { return missing() };
+                c["body"] = body["body"].clone();
+                c["updated"] = json!(jira_now());
+                ResponseTemplate::new(200).set_body_json(c.clone())
+            }
+            ("DELETE", ["rest", "api", "3", "issue", _, "comment", id]) => {
+                match st.comments.remove(*id) {
+                    Some(_) => ResponseTemplate::new(204),
+                    None => missing(),
+                }
             }
             _ => missing(),
         }
@@ -1349,4 +1380,135 @@ async fn edits_of_comments_written_on_github_stay_local() {
             .any(|c| c["body"].as_str().is_some_and(|b| b.starts_with("Ours")))
             .then_some(())
     });
+}
+
+/// Sends a signed Jira webhook; returns its delivery id.
+async fn jira_hook(s: &Server, id: &str, secret: &str, body: Value) -> String {
+    let delivery = uuid::Uuid::now_v7().to_string();
+    let body = body.to_string();
+    let res = s
+        .http
+        .post(format!("{}/api/v1/hooks/jira/{id}", s.base))
+        .header(JIRA_SIGNATURE, hub_signature(secret.as_bytes(), body.as_bytes()))
+        .header(JIRA_DELIVERY, &delivery)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    delivery
+}
+
+/// Jira comments both ways, in ADF: a comment written in Jira becomes a pm comment with its
+/// author's name and follows its edits and deletion; one written in pm is posted as ADF, edited
+/// with PUT and deleted, and its own webhooks come back as echoes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jira_comments_sync_both_ways_in_adf() {
+    use pm_integrations::adf::from_markdown;
+    let (s, ints, _workers, _dir) = server().await;
+    let mock = MockServer::start().await;
+    let jira = Jira::default();
+    Mock::given(any()).respond_with(jira.clone()).mount(&mock).await;
+    let (user, token) = s.user("jiracomments@example.com").await;
+    let (_, project, _) = org_and_project(&s, &token, "jiracomments", "JC").await;
+    let (id, secret) = create_integration(
+        &s,
+        &token,
+        &project,
+        json!({"provider": "jira", "name": "PROJ", "api_token": JIRA_TOKEN,
+               "config": {"base_url": mock.uri(), "project_key": "PROJ", "email": JIRA_EMAIL,
+                          "reporter_id": user.0}}),
+    )
+    .await;
+    let issue = jira.create_remote("Discuss in Jira", from_markdown("Context"));
+    let key = issue["key"].as_str().unwrap().to_owned();
+    let d =
+        jira_hook(&s, &id, &secret, json!({"webhookEvent": "jira:issue_created", "issue": issue}))
+            .await;
+    processed(&ints, &id, &d).await;
+    let task_id = mapped_task(&s, &token, &id, &key).await;
+
+    // Jira → pm: a comment (ADF) becomes markdown with its author's name; edits follow.
+    let mut theirs = json!({"id": "10500", "body": from_markdown("Seen on **prod**"),
+        "author": {"accountId": "a-1", "displayName": "Ann Lee"},
+        "created": jira_now(), "updated": jira_now()});
+    let hook = |event: &str, comment: &Value| {
+        json!({"webhookEvent": event, "comment": comment,
+               "issue": {"id": "1", "key": key, "fields": {"summary": "Discuss in Jira"}}})
+    };
+    let d = jira_hook(&s, &id, &secret, hook("comment_created", &theirs)).await;
+    processed(&ints, &id, &d).await;
+    let cs = comments_of(&s, task_id).await;
+    assert_eq!(cs.len(), 1);
+    assert_eq!(cs[0].body.as_str(), "**Ann Lee** on Jira:\n\nSeen on **prod**");
+    let d = jira_hook(&s, &id, &secret, hook("comment_created", &theirs)).await;
+    assert!(processed(&ints, &id, &d).await.contains("echo"), "a redelivery adds nothing");
+    theirs["body"] = from_markdown("Seen on *staging* too");
+    let d = jira_hook(&s, &id, &secret, hook("comment_updated", &theirs)).await;
+    processed(&ints, &id, &d).await;
+    let from_jira = comments_of(&s, task_id).await[0].clone();
+    assert_eq!(from_jira.body.as_str(), "**Ann Lee** on Jira:\n\nSeen on *staging* too");
+
+    // pm → Jira: posted as ADF; its webhook is an echo — even when it arrives before Jira
+    // answered the create (ADF has no room for a marker: it waits for the link).
+    jira.0.lock().unwrap().comment_delay = Duration::from_millis(1500);
+    let mine = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/tasks/{}/comments", task_id.0),
+            Some(&token),
+            Some(json!({"body": "Fixed with **care**"})),
+        )
+        .await;
+    let mine_id = mine.ok(201)["id"].as_str().unwrap().to_owned();
+    let posted = eventually!("the comment in Jira", {
+        jira.0.lock().unwrap().comments.values().next().cloned()
+    });
+    assert_eq!(posted["body"]["type"], "doc");
+    assert_eq!(posted["body"]["content"][0]["content"][1]["marks"][0]["type"], "strong");
+    let d = jira_hook(&s, &id, &secret, hook("comment_created", &posted)).await;
+    assert!(processed(&ints, &id, &d).await.contains("echo"));
+    assert_eq!(comments_of(&s, task_id).await.len(), 2, "no copy of our own comment");
+    let logs = ints.stores.logs.list_logs(None, 100, None).await.unwrap();
+    assert!(
+        logs.items.iter().any(|l| l.operation == "webhook.unprocessable"
+            && l.detail.as_value()["delivery_id"] == d.as_str()),
+        "the early webhook waited for the link"
+    );
+
+    // Edited in pm: PUT to Jira; its webhook is an echo.
+    s.call(
+        Method::PATCH,
+        &format!("/api/v1/comments/{mine_id}"),
+        Some(&token),
+        Some(json!({"body": "Fixed with *more* care", "version": 1})),
+    )
+    .await
+    .ok(200);
+    let cid = posted["id"].as_str().unwrap().to_owned();
+    let edited = eventually!("the edit in Jira", {
+        let c = jira.0.lock().unwrap().comments[&cid].clone();
+        (c["body"] != posted["body"]).then_some(c)
+    });
+    let d = jira_hook(&s, &id, &secret, hook("comment_updated", &edited)).await;
+    assert!(processed(&ints, &id, &d).await.contains("echo"));
+    let mine_now = comments_of(&s, task_id).await;
+    let mine_now = mine_now.iter().find(|c| c.id.0.to_string() == mine_id).unwrap();
+    assert_eq!((mine_now.version, mine_now.body.as_str()), (2, "Fixed with *more* care"));
+    // Ann's comment was never sent to Jira.
+    let requests = jira.0.lock().unwrap().requests.clone();
+    assert!(requests.iter().all(|(_, p, _)| !p.ends_with("/comment/10500")));
+
+    // Deleted in Jira: gone in pm. Deleted in pm: gone in Jira.
+    let d = jira_hook(&s, &id, &secret, hook("comment_deleted", &theirs)).await;
+    processed(&ints, &id, &d).await;
+    assert!(comments_of(&s, task_id).await.iter().all(|c| c.id != from_jira.id));
+    s.call(Method::DELETE, &format!("/api/v1/comments/{mine_id}"), Some(&token), None)
+        .await
+        .ok(204);
+    eventually!("the deletion in Jira", {
+        jira.0.lock().unwrap().comments.is_empty().then_some(())
+    });
+    assert!(comments_of(&s, task_id).await.is_empty());
 }
