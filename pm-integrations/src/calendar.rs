@@ -197,8 +197,7 @@ impl CalendarClient {
 
 /// Whether a provider error is a `404`/`410` (the thing is gone).
 pub fn is_gone(e: &Error) -> bool {
-    matches!(e, Error::Provider { message, .. }
-        if message.starts_with("HTTP 404") || message.starts_with("HTTP 410"))
+    matches!(e, Error::Rejected { status: 404 | 410, .. })
 }
 
 /// Event ids go into URL paths as they are (Graph's ids end in `=`, which Graph wants

@@ -58,6 +58,17 @@ pub enum Error {
         /// Seconds the provider asked us to wait (`Retry-After`), if any.
         retry_after: Option<u64>,
     },
+    /// The external service refused our request with a `4xx` that is not a rate limit (no
+    /// permission, gone, invalid): the same request will fail again, so it is not retried.
+    #[error("provider {provider} refused the request: {message}")]
+    Rejected {
+        /// The provider key, e.g. `github`.
+        provider: String,
+        /// The HTTP status (`403`, `404`, `422`, …).
+        status: u16,
+        /// What happened (`HTTP 403 on PATCH /repos/…`).
+        message: String,
+    },
     /// An OAuth connection cannot be used until a user connects again: the provider refused
     /// the refresh token (`invalid_grant`), or the access token expired without one.
     #[error("the {provider} connection must be reconnected: {reason}")]
@@ -81,6 +92,25 @@ impl Error {
     /// Shorthand for [`Error::NotFound`].
     pub fn not_found(entity: &'static str) -> Self {
         Error::NotFound { entity }
+    }
+
+    /// Whether the failure may pass by itself, so the same operation is worth retrying later:
+    /// a provider outage, timeout or rate limit ([`Error::Provider`]), a storage error, a
+    /// concurrent write. Invalid input, a missing entity, a refused request
+    /// ([`Error::Rejected`]), an unusable credential or a refused target stay failed until
+    /// someone changes something.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Provider { .. } | Error::Storage(_) | Error::Conflict { .. } => true,
+            Error::Invalid { .. }
+            | Error::NotFound { .. }
+            | Error::AlreadyExists { .. }
+            | Error::Unauthenticated(_)
+            | Error::TargetRefused(_)
+            | Error::Crypto(_)
+            | Error::Rejected { .. }
+            | Error::NeedsReconnect { .. } => false,
+        }
     }
 
     /// Wraps a backend error as [`Error::Storage`].

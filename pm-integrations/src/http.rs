@@ -7,7 +7,9 @@
 //! waited out and retried when the wait is at most [`RateLimitPolicy::max_wait`]; a longer
 //! wait becomes [`Error::Provider`] with `retry_after`, so the caller's queue schedules the retry
 //! instead of holding a worker. The wait is shared per provider (key and base URL) across every
-//! client in the process: requests sent while a limit lasts wait for it first. Every other non-2xx is an `Error::Provider` naming the status.
+//! client in the process: requests sent while a limit lasts wait for it first. Every other `4xx`
+//! is an [`Error::Rejected`] (retrying will not help), any other non-2xx an `Error::Provider`
+//! naming the status.
 //!
 //! [`ApiClient::for_context`] connects only to the addresses the SSRF policy approved for the
 //! context's host ([`ProviderContext::pinned`](crate::provider::ProviderContext::pinned)) and
@@ -218,7 +220,16 @@ impl ApiClient {
                     Some(wait.as_secs().max(1)),
                 ));
             }
-            return Err(self.fail(format!("HTTP {} on {method} {path}", status.as_u16()), None));
+            let message = format!("HTTP {} on {method} {path}", status.as_u16());
+            // A refusal (no permission, gone, invalid) will be refused again; a 5xx may pass.
+            if status.is_client_error() {
+                return Err(Error::Rejected {
+                    provider: self.provider.into(),
+                    status: status.as_u16(),
+                    message,
+                });
+            }
+            return Err(self.fail(message, None));
         }
     }
 }

@@ -267,6 +267,40 @@ pub async fn comment(ctx: &ProviderContext, key: &str, body: &str) -> Result<Str
     res["id"].as_str().map(str::to_owned).ok_or_else(|| fail("comment response has no id"))
 }
 
+/// A comment id, checked before it goes into a path (Jira's are decimal).
+fn comment_id(id: &str) -> Result<&str> {
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::invalid("external_comment_id", "not a Jira comment id"));
+    }
+    Ok(id)
+}
+
+/// Replaces the body (markdown, sent as ADF) of comment `id` of issue `key`.
+pub async fn edit_comment(ctx: &ProviderContext, key: &str, id: &str, body: &str) -> Result<()> {
+    let (key, id) = (issue_key(key)?, comment_id(id)?);
+    client(ctx)?
+        .send(
+            Method::PUT,
+            &format!("/rest/api/3/issue/{key}/comment/{id}"),
+            auth(ctx),
+            Some(&json!({"body": crate::adf::from_markdown(body)})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Deletes comment `id` of issue `key`; one already gone counts as deleted.
+pub async fn delete_comment(ctx: &ProviderContext, key: &str, id: &str) -> Result<()> {
+    let (key, id) = (issue_key(key)?, comment_id(id)?);
+    match client(ctx)?
+        .send(Method::DELETE, &format!("/rest/api/3/issue/{key}/comment/{id}"), auth(ctx), None)
+        .await
+    {
+        Ok(_) | Err(Error::Rejected { status: 404, .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

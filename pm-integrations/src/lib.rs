@@ -18,15 +18,19 @@
 //! - [`sync`]: per-field three-way merge with policies (authoritative side, set union for
 //!   labels, latest edit), recorded conflicts, and fingerprints for echo suppression;
 //!   [`sync::engine`]: the [`SyncEngine`](sync::engine::SyncEngine) applying it end to end —
-//!   provider events onto tasks through pm-core's services, local changes onto the provider.
+//!   provider events onto tasks through pm-core's services, local changes onto the provider,
+//!   GitHub and Jira comments both ways ([`sync::engine::comments`]), and the durable retry
+//!   queue that parks transiently failing pushes instead of holding the pusher
+//!   ([`sync::engine::retry`]).
 //! - [`jira`]: the Jira Cloud REST v3 client (transitions, JQL search); [`adf`]: Atlassian
 //!   Document Format ↔ markdown.
 //! - [`model`]: what is persisted (integrations, inbound deliveries, credentials, mappings,
-//!   conflicts, logs, outbound subscriptions and deliveries); [`store`]: the store traits with
+//!   conflicts, comment links, parked pushes and sync failures, logs, outbound subscriptions
+//!   and deliveries); [`store`]: the store traits with
 //!   adapters `store::sqlite` and `store::postgres` behind the `sqlite` (default) and `postgres`
 //!   features — tables prefixed `int_`, migrations tracked in `_pm_integrations_migrations`.
 //! - [`http`]: the thin JSON client providers share (base URL, bearer or basic auth, rate
-//!   limits with `Retry-After`).
+//!   limits with `Retry-After`; a `4xx` refusal is [`Error::Rejected`], not retried).
 //! - [`slack`]: Slack's Web API client (`chat.postMessage`, `users.info`), slash command and
 //!   `block_actions` parsing, and the Block Kit messages pm sends.
 //! - [`calendar`]: task due dates as all-day events in Google Calendar and Outlook (Graph),

@@ -80,6 +80,8 @@ typed_id! {
     CommentLinkId,
     /// Identifies a [`SyncFailure`].
     SyncFailureId,
+    /// Identifies a [`ParkedPush`].
+    ParkedPushId,
     /// Identifies a [`Subscription`].
     SubscriptionId,
     /// Identifies an [`OutboundDelivery`].
@@ -518,6 +520,10 @@ pub struct CommentLink {
     pub external_id: String,
     /// The provider's comment id (unique per integration).
     pub external_comment_id: String,
+    /// Where the comment was written: [`Side::Local`] (in pm, pushed to the provider) or
+    /// [`Side::Remote`] (on the provider, copied into pm). Only local comments are pushed back
+    /// when edited or deleted in pm — the provider's comment belongs to its author there.
+    pub origin: Side,
     /// Fingerprint of pm's body at the last sync.
     pub local_fingerprint: String,
     /// Fingerprint of the provider's body at the last sync.
@@ -577,6 +583,56 @@ pub struct SyncFailure {
     /// When the pusher gave up.
     #[serde(with = "time::serde::rfc3339")]
     pub failed_at: OffsetDateTime,
+}
+
+/// A push of one pm event to one integration that failed with an error that may pass (a
+/// provider outage or timeout, a rate limit, a concurrent write) and waits for its next attempt
+/// in the durable retry queue, so the pusher can go on with other events. Pushes of one
+/// (integration, task) are attempted oldest event first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParkedPush {
+    /// Id.
+    pub id: ParkedPushId,
+    /// Integration.
+    pub integration_id: IntegrationId,
+    /// The task the event concerns.
+    pub task_id: TaskId,
+    /// The pm event to push (kept whole: a retry after a restart needs nothing else).
+    pub event: pm_core::event::Event,
+    /// Attempts made so far (0 for an event queued behind an earlier parked one, or re-queued
+    /// by hand).
+    pub attempts: i32,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+    /// When it is due (while claimed: when the claim's lease ends).
+    pub next_attempt_at: OffsetDateTime,
+    /// When it was parked.
+    pub parked_at: OffsetDateTime,
+}
+
+impl ParkedPush {
+    /// A push of `event` to `integration`, due at `due` after `attempts` attempts.
+    /// `Invalid` (`event`) when the event concerns no task.
+    pub fn new(
+        integration: IntegrationId,
+        event: &pm_core::event::Event,
+        attempts: i32,
+        last_error: Option<String>,
+        due: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Self> {
+        let task_id = event.task_id.ok_or_else(|| Error::invalid("event", "concerns no task"))?;
+        Ok(Self {
+            id: ParkedPushId::new(),
+            integration_id: integration,
+            task_id,
+            event: event.clone(),
+            attempts,
+            last_error,
+            next_attempt_at: due,
+            parked_at: now,
+        })
+    }
 }
 
 /// Direction of a logged exchange.

@@ -193,7 +193,7 @@ impl GitHub {
             .await
         {
             Ok(_) => Ok(()),
-            Err(Error::Provider { message, .. }) if message.starts_with("HTTP 404 ") => Ok(()),
+            Err(Error::Rejected { status: 404, .. }) => Ok(()),
             Err(e) => Err(e),
         }
     }

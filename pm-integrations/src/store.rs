@@ -24,6 +24,10 @@
 //! - an intent is unique per key: [`SyncStateStore::begin_intent`] claims it for exactly one of
 //!   concurrent callers, reports a done one with its result, and lets a pending one be taken
 //!   over only once it is older than the caller's lease;
+//! - a parked push is unique per (integration, event); of one (integration, task) only the
+//!   oldest parked event is ever claimed, so pushes of a task are retried in event order;
+//!   giving up on one records its failure in the same transaction, and re-queueing a failure
+//!   deletes it in the same transaction as it parks the push;
 //! - lists are newest first with a keyset cursor (the row's UUIDv7 id).
 //!
 //! Built-in adapters: [`sqlite`] (feature `sqlite`) and [`postgres`] (feature `postgres`). Their
@@ -204,7 +208,7 @@ pub trait MappingStore: Send + Sync {
 }
 
 /// Sync state beside the mappings: comment links, intents (outbound side effects recorded
-/// before they are attempted) and the pushes given up on.
+/// before they are attempted), the pushes waiting for a retry and those given up on.
 #[async_trait]
 pub trait SyncStateStore: Send + Sync {
     /// Stores a link unless the pm comment is linked already (then returns that link and
@@ -269,6 +273,54 @@ pub trait SyncStateStore: Send + Sync {
         limit: u32,
         before: Option<SyncFailureId>,
     ) -> Result<Page<SyncFailure>>;
+    /// One push failure. `NotFound` (`sync failure`).
+    async fn get_sync_failure(&self, id: SyncFailureId) -> Result<SyncFailure>;
+    /// Dismisses a push failure; `true` if it existed.
+    async fn delete_sync_failure(&self, id: SyncFailureId) -> Result<bool>;
+    /// Takes push failure `id` back into the retry queue as `push`, in one transaction: the
+    /// failure is deleted and the push parked (unless that event is parked for the integration
+    /// already). `NotFound` (`sync failure`) when the failure is gone — so of two concurrent
+    /// re-queues one wins.
+    async fn requeue_sync_failure(&self, id: SyncFailureId, push: &ParkedPush) -> Result<()>;
+
+    /// Parks a push in the retry queue; `false` (nothing changed) when the same event is parked
+    /// for the integration already — re-reading the event log after a restart parks nothing
+    /// twice. `NotFound` (`integration`) if the integration is gone.
+    async fn park_push(&self, push: &ParkedPush) -> Result<bool>;
+    /// Whether pushes of the task to the integration are parked (a new event of the task then
+    /// queues behind them instead of overtaking them).
+    async fn has_parked_pushes(&self, integration: IntegrationId, task: TaskId) -> Result<bool>;
+    /// Claims up to `limit` due pushes, each the oldest parked event (by `event_seq`) of its
+    /// (integration, task) — a later event waits until the earlier one is gone — soonest due
+    /// first; each is leased by moving `next_attempt_at` to `lease_until`, so a worker that dies
+    /// leaves it to be claimed again.
+    async fn claim_parked_pushes(
+        &self,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<ParkedPush>>;
+    /// Records a failed attempt of a parked push: its attempts, error and next due time.
+    /// `NotFound` (`parked push`) when it is gone.
+    async fn reschedule_push(
+        &self,
+        id: ParkedPushId,
+        attempts: i32,
+        error: &str,
+        next_attempt_at: OffsetDateTime,
+    ) -> Result<()>;
+    /// Removes a parked push (pushed, or nothing left to push); `true` if it existed.
+    async fn drop_parked_push(&self, id: ParkedPushId) -> Result<bool>;
+    /// Gives up on a parked push: removes it and records `failure`, in one transaction.
+    /// `NotFound` (`parked push`) when it is gone.
+    async fn fail_parked_push(&self, id: ParkedPushId, failure: &SyncFailure) -> Result<()>;
+    /// An integration's parked pushes in the order they will be attempted per task (by
+    /// `event_seq`).
+    async fn list_parked_pushes(
+        &self,
+        integration: IntegrationId,
+        limit: u32,
+    ) -> Result<Vec<ParkedPush>>;
 }
 
 /// The exchange log.

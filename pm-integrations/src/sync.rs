@@ -32,6 +32,27 @@ pub enum Side {
     Remote,
 }
 
+impl Side {
+    /// Stored form: `local` or `remote`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Local => "local",
+            Side::Remote => "remote",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> crate::Result<Self> {
+        match s {
+            "local" => Ok(Side::Local),
+            "remote" => Ok(Side::Remote),
+            other => {
+                Err(crate::Error::invalid("side", format!("{other:?} is not local or remote")))
+            }
+        }
+    }
+}
+
 /// How a field edited on both sides since the last sync is resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "policy", content = "side", rename_all = "snake_case")]

@@ -29,6 +29,8 @@ pub async fn run_all(stores: &IntegrationStores) {
     comment_links_are_unique_both_ways(stores).await;
     intents_are_claimed_once_and_taken_over_when_stale(stores).await;
     sync_failures_are_recorded_once_per_event_and_listed(stores).await;
+    parked_pushes_are_claimed_in_event_order_per_task(stores).await;
+    parked_pushes_give_up_into_failures_and_failures_requeue(stores).await;
     logs_page_newest_first_and_stay_redacted(stores).await;
     subscriptions_are_versioned(stores).await;
     outbound_deliveries_enqueue_retry_and_disable(stores).await;
@@ -679,6 +681,7 @@ pub async fn comment_links_are_unique_both_ways(stores: &IntegrationStores) {
         external_comment_id: "9001".into(),
         local_fingerprint: "l1".into(),
         remote_fingerprint: "r1".into(),
+        origin: Side::Remote,
         created_at: at(1),
         updated_at: at(1),
     };
@@ -799,4 +802,115 @@ pub async fn sync_failures_are_recorded_once_per_event_and_listed(stores: &Integ
     assert_eq!(rest.items, vec![a]);
     assert!(rest.next.is_none());
     assert!(matches!(s.list_sync_failures(i.id, 0, None).await, Err(Error::Invalid { .. })));
+}
+
+fn task_event(seq: i64, org: OrgId, task: TaskId) -> Event {
+    Event { task_id: Some(task), kind: EventKind::TaskUpdated, ..event(seq, org) }
+}
+
+/// Parking is idempotent per (integration, event); only the oldest parked event of an
+/// (integration, task) is claimed, soonest due first, and a claim leases it; a later event of
+/// the task is claimable once the earlier one is dropped; a reschedule records the attempt.
+pub async fn parked_pushes_are_claimed_in_event_order_per_task(stores: &IntegrationStores) {
+    let i = integration(stores).await;
+    let s = &stores.sync_state;
+    let (a, b) = (TaskId::new(), TaskId::new());
+    // Far in the future, so other checks' rows sharing the database are never due here.
+    let t0 = at(10_000_000);
+    let later = |secs: i64| t0 + time::Duration::seconds(secs);
+    let a1 =
+        ParkedPush::new(i.id, &task_event(10, i.org_id, a), 1, Some("502".into()), later(5), t0)
+            .expect("push");
+    let a2 = ParkedPush::new(i.id, &task_event(11, i.org_id, a), 0, None, t0, t0).expect("push");
+    let b1 =
+        ParkedPush::new(i.id, &task_event(12, i.org_id, b), 1, None, later(1), t0).expect("push");
+    assert!(!s.has_parked_pushes(i.id, a).await.expect("has"));
+    for p in [&a1, &a2, &b1] {
+        assert!(s.park_push(p).await.expect("park"));
+    }
+    let again = ParkedPush { id: ParkedPushId::new(), ..a1.clone() };
+    assert!(!s.park_push(&again).await.expect("park again"), "one row per event");
+    assert!(s.has_parked_pushes(i.id, a).await.expect("has"));
+    assert!(!s.has_parked_pushes(i.id, TaskId::new()).await.expect("has"));
+    let listed = s.list_parked_pushes(i.id, 10).await.expect("list");
+    assert_eq!(listed.len(), 3);
+    assert!(listed.contains(&a1) && listed.contains(&b1), "round trip: {listed:?}");
+
+    // a2 is due but waits behind a1; b1 is due at +1.
+    let mine = |v: Vec<ParkedPush>| -> Vec<ParkedPushId> {
+        v.into_iter().filter(|p| p.integration_id == i.id).map(|p| p.id).collect()
+    };
+    assert!(mine(s.claim_parked_pushes(t0, later(60), 10).await.expect("claim")).is_empty());
+    assert_eq!(mine(s.claim_parked_pushes(later(1), later(60), 10).await.expect("claim")), [b1.id]);
+    // Leased: not claimed again before the lease ends (and a1 is not due yet).
+    assert!(mine(s.claim_parked_pushes(later(2), later(60), 10).await.expect("claim")).is_empty());
+    let claimed = s.claim_parked_pushes(later(60), later(120), 10).await.expect("claim");
+    let ids = mine(claimed.clone());
+    assert_eq!(ids, [a1.id, b1.id], "a1 due at +5, b1's lease over at +60");
+    assert_eq!(claimed.iter().find(|p| p.id == a1.id).expect("a1").next_attempt_at, later(120));
+
+    s.reschedule_push(a1.id, 2, "HTTP 503", later(200)).await.expect("reschedule");
+    let a1_now = s.list_parked_pushes(i.id, 10).await.expect("list");
+    let a1_now = a1_now.iter().find(|p| p.id == a1.id).expect("a1");
+    assert_eq!((a1_now.attempts, a1_now.last_error.as_deref()), (2, Some("HTTP 503")));
+    assert_eq!(a1_now.next_attempt_at, later(200));
+    assert!(s.drop_parked_push(b1.id).await.expect("drop"));
+    assert!(!s.drop_parked_push(b1.id).await.expect("drop again"));
+    assert!(matches!(s.reschedule_push(b1.id, 1, "x", t0).await, Err(Error::NotFound { .. })));
+    // a1 pushed: a2 comes next.
+    assert!(s.drop_parked_push(a1.id).await.expect("drop"));
+    assert_eq!(
+        mine(s.claim_parked_pushes(later(121), later(180), 10).await.expect("claim")),
+        [a2.id]
+    );
+    assert!(matches!(s.list_parked_pushes(i.id, 0).await, Err(Error::Invalid { .. })));
+    let orphan =
+        ParkedPush { id: ParkedPushId::new(), integration_id: IntegrationId::new(), ..a2.clone() };
+    assert!(matches!(s.park_push(&orphan).await, Err(Error::NotFound { .. })));
+    stores.integrations.delete_integration(i.id).await.expect("delete integration");
+    assert!(s.list_parked_pushes(i.id, 10).await.expect("list").is_empty());
+}
+
+/// Giving up removes the parked push and records the failure together; a failure is read,
+/// dismissed, or re-queued (deleted and parked together, once).
+pub async fn parked_pushes_give_up_into_failures_and_failures_requeue(stores: &IntegrationStores) {
+    let i = integration(stores).await;
+    let s = &stores.sync_state;
+    let task = TaskId::new();
+    let t0 = at(20_000_000);
+    let e = task_event(20, i.org_id, task);
+    let p = ParkedPush::new(i.id, &e, 7, Some("HTTP 502".into()), t0, t0).expect("push");
+    s.park_push(&p).await.expect("park");
+    let failure = SyncFailure {
+        id: SyncFailureId::new(),
+        integration_id: i.id,
+        task_id: Some(task),
+        event_id: e.id,
+        event_seq: e.seq,
+        event_kind: "task.updated".into(),
+        attempts: 7,
+        error: "HTTP 502".into(),
+        failed_at: t0,
+    };
+    s.fail_parked_push(p.id, &failure).await.expect("give up");
+    assert!(!s.has_parked_pushes(i.id, task).await.expect("has"));
+    assert_eq!(s.get_sync_failure(failure.id).await.expect("get"), failure);
+    assert!(matches!(s.fail_parked_push(p.id, &failure).await, Err(Error::NotFound { .. })));
+
+    let requeued = ParkedPush::new(i.id, &e, 0, None, t0, t0).expect("push");
+    s.requeue_sync_failure(failure.id, &requeued).await.expect("requeue");
+    assert!(matches!(s.get_sync_failure(failure.id).await, Err(Error::NotFound { .. })));
+    assert_eq!(s.list_parked_pushes(i.id, 10).await.expect("list"), vec![requeued.clone()]);
+    let twice = ParkedPush { id: ParkedPushId::new(), ..requeued.clone() };
+    assert!(matches!(
+        s.requeue_sync_failure(failure.id, &twice).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(s.list_parked_pushes(i.id, 10).await.expect("list").len(), 1);
+
+    let other = SyncFailure { id: SyncFailureId::new(), event_id: EventId::new(), ..failure };
+    s.record_sync_failure(&other).await.expect("record");
+    assert!(s.delete_sync_failure(other.id).await.expect("dismiss"));
+    assert!(!s.delete_sync_failure(other.id).await.expect("dismiss again"));
+    assert!(matches!(s.get_sync_failure(other.id).await, Err(Error::NotFound { .. })));
 }

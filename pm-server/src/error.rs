@@ -340,6 +340,16 @@ impl From<pm_integrations::Error> for ApiError {
                     None => e,
                 }
             }
+            // Still a gateway failure to our caller (the provider said no, not the caller's
+            // input), with the provider's status for the curious.
+            E::Rejected { provider, status, message } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "provider-failed",
+                "Provider failed",
+                format!("{provider} refused the request: {message}"),
+            )
+            .with("provider", provider)
+            .with("provider_status", status),
             E::NeedsReconnect { provider, reason } => ApiError::new(
                 StatusCode::CONFLICT,
                 "oauth-reconnect-required",

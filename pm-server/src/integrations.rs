@@ -14,13 +14,17 @@
 //! - the **sync pusher** tails pm-core's event log from its own durable cursor
 //!   ([`SYNC_CONSUMER`]) and hands task and comment events to the [`SyncEngine`], one target
 //!   integration at a time, which pushes local changes of integrated projects to the provider
-//!   (never the integration's own applies: echo suppression by actor). A failure that may pass
-//!   (outage, rate limit, concurrent write, a create in flight) is retried in place with
-//!   exponential backoff capped at [`WorkerConfig::push_backoff_cap`], up to
-//!   [`WorkerConfig::push_retries`] times; then — or at once for a failure retrying cannot fix
-//!   — the push is recorded as a sync failure (listed by
-//!   `GET /integrations/{id}/sync-failures`) and logged (`sync.push_gave_up`), and the pusher
-//!   moves on so one broken integration cannot stall the others;
+//!   (never the integration's own applies: echo suppression by actor). A push that fails with
+//!   an error that may pass (outage, timeout, rate limit, concurrent write, a create in flight)
+//!   is **parked** in pm-integrations' durable retry queue and the pusher goes straight on to
+//!   the next event; a later event of a task with parked pushes queues behind them (see
+//!   `pm_integrations::sync::engine::retry`);
+//! - the **push retrier** attempts parked pushes as they fall due (per task, oldest event
+//!   first), waiting `Retry-After` or doubling from [`WorkerConfig::poll`] up to
+//!   [`WorkerConfig::push_backoff_cap`]; after [`WorkerConfig::push_retries`] retries — or at
+//!   once for a failure retrying cannot fix — the push is recorded as a sync failure (listed by
+//!   `GET /integrations/{id}/sync-failures`, re-queued by `POST …/{failure_id}/retry`,
+//!   dismissed by `DELETE …/{failure_id}`) and logged (`sync.push_gave_up`);
 //! - the **outbound fan-out** tails pm-core's event log from a durable cursor (kept in
 //!   pm-integrations' own table, advanced in the same transaction as the enqueue) and enqueues
 //!   one delivery per matching subscription;
@@ -49,6 +53,7 @@ use pm_integrations::provider::ProviderKey;
 use pm_integrations::providers::Registry;
 use pm_integrations::ssrf::TargetPolicy;
 use pm_integrations::store::IntegrationStores;
+use pm_integrations::sync::engine::retry::PushRetry;
 use pm_integrations::sync::engine::{Applied, SyncEngine};
 use pm_integrations::webhook::InboundRequest;
 use pm_integrations::webhook::outbound::{self, WebhookSecret};
@@ -76,13 +81,13 @@ pub struct WorkerConfig {
     pub request_timeout: Duration,
     /// Items claimed per round.
     pub batch: u32,
-    /// Poll interval when no wake-up arrives; also the first step of the sync pusher's
+    /// Poll interval when no wake-up arrives; also the first step of the push retrier's
     /// backoff.
     pub poll: Duration,
-    /// Retries of one push before the sync pusher records it as failed.
+    /// Retries of one parked push before it is recorded as failed.
     pub push_retries: u32,
-    /// Longest wait between two retries of a push; a provider asking for a longer wait
-    /// (`Retry-After`) gets the push recorded as failed instead of the pusher stalled.
+    /// Longest wait between two retries of a push, unless the provider asks for longer
+    /// (`Retry-After` is honoured whole: the push waits in the database, not in a worker).
     pub push_backoff_cap: Duration,
 }
 
@@ -276,6 +281,7 @@ impl Integrations {
         let sender = tokio::spawn(self.clone().run_sender());
         let mut tasks = vec![inbound, fanout, sender];
         if let Some(engine) = self.sync() {
+            tasks.push(tokio::spawn(self.clone().run_push_retries(engine.clone())));
             tasks.push(tokio::spawn(self.clone().run_sync_push(engine, events)));
         }
         Workers { tasks }
@@ -302,6 +308,7 @@ impl Integrations {
         let mut tail = Tailer::new(events, from);
         tail.poll = self.worker.poll;
         let mut checkpoint = Checkpoint::new(from);
+        let policy = self.push_retry();
         loop {
             let batch = tail
                 .next_batch_or_idle(100, Checkpoint::IDLE)
@@ -309,7 +316,7 @@ impl Integrations {
                 .map_err(pm_integrations::Error::storage)?;
             for e in &batch {
                 for i in engine.targets(e).await? {
-                    self.push_with_retries(engine, &i, e).await?;
+                    engine.push_or_park(&i, e, &policy).await?;
                 }
             }
             let upto = tail.position();
@@ -320,56 +327,30 @@ impl Integrations {
         }
     }
 
-    /// Pushes `e` to `i`, retrying what may pass with capped exponential backoff; what still
-    /// fails is recorded as a sync failure and logged. Errs only when that record cannot be
-    /// written (the pusher restarts from its cursor and tries again).
-    async fn push_with_retries(
-        &self,
-        engine: &SyncEngine,
-        i: &Integration,
-        e: &pm_core::event::Event,
-    ) -> pm_integrations::Result<()> {
-        let mut attempts = 0u32;
-        let err = loop {
-            attempts += 1;
-            let err = match engine.push_event(i, e).await {
-                Ok(_) => return Ok(()),
-                Err(err) => err,
-            };
-            if !retryable(&err) || attempts > self.worker.push_retries {
-                break err;
+    /// The sync pusher's retry policy, from the worker timing.
+    pub fn push_retry(&self) -> PushRetry {
+        PushRetry {
+            retries: self.worker.push_retries,
+            base: self.worker.poll,
+            cap: self.worker.push_backoff_cap,
+            lease: self.worker.lease,
+            batch: self.worker.batch,
+        }
+    }
+
+    /// Retries parked pushes as they fall due (see [`SyncEngine::retry_parked`]).
+    async fn run_push_retries(self, engine: SyncEngine) {
+        let policy = self.push_retry();
+        loop {
+            match engine.retry_parked(&policy).await {
+                Ok(0) => tokio::time::sleep(self.worker.poll).await,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "retrying parked pushes failed; retrying");
+                    tokio::time::sleep(self.worker.poll).await;
+                }
             }
-            match push_delay(&err, attempts, self.worker.poll, self.worker.push_backoff_cap) {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => break err,
-            }
-        };
-        let now = self.clock.now();
-        let failure = SyncFailure {
-            id: SyncFailureId::new(),
-            integration_id: i.id,
-            task_id: e.task_id,
-            event_id: e.id,
-            event_seq: e.seq,
-            event_kind: e.kind.as_str().to_owned(),
-            attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
-            error: err.to_string(),
-            failed_at: now,
-        };
-        self.stores.sync_state.record_sync_failure(&failure).await?;
-        tracing::warn!(error = %err, seq = e.seq, integration = %i.id, "sync push gave up on an event");
-        self.log(entry(
-            Some(i.id),
-            i.provider.as_str(),
-            Direction::Outbound,
-            "sync.push_gave_up",
-            false,
-            json!({"task_id": e.task_id, "event_id": e.id, "event_seq": e.seq,
-                   "event_kind": e.kind.as_str(), "attempts": attempts, "error": err.to_string()}),
-            now,
-        ))
-        .await;
-        Ok(())
+        }
     }
 
     async fn run_inbound(self) {
@@ -674,38 +655,10 @@ impl Integrations {
 /// Retries of an inbound delivery whose apply failed transiently.
 pub const INBOUND_RETRIES: usize = 8;
 
-/// Whether a sync failure may go away by itself (so is retried): a provider outage or rate
-/// limit, a storage error, a concurrent write. Invalid input, a missing entity, an unusable
-/// credential or a refused target stay failed until someone changes something.
+/// Whether a failed inbound apply may succeed later (see
+/// [`pm_integrations::Error::is_transient`]).
 fn retryable(e: &pm_integrations::Error) -> bool {
-    use pm_integrations::Error as E;
-    match e {
-        E::Provider { .. } | E::Storage(_) | E::Conflict { .. } => true,
-        E::Invalid { .. }
-        | E::NotFound { .. }
-        | E::AlreadyExists { .. }
-        | E::Unauthenticated(_)
-        | E::TargetRefused(_)
-        | E::Crypto(_)
-        | E::NeedsReconnect { .. } => false,
-    }
-}
-
-/// How long the sync pusher waits before retry `attempt` (1-based): the provider's
-/// `Retry-After` when it gave one, else `base` doubled per attempt; never longer than `cap` —
-/// `None` when the provider asks for longer (the push is recorded as failed rather than the
-/// pusher stalled for every integration).
-fn push_delay(
-    e: &pm_integrations::Error,
-    attempt: u32,
-    base: Duration,
-    cap: Duration,
-) -> Option<Duration> {
-    if let pm_integrations::Error::Provider { retry_after: Some(s), .. } = e {
-        let wait = Duration::from_secs(*s);
-        return (wait <= cap).then_some(wait);
-    }
-    Some(base.saturating_mul(1u32 << attempt.min(16)).min(cap))
+    e.is_transient()
 }
 
 /// How long to wait before retry `attempt` (1-based): the provider's `Retry-After` when it
@@ -827,27 +780,6 @@ pub fn parse_keyring(spec: &str) -> pm_integrations::Result<Keyring> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn push_backoff_doubles_up_to_the_cap_and_long_limits_give_up() {
-        let outage = pm_integrations::Error::Provider {
-            provider: "github".into(),
-            message: "HTTP 502".into(),
-            retry_after: None,
-        };
-        let (base, cap) = (Duration::from_millis(100), Duration::from_millis(700));
-        let waits: Vec<_> =
-            (1..=5).map(|n| push_delay(&outage, n, base, cap).unwrap().as_millis()).collect();
-        assert_eq!(waits, [200, 400, 700, 700, 700]);
-        let limited = |s| pm_integrations::Error::Provider {
-            provider: "github".into(),
-            message: "rate limited".into(),
-            retry_after: Some(s),
-        };
-        let cap = Duration::from_secs(30);
-        assert_eq!(push_delay(&limited(3), 1, base, cap), Some(Duration::from_secs(3)));
-        assert_eq!(push_delay(&limited(3600), 1, base, cap), None);
-    }
 
     #[test]
     fn keyrings_parse_with_rotation() {

@@ -96,9 +96,7 @@ impl GoogleCalendarClient {
         }
         match self.api.json(Method::POST, &path, Some(token), Some(&body)).await {
             Ok(v) => Self::parsed(&v),
-            Err(Error::Provider { message, .. })
-                if message.starts_with("HTTP 409") && id.is_some() =>
-            {
+            Err(Error::Rejected { status: 409, .. }) if id.is_some() => {
                 self.update_event(token, id.as_deref().unwrap_or_default(), e).await
             }
             Err(err) => Err(err),

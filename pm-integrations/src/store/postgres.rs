@@ -1136,6 +1136,7 @@ struct CommentLinkRow {
     external_comment_id: String,
     local_fingerprint: String,
     remote_fingerprint: String,
+    origin: String,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
 }
@@ -1152,6 +1153,7 @@ impl TryFrom<CommentLinkRow> for CommentLink {
             external_comment_id: r.external_comment_id,
             local_fingerprint: r.local_fingerprint,
             remote_fingerprint: r.remote_fingerprint,
+            origin: crate::sync::Side::parse(&r.origin).map_err(|e| corrupt("origin", e))?,
             created_at: r.created_at,
             updated_at: r.updated_at,
         })
@@ -1188,13 +1190,89 @@ impl TryFrom<SyncFailureRow> for SyncFailure {
     }
 }
 
+#[derive(sqlx::FromRow)]
+struct ParkedPushRow {
+    id: Uuid,
+    integration_id: Uuid,
+    task_id: Uuid,
+    // `event_id` and `event_seq` are copies of the event's own, for uniqueness and order.
+    event: Value,
+    attempts: i32,
+    last_error: Option<String>,
+    next_attempt_at: OffsetDateTime,
+    parked_at: OffsetDateTime,
+}
+
+impl TryFrom<ParkedPushRow> for ParkedPush {
+    type Error = Error;
+    fn try_from(r: ParkedPushRow) -> Result<Self> {
+        Ok(ParkedPush {
+            id: r.id.into(),
+            integration_id: r.integration_id.into(),
+            task_id: r.task_id.into(),
+            event: json("event", r.event)?,
+            attempts: r.attempts,
+            last_error: r.last_error,
+            next_attempt_at: r.next_attempt_at,
+            parked_at: r.parked_at,
+        })
+    }
+}
+
+/// The insert-or-update of a push failure (one row per integration and event).
+async fn upsert_sync_failure<'c>(conn: impl sqlx::PgExecutor<'c>, f: &SyncFailure) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO int_sync_failures (id, integration_id, task_id, event_id, event_seq, \
+         event_kind, attempts, error, failed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (integration_id, event_id) DO UPDATE SET attempts = excluded.attempts, \
+         error = excluded.error, failed_at = excluded.failed_at",
+    )
+    .bind(u(f.id))
+    .bind(u(f.integration_id))
+    .bind(ou(f.task_id))
+    .bind(f.event_id.0)
+    .bind(f.event_seq)
+    .bind(&f.event_kind)
+    .bind(f.attempts)
+    .bind(&f.error)
+    .bind(f.failed_at)
+    .execute(conn)
+    .await
+    .map_err(fk("integration"))?;
+    Ok(())
+}
+
+/// Inserts a parked push unless its (integration, event) is parked already; `true` if inserted.
+async fn insert_parked_push<'c>(conn: impl sqlx::PgExecutor<'c>, p: &ParkedPush) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO int_parked_pushes (id, integration_id, task_id, event_id, event_seq, event, \
+         attempts, last_error, next_attempt_at, parked_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (integration_id, event_id) DO NOTHING",
+    )
+    .bind(u(p.id))
+    .bind(u(p.integration_id))
+    .bind(u(p.task_id))
+    .bind(p.event.id.0)
+    .bind(p.event.seq)
+    .bind(Json(&p.event))
+    .bind(p.attempts)
+    .bind(&p.last_error)
+    .bind(p.next_attempt_at)
+    .bind(p.parked_at)
+    .execute(conn)
+    .await
+    .map_err(fk("integration"))?;
+    Ok(done.rows_affected() > 0)
+}
+
 #[async_trait]
 impl SyncStateStore for PostgresIntegrationStore {
     async fn link_comment(&self, l: &CommentLink) -> Result<(CommentLink, bool)> {
         let inserted: Option<CommentLinkRow> = sqlx::query_as(
             "INSERT INTO int_comment_links (id, integration_id, task_id, comment_id, external_id, \
-             external_comment_id, local_fingerprint, remote_fingerprint, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             external_comment_id, local_fingerprint, remote_fingerprint, origin, created_at, \
+             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (integration_id, comment_id) DO NOTHING RETURNING *",
         )
         .bind(u(l.id))
@@ -1205,6 +1283,7 @@ impl SyncStateStore for PostgresIntegrationStore {
         .bind(&l.external_comment_id)
         .bind(&l.local_fingerprint)
         .bind(&l.remote_fingerprint)
+        .bind(l.origin.as_str())
         .bind(l.created_at)
         .bind(l.updated_at)
         .fetch_optional(&self.pool)
@@ -1378,25 +1457,7 @@ impl SyncStateStore for PostgresIntegrationStore {
     }
 
     async fn record_sync_failure(&self, f: &SyncFailure) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO int_sync_failures (id, integration_id, task_id, event_id, event_seq, \
-             event_kind, attempts, error, failed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (integration_id, event_id) DO UPDATE SET attempts = excluded.attempts, \
-             error = excluded.error, failed_at = excluded.failed_at",
-        )
-        .bind(u(f.id))
-        .bind(u(f.integration_id))
-        .bind(ou(f.task_id))
-        .bind(f.event_id.0)
-        .bind(f.event_seq)
-        .bind(&f.event_kind)
-        .bind(f.attempts)
-        .bind(&f.error)
-        .bind(f.failed_at)
-        .execute(&self.pool)
-        .await
-        .map_err(fk("integration"))?;
-        Ok(())
+        upsert_sync_failure(&self.pool, f).await
     }
 
     async fn list_sync_failures(
@@ -1418,6 +1479,147 @@ impl SyncStateStore for PostgresIntegrationStore {
         .await
         .map_err(st)?;
         Ok(Page::from_rows(convert(rows)?, limit, |f: &SyncFailure| f.id.0))
+    }
+
+    async fn get_sync_failure(&self, id: SyncFailureId) -> Result<SyncFailure> {
+        let row: Option<SyncFailureRow> =
+            sqlx::query_as("SELECT * FROM int_sync_failures WHERE id = $1")
+                .bind(u(id))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(st)?;
+        row.ok_or_else(|| Error::not_found("sync failure"))?.try_into()
+    }
+
+    async fn delete_sync_failure(&self, id: SyncFailureId) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM int_sync_failures WHERE id = $1")
+            .bind(u(id))
+            .execute(&self.pool)
+            .await
+            .map_err(st)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn requeue_sync_failure(&self, id: SyncFailureId, push: &ParkedPush) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(st)?;
+        let gone = sqlx::query("DELETE FROM int_sync_failures WHERE id = $1")
+            .bind(u(id))
+            .execute(&mut *tx)
+            .await
+            .map_err(st)?;
+        if gone.rows_affected() == 0 {
+            return Err(Error::not_found("sync failure"));
+        }
+        insert_parked_push(&mut *tx, push).await?;
+        tx.commit().await.map_err(st)
+    }
+
+    async fn park_push(&self, push: &ParkedPush) -> Result<bool> {
+        insert_parked_push(&self.pool, push).await
+    }
+
+    async fn has_parked_pushes(&self, integration: IntegrationId, task: TaskId) -> Result<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM int_parked_pushes \
+             WHERE integration_id = $1 AND task_id = $2)",
+        )
+        .bind(u(integration))
+        .bind(u(task))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(st)
+    }
+
+    async fn claim_parked_pushes(
+        &self,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<ParkedPush>> {
+        // SKIP LOCKED: two instances claiming at once take different heads; a head being
+        // claimed still blocks its task's later pushes (NOT EXISTS sees the row, locked or not).
+        let rows: Vec<ParkedPushRow> = sqlx::query_as(
+            "UPDATE int_parked_pushes SET next_attempt_at = $1 WHERE id IN \
+             (SELECT q.id FROM int_parked_pushes q WHERE q.next_attempt_at <= $2 AND NOT EXISTS \
+               (SELECT 1 FROM int_parked_pushes e WHERE e.integration_id = q.integration_id \
+                AND e.task_id = q.task_id AND e.event_seq < q.event_seq) \
+              ORDER BY q.next_attempt_at, q.event_seq LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING *",
+        )
+        .bind(lease_until)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(st)?;
+        let mut out: Vec<ParkedPush> = convert(rows)?;
+        out.sort_by_key(|p| p.event.seq);
+        Ok(out)
+    }
+
+    async fn reschedule_push(
+        &self,
+        id: ParkedPushId,
+        attempts: i32,
+        error: &str,
+        next_attempt_at: OffsetDateTime,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE int_parked_pushes SET attempts = $1, last_error = $2, next_attempt_at = $3 \
+             WHERE id = $4",
+        )
+        .bind(attempts)
+        .bind(error)
+        .bind(next_attempt_at)
+        .bind(u(id))
+        .execute(&self.pool)
+        .await
+        .map_err(st)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("parked push"));
+        }
+        Ok(())
+    }
+
+    async fn drop_parked_push(&self, id: ParkedPushId) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM int_parked_pushes WHERE id = $1")
+            .bind(u(id))
+            .execute(&self.pool)
+            .await
+            .map_err(st)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn fail_parked_push(&self, id: ParkedPushId, failure: &SyncFailure) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(st)?;
+        let gone = sqlx::query("DELETE FROM int_parked_pushes WHERE id = $1")
+            .bind(u(id))
+            .execute(&mut *tx)
+            .await
+            .map_err(st)?;
+        if gone.rows_affected() == 0 {
+            return Err(Error::not_found("parked push"));
+        }
+        upsert_sync_failure(&mut *tx, failure).await?;
+        tx.commit().await.map_err(st)
+    }
+
+    async fn list_parked_pushes(
+        &self,
+        integration: IntegrationId,
+        limit: u32,
+    ) -> Result<Vec<ParkedPush>> {
+        check_limit(limit)?;
+        let rows: Vec<ParkedPushRow> = sqlx::query_as(
+            "SELECT * FROM int_parked_pushes WHERE integration_id = $1 \
+             ORDER BY task_id, event_seq LIMIT $2",
+        )
+        .bind(u(integration))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(st)?;
+        convert(rows)
     }
 }
 

@@ -1182,6 +1182,7 @@ struct CommentLinkRow {
     external_comment_id: String,
     local_fingerprint: String,
     remote_fingerprint: String,
+    origin: String,
     created_at: i64,
     updated_at: i64,
 }
@@ -1198,6 +1199,7 @@ impl TryFrom<CommentLinkRow> for CommentLink {
             external_comment_id: r.external_comment_id,
             local_fingerprint: r.local_fingerprint,
             remote_fingerprint: r.remote_fingerprint,
+            origin: crate::sync::Side::parse(&r.origin).map_err(|e| corrupt("origin", e))?,
             created_at: from_us(r.created_at)?,
             updated_at: from_us(r.updated_at)?,
         })
@@ -1234,13 +1236,94 @@ impl TryFrom<SyncFailureRow> for SyncFailure {
     }
 }
 
+#[derive(sqlx::FromRow)]
+struct ParkedPushRow {
+    id: String,
+    integration_id: String,
+    task_id: String,
+    // `event_id` and `event_seq` are copies of the event's own, for uniqueness and order.
+    event: String,
+    attempts: i32,
+    last_error: Option<String>,
+    next_attempt_at: i64,
+    parked_at: i64,
+}
+
+impl TryFrom<ParkedPushRow> for ParkedPush {
+    type Error = Error;
+    fn try_from(r: ParkedPushRow) -> Result<Self> {
+        Ok(ParkedPush {
+            id: parse_id(&r.id)?,
+            integration_id: parse_id(&r.integration_id)?,
+            task_id: parse_id(&r.task_id)?,
+            event: from_json("event", &r.event)?,
+            attempts: r.attempts,
+            last_error: r.last_error,
+            next_attempt_at: from_us(r.next_attempt_at)?,
+            parked_at: from_us(r.parked_at)?,
+        })
+    }
+}
+
+/// The insert-or-update of a push failure (one row per integration and event).
+async fn upsert_sync_failure<'c>(
+    conn: impl sqlx::SqliteExecutor<'c>,
+    f: &SyncFailure,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO int_sync_failures (id, integration_id, task_id, event_id, event_seq, \
+         event_kind, attempts, error, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (integration_id, event_id) DO UPDATE SET attempts = excluded.attempts, \
+         error = excluded.error, failed_at = excluded.failed_at",
+    )
+    .bind(t(f.id))
+    .bind(t(f.integration_id))
+    .bind(ot(f.task_id))
+    .bind(t(f.event_id.0))
+    .bind(f.event_seq)
+    .bind(&f.event_kind)
+    .bind(f.attempts)
+    .bind(&f.error)
+    .bind(us(f.failed_at))
+    .execute(conn)
+    .await
+    .map_err(fk("integration"))?;
+    Ok(())
+}
+
+/// Inserts a parked push unless its (integration, event) is parked already; `true` if inserted.
+async fn insert_parked_push<'c>(
+    conn: impl sqlx::SqliteExecutor<'c>,
+    p: &ParkedPush,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO int_parked_pushes (id, integration_id, task_id, event_id, event_seq, event, \
+         attempts, last_error, next_attempt_at, parked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (integration_id, event_id) DO NOTHING",
+    )
+    .bind(t(p.id))
+    .bind(t(p.integration_id))
+    .bind(t(p.task_id))
+    .bind(t(p.event.id.0))
+    .bind(p.event.seq)
+    .bind(to_json(&p.event))
+    .bind(p.attempts)
+    .bind(&p.last_error)
+    .bind(us(p.next_attempt_at))
+    .bind(us(p.parked_at))
+    .execute(conn)
+    .await
+    .map_err(fk("integration"))?;
+    Ok(done.rows_affected() > 0)
+}
+
 #[async_trait]
 impl SyncStateStore for SqliteIntegrationStore {
     async fn link_comment(&self, l: &CommentLink) -> Result<(CommentLink, bool)> {
         let inserted: Option<CommentLinkRow> = sqlx::query_as(
             "INSERT INTO int_comment_links (id, integration_id, task_id, comment_id, external_id, \
-             external_comment_id, local_fingerprint, remote_fingerprint, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             external_comment_id, local_fingerprint, remote_fingerprint, origin, created_at, \
+             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (integration_id, comment_id) DO NOTHING RETURNING *",
         )
         .bind(t(l.id))
@@ -1251,6 +1334,7 @@ impl SyncStateStore for SqliteIntegrationStore {
         .bind(&l.external_comment_id)
         .bind(&l.local_fingerprint)
         .bind(&l.remote_fingerprint)
+        .bind(l.origin.as_str())
         .bind(us(l.created_at))
         .bind(us(l.updated_at))
         .fetch_optional(&self.writer)
@@ -1424,25 +1508,7 @@ impl SyncStateStore for SqliteIntegrationStore {
     }
 
     async fn record_sync_failure(&self, f: &SyncFailure) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO int_sync_failures (id, integration_id, task_id, event_id, event_seq, \
-             event_kind, attempts, error, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (integration_id, event_id) DO UPDATE SET attempts = excluded.attempts, \
-             error = excluded.error, failed_at = excluded.failed_at",
-        )
-        .bind(t(f.id))
-        .bind(t(f.integration_id))
-        .bind(ot(f.task_id))
-        .bind(t(f.event_id.0))
-        .bind(f.event_seq)
-        .bind(&f.event_kind)
-        .bind(f.attempts)
-        .bind(&f.error)
-        .bind(us(f.failed_at))
-        .execute(&self.writer)
-        .await
-        .map_err(fk("integration"))?;
-        Ok(())
+        upsert_sync_failure(&self.writer, f).await
     }
 
     async fn list_sync_failures(
@@ -1464,6 +1530,145 @@ impl SyncStateStore for SqliteIntegrationStore {
         .await
         .map_err(st)?;
         Ok(Page::from_rows(convert(rows)?, limit, |f: &SyncFailure| f.id.0))
+    }
+
+    async fn get_sync_failure(&self, id: SyncFailureId) -> Result<SyncFailure> {
+        let row: Option<SyncFailureRow> =
+            sqlx::query_as("SELECT * FROM int_sync_failures WHERE id = ?")
+                .bind(t(id))
+                .fetch_optional(&self.writer)
+                .await
+                .map_err(st)?;
+        row.ok_or_else(|| Error::not_found("sync failure"))?.try_into()
+    }
+
+    async fn delete_sync_failure(&self, id: SyncFailureId) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM int_sync_failures WHERE id = ?")
+            .bind(t(id))
+            .execute(&self.writer)
+            .await
+            .map_err(st)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn requeue_sync_failure(&self, id: SyncFailureId, push: &ParkedPush) -> Result<()> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
+        let gone = sqlx::query("DELETE FROM int_sync_failures WHERE id = ?")
+            .bind(t(id))
+            .execute(&mut *tx)
+            .await
+            .map_err(st)?;
+        if gone.rows_affected() == 0 {
+            return Err(Error::not_found("sync failure"));
+        }
+        insert_parked_push(&mut *tx, push).await?;
+        tx.commit().await.map_err(st)
+    }
+
+    async fn park_push(&self, push: &ParkedPush) -> Result<bool> {
+        insert_parked_push(&self.writer, push).await
+    }
+
+    async fn has_parked_pushes(&self, integration: IntegrationId, task: TaskId) -> Result<bool> {
+        // The writer: the pusher asks right after parking, and a read-pool snapshot may predate it.
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM int_parked_pushes WHERE integration_id = ? AND task_id = ?",
+        )
+        .bind(t(integration))
+        .bind(t(task))
+        .fetch_one(&self.writer)
+        .await
+        .map_err(st)?;
+        Ok(n > 0)
+    }
+
+    async fn claim_parked_pushes(
+        &self,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<ParkedPush>> {
+        let rows: Vec<ParkedPushRow> = sqlx::query_as(
+            "UPDATE int_parked_pushes SET next_attempt_at = ? WHERE id IN \
+             (SELECT q.id FROM int_parked_pushes q WHERE q.next_attempt_at <= ? AND NOT EXISTS \
+               (SELECT 1 FROM int_parked_pushes e WHERE e.integration_id = q.integration_id \
+                AND e.task_id = q.task_id AND e.event_seq < q.event_seq) \
+              ORDER BY q.next_attempt_at, q.event_seq LIMIT ?) RETURNING *",
+        )
+        .bind(us(lease_until))
+        .bind(us(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.writer)
+        .await
+        .map_err(st)?;
+        let mut out: Vec<ParkedPush> = convert(rows)?;
+        out.sort_by_key(|p| p.event.seq);
+        Ok(out)
+    }
+
+    async fn reschedule_push(
+        &self,
+        id: ParkedPushId,
+        attempts: i32,
+        error: &str,
+        next_attempt_at: OffsetDateTime,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE int_parked_pushes SET attempts = ?, last_error = ?, next_attempt_at = ? \
+             WHERE id = ?",
+        )
+        .bind(attempts)
+        .bind(error)
+        .bind(us(next_attempt_at))
+        .bind(t(id))
+        .execute(&self.writer)
+        .await
+        .map_err(st)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("parked push"));
+        }
+        Ok(())
+    }
+
+    async fn drop_parked_push(&self, id: ParkedPushId) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM int_parked_pushes WHERE id = ?")
+            .bind(t(id))
+            .execute(&self.writer)
+            .await
+            .map_err(st)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn fail_parked_push(&self, id: ParkedPushId, failure: &SyncFailure) -> Result<()> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(st)?;
+        let gone = sqlx::query("DELETE FROM int_parked_pushes WHERE id = ?")
+            .bind(t(id))
+            .execute(&mut *tx)
+            .await
+            .map_err(st)?;
+        if gone.rows_affected() == 0 {
+            return Err(Error::not_found("parked push"));
+        }
+        upsert_sync_failure(&mut *tx, failure).await?;
+        tx.commit().await.map_err(st)
+    }
+
+    async fn list_parked_pushes(
+        &self,
+        integration: IntegrationId,
+        limit: u32,
+    ) -> Result<Vec<ParkedPush>> {
+        check_limit(limit)?;
+        let rows: Vec<ParkedPushRow> = sqlx::query_as(
+            "SELECT * FROM int_parked_pushes WHERE integration_id = ? \
+             ORDER BY task_id, event_seq LIMIT ?",
+        )
+        .bind(t(integration))
+        .bind(i64::from(limit))
+        .fetch_all(&self.writer)
+        .await
+        .map_err(st)?;
+        convert(rows)
     }
 }
 

@@ -28,7 +28,9 @@
 //!   creating a second task; once the mapping exists the retry is an ordinary (echo) sync. A
 //!   second pusher finding the intent in flight is deferred the same way. An intent older than
 //!   [`CREATE_LEASE`] belongs to a pusher that died and is taken over.
-//! - **Comments** both ways: see [`comments`].
+//! - **Comments** both ways (GitHub, Jira): see [`comments`].
+//! - **Failed pushes** wait in a durable retry queue instead of holding the pusher: see
+//!   [`retry`].
 //!
 //! Snapshots speak one vocabulary on both sides: `title`, `description` (markdown, empty =
 //! `null`), `state` (the **provider's** state name: our task's category is mapped through the
@@ -49,6 +51,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 pub mod comments;
+pub mod retry;
 
 use super::{ChangeTimes, MergeOutcome, Snapshot, fingerprint, merge};
 use crate::clock::Clock;
@@ -275,8 +278,10 @@ impl SyncEngine {
         let Some(external_id) = ev.external_id.as_deref() else {
             return Ok(Applied::Skipped("no item"));
         };
-        if ev.kind.starts_with("issue_comment.") && i.provider.as_str() == "github" {
-            return self.apply_inbound_comment(i, external_id, ev).await;
+        if let Some(api) = comments::CommentApi::of(i.provider.as_str())
+            && let Some(action) = api.inbound_action(&ev.kind)
+        {
+            return self.apply_inbound_comment(i, api, action, external_id, ev).await;
         }
         if ev.kind.ends_with("deleted") || ev.kind.ends_with(".transferred") {
             return Ok(Applied::Skipped("item deleted"));
@@ -684,45 +689,6 @@ impl SyncEngine {
             self.sync_mapping(i, ctx, provider, m, remote, item.updated_at).await?;
         }
         Ok(Applied::Created { task_id: task.id, external_id: item.external_id })
-    }
-
-    /// Posts a new comment of a mapped task to the item.
-    async fn push_comment(
-        &self,
-        i: &Integration,
-        provider: &dyn Provider,
-        task: TaskId,
-        payload: &Value,
-    ) -> Result<Applied> {
-        let Some(m) = self.stores.mappings.mapping_by_task(i.id, task).await? else {
-            return Ok(Applied::Skipped("not mapped"));
-        };
-        let body = payload["comment"]["body"].as_str().unwrap_or_default();
-        if body.is_empty() {
-            return Ok(Applied::Skipped("empty comment"));
-        }
-        let ctx = self.context(i).await?;
-        let remote_id = match provider.info().key.as_str() {
-            "github" => {
-                crate::providers::GitHub.comment(&ctx, &m.external_id, body).await?.to_string()
-            }
-            "jira" => crate::jira::comment(&ctx, &m.external_id, body).await?,
-            _ => return Ok(Applied::Skipped("comments not supported")),
-        };
-        self.log(
-            i,
-            Direction::Outbound,
-            "sync.comment_pushed",
-            true,
-            json!({"external_id": m.external_id, "comment_id": remote_id}),
-        )
-        .await;
-        Ok(Applied::Synced {
-            task_id: task,
-            to_local: Vec::new(),
-            to_remote: vec!["comment".into()],
-            conflicts: 0,
-        })
     }
 
     /// Pushes every task of `i`'s project (Jira project export); idempotent — mapped tasks

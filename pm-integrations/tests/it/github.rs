@@ -108,7 +108,7 @@ async fn creates_updates_and_comments() {
 }
 
 #[tokio::test]
-async fn rate_limits_honour_retry_after() {
+async fn rate_limits_honour_retry_after_and_refusals_are_not_transient() {
     let server = MockServer::start().await;
     // First answer: a secondary rate limit (403 + Retry-After: 1); then success.
     Mock::given(method("GET"))
@@ -145,10 +145,20 @@ async fn rate_limits_honour_retry_after() {
     // An ordinary failure is not a rate limit.
     let broken = MockServer::start().await;
     Mock::given(method("GET")).respond_with(ResponseTemplate::new(500)).mount(&broken).await;
-    assert!(matches!(
-        GitHub.pull(&ctx(&broken), None).await,
-        Err(Error::Provider { retry_after: None, .. })
-    ));
+    let outage = GitHub.pull(&ctx(&broken), None).await.unwrap_err();
+    assert!(matches!(outage, Error::Provider { retry_after: None, .. }), "{outage:?}");
+    assert!(outage.is_transient(), "an outage may pass");
+    // A refusal that is not a rate limit is `Rejected`, with its status: retrying will not help.
+    let refusing = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(403).set_body_json(json!({"message": "Resource not accessible"})),
+        )
+        .mount(&refusing)
+        .await;
+    let refused = GitHub.pull(&ctx(&refusing), None).await.unwrap_err();
+    assert!(matches!(refused, Error::Rejected { status: 403, .. }), "{refused:?}");
+    assert!(!refused.is_transient());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

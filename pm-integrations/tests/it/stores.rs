@@ -68,3 +68,61 @@ async fn migrations_coexist_with_pm_core_in_one_file() {
     let mem = open("sqlite::memory:").await;
     testing::providers_seed_idempotently(&mem).await;
 }
+
+/// Migration 0004 gives existing comment links the side they were written on: a comment copied
+/// from the provider holds a byline in pm, so its two fingerprints differ; one written in pm is
+/// the same text on both sides.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn existing_comment_links_get_their_origin_from_the_migration() {
+    use pm_core::id::{CommentId, TaskId};
+    use pm_integrations::sync::Side;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("int.db").display());
+    // The database as the previous release left it: migrations up to 0003.
+    let before = dir.path().join("migrations");
+    std::fs::create_dir(&before).unwrap();
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for f in std::fs::read_dir(&all).unwrap() {
+        let f = f.unwrap();
+        if f.file_name().to_string_lossy().as_ref() < "0004" {
+            std::fs::copy(f.path(), before.join(f.file_name())).unwrap();
+        }
+    }
+    let opts: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+    let pool = sqlx::SqlitePool::connect_with(opts.create_if_missing(true).foreign_keys(true))
+        .await
+        .unwrap();
+    let mut old = sqlx::migrate::Migrator::new(before.as_path()).await.unwrap();
+    old.dangerous_set_table_name("_pm_integrations_migrations");
+    old.run(&pool).await.unwrap();
+    let stores = store::open(&url).await.unwrap();
+    let i = testing::integration(&stores).await;
+    let (ours, theirs) = (CommentId::new(), CommentId::new());
+    for (comment, external, local_fp, remote_fp) in
+        [(ours, "1", "same", "same"), (theirs, "2", "with byline", "without")]
+    {
+        sqlx::query(
+            "INSERT INTO int_comment_links (id, integration_id, task_id, comment_id, external_id, \
+             external_comment_id, local_fingerprint, remote_fingerprint, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, 'octo/repo#1', ?, ?, ?, 0, 0)",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(i.id.0.to_string())
+        .bind(TaskId::new().0.to_string())
+        .bind(comment.0.to_string())
+        .bind(external)
+        .bind(local_fp)
+        .bind(remote_fp)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    stores.admin.migrate().await.unwrap();
+    let origin = |c| {
+        let stores = stores.clone();
+        async move { stores.sync_state.comment_link(i.id, c).await.unwrap().unwrap().origin }
+    };
+    assert_eq!(origin(ours).await, Side::Local);
+    assert_eq!(origin(theirs).await, Side::Remote);
+}

@@ -60,6 +60,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_mappings))
         .routes(routes!(list_conflicts))
         .routes(routes!(list_sync_failures))
+        .routes(routes!(retry_sync_failure))
+        .routes(routes!(dismiss_sync_failure))
         .routes(routes!(resolve_conflict))
         .routes(routes!(export_integration))
 }
@@ -1503,7 +1505,7 @@ async fn list_conflicts(
 
 /// A push the sync gave up on after its retries (or at once, for an error retrying cannot
 /// fix): the event, how often it was tried and the last error. The next change of the task
-/// syncs it again.
+/// syncs it again; `POST …/retry` re-queues it now, `DELETE` dismisses it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SyncFailureBody {
     /// Id.
@@ -1566,6 +1568,96 @@ async fn list_sync_failures(
         .list_sync_failures(i.id, limit, before.map(SyncFailureId))
         .await?;
     Ok(page(p, SyncFailureBody::from, &uri))
+}
+
+/// A push waiting in the sync's retry queue.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ParkedPushBody {
+    /// Id.
+    pub id: Uuid,
+    /// The task.
+    pub task_id: Uuid,
+    /// The pm event to push.
+    pub event_id: Uuid,
+    /// Its position in the event log.
+    pub event_seq: i64,
+    /// Its kind.
+    pub event_kind: String,
+    /// Attempts made since it was (re-)queued.
+    pub attempts: i32,
+    /// When it is attempted next (pushes of one task go oldest event first).
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub next_attempt_at: OffsetDateTime,
+}
+
+impl From<ParkedPush> for ParkedPushBody {
+    fn from(p: ParkedPush) -> Self {
+        Self {
+            id: p.id.0,
+            task_id: p.task_id.0,
+            event_id: p.event.id.0,
+            event_seq: p.event.seq,
+            event_kind: p.event.kind.as_str().to_owned(),
+            attempts: p.attempts,
+            next_attempt_at: p.next_attempt_at,
+        }
+    }
+}
+
+/// Retries a push the sync gave up on: the failure leaves the list and its event goes back
+/// into the retry queue, due now (after any earlier parked push of the same task). Its
+/// outcome shows in the logs, or as a new failure.
+#[utoipa::path(post, path = "/integrations/{integration_id}/sync-failures/{failure_id}/retry", tag = "integrations", operation_id = "retry_integration_sync_failure",
+    params(
+        ("integration_id" = Uuid, Path, description = "Integration id"),
+        ("failure_id" = Uuid, Path, description = "Sync failure id"),
+    ),
+    responses(
+        (status = 202, description = "Queued for a new attempt", body = ParkedPushBody),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such integration or sync failure (or its event is no longer in the log)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The sync is not running on this server", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn retry_sync_failure(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path((id, failure_id)): Path<(Uuid, Uuid)>,
+) -> Result<Response, ApiError> {
+    let i = load_integration(&s, &who, id).await?;
+    let parked =
+        integrations(&s)?.sync_engine()?.requeue_failure(&i, SyncFailureId(failure_id)).await?;
+    Ok((StatusCode::ACCEPTED, Json(ParkedPushBody::from(parked))).into_response())
+}
+
+/// Dismisses a push the sync gave up on: it leaves the list; nothing is pushed.
+#[utoipa::path(delete, path = "/integrations/{integration_id}/sync-failures/{failure_id}", tag = "integrations", operation_id = "dismiss_integration_sync_failure",
+    params(
+        ("integration_id" = Uuid, Path, description = "Integration id"),
+        ("failure_id" = Uuid, Path, description = "Sync failure id"),
+    ),
+    responses(
+        (status = 204, description = "Dismissed"),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such integration or sync failure", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn dismiss_sync_failure(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path((id, failure_id)): Path<(Uuid, Uuid)>,
+) -> Result<StatusCode, ApiError> {
+    let i = load_integration(&s, &who, id).await?;
+    let stores = &integrations(&s)?.stores;
+    let f = stores.sync_state.get_sync_failure(SyncFailureId(failure_id)).await?;
+    // Another integration's failure is as unknown as a missing one.
+    if f.integration_id != i.id || !stores.sync_state.delete_sync_failure(f.id).await? {
+        return Err(ApiError::entity_not_found("sync failure"));
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// How to settle a conflict.

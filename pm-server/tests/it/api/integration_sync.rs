@@ -8,7 +8,10 @@
 //! different fields on both sides merging, the same field edited on both sides following its
 //! policy and recorded as a conflict (listed and settled through the API), our own echo
 //! ignored, a 429 with `Retry-After` waited out, Jira export (idempotent) and transitions, and
-//! the API token unreadable in the raw database row.
+//! the API token unreadable in the raw database row; comments both ways (GitHub and Jira), with
+//! comments written on GitHub staying local when edited in pm; failing pushes parked in the
+//! durable retry queue while other pushes go on (across a restart too), and recorded failures
+//! retried or dismissed through the API.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -34,6 +37,13 @@ const JIRA_TOKEN: &str = "ATATT-jira-api-token-42";
 
 /// A server with integrations (loopback allowed for the mock providers) and its workers.
 async fn server() -> (Server, Integrations, Workers, tempfile::TempDir) {
+    server_with(|_| {}).await
+}
+
+/// [`server`] with its worker timing adjusted by `tune`.
+async fn server_with(
+    tune: impl FnOnce(&mut WorkerConfig),
+) -> (Server, Integrations, Workers, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("int.db").display());
     let keyring = Keyring::new("test", &EncryptionKey::generate()).unwrap();
@@ -49,6 +59,7 @@ async fn server() -> (Server, Integrations, Workers, tempfile::TempDir) {
         push_retries: 3,
         push_backoff_cap: Duration::from_millis(300),
     };
+    tune(&mut ints.worker);
     let for_state = ints.clone();
     let s =
         Server::start_with(move |state| *state = state.clone().with_integrations(for_state)).await;
@@ -89,6 +100,10 @@ struct GitHubState {
     limit_patches: u32,
     /// Issue PATCHes answer 502 while set (an outage).
     fail_patches: bool,
+    /// PATCHes of these issues answer 502 while set (an outage of one item).
+    failing_issues: Vec<u64>,
+    /// Issue PATCHes answer 403 while set (no permission: retrying will not help).
+    forbid_patches: bool,
     /// How long issue creates take to answer (the issue exists as soon as the request
     /// arrives, as on GitHub, whose webhook may beat the response).
     create_delay: Duration,
@@ -224,8 +239,13 @@ impl Respond for GitHub {
                 }
             }
             ("PATCH", ["repos", "octo", "repo", "issues", n]) => {
-                if st.fail_patches {
+                if st.fail_patches || n.parse().is_ok_and(|n: u64| st.failing_issues.contains(&n)) {
                     return ResponseTemplate::new(502).set_body_string("Bad Gateway");
+                }
+                if st.forbid_patches {
+                    return ResponseTemplate::new(403).set_body_json(json!({
+                        "message": "Must have admin rights to Repository.",
+                        "documentation_url": "https://docs.github.com/rest/issues/issues#update-an-issue"}));
                 }
                 if st.limit_patches > 0 {
                     st.limit_patches -= 1;
@@ -633,6 +653,11 @@ async fn a_429_with_retry_after_is_waited_out_before_the_next_request() {
 struct JiraState {
     issues: BTreeMap<String, Value>,
     requests: Vec<(String, String, Value)>,
+    /// Issue comments by id (ids are never reused).
+    comments: BTreeMap<String, Value>,
+    /// How long comment creates take to answer (the comment exists, and its webhook may be
+    /// sent, as soon as the request arrives).
+    comment_delay: Duration,
 }
 
 /// Jira Cloud REST v3 for project PROJ: issues (create/get/edit), transitions, comments — with
@@ -745,6 +770,29 @@ impl Respond for Jira {
                 f["status"] = json!({"name": name});
                 f["updated"] = json!(jira_now());
                 ResponseTemplate::new(204)
+            }
+            ("POST", ["rest", "api", "3", "issue", key, "comment"]) => {
+                if !st.issues.contains_key(*key) {
+                    return missing();
+                }
+                let id = (10_000 + st.requests.len()).to_string();
+                let c = json!({"id": id, "body": body["body"], "created": jira_now(),
+                    "updated": jira_now(),
+                    "author": {"accountId": "bot-1", "displayName": "pm bot"}});
+                st.comments.insert(id, c.clone());
+                ResponseTemplate::new(201).set_body_json(c).set_delay(st.comment_delay)
+            }
+            ("PUT", ["rest", "api", "3", "issue", _, "comment", id]) => {
+                let Some(c) = st.comments.get_mut(*id) else { return missing() };
+                c["body"] = body["body"].clone();
+                c["updated"] = json!(jira_now());
+                ResponseTemplate::new(200).set_body_json(c.clone())
+            }
+            ("DELETE", ["rest", "api", "3", "issue", _, "comment", id]) => {
+                match st.comments.remove(*id) {
+                    Some(_) => ResponseTemplate::new(204),
+                    None => missing(),
+                }
             }
             _ => missing(),
         }
@@ -1053,4 +1101,414 @@ async fn a_push_that_keeps_failing_is_retried_with_backoff_then_recorded() {
     eventually!("the next push", gh.find("After the outage"));
     let bad = s.call(Method::GET, &format!("{path}?limit=0"), Some(&token), None).await;
     assert!(bad.problem(400).to_string().contains("limit"));
+}
+
+// --- the push retry queue, failure endpoints, comments written on GitHub -------------------------
+
+/// The task's pushes parked for integration `id`.
+async fn parked(ints: &Integrations, id: &str) -> Vec<pm_integrations::model::ParkedPush> {
+    let iid = pm_core::id::IntegrationId(id.parse().unwrap());
+    ints.stores.sync_state.list_parked_pushes(iid, 100).await.unwrap()
+}
+
+/// The integration's recorded sync failures (first page, newest first).
+async fn sync_failures(s: &Server, token: &str, id: &str) -> Vec<Value> {
+    let path = format!("/api/v1/integrations/{id}/sync-failures");
+    let res = s.call(Method::GET, &path, Some(token), None).await;
+    res.ok(200)["items"].as_array().unwrap().clone()
+}
+
+/// PATCHes GitHub received for issue `number`.
+fn issue_patches(gh: &GitHub, number: u64) -> usize {
+    let path = format!("/repos/octo/repo/issues/{number}");
+    gh.requests("PATCH").iter().filter(|(p, _)| *p == path).count()
+}
+
+/// Two issues opened on GitHub, mapped to two tasks.
+async fn two_mapped_tasks(
+    s: &Server,
+    ints: &Integrations,
+    gh: &GitHub,
+    token: &str,
+    id: &str,
+    secret: &str,
+) -> (TaskId, TaskId) {
+    for title in ["Task A", "Task B"] {
+        let issue = gh.create_remote(title, "", &[]);
+        let d = github_hook(s, id, secret, "opened", &issue).await;
+        processed(ints, id, &d).await;
+    }
+    (mapped_task(s, token, id, "octo/repo#1").await, mapped_task(s, token, id, "octo/repo#2").await)
+}
+
+/// A push failing for task A is parked and the pusher goes on: task B's push goes through
+/// while A waits; a later edit of A queues behind A's parked push instead of overtaking it;
+/// once GitHub recovers A's latest state arrives and the queue empties, with no failure
+/// recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_push_is_parked_while_other_tasks_push_and_succeeds_on_recovery() {
+    // Retries up to 1 s apart, many of them: retrying in place would hold B for good.
+    let (s, ints, _workers, _dir) = server_with(|w| {
+        w.push_retries = 50;
+        w.push_backoff_cap = Duration::from_secs(1);
+    })
+    .await;
+    let (mock, gh) = github_mock().await;
+    let (token, _, id, secret, _) = github_setup(&s, "ghpark", &mock.uri()).await;
+    let (a, b) = two_mapped_tasks(&s, &ints, &gh, &token, &id, &secret).await;
+
+    gh.0.lock().unwrap().failing_issues = vec![1];
+    patch_task(&s, &token, a, json!({"title": "A, first edit"})).await;
+    eventually!("A's push to be parked", {
+        parked(&ints, &id).await.iter().find(|p| p.task_id == a && p.attempts >= 1).cloned()
+    });
+    patch_task(&s, &token, b, json!({"title": "B, edited"})).await;
+    eventually!("B's title on GitHub", (gh.get(2)["title"] == "B, edited").then_some(()));
+    let waiting = parked(&ints, &id).await;
+    assert!(waiting.iter().all(|p| p.task_id == a), "only A waits: {waiting:?}");
+    assert!(!waiting.is_empty(), "B went through while A was still parked");
+    assert_eq!(gh.get(1)["title"], "Task A");
+
+    // A's next edit is not attempted ahead of the parked one: it queues behind it.
+    patch_task(&s, &token, a, json!({"title": "A, second edit"})).await;
+    let queued = eventually!("A's second event to queue", {
+        let p = parked(&ints, &id).await;
+        (p.len() == 2).then_some(p)
+    });
+    assert!(queued[0].event.seq < queued[1].event.seq);
+    assert_eq!(queued[1].attempts, 0, "queued behind, not attempted: {queued:?}");
+
+    // GitHub recovers: A's latest state arrives, both parked events are done.
+    gh.0.lock().unwrap().failing_issues.clear();
+    eventually!("A's latest title on GitHub", {
+        (gh.get(1)["title"] == "A, second edit").then_some(())
+    });
+    eventually!("the queue to empty", parked(&ints, &id).await.is_empty().then_some(()));
+    let failures = s
+        .call(Method::GET, &format!("/api/v1/integrations/{id}/sync-failures"), Some(&token), None)
+        .await;
+    assert!(failures.ok(200)["items"].as_array().unwrap().is_empty());
+    let iid = pm_core::id::IntegrationId(id.parse().unwrap());
+    let logs = ints.stores.logs.list_logs(Some(iid), 100, None).await.unwrap();
+    assert!(logs.items.iter().any(|l| l.operation == "sync.push_parked"));
+}
+
+/// A parked push is in the database: workers stopped mid-way (a restart) and started afresh
+/// over a new connection to the same database retry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_push_survives_a_restart() {
+    let (s, ints, workers, dir) = server_with(|w| {
+        w.push_retries = 50;
+        w.push_backoff_cap = Duration::from_secs(2);
+        w.lease = Duration::from_secs(1);
+    })
+    .await;
+    let (mock, gh) = github_mock().await;
+    let (token, _, id, secret, _) = github_setup(&s, "ghrestart", &mock.uri()).await;
+    let (a, _) = two_mapped_tasks(&s, &ints, &gh, &token, &id, &secret).await;
+
+    gh.0.lock().unwrap().failing_issues = vec![1];
+    patch_task(&s, &token, a, json!({"title": "A, before the restart"})).await;
+    eventually!("A's push to be parked", {
+        parked(&ints, &id).await.iter().find(|p| p.attempts >= 2).cloned()
+    });
+    drop(workers);
+    gh.0.lock().unwrap().failing_issues.clear();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let patches = issue_patches(&gh, 1);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(issue_patches(&gh, 1), patches, "nothing retries while stopped");
+    assert_eq!(gh.get(1)["title"], "Task A");
+
+    // A new process: its own connection to the integrations database, same key and pm.
+    let url = format!("sqlite://{}", dir.path().join("int.db").display());
+    let stores = pm_integrations::store::open(&url).await.unwrap();
+    let mut fresh = Integrations::new(stores, None, ints.targets.clone());
+    fresh.keyring = ints.keyring.clone();
+    fresh.worker = ints.worker.clone();
+    let fresh = fresh.with_pm(s.state.pm.clone());
+    assert_eq!(parked(&fresh, &id).await.len(), 1, "the parked push is in the database");
+    let _workers = fresh.start(s.state.stores.events.clone());
+    eventually!("A's title on GitHub after the restart", {
+        (gh.get(1)["title"] == "A, before the restart").then_some(())
+    });
+    eventually!("the queue to empty", parked(&fresh, &id).await.is_empty().then_some(()));
+}
+
+/// Recorded failures can be retried (re-queued now) and dismissed, by integration managers
+/// only; unknown ids are 404 problems. A refusal (403) is recorded at once, not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_failures_are_retried_and_dismissed_through_the_api() {
+    let (s, ints, _workers, _dir) = server().await;
+    let (mock, gh) = github_mock().await;
+    let (token, _, id, secret, _) = github_setup(&s, "ghfailapi", &mock.uri()).await;
+    let (a, b) = two_mapped_tasks(&s, &ints, &gh, &token, &id, &secret).await;
+    let list = format!("/api/v1/integrations/{id}/sync-failures");
+
+    // GitHub refuses: recorded after one attempt, nothing parked.
+    gh.0.lock().unwrap().forbid_patches = true;
+    patch_task(&s, &token, a, json!({"title": "A, refused"})).await;
+    let refused = eventually!(
+        "the refusal to be recorded",
+        sync_failures(&s, &token, &id).await.first().cloned()
+    );
+    assert_eq!(refused["attempts"], 1, "a 403 is not retried: {refused}");
+    assert!(refused["error"].as_str().unwrap().contains("403"), "{refused}");
+    assert!(parked(&ints, &id).await.is_empty());
+    assert_eq!(issue_patches(&gh, 1), 1);
+
+    // Not a manager of the integration: 404, as for an unknown one.
+    let (_, stranger) = s.user("stranger-failapi@example.com").await;
+    let fid = refused["id"].as_str().unwrap().to_owned();
+    let retry = format!("{list}/{fid}/retry");
+    s.call(Method::POST, &retry, Some(&stranger), None).await.problem(404);
+    s.call(Method::DELETE, &format!("{list}/{fid}"), Some(&stranger), None).await.problem(404);
+    let unknown = uuid::Uuid::now_v7();
+    let p = s.call(Method::POST, &format!("{list}/{unknown}/retry"), Some(&token), None).await;
+    assert!(p.problem(404)["detail"].as_str().unwrap().contains("sync failure"), "{}", p.body);
+    s.call(Method::DELETE, &format!("{list}/{unknown}"), Some(&token), None).await.problem(404);
+    s.call(Method::POST, &format!("{list}/not-a-uuid/retry"), Some(&token), None)
+        .await
+        .problem(400);
+
+    // Permission granted on GitHub; retry: re-queued now, pushed, gone from the list.
+    gh.0.lock().unwrap().forbid_patches = false;
+    let res = s.call(Method::POST, &retry, Some(&token), None).await;
+    let queued = res.ok(202);
+    assert_eq!(queued["task_id"], a.0.to_string());
+    assert_eq!(queued["event_kind"], "task.updated");
+    assert!(sync_failures(&s, &token, &id).await.is_empty());
+    eventually!("A's title on GitHub", (gh.get(1)["title"] == "A, refused").then_some(()));
+    eventually!("the queue to empty", parked(&ints, &id).await.is_empty().then_some(()));
+    s.call(Method::POST, &retry, Some(&token), None).await.problem(404);
+
+    // Another failure (an outage outlasting the retries), dismissed: gone, nothing pushed.
+    gh.0.lock().unwrap().fail_patches = true;
+    patch_task(&s, &token, b, json!({"title": "B, lost"})).await;
+    let lost = eventually!(
+        "the outage to be recorded",
+        sync_failures(&s, &token, &id).await.first().cloned()
+    );
+    assert_eq!(lost["attempts"], 4, "{lost}");
+    gh.0.lock().unwrap().fail_patches = false;
+    let dismiss = format!("{list}/{}", lost["id"].as_str().unwrap());
+    s.call(Method::DELETE, &dismiss, Some(&token), None).await.ok(204);
+    assert!(sync_failures(&s, &token, &id).await.is_empty());
+    s.call(Method::DELETE, &dismiss, Some(&token), None).await.problem(404);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gh.get(2)["title"], "Task B", "a dismissed push is not made");
+}
+
+/// A comment copied from GitHub is its author's there: edited or deleted in pm, it stays
+/// local — nothing is sent to GitHub and nothing is recorded as a failure — and once deleted
+/// in pm a later edit on GitHub does not bring it back. A comment written in pm still syncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_of_comments_written_on_github_stay_local() {
+    let (s, ints, _workers, _dir) = server().await;
+    let (mock, gh) = github_mock().await;
+    let (token, _, id, secret, _) = github_setup(&s, "ghforeign", &mock.uri()).await;
+    let issue = gh.create_remote("Discuss", "", &[]);
+    let d = github_hook(&s, &id, &secret, "opened", &issue).await;
+    processed(&ints, &id, &d).await;
+    let task_id = mapped_task(&s, &token, &id, "octo/repo#1").await;
+    let theirs = json!({"id": 9001, "body": "Seen on prod", "user": {"login": "octocat"},
+                        "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"});
+    let d = comment_hook(&s, &id, &secret, "created", &issue, &theirs).await;
+    processed(&ints, &id, &d).await;
+    let copied = comments_of(&s, task_id).await[0].clone();
+
+    // Edited in pm: stays local.
+    s.call(
+        Method::PATCH,
+        &format!("/api/v1/comments/{}", copied.id.0),
+        Some(&token),
+        Some(json!({"body": "Seen on prod (typo fixed)", "version": copied.version})),
+    )
+    .await
+    .ok(200);
+    let iid = pm_core::id::IntegrationId(id.parse().unwrap());
+    let kept = |op: &'static str| {
+        let ints = ints.clone();
+        async move {
+            let logs = ints.stores.logs.list_logs(Some(iid), 100, None).await.unwrap();
+            logs.items.iter().filter(|l| l.operation == op).count()
+        }
+    };
+    eventually!(
+        "the edit to be kept local",
+        (kept("sync.comment_kept_local").await == 1).then_some(())
+    );
+    assert_eq!(comments_of(&s, task_id).await[0].body.as_str(), "Seen on prod (typo fixed)");
+
+    // Deleted in pm: stays local too; GitHub's later edit does not revive it.
+    s.call(Method::DELETE, &format!("/api/v1/comments/{}", copied.id.0), Some(&token), None)
+        .await
+        .ok(204);
+    eventually!(
+        "the deletion to be kept local",
+        (kept("sync.comment_kept_local").await == 2).then_some(())
+    );
+    let mut edited = theirs.clone();
+    edited["body"] = json!("Seen on prod and staging");
+    let d = comment_hook(&s, &id, &secret, "edited", &issue, &edited).await;
+    assert!(processed(&ints, &id, &d).await.contains("comment deleted"));
+    assert!(comments_of(&s, task_id).await.is_empty());
+
+    // Nothing went to GitHub's comment, and nothing failed.
+    assert!(gh.requests("PATCH").iter().all(|(p, _)| !p.contains("/comments/")));
+    assert!(gh.requests("DELETE").is_empty());
+    let failures = s
+        .call(Method::GET, &format!("/api/v1/integrations/{id}/sync-failures"), Some(&token), None)
+        .await;
+    assert!(failures.ok(200)["items"].as_array().unwrap().is_empty());
+    assert_eq!(kept("sync.push_failed").await, 0);
+
+    // A comment written in pm is still pushed.
+    s.call(
+        Method::POST,
+        &format!("/api/v1/tasks/{}/comments", task_id.0),
+        Some(&token),
+        Some(json!({"body": "Ours"})),
+    )
+    .await
+    .ok(201);
+    eventually!("our comment on GitHub", {
+        gh.0.lock()
+            .unwrap()
+            .comments
+            .values()
+            .any(|c| c["body"].as_str().is_some_and(|b| b.starts_with("Ours")))
+            .then_some(())
+    });
+}
+
+/// Sends a signed Jira webhook; returns its delivery id.
+async fn jira_hook(s: &Server, id: &str, secret: &str, body: Value) -> String {
+    let delivery = uuid::Uuid::now_v7().to_string();
+    let body = body.to_string();
+    let res = s
+        .http
+        .post(format!("{}/api/v1/hooks/jira/{id}", s.base))
+        .header(JIRA_SIGNATURE, hub_signature(secret.as_bytes(), body.as_bytes()))
+        .header(JIRA_DELIVERY, &delivery)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    delivery
+}
+
+/// Jira comments both ways, in ADF: a comment written in Jira becomes a pm comment with its
+/// author's name and follows its edits and deletion; one written in pm is posted as ADF, edited
+/// with PUT and deleted, and its own webhooks come back as echoes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jira_comments_sync_both_ways_in_adf() {
+    use pm_integrations::adf::from_markdown;
+    let (s, ints, _workers, _dir) = server().await;
+    let mock = MockServer::start().await;
+    let jira = Jira::default();
+    Mock::given(any()).respond_with(jira.clone()).mount(&mock).await;
+    let (user, token) = s.user("jiracomments@example.com").await;
+    let (_, project, _) = org_and_project(&s, &token, "jiracomments", "JC").await;
+    let (id, secret) = create_integration(
+        &s,
+        &token,
+        &project,
+        json!({"provider": "jira", "name": "PROJ", "api_token": JIRA_TOKEN,
+               "config": {"base_url": mock.uri(), "project_key": "PROJ", "email": JIRA_EMAIL,
+                          "reporter_id": user.0}}),
+    )
+    .await;
+    let issue = jira.create_remote("Discuss in Jira", from_markdown("Context"));
+    let key = issue["key"].as_str().unwrap().to_owned();
+    let d =
+        jira_hook(&s, &id, &secret, json!({"webhookEvent": "jira:issue_created", "issue": issue}))
+            .await;
+    processed(&ints, &id, &d).await;
+    let task_id = mapped_task(&s, &token, &id, &key).await;
+
+    // Jira → pm: a comment (ADF) becomes markdown with its author's name; edits follow.
+    let mut theirs = json!({"id": "10500", "body": from_markdown("Seen on **prod**"),
+        "author": {"accountId": "a-1", "displayName": "Ann Lee"},
+        "created": jira_now(), "updated": jira_now()});
+    let hook = |event: &str, comment: &Value| {
+        json!({"webhookEvent": event, "comment": comment,
+               "issue": {"id": "1", "key": key, "fields": {"summary": "Discuss in Jira"}}})
+    };
+    let d = jira_hook(&s, &id, &secret, hook("comment_created", &theirs)).await;
+    processed(&ints, &id, &d).await;
+    let cs = comments_of(&s, task_id).await;
+    assert_eq!(cs.len(), 1);
+    assert_eq!(cs[0].body.as_str(), "**Ann Lee** on Jira:\n\nSeen on **prod**");
+    let d = jira_hook(&s, &id, &secret, hook("comment_created", &theirs)).await;
+    assert!(processed(&ints, &id, &d).await.contains("echo"), "a redelivery adds nothing");
+    theirs["body"] = from_markdown("Seen on *staging* too");
+    let d = jira_hook(&s, &id, &secret, hook("comment_updated", &theirs)).await;
+    processed(&ints, &id, &d).await;
+    let from_jira = comments_of(&s, task_id).await[0].clone();
+    assert_eq!(from_jira.body.as_str(), "**Ann Lee** on Jira:\n\nSeen on *staging* too");
+
+    // pm → Jira: posted as ADF; its webhook is an echo — even when it arrives before Jira
+    // answered the create (ADF has no room for a marker: it waits for the link).
+    jira.0.lock().unwrap().comment_delay = Duration::from_millis(1500);
+    let mine = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/tasks/{}/comments", task_id.0),
+            Some(&token),
+            Some(json!({"body": "Fixed with **care**"})),
+        )
+        .await;
+    let mine_id = mine.ok(201)["id"].as_str().unwrap().to_owned();
+    let posted = eventually!("the comment in Jira", {
+        jira.0.lock().unwrap().comments.values().next().cloned()
+    });
+    assert_eq!(posted["body"]["type"], "doc");
+    assert_eq!(posted["body"]["content"][0]["content"][1]["marks"][0]["type"], "strong");
+    let d = jira_hook(&s, &id, &secret, hook("comment_created", &posted)).await;
+    assert!(processed(&ints, &id, &d).await.contains("echo"));
+    assert_eq!(comments_of(&s, task_id).await.len(), 2, "no copy of our own comment");
+    let logs = ints.stores.logs.list_logs(None, 100, None).await.unwrap();
+    assert!(
+        logs.items.iter().any(|l| l.operation == "webhook.unprocessable"
+            && l.detail.as_value()["delivery_id"] == d.as_str()),
+        "the early webhook waited for the link"
+    );
+
+    // Edited in pm: PUT to Jira; its webhook is an echo.
+    s.call(
+        Method::PATCH,
+        &format!("/api/v1/comments/{mine_id}"),
+        Some(&token),
+        Some(json!({"body": "Fixed with *more* care", "version": 1})),
+    )
+    .await
+    .ok(200);
+    let cid = posted["id"].as_str().unwrap().to_owned();
+    let edited = eventually!("the edit in Jira", {
+        let c = jira.0.lock().unwrap().comments[&cid].clone();
+        (c["body"] != posted["body"]).then_some(c)
+    });
+    let d = jira_hook(&s, &id, &secret, hook("comment_updated", &edited)).await;
+    assert!(processed(&ints, &id, &d).await.contains("echo"));
+    let mine_now = comments_of(&s, task_id).await;
+    let mine_now = mine_now.iter().find(|c| c.id.0.to_string() == mine_id).unwrap();
+    assert_eq!((mine_now.version, mine_now.body.as_str()), (2, "Fixed with *more* care"));
+    // Ann's comment was never sent to Jira.
+    let requests = jira.0.lock().unwrap().requests.clone();
+    assert!(requests.iter().all(|(_, p, _)| !p.ends_with("/comment/10500")));
+
+    // Deleted in Jira: gone in pm. Deleted in pm: gone in Jira.
+    let d = jira_hook(&s, &id, &secret, hook("comment_deleted", &theirs)).await;
+    processed(&ints, &id, &d).await;
+    assert!(comments_of(&s, task_id).await.iter().all(|c| c.id != from_jira.id));
+    s.call(Method::DELETE, &format!("/api/v1/comments/{mine_id}"), Some(&token), None)
+        .await
+        .ok(204);
+    eventually!("the deletion in Jira", {
+        jira.0.lock().unwrap().comments.is_empty().then_some(())
+    });
+    assert!(comments_of(&s, task_id).await.is_empty());
 }
