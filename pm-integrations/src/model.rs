@@ -635,6 +635,18 @@ impl ParkedPush {
     }
 }
 
+/// The retry queue of one provider's integrations, as an operator watches it: how many pushes
+/// wait and since when the oldest does (a provider that stays down shows as a growing age).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParkedPushStats {
+    /// The provider of the integrations the pushes go to.
+    pub provider: ProviderKey,
+    /// Parked pushes (attempted or queued behind one).
+    pub count: u64,
+    /// When the longest-waiting of them was parked.
+    pub oldest_parked_at: OffsetDateTime,
+}
+
 /// Direction of a logged exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -28,7 +28,8 @@
 //!   oldest parked event is ever claimed, so pushes of a task are retried in event order;
 //!   giving up on one records its failure in the same transaction, and re-queueing a failure
 //!   deletes it in the same transaction as it parks the push;
-//! - lists are newest first with a keyset cursor (the row's UUIDv7 id).
+//! - lists are newest first with a keyset cursor (the row's UUIDv7 id) — except the retry
+//!   queue ([`SyncStateStore::list_parked_pushes`]), read from its head, oldest first.
 //!
 //! Built-in adapters: [`sqlite`] (feature `sqlite`) and [`postgres`] (feature `postgres`). Their
 //! tables are prefixed `int_` and tracked in their own migrations table
@@ -314,13 +315,18 @@ pub trait SyncStateStore: Send + Sync {
     /// Gives up on a parked push: removes it and records `failure`, in one transaction.
     /// `NotFound` (`parked push`) when it is gone.
     async fn fail_parked_push(&self, id: ParkedPushId, failure: &SyncFailure) -> Result<()>;
-    /// An integration's parked pushes in the order they will be attempted per task (by
-    /// `event_seq`).
+    /// An integration's parked pushes, oldest parked first (by id: a queue is read from its
+    /// head), a page of `limit` after `after` (the previous page's `next`). Of one task the
+    /// lowest `event_seq` is attempted first, whatever its place here.
     async fn list_parked_pushes(
         &self,
         integration: IntegrationId,
         limit: u32,
-    ) -> Result<Vec<ParkedPush>>;
+        after: Option<ParkedPushId>,
+    ) -> Result<Page<ParkedPush>>;
+    /// The retry queue per provider (of the integrations the pushes go to), by provider key;
+    /// a provider with nothing parked is absent. For monitoring: one aggregate query.
+    async fn parked_push_stats(&self) -> Result<Vec<ParkedPushStats>>;
 }
 
 /// The exchange log.

@@ -31,6 +31,7 @@ pub async fn run_all(stores: &IntegrationStores) {
     sync_failures_are_recorded_once_per_event_and_listed(stores).await;
     parked_pushes_are_claimed_in_event_order_per_task(stores).await;
     parked_pushes_give_up_into_failures_and_failures_requeue(stores).await;
+    parked_push_stats_count_per_provider_since_the_oldest(stores).await;
     logs_page_newest_first_and_stay_redacted(stores).await;
     subscriptions_are_versioned(stores).await;
     outbound_deliveries_enqueue_retry_and_disable(stores).await;
@@ -832,9 +833,12 @@ pub async fn parked_pushes_are_claimed_in_event_order_per_task(stores: &Integrat
     assert!(!s.park_push(&again).await.expect("park again"), "one row per event");
     assert!(s.has_parked_pushes(i.id, a).await.expect("has"));
     assert!(!s.has_parked_pushes(i.id, TaskId::new()).await.expect("has"));
-    let listed = s.list_parked_pushes(i.id, 10).await.expect("list");
-    assert_eq!(listed.len(), 3);
-    assert!(listed.contains(&a1) && listed.contains(&b1), "round trip: {listed:?}");
+    // Listed from the queue's head (oldest parked first), a page at a time.
+    let first = s.list_parked_pushes(i.id, 2, None).await.expect("list");
+    assert_eq!(first.items, vec![a1.clone(), a2.clone()], "round trip, oldest first");
+    let rest = s.list_parked_pushes(i.id, 2, first.next.map(ParkedPushId)).await.expect("list");
+    assert_eq!(rest.items, vec![b1.clone()]);
+    assert!(rest.next.is_none());
 
     // a2 is due but waits behind a1; b1 is due at +1.
     let mine = |v: Vec<ParkedPush>| -> Vec<ParkedPushId> {
@@ -850,7 +854,7 @@ pub async fn parked_pushes_are_claimed_in_event_order_per_task(stores: &Integrat
     assert_eq!(claimed.iter().find(|p| p.id == a1.id).expect("a1").next_attempt_at, later(120));
 
     s.reschedule_push(a1.id, 2, "HTTP 503", later(200)).await.expect("reschedule");
-    let a1_now = s.list_parked_pushes(i.id, 10).await.expect("list");
+    let a1_now = s.list_parked_pushes(i.id, 10, None).await.expect("list").items;
     let a1_now = a1_now.iter().find(|p| p.id == a1.id).expect("a1");
     assert_eq!((a1_now.attempts, a1_now.last_error.as_deref()), (2, Some("HTTP 503")));
     assert_eq!(a1_now.next_attempt_at, later(200));
@@ -863,12 +867,12 @@ pub async fn parked_pushes_are_claimed_in_event_order_per_task(stores: &Integrat
         mine(s.claim_parked_pushes(later(121), later(180), 10).await.expect("claim")),
         [a2.id]
     );
-    assert!(matches!(s.list_parked_pushes(i.id, 0).await, Err(Error::Invalid { .. })));
+    assert!(matches!(s.list_parked_pushes(i.id, 0, None).await, Err(Error::Invalid { .. })));
     let orphan =
         ParkedPush { id: ParkedPushId::new(), integration_id: IntegrationId::new(), ..a2.clone() };
     assert!(matches!(s.park_push(&orphan).await, Err(Error::NotFound { .. })));
     stores.integrations.delete_integration(i.id).await.expect("delete integration");
-    assert!(s.list_parked_pushes(i.id, 10).await.expect("list").is_empty());
+    assert!(s.list_parked_pushes(i.id, 10, None).await.expect("list").items.is_empty());
 }
 
 /// Giving up removes the parked push and records the failure together; a failure is read,
@@ -900,17 +904,66 @@ pub async fn parked_pushes_give_up_into_failures_and_failures_requeue(stores: &I
     let requeued = ParkedPush::new(i.id, &e, 0, None, t0, t0).expect("push");
     s.requeue_sync_failure(failure.id, &requeued).await.expect("requeue");
     assert!(matches!(s.get_sync_failure(failure.id).await, Err(Error::NotFound { .. })));
-    assert_eq!(s.list_parked_pushes(i.id, 10).await.expect("list"), vec![requeued.clone()]);
+    assert_eq!(
+        s.list_parked_pushes(i.id, 10, None).await.expect("list").items,
+        vec![requeued.clone()]
+    );
     let twice = ParkedPush { id: ParkedPushId::new(), ..requeued.clone() };
     assert!(matches!(
         s.requeue_sync_failure(failure.id, &twice).await,
         Err(Error::NotFound { .. })
     ));
-    assert_eq!(s.list_parked_pushes(i.id, 10).await.expect("list").len(), 1);
+    assert_eq!(s.list_parked_pushes(i.id, 10, None).await.expect("list").items.len(), 1);
 
     let other = SyncFailure { id: SyncFailureId::new(), event_id: EventId::new(), ..failure };
     s.record_sync_failure(&other).await.expect("record");
     assert!(s.delete_sync_failure(other.id).await.expect("dismiss"));
     assert!(!s.delete_sync_failure(other.id).await.expect("dismiss again"));
     assert!(matches!(s.get_sync_failure(other.id).await, Err(Error::NotFound { .. })));
+}
+
+/// The queue's statistics count the parked pushes of every integration of a provider and give
+/// the oldest one's parking time; a provider with nothing parked is absent.
+pub async fn parked_push_stats_count_per_provider_since_the_oldest(stores: &IntegrationStores) {
+    // Providers of their own, so other checks' rows sharing the database do not count here.
+    let fresh = || {
+        ProviderKey::parse(&format!("q{}", &uuid::Uuid::now_v7().simple().to_string()[20..]))
+            .expect("valid key")
+    };
+    let (busy, idle) = (fresh(), fresh());
+    let s = &stores.sync_state;
+    let base = integration(stores).await;
+    let mut of = Vec::new();
+    for provider in [&busy, &busy, &idle] {
+        let i =
+            Integration { id: IntegrationId::new(), provider: provider.clone(), ..base.clone() };
+        stores.integrations.create_integration(&i).await.expect("create integration");
+        of.push(i);
+    }
+    let stats_of =
+        |all: Vec<ParkedPushStats>, k: &ProviderKey| all.into_iter().find(|st| &st.provider == k);
+    assert!(stats_of(s.parked_push_stats().await.expect("stats"), &busy).is_none());
+
+    let t0 = at(30_000_000);
+    let mut parked = Vec::new();
+    for (n, (i, since)) in [(&of[0], 20), (&of[1], 5), (&of[1], 9)].into_iter().enumerate() {
+        let e = task_event(30 + n as i64, i.org_id, TaskId::new());
+        let when = t0 + time::Duration::seconds(since);
+        let p = ParkedPush::new(i.id, &e, 1, Some("HTTP 503".into()), when, when).expect("push");
+        assert!(s.park_push(&p).await.expect("park"));
+        parked.push(p);
+    }
+    let all = s.parked_push_stats().await.expect("stats");
+    let st = stats_of(all.clone(), &busy).expect("busy provider listed");
+    assert_eq!((st.count, st.oldest_parked_at), (3, t0 + time::Duration::seconds(5)), "{st:?}");
+    assert!(stats_of(all, &idle).is_none(), "nothing parked for the idle provider");
+
+    // The oldest one pushed: the age restarts at the next oldest.
+    assert!(s.drop_parked_push(parked[1].id).await.expect("drop"));
+    let st = stats_of(s.parked_push_stats().await.expect("stats"), &busy).expect("listed");
+    assert_eq!((st.count, st.oldest_parked_at), (2, t0 + time::Duration::seconds(9)));
+    for p in [&parked[0], &parked[2]] {
+        assert!(s.drop_parked_push(p.id).await.expect("drop"));
+    }
+    assert!(stats_of(s.parked_push_stats().await.expect("stats"), &busy).is_none());
 }

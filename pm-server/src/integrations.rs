@@ -18,7 +18,9 @@
 //!   an error that may pass (outage, timeout, rate limit, concurrent write, a create in flight)
 //!   is **parked** in pm-integrations' durable retry queue and the pusher goes straight on to
 //!   the next event; a later event of a task with parked pushes queues behind them (see
-//!   `pm_integrations::sync::engine::retry`);
+//!   `pm_integrations::sync::engine::retry`). Operators see the queue through
+//!   `GET /integrations/{id}/parked-pushes` and, per provider, the `/metrics` gauges
+//!   `pm_sync_parked_pushes` and `pm_sync_parked_push_oldest_age_seconds`;
 //! - the **push retrier** attempts parked pushes as they fall due (per task, oldest event
 //!   first), waiting `Retry-After` or doubling from [`WorkerConfig::poll`] up to
 //!   [`WorkerConfig::push_backoff_cap`]; after [`WorkerConfig::push_retries`] retries — or at

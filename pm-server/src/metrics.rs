@@ -14,6 +14,8 @@
 //! | `pm_event_log_consumer_lag` | gauge | `consumer` (events not yet processed) |
 //! | `pm_workflow_executions_running` | gauge | (capped at 10 000) |
 //! | `pm_workflow_timers_due` | gauge | (capped at 10 000) |
+//! | `pm_sync_parked_pushes` | gauge | `provider` (pushes waiting in the sync's retry queue) |
+//! | `pm_sync_parked_push_oldest_age_seconds` | gauge | `provider` (0 when none waits) |
 //! | `pm_process_uptime_seconds` | gauge | |
 //!
 //! `route` is the matched route template (`/api/v1/tasks/{task_id}`), never the raw path, so the
@@ -21,6 +23,13 @@
 //! app's static files, 404s) count under `route="unmatched"`. The endpoint needs no credential (like `/healthz`): it reveals no data,
 //! and a deployment keeps it off the public listener at its reverse proxy (docs/deploy.md).
 //! Scrapes are cheap: the gauges cost a handful of indexed queries.
+//!
+//! The sync's retry queue is reported per provider, not per integration: a provider that is
+//! down parks the pushes of all its integrations, which is what an alert wants to see (a
+//! growing oldest age), and the provider label stays bounded by the registered providers where
+//! an integration label would grow with every integration created. Every registered provider
+//! has both series, at 0 when nothing waits, so an alert needs no `absent()` clause; which
+//! integrations are concerned is `GET /api/v1/integrations/{id}/parked-pushes`.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -277,6 +286,15 @@ pub async fn render(state: &AppState) -> String {
         Err(err) => tracing::warn!(error = %err, "metrics: reading the event log head failed"),
     }
 
+    if let Some(ints) = &state.integrations {
+        match ints.stores.sync_state.parked_push_stats().await {
+            Ok(stats) => render_parked(&mut out, ints, stats),
+            Err(err) => {
+                tracing::warn!(error = %err, "metrics: reading the push retry queue failed")
+            }
+        }
+    }
+
     if let Some(engine) = &state.workflows {
         let stores = engine.stores();
         match stores.executions.list_running(QUEUE_CAP).await {
@@ -299,6 +317,43 @@ pub async fn render(state: &AppState) -> String {
         }
     }
     out
+}
+
+/// The push retry queue's two series, one sample per provider: every registered one (0 when
+/// nothing waits) and any other the queue holds pushes for.
+fn render_parked(
+    out: &mut String,
+    ints: &crate::integrations::Integrations,
+    stats: Vec<pm_integrations::model::ParkedPushStats>,
+) {
+    let now = ints.clock.now();
+    // provider → (count, age of the oldest in seconds); sorted for a stable output.
+    let mut by_provider: std::collections::BTreeMap<String, (u64, i64)> =
+        ints.registry.all().map(|p| (p.info().key.to_string(), (0, 0))).collect();
+    for st in stats {
+        // A clock step backwards must not show a negative age.
+        let age = (now - st.oldest_parked_at).whole_seconds().max(0);
+        by_provider.insert(st.provider.to_string(), (st.count, age));
+    }
+    out.push_str(
+        "# HELP pm_sync_parked_pushes Pushes to the provider waiting in the sync's retry queue.\n\
+         # TYPE pm_sync_parked_pushes gauge\n",
+    );
+    for (provider, (count, _)) in &by_provider {
+        let _ = writeln!(out, "pm_sync_parked_pushes{{provider=\"{}\"}} {count}", escape(provider));
+    }
+    out.push_str(
+        "# HELP pm_sync_parked_push_oldest_age_seconds Seconds the provider's longest-waiting \
+         parked push has waited (0 when none waits).\n\
+         # TYPE pm_sync_parked_push_oldest_age_seconds gauge\n",
+    );
+    for (provider, (_, age)) in &by_provider {
+        let _ = writeln!(
+            out,
+            "pm_sync_parked_push_oldest_age_seconds{{provider=\"{}\"}} {age}",
+            escape(provider)
+        );
+    }
 }
 
 #[cfg(test)]

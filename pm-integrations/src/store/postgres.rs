@@ -1219,6 +1219,24 @@ impl TryFrom<ParkedPushRow> for ParkedPush {
     }
 }
 
+#[derive(sqlx::FromRow)]
+struct ParkedPushStatsRow {
+    provider: String,
+    parked: i64,
+    oldest: OffsetDateTime,
+}
+
+impl TryFrom<ParkedPushStatsRow> for ParkedPushStats {
+    type Error = Error;
+    fn try_from(r: ParkedPushStatsRow) -> Result<Self> {
+        Ok(ParkedPushStats {
+            provider: key(&r.provider)?,
+            count: u64::try_from(r.parked).map_err(|e| corrupt("parked", e))?,
+            oldest_parked_at: r.oldest,
+        })
+    }
+}
+
 /// The insert-or-update of a push failure (one row per integration and event).
 async fn upsert_sync_failure<'c>(conn: impl sqlx::PgExecutor<'c>, f: &SyncFailure) -> Result<()> {
     sqlx::query(
@@ -1608,14 +1626,29 @@ impl SyncStateStore for PostgresIntegrationStore {
         &self,
         integration: IntegrationId,
         limit: u32,
-    ) -> Result<Vec<ParkedPush>> {
+        after: Option<ParkedPushId>,
+    ) -> Result<Page<ParkedPush>> {
         check_limit(limit)?;
         let rows: Vec<ParkedPushRow> = sqlx::query_as(
             "SELECT * FROM int_parked_pushes WHERE integration_id = $1 \
-             ORDER BY task_id, event_seq LIMIT $2",
+             AND ($2::uuid IS NULL OR id > $3) ORDER BY id LIMIT $4",
         )
         .bind(u(integration))
-        .bind(i64::from(limit))
+        .bind(ou(after))
+        .bind(ou(after))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(st)?;
+        Ok(Page::from_rows(convert(rows)?, limit, |p: &ParkedPush| p.id.0))
+    }
+
+    async fn parked_push_stats(&self) -> Result<Vec<ParkedPushStats>> {
+        let rows: Vec<ParkedPushStatsRow> = sqlx::query_as(
+            "SELECT i.provider AS provider, count(*) AS parked, min(p.parked_at) AS oldest \
+             FROM int_parked_pushes p JOIN int_integrations i ON i.id = p.integration_id \
+             GROUP BY i.provider ORDER BY i.provider",
+        )
         .fetch_all(&self.pool)
         .await
         .map_err(st)?;

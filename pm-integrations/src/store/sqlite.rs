@@ -1265,6 +1265,24 @@ impl TryFrom<ParkedPushRow> for ParkedPush {
     }
 }
 
+#[derive(sqlx::FromRow)]
+struct ParkedPushStatsRow {
+    provider: String,
+    parked: i64,
+    oldest: i64,
+}
+
+impl TryFrom<ParkedPushStatsRow> for ParkedPushStats {
+    type Error = Error;
+    fn try_from(r: ParkedPushStatsRow) -> Result<Self> {
+        Ok(ParkedPushStats {
+            provider: key(&r.provider)?,
+            count: u64::try_from(r.parked).map_err(|e| corrupt("parked", e))?,
+            oldest_parked_at: from_us(r.oldest)?,
+        })
+    }
+}
+
 /// The insert-or-update of a push failure (one row per integration and event).
 async fn upsert_sync_failure<'c>(
     conn: impl sqlx::SqliteExecutor<'c>,
@@ -1657,15 +1675,30 @@ impl SyncStateStore for SqliteIntegrationStore {
         &self,
         integration: IntegrationId,
         limit: u32,
-    ) -> Result<Vec<ParkedPush>> {
+        after: Option<ParkedPushId>,
+    ) -> Result<Page<ParkedPush>> {
         check_limit(limit)?;
         let rows: Vec<ParkedPushRow> = sqlx::query_as(
-            "SELECT * FROM int_parked_pushes WHERE integration_id = ? \
-             ORDER BY task_id, event_seq LIMIT ?",
+            "SELECT * FROM int_parked_pushes WHERE integration_id = ? AND (? IS NULL OR id > ?) \
+             ORDER BY id LIMIT ?",
         )
         .bind(t(integration))
-        .bind(i64::from(limit))
+        .bind(ot(after))
+        .bind(ot(after))
+        .bind(i64::from(limit) + 1)
         .fetch_all(&self.writer)
+        .await
+        .map_err(st)?;
+        Ok(Page::from_rows(convert(rows)?, limit, |p: &ParkedPush| p.id.0))
+    }
+
+    async fn parked_push_stats(&self) -> Result<Vec<ParkedPushStats>> {
+        let rows: Vec<ParkedPushStatsRow> = sqlx::query_as(
+            "SELECT i.provider AS provider, count(*) AS parked, min(p.parked_at) AS oldest \
+             FROM int_parked_pushes p JOIN int_integrations i ON i.id = p.integration_id \
+             GROUP BY i.provider ORDER BY i.provider",
+        )
+        .fetch_all(&self.reader)
         .await
         .map_err(st)?;
         convert(rows)

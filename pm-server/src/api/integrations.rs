@@ -2,8 +2,8 @@
 //! (CRUD, logs), and outbound webhook subscriptions (CRUD with event filters, secret rotation,
 //! delivery log, manual redelivery), and OAuth 2 connections (connect → provider → callback,
 //! disconnect with revocation), and the two-way sync's surface: task ↔ item mappings, conflicts
-//! (listed, settled by choosing local, remote or a value), the pushes the sync gave up on, and
-//! the project export.
+//! (listed, settled by choosing local, remote or a value), the pushes waiting in the sync's
+//! retry queue, the pushes the sync gave up on, and the project export.
 //!
 //! Invariants: an inbound request is verified on its raw bytes before anything else looks at
 //! it — a bad signature is a 401 problem, logged, and nothing is stored or processed; a replayed
@@ -62,6 +62,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_sync_failures))
         .routes(routes!(retry_sync_failure))
         .routes(routes!(dismiss_sync_failure))
+        .routes(routes!(list_parked_pushes))
         .routes(routes!(resolve_conflict))
         .routes(routes!(export_integration))
 }
@@ -1570,7 +1571,9 @@ async fn list_sync_failures(
     Ok(page(p, SyncFailureBody::from, &uri))
 }
 
-/// A push waiting in the sync's retry queue.
+/// A push waiting in the sync's retry queue: it failed with an error that may pass (the
+/// provider down or rate limiting, a timeout) or waits behind such a push of the same task.
+/// After its retries it becomes a sync failure.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ParkedPushBody {
     /// Id.
@@ -1583,12 +1586,21 @@ pub struct ParkedPushBody {
     pub event_seq: i64,
     /// Its kind.
     pub event_kind: String,
-    /// Attempts made since it was (re-)queued.
+    /// Attempts made since it was (re-)queued (0: queued behind an earlier push of the task,
+    /// or re-queued by hand).
     pub attempts: i32,
-    /// When it is attempted next (pushes of one task go oldest event first).
+    /// The last attempt's error (the provider's status and the request's method and path;
+    /// never a credential), if any.
+    pub last_error: Option<String>,
+    /// When it is attempted next (pushes of one task go oldest event first; while an attempt
+    /// runs, when that attempt's lease ends).
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub next_attempt_at: OffsetDateTime,
+    /// When it entered the queue.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub parked_at: OffsetDateTime,
 }
 
 impl From<ParkedPush> for ParkedPushBody {
@@ -1600,9 +1612,40 @@ impl From<ParkedPush> for ParkedPushBody {
             event_seq: p.event.seq,
             event_kind: p.event.kind.as_str().to_owned(),
             attempts: p.attempts,
+            last_error: p.last_error,
             next_attempt_at: p.next_attempt_at,
+            parked_at: p.parked_at,
         }
     }
+}
+
+/// Lists the pushes of an integration waiting in the sync's retry queue, oldest parked first
+/// (the head of the queue). Empty when the provider takes every push.
+#[utoipa::path(get, path = "/integrations/{integration_id}/parked-pushes", tag = "integrations", operation_id = "list_integration_parked_pushes",
+    params(("integration_id" = Uuid, Path, description = "Integration id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of parked pushes", body = PageBody<ParkedPushBody>),
+        (status = 400, description = "Bad id, limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such integration", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+async fn list_parked_pushes(
+    State(s): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<Uuid>,
+    Query(q): Query<PageQuery>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    // This list runs oldest first: the cursor is the last row seen, rows after it follow.
+    let (limit, after) = q.parse()?;
+    let i = load_integration(&s, &who, id).await?;
+    let p = integrations(&s)?
+        .stores
+        .sync_state
+        .list_parked_pushes(i.id, limit, after.map(ParkedPushId))
+        .await?;
+    Ok(page(p, ParkedPushBody::from, &uri))
 }
 
 /// Retries a push the sync gave up on: the failure leaves the list and its event goes back

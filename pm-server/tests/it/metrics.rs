@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::api::{Server, org_and_project};
 use crate::realtime::Ws;
 
-async fn scrape(s: &Server) -> String {
+pub(crate) async fn scrape(s: &Server) -> String {
     let res = s.http.get(format!("{}/metrics", s.base)).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
@@ -19,7 +19,7 @@ async fn scrape(s: &Server) -> String {
 }
 
 /// The value of the sample whose name and labels are exactly `series`.
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
         .map(|v| v.parse().unwrap())

@@ -27,6 +27,9 @@
 //! ones of the same state find the task in sync ("unchanged") without calling the provider.
 //!
 //! Everything is in the database, so parked pushes survive a restart.
+//! The queue is visible: an integration's parked pushes are listed
+//! ([`SyncStateStore::list_parked_pushes`](crate::store::SyncStateStore::list_parked_pushes)) and
+//! summed per provider ([`SyncStateStore::parked_push_stats`](crate::store::SyncStateStore::parked_push_stats)).
 
 use std::time::Duration;
 

@@ -10,8 +10,9 @@
 //! ignored, a 429 with `Retry-After` waited out, Jira export (idempotent) and transitions, and
 //! the API token unreadable in the raw database row; comments both ways (GitHub and Jira), with
 //! comments written on GitHub staying local when edited in pm; failing pushes parked in the
-//! durable retry queue while other pushes go on (across a restart too), and recorded failures
-//! retried or dismissed through the API.
+//! durable retry queue while other pushes go on (across a restart too), the queue listed
+//! through the API and measured on `/metrics`, and recorded failures retried or dismissed
+//! through the API.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -102,6 +103,8 @@ struct GitHubState {
     fail_patches: bool,
     /// PATCHes of these issues answer 502 while set (an outage of one item).
     failing_issues: Vec<u64>,
+    /// Issue PATCHes answer 503 (no `Retry-After`) while set (GitHub unavailable).
+    unavailable: bool,
     /// Issue PATCHes answer 403 while set (no permission: retrying will not help).
     forbid_patches: bool,
     /// How long issue creates take to answer (the issue exists as soon as the request
@@ -241,6 +244,11 @@ impl Respond for GitHub {
             ("PATCH", ["repos", "octo", "repo", "issues", n]) => {
                 if st.fail_patches || n.parse().is_ok_and(|n: u64| st.failing_issues.contains(&n)) {
                     return ResponseTemplate::new(502).set_body_string("Bad Gateway");
+                }
+                if st.unavailable {
+                    return ResponseTemplate::new(503).set_body_json(json!({
+                        "message": "Service Unavailable",
+                        "documentation_url": "https://www.githubstatus.com"}));
                 }
                 if st.forbid_patches {
                     return ResponseTemplate::new(403).set_body_json(json!({
@@ -1108,7 +1116,7 @@ async fn a_push_that_keeps_failing_is_retried_with_backoff_then_recorded() {
 /// The task's pushes parked for integration `id`.
 async fn parked(ints: &Integrations, id: &str) -> Vec<pm_integrations::model::ParkedPush> {
     let iid = pm_core::id::IntegrationId(id.parse().unwrap());
-    ints.stores.sync_state.list_parked_pushes(iid, 100).await.unwrap()
+    ints.stores.sync_state.list_parked_pushes(iid, 100, None).await.unwrap().items
 }
 
 /// The integration's recorded sync failures (first page, newest first).
@@ -1191,6 +1199,110 @@ async fn a_failing_push_is_parked_while_other_tasks_push_and_succeeds_on_recover
     let iid = pm_core::id::IntegrationId(id.parse().unwrap());
     let logs = ints.stores.logs.list_logs(Some(iid), 100, None).await.unwrap();
     assert!(logs.items.iter().any(|l| l.operation == "sync.push_parked"));
+}
+
+/// The integration's parked pushes through the API: `GET …/parked-pushes` (one page).
+async fn parked_via_api(s: &Server, token: &str, id: &str, query: &str) -> Value {
+    let path = format!("/api/v1/integrations/{id}/parked-pushes{query}");
+    s.call(Method::GET, &path, Some(token), None).await.ok(200).clone()
+}
+
+/// Operators see the retry queue: while GitHub answers 503 the parked push is listed by
+/// `GET …/parked-pushes` (attempts, last error, next attempt; no credential), a later edit of
+/// the task queues behind it (pages of one, oldest first), `/metrics` counts them for `github`
+/// with the oldest one's age; once GitHub recovers the list is empty and both gauges are 0.
+/// Strangers and unknown integrations get 404 problems, bad paging 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_pushes_are_listed_and_measured_until_the_provider_recovers() {
+    // Many retries, at most 1 s apart: the push stays parked for the whole outage.
+    let (s, ints, _workers, _dir) = server_with(|w| {
+        w.push_retries = 50;
+        w.push_backoff_cap = Duration::from_secs(1);
+    })
+    .await;
+    let (mock, gh) = github_mock().await;
+    let (token, _, id, secret, _) = github_setup(&s, "ghparkapi", &mock.uri()).await;
+    let (a, _) = two_mapped_tasks(&s, &ints, &gh, &token, &id, &secret).await;
+    let count = "pm_sync_parked_pushes{provider=\"github\"}";
+    let age = "pm_sync_parked_push_oldest_age_seconds{provider=\"github\"}";
+    assert!(parked_via_api(&s, &token, &id, "").await["items"].as_array().unwrap().is_empty());
+    let text = crate::metrics::scrape(&s).await;
+    assert_eq!(crate::metrics::sample(&text, count), Some(0.0), "{text}");
+    assert_eq!(crate::metrics::sample(&text, age), Some(0.0), "{text}");
+
+    gh.0.lock().unwrap().unavailable = true;
+    patch_task(&s, &token, a, json!({"title": "A, during the outage"})).await;
+    let first = eventually!("A's push to be listed as parked after an attempt", {
+        let page = parked_via_api(&s, &token, &id, "").await;
+        page["items"]
+            .as_array()
+            .unwrap()
+            .first()
+            .filter(|p| p["attempts"].as_i64() >= Some(1))
+            .cloned()
+    });
+    assert_eq!(first["task_id"], a.0.to_string());
+    assert_eq!(first["event_kind"], "task.updated");
+    assert!(first["event_seq"].as_i64().unwrap() > 0, "{first}");
+    let error = first["last_error"].as_str().unwrap();
+    assert!(error.contains("503") && error.contains("PATCH /repos/octo/repo/issues/1"), "{first}");
+    for at in ["next_attempt_at", "parked_at"] {
+        let t = first[at].as_str().unwrap();
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("{at} {t}: {e}"));
+    }
+    assert!(!first.to_string().contains(GITHUB_TOKEN), "no credential: {first}");
+
+    // A second edit queues behind the first; pages of one follow the queue from its head.
+    patch_task(&s, &token, a, json!({"title": "A, still during the outage"})).await;
+    let page1 = eventually!("the second event to queue", {
+        let page = parked_via_api(&s, &token, &id, "?limit=1").await;
+        page["next_cursor"].is_string().then_some(page)
+    });
+    let items = page1["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["id"], first["id"], "oldest first: {page1}");
+    let cursor = page1["next_cursor"].as_str().unwrap();
+    let page2 = parked_via_api(&s, &token, &id, &format!("?limit=1&cursor={cursor}")).await;
+    let items2 = page2["items"].as_array().unwrap();
+    assert_eq!(items2.len(), 1, "{page2}");
+    assert!(items2[0]["event_seq"].as_i64() > first["event_seq"].as_i64(), "{page2}");
+    assert_eq!(items2[0]["task_id"], a.0.to_string());
+    assert!(page2["next_cursor"].is_null(), "{page2}");
+
+    // The gauges: two pushes waiting for GitHub, the oldest for at least a second by now.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let text = crate::metrics::scrape(&s).await;
+    assert_eq!(crate::metrics::sample(&text, count), Some(2.0), "{text}");
+    assert!(crate::metrics::sample(&text, age).unwrap() >= 1.0, "{text}");
+    assert!(!text.contains(&id), "no per-integration series:\n{text}");
+
+    // Same permission as the failure list; unknown ids and bad paging are problems.
+    let (_, stranger) = s.user("stranger-parkapi@example.com").await;
+    let list = format!("/api/v1/integrations/{id}/parked-pushes");
+    s.call(Method::GET, &list, Some(&stranger), None).await.problem(404);
+    let unknown = format!("/api/v1/integrations/{}/parked-pushes", uuid::Uuid::now_v7());
+    let p = s.call(Method::GET, &unknown, Some(&token), None).await;
+    assert!(p.problem(404)["detail"].as_str().unwrap().contains("integration"), "{}", p.body);
+    let p = s.call(Method::GET, &format!("{list}?limit=0"), Some(&token), None).await;
+    assert!(p.problem(400).to_string().contains("limit"), "{}", p.body);
+    let p = s.call(Method::GET, &format!("{list}?cursor=nope"), Some(&token), None).await;
+    assert!(p.problem(400).to_string().contains("cursor"), "{}", p.body);
+    s.call(Method::GET, &list, None, None).await.problem(401);
+
+    // GitHub is back: the retries go through, the queue and the gauges empty.
+    gh.0.lock().unwrap().unavailable = false;
+    eventually!("A's latest title on GitHub", {
+        (gh.get(1)["title"] == "A, still during the outage").then_some(())
+    });
+    eventually!("the listed queue to empty", {
+        let page = parked_via_api(&s, &token, &id, "").await;
+        page["items"].as_array().unwrap().is_empty().then_some(())
+    });
+    let text = crate::metrics::scrape(&s).await;
+    assert_eq!(crate::metrics::sample(&text, count), Some(0.0), "{text}");
+    assert_eq!(crate::metrics::sample(&text, age), Some(0.0), "{text}");
+    assert!(sync_failures(&s, &token, &id).await.is_empty(), "recovered, not given up");
 }
 
 /// A parked push is in the database: workers stopped mid-way (a restart) and started afresh
