@@ -23,8 +23,8 @@
 //! [`json_schema`]; a test fails when the committed file drifts, and checks that documents the
 //! schema accepts parse and that each constraint of [`TemplateSpec::from_value`] is also a
 //! constraint of the schema). The schema cannot state the whole-tree limits ([`MAX_TASKS`] tasks,
-//! [`MAX_DEPTH`] levels) nor what compiling an attached workflow's CEL and rhai finds: those are
-//! only reported by the parser (the API's 400).
+//! [`MAX_DEPTH`] levels), what compiling an attached workflow's CEL and rhai finds, nor that
+//! `5.0` is not an integer to serde: those are only reported by the parser (the API's 400).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -195,9 +195,9 @@ const NOT_FOUND: &str = "No such organization or template (or workflows are disa
 /// `task` and `workflows` form the template document published as a JSON Schema (draft
 /// 2020-12), `pm-workflows/schema/task-template.schema.json`: validate hand-written templates
 /// against it (with format assertion on, so ids must be UUIDs) before sending them. The server
-/// also enforces what a schema cannot state — at most 100 tasks nested at most 5 levels, and
-/// attached workflows whose CEL conditions and rhai scripts compile — answering 400 with the
-/// JSON path in `field`.
+/// also enforces what a schema cannot state — at most 100 tasks nested at most 5 levels,
+/// attached workflows whose CEL conditions and rhai scripts compile, and integers written
+/// without a fraction (`5`, not `5.0`) — answering 400 with the JSON path in `field`.
 #[utoipa::path(post, path = "/orgs/{org_id}/task-templates", tag = "workflows", operation_id = "create_task_template",
     params(("org_id" = Uuid, Path, description = "Organization")),
     request_body = NewTemplateBody,
@@ -286,9 +286,9 @@ async fn get_template(
 /// `task` and `workflows` form the template document published as a JSON Schema (draft
 /// 2020-12), `pm-workflows/schema/task-template.schema.json`: validate hand-written templates
 /// against it (with format assertion on, so ids must be UUIDs) before sending them. The server
-/// also enforces what a schema cannot state — at most 100 tasks nested at most 5 levels, and
-/// attached workflows whose CEL conditions and rhai scripts compile — answering 400 with the
-/// JSON path in `field`.
+/// also enforces what a schema cannot state — at most 100 tasks nested at most 5 levels,
+/// attached workflows whose CEL conditions and rhai scripts compile, and integers written
+/// without a fraction (`5`, not `5.0`) — answering 400 with the JSON path in `field`.
 #[utoipa::path(put, path = "/task-templates/{template_id}", tag = "workflows", operation_id = "update_task_template",
     params(("template_id" = Uuid, Path, description = "Template")),
     request_body = UpdateTemplateBody,
