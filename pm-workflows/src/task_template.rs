@@ -46,6 +46,10 @@ pub const MAX_DEPTH: usize = 5;
 pub const MAX_WORKFLOWS: usize = 20;
 /// Most checklist items per task.
 pub const MAX_CHECKLIST: usize = 100;
+/// Longest title or checklist item, in characters (before rendering).
+pub const MAX_LINE_CHARS: usize = 500;
+/// Largest estimate, in points.
+pub const MAX_ESTIMATE: u32 = 1000;
 
 /// The template document: a task tree and the workflows that come with it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -90,7 +94,7 @@ pub struct TemplateTask {
     pub custom_fields: BTreeMap<FieldId, FieldValue>,
     /// Estimate in points, 0–1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(max = 1000))]
+    #[schemars(range(max = MAX_ESTIMATE))]
     pub estimate: Option<u32>,
     /// Due date, in days after the instantiation day (UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -176,7 +180,7 @@ fn title_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "string",
         "minLength": 1,
-        "maxLength": 500,
+        "maxLength": MAX_LINE_CHARS,
         "allOf": [{"pattern": "\\S"}, {"pattern": TEXT_TEMPLATE_PATTERN}]
     })
 }
@@ -195,7 +199,7 @@ fn checklist_schema(_: &mut SchemaGenerator) -> Schema {
         "maxItems": MAX_CHECKLIST,
         "items": {
             "type": "string",
-            "maxLength": 500,
+            "maxLength": MAX_LINE_CHARS,
             // One line with something besides whitespace on it.
             "allOf": [{"pattern": "^[^\\n]*\\S[^\\n]*$"}, {"pattern": TEXT_TEMPLATE_PATTERN}]
         }
@@ -369,7 +373,7 @@ fn check_task(t: &TemplateTask, p: &str, depth: usize, count: &mut usize) -> Res
     if t.title.trim().is_empty() {
         return Err(Error::invalid(path(p, "title"), "must not be empty"));
     }
-    check_text(&t.title, &path(p, "title"), 500)?;
+    check_text(&t.title, &path(p, "title"), MAX_LINE_CHARS)?;
     check_text(&t.description, &path(p, "description"), Markdown::MAX_CHARS)?;
     if t.checklist.len() > MAX_CHECKLIST {
         return Err(Error::invalid(path(p, "checklist"), format!("at most {MAX_CHECKLIST} items")));
@@ -379,12 +383,12 @@ fn check_task(t: &TemplateTask, p: &str, depth: usize, count: &mut usize) -> Res
         if item.trim().is_empty() || item.contains('\n') {
             return Err(Error::invalid(ip, "must be one non-empty line"));
         }
-        check_text(item, &ip, 500)?;
+        check_text(item, &ip, MAX_LINE_CHARS)?;
     }
     if let Some(e) = t.estimate
-        && e > 1000
+        && e > MAX_ESTIMATE
     {
-        return Err(Error::invalid(path(p, "estimate"), "must be at most 1000"));
+        return Err(Error::invalid(path(p, "estimate"), format!("must be at most {MAX_ESTIMATE}")));
     }
     if let AssigneeRule::Users(u) = &t.assignee
         && (u.is_empty() || u.len() > pm_core::service::MAX_ASSIGNEES)
