@@ -8,7 +8,8 @@
 //!   [`Scope`](condition::Scope) built once per event; fail closed.
 //! - [`template`]: `{{ task.reference }}` text templates for comments, messages and e-mail.
 //! - [`task_template`]: task templates with their automation (task tree, checklist, assignee
-//!   rules, attached workflows); instantiated all-or-nothing by
+//!   rules, attached workflows) with a published JSON Schema
+//!   (`schema/task-template.schema.json`); instantiated all-or-nothing by
 //!   [`Engine::instantiate`](engine::Engine::instantiate).
 //! - [`script`]: the rhai [`Sandbox`](script::Sandbox) — operation, call-depth, size and
 //!   wall-clock limits, no `import`/`eval`.

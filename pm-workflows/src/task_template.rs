@@ -17,12 +17,20 @@
 //! evaluated when they run. pm-core has no checklist entity, so the checklist becomes a Markdown
 //! task list (`- [ ] item`) at the end of the description, which the web app renders as
 //! checkboxes.
+//!
+//! The document format is published as a JSON Schema
+//! (`pm-workflows/schema/task-template.schema.json`, generated from these types by
+//! [`json_schema`]; a test fails when the committed file drifts, and checks that documents the
+//! schema accepts parse and that each constraint of [`TemplateSpec::from_value`] is also a
+//! constraint of the schema). The schema cannot state the whole-tree limits ([`MAX_TASKS`] tasks,
+//! [`MAX_DEPTH`] levels), what compiling an attached workflow's CEL and rhai finds, nor that
+//! `5.0` is not an integer to serde: those are only reported by the parser (the API's 400).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use pm_core::id::{FieldId, LabelId, UserId};
 use pm_core::model::{FieldValue, Markdown, Priority, TaskTitle};
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -38,15 +46,24 @@ pub const MAX_DEPTH: usize = 5;
 pub const MAX_WORKFLOWS: usize = 20;
 /// Most checklist items per task.
 pub const MAX_CHECKLIST: usize = 100;
+/// Longest title or checklist item, in characters (before rendering).
+pub const MAX_LINE_CHARS: usize = 500;
+/// Largest estimate, in points.
+pub const MAX_ESTIMATE: u32 = 1000;
 
 /// The template document: a task tree and the workflows that come with it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "pm task template")]
 pub struct TemplateSpec {
-    /// The task to create (with its subtasks).
+    /// The task to create (with its subtasks). A template creates at most 100 tasks, nested at
+    /// most 5 levels below this one (checked by the server; not expressible in this schema).
     pub task: TemplateTask,
-    /// Workflows created (enabled unless said otherwise) when the template is instantiated.
+    /// Workflows created (enabled unless said otherwise) when the template is instantiated;
+    /// at most 20. `null` is the same as leaving it out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    // `from_value` takes `null` for "none" (the API passes an explicit `null` through).
+    #[schemars(with = "Option<Vec<AttachedWorkflow>>", length(max = MAX_WORKFLOWS))]
     pub workflows: Vec<AttachedWorkflow>,
 }
 
@@ -54,31 +71,38 @@ pub struct TemplateSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateTask {
-    /// Title; a text template (`Onboard {{values.name}}`).
+    /// Title, 1–500 characters, not only whitespace; a text template
+    /// (`Onboard {{values.name}}`).
+    #[schemars(schema_with = "title_schema")]
     pub title: String,
-    /// Markdown description; a text template.
+    /// Markdown description, at most 100000 characters; a text template.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(schema_with = "description_schema")]
     pub description: String,
     /// Priority (`none`, `low`, `medium`, `high`, `urgent`).
     #[serde(default)]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "priority_schema")]
     pub priority: Priority,
     /// Labels of the organization.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     #[schemars(with = "Vec<uuid::Uuid>")]
     pub labels: BTreeSet<LabelId>,
-    /// Custom field values by field id (fields of the target project).
+    /// Custom field values by field id (fields of the target project; the value must fit the
+    /// field's type, checked when instantiating).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(with = "BTreeMap<uuid::Uuid, Value>")]
+    #[schemars(schema_with = "custom_fields_schema")]
     pub custom_fields: BTreeMap<FieldId, FieldValue>,
-    /// Estimate in points.
+    /// Estimate in points, 0–1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = MAX_ESTIMATE))]
     pub estimate: Option<u32>,
     /// Due date, in days after the instantiation day (UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due_in_days: Option<u16>,
-    /// Checklist items (text templates), appended to the description as `- [ ] item`.
+    /// Checklist items (text templates; each one line of 1–500 characters, not only
+    /// whitespace; at most 100 items), appended to the description as `- [ ] item`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "checklist_schema")]
     pub checklist: Vec<String>,
     /// Who the task is assigned to.
     #[serde(default)]
@@ -99,8 +123,14 @@ pub enum AssigneeRule {
     Instantiator,
     /// The target project's lead (nobody when it has none).
     ProjectLead,
-    /// These users (members of the organization).
-    Users(#[schemars(with = "Vec<uuid::Uuid>")] Vec<UserId>),
+    /// These users (members of the organization), 1–20 of them.
+    Users(
+        #[schemars(
+            with = "Vec<uuid::Uuid>",
+            length(min = 1, max = pm_core::service::MAX_ASSIGNEES)
+        )]
+        Vec<UserId>,
+    ),
 }
 
 /// Whom an attached workflow reacts to.
@@ -117,20 +147,103 @@ pub enum AttachScope {
 /// A workflow that comes with the template.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+// The one cross-field rule of `attached`: a task-scoped workflow needs a task trigger.
+#[schemars(extend(
+    "if" = {"properties": {"scope": {"const": "task"}}, "required": ["scope"]},
+    "then" = {"properties": {"definition": {"properties": {"trigger": {"properties": {
+        "type": {"not": {"enum": ["schedule", "webhook", "manual"]}}
+    }}}}}}
+))]
 pub struct AttachedWorkflow {
-    /// Project-wide (default) or only the instantiated task.
+    /// Project-wide (default) or only the instantiated task; a task-scoped workflow needs a
+    /// task trigger (not `schedule`, `webhook` or `manual`).
     #[serde(default)]
     pub scope: AttachScope,
     /// Created enabled (default) or disabled.
     #[serde(default = "enabled")]
     pub enabled: bool,
-    /// The workflow definition (see the workflow JSON Schema).
-    #[schemars(with = "Value")]
+    /// The workflow definition (the same document as `workflow.schema.json`).
     pub definition: Definition,
 }
 
 fn enabled() -> bool {
     true
+}
+
+/// What [`template::check`] accepts, as an ECMA-262 pattern: text whose every `{{` opens a
+/// `{{ dotted.path }}` placeholder (segments of ASCII letters, digits, `_`, `-`) closed by the
+/// next `}}`. Written without look-around so every JSON Schema validator can run it.
+const TEXT_TEMPLATE_PATTERN: &str =
+    r"^(?:[^{]|\{(?:[^{]|$)|\{\{\s*[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\s*\}\})*$";
+
+fn title_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_LINE_CHARS,
+        "allOf": [{"pattern": "\\S"}, {"pattern": TEXT_TEMPLATE_PATTERN}]
+    })
+}
+
+fn description_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "maxLength": Markdown::MAX_CHARS,
+        "pattern": TEXT_TEMPLATE_PATTERN
+    })
+}
+
+fn checklist_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": MAX_CHECKLIST,
+        "items": {
+            "type": "string",
+            "maxLength": MAX_LINE_CHARS,
+            // One line with something besides whitespace on it.
+            "allOf": [{"pattern": "^[^\\n]*\\S[^\\n]*$"}, {"pattern": TEXT_TEMPLATE_PATTERN}]
+        }
+    })
+}
+
+fn priority_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "string", "enum": ["none", "low", "medium", "high", "urgent"]})
+}
+
+/// pm-core's `FieldValue` (`{"type": "text", "value": "..."}`) keyed by field id; pm-core does
+/// not derive `JsonSchema` (it knows no schema crate), so its shape is stated here.
+fn custom_fields_schema(_: &mut SchemaGenerator) -> Schema {
+    let kind = |t: &str, value: Value| {
+        serde_json::json!({
+            "type": "object",
+            "properties": {"type": {"const": t}, "value": value},
+            "required": ["type", "value"]
+        })
+    };
+    let text = serde_json::json!({"type": "string"});
+    json_schema!({
+        "type": "object",
+        "propertyNames": {"format": "uuid"},
+        "additionalProperties": {
+            "oneOf": [
+                kind("text", text.clone()),
+                kind("number", serde_json::json!({"type": "number"})),
+                kind("date", serde_json::json!({"type": "string", "format": "date"})),
+                kind("select", text.clone()),
+                kind("multi_select", serde_json::json!({"type": "array", "items": {"type": "string"}})),
+                kind("user", serde_json::json!({"type": "string", "format": "uuid"})),
+                kind("checkbox", serde_json::json!({"type": "boolean"})),
+                kind("url", text),
+            ]
+        }
+    })
+}
+
+/// The JSON Schema of [`TemplateSpec`] documents, as published in
+/// `pm-workflows/schema/task-template.schema.json`.
+pub fn json_schema() -> Value {
+    let schema = schemars::schema_for!(TemplateSpec);
+    serde_json::to_value(schema).expect("a schema serializes")
 }
 
 fn path(parent: &str, key: &str) -> String {
@@ -260,7 +373,7 @@ fn check_task(t: &TemplateTask, p: &str, depth: usize, count: &mut usize) -> Res
     if t.title.trim().is_empty() {
         return Err(Error::invalid(path(p, "title"), "must not be empty"));
     }
-    check_text(&t.title, &path(p, "title"), 500)?;
+    check_text(&t.title, &path(p, "title"), MAX_LINE_CHARS)?;
     check_text(&t.description, &path(p, "description"), Markdown::MAX_CHARS)?;
     if t.checklist.len() > MAX_CHECKLIST {
         return Err(Error::invalid(path(p, "checklist"), format!("at most {MAX_CHECKLIST} items")));
@@ -270,12 +383,12 @@ fn check_task(t: &TemplateTask, p: &str, depth: usize, count: &mut usize) -> Res
         if item.trim().is_empty() || item.contains('\n') {
             return Err(Error::invalid(ip, "must be one non-empty line"));
         }
-        check_text(item, &ip, 500)?;
+        check_text(item, &ip, MAX_LINE_CHARS)?;
     }
     if let Some(e) = t.estimate
-        && e > 1000
+        && e > MAX_ESTIMATE
     {
-        return Err(Error::invalid(path(p, "estimate"), "must be at most 1000"));
+        return Err(Error::invalid(path(p, "estimate"), format!("must be at most {MAX_ESTIMATE}")));
     }
     if let AssigneeRule::Users(u) = &t.assignee
         && (u.is_empty() || u.len() > pm_core::service::MAX_ASSIGNEES)

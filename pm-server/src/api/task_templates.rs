@@ -2,7 +2,9 @@
 //!
 //! A template is a task tree (title, description, priority, labels, custom fields, estimate, due
 //! date offset, checklist, default assignee rule, subtasks) plus workflow definitions created
-//! with it; the document is described in `pm_workflows::task_template`. Instantiating creates the
+//! with it; the document is described in `pm_workflows::task_template` and published as a JSON
+//! Schema, `pm-workflows/schema/task-template.schema.json` (the `task` and `workflows` members of
+//! the create/update bodies; not served over HTTP, like the workflow schema). Instantiating creates the
 //! tasks through pm-core as the caller (their rights and field rules apply) and the workflows —
 //! all or nothing: a failure halfway removes what was created.
 //!
@@ -117,10 +119,12 @@ pub struct NewTemplateBody {
     pub name: String,
     /// Restrict it to one project of the organization.
     pub project_id: Option<Uuid>,
-    /// The task tree (see `TaskTemplate.task`).
+    /// The task tree (see `TaskTemplate.task`; JSON Schema:
+    /// `pm-workflows/schema/task-template.schema.json`, property `task`).
     #[schema(value_type = Object)]
     pub task: Value,
-    /// Workflows created with it (see `TaskTemplate.workflows`).
+    /// Workflows created with it (see `TaskTemplate.workflows`; JSON Schema:
+    /// `pm-workflows/schema/task-template.schema.json`, property `workflows`).
     #[schema(value_type = Option<Vec<Object>>)]
     pub workflows: Option<Value>,
 }
@@ -135,10 +139,12 @@ pub struct UpdateTemplateBody {
     pub name: String,
     /// Project restriction (none = any project of the organization).
     pub project_id: Option<Uuid>,
-    /// The task tree.
+    /// The task tree (JSON Schema: `pm-workflows/schema/task-template.schema.json`, property
+    /// `task`).
     #[schema(value_type = Object)]
     pub task: Value,
-    /// Workflows created with it.
+    /// Workflows created with it (JSON Schema: `pm-workflows/schema/task-template.schema.json`,
+    /// property `workflows`).
     #[schema(value_type = Option<Vec<Object>>)]
     pub workflows: Option<Value>,
 }
@@ -185,6 +191,13 @@ async fn require_read(s: &AppState, who: &Authenticated, org: OrgId) -> Result<(
 const NOT_FOUND: &str = "No such organization or template (or workflows are disabled)";
 
 /// Creates a task template.
+///
+/// `task` and `workflows` form the template document published as a JSON Schema (draft
+/// 2020-12), `pm-workflows/schema/task-template.schema.json`: validate hand-written templates
+/// against it (with format assertion on, so ids must be UUIDs) before sending them. The server
+/// also enforces what a schema cannot state — at most 100 tasks nested at most 5 levels,
+/// attached workflows whose CEL conditions and rhai scripts compile, and integers written
+/// without a fraction (`5`, not `5.0`) — answering 400 with the JSON path in `field`.
 #[utoipa::path(post, path = "/orgs/{org_id}/task-templates", tag = "workflows", operation_id = "create_task_template",
     params(("org_id" = Uuid, Path, description = "Organization")),
     request_body = NewTemplateBody,
@@ -269,6 +282,13 @@ async fn get_template(
 }
 
 /// Replaces a task template's content.
+///
+/// `task` and `workflows` form the template document published as a JSON Schema (draft
+/// 2020-12), `pm-workflows/schema/task-template.schema.json`: validate hand-written templates
+/// against it (with format assertion on, so ids must be UUIDs) before sending them. The server
+/// also enforces what a schema cannot state — at most 100 tasks nested at most 5 levels,
+/// attached workflows whose CEL conditions and rhai scripts compile, and integers written
+/// without a fraction (`5`, not `5.0`) — answering 400 with the JSON path in `field`.
 #[utoipa::path(put, path = "/task-templates/{template_id}", tag = "workflows", operation_id = "update_task_template",
     params(("template_id" = Uuid, Path, description = "Template")),
     request_body = UpdateTemplateBody,

@@ -182,3 +182,46 @@ async fn task_templates_crud_and_instantiate() {
     s.call(Method::DELETE, &one, Some(&ada), None).await.ok(204);
     s.call(Method::GET, &one, Some(&ada), None).await.problem(404);
 }
+
+const TEMPLATE_SCHEMA: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../pm-workflows/schema/task-template.schema.json");
+
+/// The published task template schema is what the API takes: the create and update operations
+/// point to it, the hand-written examples next to it are accepted as `task` + `workflows` of a
+/// create body, and what the server returns for them is again valid under it.
+#[tokio::test]
+async fn task_template_schema_is_referenced_and_its_examples_are_accepted() {
+    let schema: Value = serde_json::from_slice(&std::fs::read(TEMPLATE_SCHEMA).unwrap()).unwrap();
+    let validator = jsonschema::options().should_validate_formats(true).build(&schema).unwrap();
+    for (path, method) in [
+        ("/api/v1/orgs/{org_id}/task-templates", "post"),
+        ("/api/v1/task-templates/{template_id}", "put"),
+    ] {
+        let op = &super::doc()["paths"][path][method];
+        let text = op["description"].as_str().unwrap_or_default();
+        assert!(
+            text.contains("pm-workflows/schema/task-template.schema.json"),
+            "{method} {path} does not reference the schema: {op}"
+        );
+    }
+
+    let s = server().await;
+    let (_, ada) = s.user("ada@example.com").await;
+    let (org, _, _) = org_and_project(&s, &ada, "acme", "PM").await;
+    let templates = format!("/api/v1/orgs/{org}/task-templates");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../pm-workflows/schema/examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert!(validator.is_valid(&doc), "{} does not satisfy the schema", path.display());
+        let mut body = doc.clone();
+        body["name"] = json!(path.file_name().unwrap().to_string_lossy());
+        let r = s.call(Method::POST, &templates, Some(&ada), Some(body)).await;
+        let t = r.ok(201);
+        let stored = json!({"task": t["task"], "workflows": t["workflows"]});
+        assert!(validator.is_valid(&stored), "the stored form is not valid: {stored}");
+        seen += 1;
+    }
+    assert!(seen > 0, "no examples in {dir}");
+}
