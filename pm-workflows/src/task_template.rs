@@ -20,7 +20,7 @@
 //!
 //! The document format is published as a JSON Schema
 //! (`pm-workflows/schema/task-template.schema.json`, generated from these types by
-//! [`json_schema`]; a test fails when the committed file drifts, and checks that documents the
+//! [`json_schema()`]; a test fails when the committed file drifts, and checks that documents the
 //! schema accepts parse and that each constraint of [`TemplateSpec::from_value`] is also a
 //! constraint of the schema). The schema cannot state the whole-tree limits ([`MAX_TASKS`] tasks,
 //! [`MAX_DEPTH`] levels), what compiling an attached workflow's CEL and rhai finds, nor that
