@@ -247,7 +247,21 @@ try {
   const desc = page.getByLabel('Description');
   await desc.click();
   await desc.pressSequentially('Bring the tall ladder.');
-  await eventually('description written back', async () => (await rest('GET', `tasks/${target.id}`)).description === 'Bring the tall ladder.', 20000);
+  await eventually('description written back', async () => {
+    const { description } = await rest('GET', `tasks/${target.id}`);
+    if (description !== 'Bring the tall ladder.') throw new Error(`description is ${JSON.stringify(description)}; the editor shows ${JSON.stringify(await desc.inputValue())}`);
+    return true;
+  }, 20000);
+  // The write-back is a task event, which re-renders the page (150 ms later): the editor keeps
+  // the focus and the caret, so typing simply goes on where it was — keystrokes to whatever has
+  // the focus, no click — and the same binding carries them.
+  await page.waitForTimeout(1000);
+  await page.keyboard.type(' Hold it steady.', { delay: 20 });
+  await eventually('the continued typing written back', async () => {
+    const { description } = await rest('GET', `tasks/${target.id}`);
+    if (description !== 'Bring the tall ladder. Hold it steady.') throw new Error(`description is ${JSON.stringify(description)}`);
+    return true;
+  }, 20000);
   log('collaborative description edit is saved');
 
   // A photo via the file input uploads.

@@ -580,20 +580,9 @@ async function taskScreen(main, id) {
   renderPresence();
 
   const conflictOps = pendingFor(id, 'task.update').filter((o) => o.status === 'conflict');
-  const desc = h('textarea', { class: 'desc', rows: 6, 'aria-label': 'Description', placeholder: 'Add a description…', value: task.description || '' });
-  const descStatus = h('span', { class: 'collab-status muted', 'data-testid': 'collab-status' }, 'offline edit');
-  let collab = null;
-  desc.addEventListener('change', () => { if (!collab?.isLive() && desc.value !== task.description) save({ description: desc.value }); });
-  if (state.online && task.version > 0) {
-    import('./collab.js').then(({ bindDescription }) => {
-      if (!desc.isConnected) return;
-      collab = bindDescription(desc, id, currentSession().access_token, (s) => {
-        descStatus.textContent = s === 'live' ? 'live · collaborative' : s;
-        descStatus.classList.toggle('live', s === 'live');
-      });
-      cleanup.push(() => collab.destroy());
-    }).catch(() => {});
-  }
+  const editor = descriptionEditor(id, task, save);
+  const { desc, status: descStatus } = editor;
+  const typing = document.activeElement === desc ? [desc.selectionStart, desc.selectionEnd] : null;
 
   const fileInput = h('input', { type: 'file', accept: 'image/*', capture: 'environment', class: 'visually-hidden', id: 'photo', 'aria-label': 'Attach a photo',
     onchange: async (e) => {
@@ -640,6 +629,49 @@ async function taskScreen(main, id) {
     h('section', { class: 'block' }, h('h3', {}, 'Activity'),
       (activity.items || []).length ? h('ol', { class: 'activity' }, activity.items.map((ev) => h('li', {}, h('span', { class: 'muted' }, relTime(ev.at)), ' ', describe(ev, states))))
         : h('p', { class: 'muted' }, 'Nothing yet.'))));
+  // Moving the editor into the rebuilt page took the focus from it: give it back, caret
+  // included, so typing goes on where it was.
+  if (typing) {
+    desc.focus();
+    desc.setSelectionRange(...typing);
+  }
+}
+
+// The description editor of a task page outlives the page's re-renders (every event on the
+// task re-renders it, and the collaborative editor's own write-backs are such events): one
+// textarea and one Yjs binding per visit. A fresh editor per render dropped what was typed
+// while its binding was still syncing, lost the focus, and left the old binding connected.
+function descriptionEditor(id, task, save) {
+  let ed = rerender?.descEditor;
+  if (!ed) {
+    ed = {
+      desc: h('textarea', { class: 'desc', rows: 6, 'aria-label': 'Description', placeholder: 'Add a description…', value: task.description || '' }),
+      status: h('span', { class: 'collab-status muted', 'data-testid': 'collab-status' }, 'offline edit'),
+      collab: null,
+      binding: false,
+    };
+    if (rerender) rerender.descEditor = ed;
+    ed.desc.addEventListener('change', () => {
+      if (!ed.collab?.isLive() && ed.desc.value !== ed.task.description) ed.save({ description: ed.desc.value });
+    });
+  } else if (!ed.collab?.isLive() && document.activeElement !== ed.desc) {
+    ed.desc.value = task.description || '';
+  }
+  ed.task = task;
+  ed.save = save;
+  if (!ed.binding && state.online && task.version > 0) {
+    ed.binding = true;
+    const visit = rerender;
+    import('./collab.js').then(({ bindDescription }) => {
+      if (rerender !== visit) return; // navigated away meanwhile
+      ed.collab = bindDescription(ed.desc, id, currentSession().access_token, (st) => {
+        ed.status.textContent = st === 'live' ? 'live · collaborative' : st;
+        ed.status.classList.toggle('live', st === 'live');
+      });
+      cleanup.push(() => ed.collab.destroy());
+    }).catch(() => { ed.binding = false; });
+  }
+  return ed;
 }
 
 function checkinRow(p, note, at, pending) {
