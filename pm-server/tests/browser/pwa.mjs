@@ -264,6 +264,7 @@ try {
   }, 20000);
   log('collaborative description edit is saved');
 
+
   // A photo via the file input uploads.
   const photo = pngBytes(64, 48);
   await page.setInputFiles('input[type=file][accept="image/*"]', { name: 'site-photo.png', mimeType: 'image/png', buffer: photo });
@@ -282,6 +283,34 @@ try {
   await page.getByTestId('checkin').first().waitFor();
   log('check-in records the emulated position and accuracy');
   await page.screenshot({ path: join(shots, 'desktop-task.png'), fullPage: true });
+
+  // Typing before the editor's first sync (the document's state held back on the wire) is
+  // applied on top of the document once it arrives, not overwritten by it.
+  const early = await rest('POST', `projects/${seed.project_id}/tasks`, { title: 'Early typing', description: 'Start.' });
+  const held = [];
+  let route = null;
+  await page.routeWebSocket(/\/api\/v1\/collab\//, (ws) => {
+    const server = ws.connectToServer();
+    const r = { ws, hold: true };
+    route = r;
+    server.onMessage((m) => (r.hold ? held.push(m) : ws.send(m)));
+    ws.onMessage((m) => server.send(m));
+  });
+  await page.goto(`${base}/tasks/${early.id}`);
+  const earlyDesc = page.getByLabel('Description');
+  await eventually('the early editor shown', async () => (await earlyDesc.inputValue()) === 'Start.');
+  await eventually('the collab socket open, its sync held back', async () => held.length > 0, 10000);
+  await earlyDesc.click();
+  await page.keyboard.press('End');
+  await page.keyboard.type(' Early words.', { delay: 10 });
+  route.hold = false;
+  for (const m of held.splice(0)) route.ws.send(m);
+  await eventually('typing before the first sync written back', async () => {
+    const { description } = await rest('GET', `tasks/${early.id}`);
+    if (description !== 'Start. Early words.') throw new Error(`description is ${JSON.stringify(description)}; the editor shows ${JSON.stringify(await earlyDesc.inputValue())}`);
+    return true;
+  }, 20000);
+  log('typing before the first sync is kept');
   await desk.close();
 
   // ---- phone ------------------------------------------------------------------------------

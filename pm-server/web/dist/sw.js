@@ -3,10 +3,10 @@
 // activate. Navigations: network first, then the cached shell (app routes) or the offline page.
 // API GETs: network first, the last good answer when offline (marked `x-pm-offline: 1`).
 // Static assets: cache first (their names carry content hashes). Push: shows the notification.
-const VERSION = '9794a719eac3';
+const VERSION = 'b807212e868a';
 const SHELL = `pm-shell-${VERSION}`;
 const API = 'pm-api-v1';
-const PRECACHE = ["/index.html","/offline.html","/manifest.webmanifest","/icons/icon-192.png","/icons/icon-512.png","/icons/maskable-512.png","/assets/app-HDjYcLCWMw.js","/assets/collab-9rDoYIcKLi.js","/assets/styles-BnP4j9ntdj.css"];
+const PRECACHE = ["/index.html","/offline.html","/manifest.webmanifest","/icons/icon-192.png","/icons/icon-512.png","/icons/maskable-512.png","/assets/app-ARX79YaqdT.js","/assets/collab-9uBkJ4vWWq.js","/assets/styles-BnP4j9ntdj.css"];
 const APP_ROUTES = /^\/($|login|register|orgs\/|projects\/|tasks\/|notifications)/;
 
 self.addEventListener('install', (event) => {

@@ -13,18 +13,27 @@ export function bindDescription(textarea, taskId, token, onStatus) {
   });
   const text = doc.getText('description');
   let synced = false;
+  let everSynced = false;
+  // What the editor showed when the binding started (the task's description from REST). Until
+  // the first sync the local document is empty, so typing cannot be applied to it yet; once the
+  // document arrives, typing done meanwhile is applied as an edit if the document still holds
+  // this text, instead of being overwritten by it.
+  const shown = textarea.value;
 
   provider.on('status', (e) => onStatus?.(e.status === 'connected' ? (synced ? 'live' : 'connecting') : 'offline'));
   provider.on('sync', (ok) => {
     synced = ok;
-    if (ok) {
-      textarea.value = text.toString();
-      onStatus?.('live');
-    }
+    if (!ok) return;
+    const first = !everSynced;
+    everSynced = true;
+    if (first && textarea.value !== shown && text.toString() === shown) applyEditor();
+    else textarea.value = text.toString();
+    onStatus?.('live');
   });
 
   text.observe((ev) => {
-    if (ev.transaction.local) return;
+    // Before the first sync the 'sync' handler reconciles the editor with the document.
+    if (ev.transaction.local || !everSynced) return;
     const { selectionStart: s, selectionEnd: e } = textarea;
     let start = s;
     let end = e;
@@ -45,8 +54,8 @@ export function bindDescription(textarea, taskId, token, onStatus) {
     if (document.activeElement === textarea) textarea.setSelectionRange(start, end);
   });
 
-  const onInput = () => {
-    if (!synced) return;
+  // The textarea's difference from the document, applied to the document as one edit.
+  const applyEditor = () => {
     const before = text.toString();
     const after = textarea.value;
     let p = 0;
@@ -57,6 +66,9 @@ export function bindDescription(textarea, taskId, token, onStatus) {
       if (before.length - p - q > 0) text.delete(p, before.length - p - q);
       if (after.length - p - q > 0) text.insert(p, after.slice(p, after.length - q));
     });
+  };
+  const onInput = () => {
+    if (synced) applyEditor();
   };
   textarea.addEventListener('input', onInput);
 
