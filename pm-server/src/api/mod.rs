@@ -25,6 +25,7 @@ pub mod orgs;
 pub mod projects;
 pub mod push;
 pub mod realtime;
+pub mod schemas;
 pub mod sync;
 pub mod task_links;
 pub mod task_templates;
@@ -155,6 +156,7 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
         .merge(integrations::router())
         .merge(workflows::router())
         .merge(task_templates::router())
+        .merge(schemas::router())
         .merge(sync::router())
         .merge(push::router())
         .merge(crate::collab::router());

@@ -225,3 +225,24 @@ async fn task_template_schema_is_referenced_and_its_examples_are_accepted() {
     }
     assert!(seen > 0, "no examples in {dir}");
 }
+
+/// Both published schemas are served, without a token, as the committed files (which a
+/// pm-workflows test keeps equal to the types); an unknown name is a 404 problem.
+#[tokio::test]
+async fn the_json_schemas_are_served_as_committed() {
+    let s = server().await;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../pm-workflows/schema");
+    for (name, file) in [
+        ("workflow", "workflow.schema.json"),
+        ("task-template", "task-template.schema.json"),
+        ("task-template.schema.json", "task-template.schema.json"),
+    ] {
+        let res = s.call(Method::GET, &format!("/api/v1/schemas/{name}"), None, None).await;
+        assert_eq!(res.header("content-type"), Some("application/schema+json"), "{name}");
+        let committed: Value =
+            serde_json::from_slice(&std::fs::read(format!("{dir}/{file}")).unwrap()).unwrap();
+        assert_eq!(res.ok(200), &committed, "{name}");
+    }
+    let res = s.call(Method::GET, "/api/v1/schemas/nope", None, None).await;
+    assert_eq!(res.ok(404)["type"], "/problems/not-found");
+}
