@@ -188,21 +188,27 @@ pub async fn feed<S>(sink: &mut S, message: Message) -> Result<(), tungstenite::
 where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
-    let frames = fragments(message);
-    if frames.len() == 1 {
-        for frame in frames {
-            sink.feed(frame).await?;
-        }
-        return Ok(());
+    // The fan-out path: nearly every frame is small and goes as it is, without an allocation.
+    if !is_large(&message) {
+        return sink.feed(message).await;
     }
     // Each fragment is written out on its own: fed together they would still pile up in the
     // buffer to its write threshold plus a fragment, and the buffer keeps what it grew to.
     sink.flush().await?;
-    for frame in frames {
+    for frame in fragments(message) {
         sink.feed(frame).await?;
         sink.flush().await?;
     }
     Ok(())
+}
+
+/// Whether `message` is sent as fragments.
+fn is_large(message: &Message) -> bool {
+    match message {
+        Message::Text(text) => text.len() > FRAGMENT_BYTES,
+        Message::Binary(data) => data.len() > FRAGMENT_BYTES,
+        _ => false,
+    }
 }
 
 /// Sends `message` (fragmented like [`feed`]) and flushes.
@@ -216,9 +222,12 @@ where
 
 /// `message` as the messages to write: itself, or its fragments as raw frames.
 fn fragments(message: Message) -> Vec<Message> {
+    if !is_large(&message) {
+        return vec![message];
+    }
     let (mut rest, first) = match message {
-        Message::Text(text) if text.len() > FRAGMENT_BYTES => (Bytes::from(text), Data::Text),
-        Message::Binary(data) if data.len() > FRAGMENT_BYTES => (data, Data::Binary),
+        Message::Text(text) => (Bytes::from(text), Data::Text),
+        Message::Binary(data) => (data, Data::Binary),
         other => return vec![other],
     };
     let mut frames = Vec::with_capacity(rest.len().div_ceil(FRAGMENT_BYTES));
